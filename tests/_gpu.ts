@@ -1,0 +1,29 @@
+// Shared test device. Without an adapter GPU tests are skipped, unless
+// FREEKV_REQUIRE_GPU=1, where a missing adapter fails the run.
+import { type Gpu, requestGpu } from "../lib/device.ts";
+
+const required = Deno.env.get("FREEKV_REQUIRE_GPU") === "1";
+
+async function tryGpu(): Promise<Gpu | null> {
+  try {
+    return await requestGpu();
+  } catch (error) {
+    if (required) throw error;
+    console.warn(`GPU tests skipped: ${(error as Error).message}`);
+    return null;
+  }
+}
+
+/** The shared test GPU, or null when none exists and none is required. */
+export const testGpu: Gpu | null = await tryGpu();
+
+/** Registers a test that needs the GPU; skipped when there is none. */
+export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
+  Deno.test({
+    name,
+    ignore: testGpu === null,
+    sanitizeOps: false,
+    sanitizeResources: false,
+    fn: () => fn(testGpu!),
+  });
+}
