@@ -44,7 +44,7 @@ Deno.test("trace rejects bad input", async () => {
   const head = encodeTraceHeader(header);
   const truncated = new Uint8Array(head.length + 10);
   truncated.set(head);
-  assert.throws(() => parseTrace(truncated), /whole number of 32-byte tokens: received 10/);
+  assert.throws(() => parseTrace(truncated), /whole number of 64-byte tokens: received 10/);
   const path = await Deno.makeTempFile();
   const w = await createTraceWriter(path, header);
   assert.throws(
