@@ -1,0 +1,48 @@
+// HND runs -> NHD slots (the recall scatter). Job j = (run, slot, kvHead)
+// copies run [K: P x d][V: P x d] into kCache/vCache laid out
+// [slot][token][kvHead][d]. Data moves as opaque 32-bit words (bit exact for
+// f32 and f16). `Word` (u32 or vec4<u32>) is declared by lib/layout.ts in a
+// line prepended to this file. Jobs of one dispatch must not share a
+// (slot, kvHead): the host rejects that.
+struct Params {
+  num_jobs: u32,
+  row_words: u32, // Words per row of d elements
+  page_size: u32,
+  kv_heads: u32,
+}
+
+override WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> k_cache: array<Word>;
+@group(0) @binding(2) var<storage, read_write> v_cache: array<Word>;
+@group(0) @binding(3) var<storage, read> jobs: array<vec4<u32>>; // (run, slot, kvHead, -)
+@group(0) @binding(4) var<storage, read> runs: array<Word>;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let i = (wid.y * nwg.x + wid.x) * WG + lid;
+  let page_words = p.page_size * p.row_words;
+  let run_words = 2u * page_words;
+  if (i >= p.num_jobs * run_words) {
+    return;
+  }
+  let j = i / run_words;
+  let r = i - j * run_words;
+  let is_v = r >= page_words;
+  let e = select(r, r - page_words, is_v);
+  let t = e / p.row_words;
+  let w = e - t * p.row_words;
+  let job = jobs[j];
+  let value = runs[job.x * run_words + r];
+  let dst = ((job.y * p.page_size + t) * p.kv_heads + job.z) * p.row_words + w;
+  if (is_v) {
+    v_cache[dst] = value;
+  } else {
+    k_cache[dst] = value;
+  }
+}
