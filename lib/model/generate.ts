@@ -1,0 +1,228 @@
+/**
+ * Text generation with a {@linkcode GpuModel}: prefill the prompt, then
+ * sample and decode one token at a time, streaming tokens (and text pieces
+ * when a tokenizer is given) as they come, with timing statistics.
+ *
+ * @module
+ */
+
+import { assertFinite, assertInteger } from "../errors.ts";
+import type { GpuModel } from "./gpu_model.ts";
+import { createSampler, type Sampler } from "./sampling.ts";
+import { createTextStream, type Tokenizer } from "./tokenizer.ts";
+
+/** Options of {@linkcode generate}. */
+export interface GenerateOptions {
+  /** Most tokens to generate (default 256); fewer when the model's `maxSeqLen` is reached. */
+  maxTokens?: number;
+  /** Sampling temperature; 0 (the default) is greedy. */
+  temperature?: number;
+  /** Nucleus sampling mass in (0, 1); 1 (the default) samples from the whole distribution. */
+  topP?: number;
+  /** Seed of the sampler (default 0). */
+  seed?: number;
+  /** A sampler to use instead of one built from `temperature`, `topP`, `seed`. */
+  sampler?: Sampler;
+  /**
+   * Tokens that end generation (not yielded); default: the model's EOS and
+   * BOS (a generated BOS starts a new document, as llama2.c treats it).
+   */
+  stopTokens?: readonly number[];
+  /** Turns tokens into text pieces; without it `text` is empty. */
+  tokenizer?: Tokenizer;
+  /** Stops generation (throwing the signal's reason) when aborted. */
+  signal?: AbortSignal;
+}
+
+/** One generated token. */
+export interface GeneratedToken {
+  /** Token id. */
+  token: number;
+  /** Text this token completes (may be empty while a character is split). */
+  text: string;
+  /** 0 for the first generated token. */
+  index: number;
+  /** Position of the token in the sequence (prompt length + index). */
+  position: number;
+  /** Milliseconds of the decode step and sampling (for the first token: prefill and sampling). */
+  ms: number;
+}
+
+/** Why generation stopped. */
+export type StopReason = "stop-token" | "max-tokens" | "max-seq-len";
+
+/** Timing of one generation. */
+export interface GenerationStats {
+  /** Prompt tokens. */
+  promptTokens: number;
+  /** Tokens generated (stop token excluded). */
+  generatedTokens: number;
+  /** Wall time of the prefill call. */
+  prefillMs: number;
+  /** Prompt tokens per second of prefill. */
+  prefillTokensPerSecond: number;
+  /** Decode steps run (one per generated token after the first that needed logits). */
+  decodeSteps: number;
+  /** Wall time of all decode steps (decode + sampling). */
+  decodeMs: number;
+  /** Decode steps per second. */
+  decodeTokensPerSecond: number;
+  /** Milliseconds of every decode step, in order. */
+  stepMs: number[];
+  /** Median of `stepMs` (0 without steps). */
+  medianStepMs: number;
+  /** Wall time of the whole generation, prefill included (and time the consumer held tokens). */
+  totalMs: number;
+}
+
+/** What {@linkcode generate} returns when done. */
+export interface GenerationResult {
+  /** Generated token ids (stop token excluded). */
+  tokens: number[];
+  /** Their text (empty without a tokenizer). */
+  text: string;
+  /** Why it stopped. */
+  stopReason: StopReason;
+  /** Timing. */
+  stats: GenerationStats;
+}
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return 0;
+  const s = xs.slice().sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/**
+ * Generates from `prompt` (token ids, at least one: usually starting with
+ * BOS), yielding each token as it comes; the generator's return value holds
+ * all tokens, the text and the statistics. Starts a new sequence on `model`.
+ *
+ * @example
+ * ```ts ignore
+ * import { requestGpu } from "../device.ts";
+ * import { loadLlama2c } from "./llama2c.ts";
+ * import { loadLlama2cTokenizer } from "./tokenizer.ts";
+ * import { createGpuModel } from "./gpu_model.ts";
+ * import { generate } from "./generate.ts";
+ * using gpu = await requestGpu();
+ * using model = createGpuModel(gpu.device, await loadLlama2c("models/stories260K/stories260K.bin"));
+ * const tokenizer = await loadLlama2cTokenizer("models/stories260K/tok512.bin");
+ * for await (const t of generate(model, [1], { maxTokens: 20, tokenizer })) {
+ *   await Deno.stdout.write(new TextEncoder().encode(t.text));
+ * }
+ * ```
+ */
+export async function* generate(
+  model: GpuModel,
+  prompt: ArrayLike<number>,
+  options: GenerateOptions = {},
+): AsyncGenerator<GeneratedToken, GenerationResult, void> {
+  const action = "generate";
+  const maxTokens = options.maxTokens ?? 256;
+  assertInteger("maxTokens", maxTokens, action, 0);
+  if (options.seed !== undefined) assertInteger("seed", options.seed, action);
+  if (options.temperature !== undefined) assertFinite("temperature", options.temperature, action);
+  if (options.topP !== undefined) assertFinite("topP", options.topP, action);
+  if (prompt == null || typeof prompt.length !== "number" || prompt.length < 1) {
+    throw new RangeError(
+      `Cannot ${action} as 'prompt' must hold at least one token id: received ${
+        prompt == null ? prompt : `length ${prompt.length}`
+      }`,
+    );
+  }
+  const sampler = options.sampler ?? createSampler({
+    temperature: options.temperature ?? 0,
+    topP: options.topP ?? 1,
+    seed: options.seed ?? 0,
+  });
+  const stop = new Set(options.stopTokens ?? [model.config.eosId, model.config.bosId]);
+  const stream = options.tokenizer ? createTextStream(options.tokenizer) : undefined;
+  if (stream) { for (let i = 0; i < prompt.length; i++) stream.push(prompt[i]); }
+
+  const tStart = performance.now();
+  let logits = await model.prefill(prompt);
+  const prefillMs = performance.now() - tStart;
+  const tokens: number[] = [];
+  const stepMs: number[] = [];
+  let text = "";
+  let stopReason: StopReason = "max-tokens";
+  let pos = prompt.length;
+  for (let index = 0; index < maxTokens; index++) {
+    options.signal?.throwIfAborted();
+    const t0 = performance.now();
+    if (index > 0) {
+      if (pos >= model.maxSeqLen) {
+        stopReason = "max-seq-len";
+        break;
+      }
+      logits = await model.decode(tokens[index - 1], pos++);
+    }
+    const token = sampler.sample(logits);
+    // Time of the model and sampler only, not of the consumer between yields.
+    const ms = performance.now() - (index === 0 ? tStart : t0);
+    if (index > 0) stepMs.push(ms);
+    if (stop.has(token)) {
+      stopReason = "stop-token";
+      break;
+    }
+    tokens.push(token);
+    const piece = stream ? stream.push(token) : "";
+    text += piece;
+    yield { token, text: piece, index, position: prompt.length + index, ms };
+  }
+  if (stream) {
+    const rest = stream.flush();
+    text += rest;
+  }
+  const totalMs = performance.now() - tStart;
+  const decodeMs = stepMs.reduce((a, b) => a + b, 0);
+  return {
+    tokens,
+    text,
+    stopReason,
+    stats: {
+      promptTokens: prompt.length,
+      generatedTokens: tokens.length,
+      prefillMs,
+      prefillTokensPerSecond: prompt.length / (prefillMs / 1000),
+      decodeSteps: stepMs.length,
+      decodeMs,
+      decodeTokensPerSecond: stepMs.length ? stepMs.length / (decodeMs / 1000) : 0,
+      stepMs,
+      medianStepMs: median(stepMs),
+      totalMs,
+    },
+  };
+}
+
+/** Options of {@linkcode generateText}. */
+export interface GenerateTextOptions extends GenerateOptions {
+  /** Called for every generated token as it comes. */
+  onToken?: (token: GeneratedToken) => void | Promise<void>;
+}
+
+/**
+ * Runs {@linkcode generate} to the end, calling `onToken` as tokens come,
+ * and returns the result.
+ *
+ * @example
+ * ```ts ignore
+ * import { generateText } from "./generate.ts";
+ * const result = await generateText(model, [1], { maxTokens: 50, tokenizer });
+ * console.log(result.text, result.stats.decodeTokensPerSecond);
+ * ```
+ */
+export async function generateText(
+  model: GpuModel,
+  prompt: ArrayLike<number>,
+  options: GenerateTextOptions = {},
+): Promise<GenerationResult> {
+  const it = generate(model, prompt, options);
+  while (true) {
+    const r = await it.next();
+    if (r.done) return r.value;
+    await options.onToken?.(r.value);
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * Generates text with a Llama-family model on WebGPU.
+ *
+ * Usage: deno run -A scripts/generate.ts [--model PATH] [--prompt TEXT] ... (see --help)
+ *
+ * The generated text (only the continuation, not the prompt) streams to
+ * stdout; statistics go to stderr, or with --json everything is one JSON
+ * object on stdout.
+ */
+import { parseArgs } from "node:util";
+import { requestGpu } from "../lib/device.ts";
+import { loadModel } from "../lib/model/load.ts";
+import { createGpuModel } from "../lib/model/gpu_model.ts";
+import {
+  type AttentionBackend,
+  createDenseAttentionBackend,
+  createRecordingBackend,
+} from "../lib/model/attention_backend.ts";
+import { generate, type GenerationResult } from "../lib/model/generate.ts";
+import { createTraceWriter, type TraceWriter } from "../lib/trace.ts";
+import type { WeightDtype } from "../lib/model/types.ts";
+
+const POLICIES = ["full", "streaming", "quest", "sync-offload", "freekv"];
+const DEFAULT_MODEL = "models/stories260K/stories260K.bin";
+const DEFAULT_TOKENIZER = "models/stories260K/tok512.bin";
+
+const HELP = `Usage: deno run -A scripts/generate.ts [options]
+
+Generates text with a Llama-family model (llama2.c .bin, or a Hugging Face
+safetensors directory) on WebGPU. The generated continuation streams to stdout;
+statistics go to stderr.
+
+Options:
+  --model PATH          model file or directory (default: ${DEFAULT_MODEL})
+  --tokenizer PATH      tokenizer (llama2.c .bin or tokenizer.json); default: next to the
+                        model (${DEFAULT_TOKENIZER} for the default model)
+  --prompt TEXT         prompt (default: empty, generation starts from BOS)
+  --max-tokens N        most tokens to generate (default 256)
+  --temperature T       sampling temperature, 0 = greedy (default 0)
+  --top-p P             nucleus sampling mass in (0, 1), 1 = off (default 1)
+  --seed S              sampler seed (default 0)
+  --dtype D             GPU weight storage: f32, f16 or bf16 (default: as loaded)
+  --max-seq-len N       longest sequence, prompt included (default: the model's)
+  --policy NAME         attention policy: ${POLICIES.join(", ")} (default full)
+  --budget N            KV budget in tokens (retrieval policies)
+  --page-size N         KV page size in tokens (retrieval policies)
+  --tau X               correction threshold (freekv)
+  --json                print one JSON object (text, tokens, statistics) on stdout
+  --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
+  --help                this text`;
+
+function fail(message: string): never {
+  console.error(`generate: ${message}`);
+  Deno.exit(2);
+}
+
+function intFlag(name: string, value: string | undefined, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min) {
+    fail(`--${name} must be an integer of at least ${min}: received ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+function numFlag(name: string, value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n)) {
+    fail(`--${name} must be a number: received ${JSON.stringify(value)}`);
+  }
+  return n;
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    args: Deno.args,
+    options: {
+      model: { type: "string" },
+      tokenizer: { type: "string" },
+      prompt: { type: "string", default: "" },
+      "max-tokens": { type: "string" },
+      temperature: { type: "string" },
+      "top-p": { type: "string" },
+      seed: { type: "string" },
+      dtype: { type: "string" },
+      "max-seq-len": { type: "string" },
+      policy: { type: "string", default: "full" },
+      budget: { type: "string" },
+      "page-size": { type: "string" },
+      tau: { type: "string" },
+      json: { type: "boolean", default: false },
+      "record-trace": { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+} catch (error) {
+  fail(`${(error as Error).message} (see --help)`);
+}
+const values = parsed.values;
+if (values.help) {
+  console.log(HELP);
+  Deno.exit(0);
+}
+
+const maxTokens = intFlag("max-tokens", values["max-tokens"], 0) ?? 256;
+const temperature = numFlag("temperature", values.temperature) ?? 0;
+if (temperature < 0) fail(`--temperature must be at least 0: received ${temperature}`);
+const topP = numFlag("top-p", values["top-p"]) ?? 1;
+if (!(topP > 0 && topP <= 1)) fail(`--top-p must be in (0, 1]: received ${topP}`);
+const seed = intFlag("seed", values.seed, 0) ?? 0;
+const maxSeqLenFlag = intFlag("max-seq-len", values["max-seq-len"], 1);
+const dtype = values.dtype as WeightDtype | undefined;
+if (dtype !== undefined && !["f32", "f16", "bf16"].includes(dtype)) {
+  fail(`--dtype must be one of f32, f16, bf16: received ${JSON.stringify(dtype)}`);
+}
+const policy = values.policy!;
+if (!POLICIES.includes(policy)) {
+  fail(`--policy must be one of ${POLICIES.join(", ")}: received ${JSON.stringify(policy)}`);
+}
+const budget = intFlag("budget", values.budget, 1);
+const pageSize = intFlag("page-size", values["page-size"], 1);
+const tau = numFlag("tau", values.tau);
+if (policy !== "full") {
+  fail(
+    `--policy ${policy} needs the retrieval engine, which is not wired into this script yet; ` +
+      `use --policy full`,
+  );
+}
+if (budget !== undefined || pageSize !== undefined || tau !== undefined) {
+  console.error("generate: --budget, --page-size and --tau are ignored with --policy full");
+}
+
+const modelPath = values.model ?? DEFAULT_MODEL;
+const tokenizerPath = values.tokenizer ??
+  (values.model === undefined ? DEFAULT_TOKENIZER : undefined);
+let loaded;
+try {
+  loaded = await loadModel(modelPath, { tokenizer: tokenizerPath });
+} catch (error) {
+  fail((error as Error).message);
+}
+const { config, weights, tokenizer } = loaded;
+if (!tokenizer) fail(`no tokenizer found for ${modelPath}; pass --tokenizer PATH`);
+
+const prompt = tokenizer.encode(values.prompt!, { bos: true });
+const maxSeqLen = maxSeqLenFlag ?? config.maxSeqLen;
+if (prompt.length > maxSeqLen) {
+  fail(
+    `the prompt has ${prompt.length} tokens, more than the maximum sequence length ${maxSeqLen}`,
+  );
+}
+
+using gpu = await requestGpu();
+const device = gpu.device;
+
+let trace: TraceWriter | undefined;
+let backend: AttentionBackend = createDenseAttentionBackend(device, config, { maxSeqLen });
+if (values["record-trace"]) {
+  trace = await createTraceWriter(values["record-trace"], {
+    numLayers: config.numLayers,
+    numQueryHeads: config.numQueryHeads,
+    numKvHeads: config.numKvHeads,
+    headDim: config.headDim,
+    promptLength: prompt.length,
+    model: modelPath,
+  });
+  const writer = trace;
+  backend = createRecordingBackend(device, backend, {
+    shape: config,
+    onRecord: (layer, q, k, v) => writer.append(layer, q, k, v),
+  });
+}
+using _backend = backend;
+using model = createGpuModel(device, weights, {
+  attention: backend,
+  weightDtype: dtype,
+  maxSeqLen,
+});
+
+const encoder = new TextEncoder();
+const it = generate(model, prompt, { maxTokens, temperature, topP, seed, tokenizer });
+let result: GenerationResult;
+while (true) {
+  const r = await it.next();
+  if (r.done) {
+    result = r.value;
+    break;
+  }
+  if (!values.json) await Deno.stdout.write(encoder.encode(r.value.text));
+}
+await trace?.close();
+
+const s = result.stats;
+if (values.json) {
+  console.log(JSON.stringify(
+    {
+      model: modelPath,
+      config,
+      device: gpu.description,
+      policy,
+      weightDtype: dtype ?? weights.layers[0].wq.dtype,
+      prompt: values.prompt,
+      promptTokens: prompt,
+      tokens: result.tokens,
+      text: result.text,
+      stopReason: result.stopReason,
+      trace: values["record-trace"] ?? null,
+      stats: { ...s, stepMs: s.stepMs.map((x) => Math.round(x * 1000) / 1000) },
+    },
+    null,
+    2,
+  ));
+} else {
+  await Deno.stdout.write(encoder.encode("\n"));
+  console.error(
+    `generate: ${gpu.description}; policy ${policy}; ${s.promptTokens} prompt tokens ` +
+      `prefilled in ${s.prefillMs.toFixed(1)} ms; ${s.generatedTokens} tokens generated ` +
+      `(${result.stopReason}); decode ${s.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
+      `median step ${s.medianStepMs.toFixed(2)} ms`,
+  );
+}
