@@ -1,0 +1,420 @@
+import assert from "node:assert/strict";
+import { gpuTest } from "./_gpu.ts";
+import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
+import { createRandom, randomNormalArray } from "../lib/random.ts";
+import {
+  createPageSelector,
+  type PageSelectionInputs,
+  type PageSelectorOptions,
+  POOLING_MODES,
+  type PoolingMode,
+  selectPages,
+  selectPagesReference,
+} from "../lib/selection.ts";
+
+/** Runs `fn` and fails on any GPU validation or internal error it caused. */
+async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T> {
+  device.pushErrorScope("validation");
+  device.pushErrorScope("internal");
+  let result: T;
+  try {
+    result = await fn();
+  } finally {
+    const internal = await device.popErrorScope();
+    const validation = await device.popErrorScope();
+    assert.equal(internal?.message, undefined);
+    assert.equal(validation?.message, undefined);
+  }
+  return result;
+}
+
+interface Shape {
+  numKvHeads: number;
+  group: number;
+  headDim: number;
+  /** Candidate pages per sequence. */
+  counts: number[];
+  k: number;
+}
+
+/**
+ * Random queries and summaries (lower = c - |s|, upper = c + |s|) for
+ * sequences laid out one after another with gaps and a few non-candidate
+ * pages before each candidate range.
+ */
+function randomInputs(seed: number, shape: Shape, layoutSeed = seed): PageSelectionInputs {
+  const layout = createRandom(layoutSeed);
+  const { numKvHeads: hkv, group, headDim: d, counts, k } = shape;
+  const pageOffset: number[] = [], candidateStart: number[] = [], candidateEnd: number[] = [];
+  let pages = 1;
+  for (const count of counts) {
+    const start = layout.int(3);
+    pageOffset.push(pages);
+    candidateStart.push(start);
+    candidateEnd.push(start + count);
+    pages += start + count + 2 + layout.int(3);
+  }
+  const rng = createRandom(seed + 0x51ed);
+  const summaries = new Float32Array(pages * hkv * 2 * d);
+  for (let p = 0; p < pages * hkv; p++) {
+    for (let c = 0; c < d; c++) {
+      const center = rng.normal(), spread = Math.abs(rng.normal()) * 0.5;
+      summaries[p * 2 * d + c] = center - spread;
+      summaries[p * 2 * d + d + c] = center + spread;
+    }
+  }
+  const q = randomNormalArray(rng, counts.length * hkv * group * d);
+  return { q, summaries, pageOffset, candidateStart, candidateEnd, k };
+}
+
+/** The first seeded inputs from `seed` on whose top k + 1 are well separated, and the oracle. */
+function separatedInputs(
+  seed: number,
+  shape: Shape,
+  options: PageSelectorOptions,
+  layoutSeed?: number,
+): { inputs: PageSelectionInputs; want: Uint32Array } {
+  for (let s = seed; s < seed + 50; s++) {
+    const inputs = randomInputs(s, shape, layoutSeed ?? s);
+    const { selected, pooled } = selectPagesReference(inputs, options);
+    if (wellSeparated(pooled, shape.k)) return { inputs, want: selected };
+  }
+  throw new Error(`no well-separated inputs found from seed ${seed}`);
+}
+
+/**
+ * True when the oracle's top k + 1 pooled scores of every (sequence, KV
+ * head) are apart by more than a margin far above f32 rounding, so the GPU
+ * must reproduce set and order exactly.
+ */
+function wellSeparated(pooled: Float64Array[], k: number): boolean {
+  for (const row of pooled) {
+    const sorted = [...row].sort((a, b) => b - a);
+    const margin = 2e-5 * Math.max(...sorted.map(Math.abs));
+    for (let i = 0; i < Math.min(k, sorted.length - 1); i++) {
+      if (!(sorted[i] - sorted[i + 1] > margin)) return false;
+    }
+  }
+  return true;
+}
+
+const SHAPES: Shape[] = [
+  { numKvHeads: 2, group: 1, headDim: 8, counts: [5], k: 3 },
+  { numKvHeads: 1, group: 2, headDim: 64, counts: [40, 7, 300], k: 7 },
+  { numKvHeads: 2, group: 4, headDim: 128, counts: [100, 33, 257], k: 16 },
+  { numKvHeads: 1, group: 7, headDim: 128, counts: [20, 64, 9], k: 9 },
+  { numKvHeads: 3, group: 7, headDim: 8, counts: [6, 6], k: 6 },
+  { numKvHeads: 2, group: 2, headDim: 8, counts: [3000], k: 5 },
+];
+
+for (const pooling of POOLING_MODES) {
+  gpuTest(`selection matches the oracle exactly (${pooling})`, async (gpu) => {
+    for (const [i, shape] of SHAPES.entries()) {
+      const options: PageSelectorOptions = {
+        numQueryHeads: shape.numKvHeads * shape.group,
+        numKvHeads: shape.numKvHeads,
+        headDim: shape.headDim,
+        pooling,
+      };
+      // Seeded inputs without near-ties around the top k.
+      const { inputs, want } = separatedInputs(1000 * i, shape, options);
+      const got = await noGpuErrors(gpu.device, () => selectPages(gpu.device, inputs, options));
+      assert.deepEqual(got, want, JSON.stringify(shape));
+    }
+  });
+}
+
+gpuTest("selection at 32K tokens (1024 candidate pages), Llama-3.1-8B heads", async (gpu) => {
+  const shape = { numKvHeads: 8, group: 4, headDim: 128, counts: [1024], k: 32 };
+  const options = { numQueryHeads: 32, numKvHeads: 8, headDim: 128 };
+  const { inputs, want } = separatedInputs(77, shape, options);
+  const got = await noGpuErrors(gpu.device, () => selectPages(gpu.device, inputs, options));
+  assert.deepEqual(got, want);
+});
+
+/** Summaries of `pages` pages for 1 KV head, d = 4, each page's bounds all `values[p]`. */
+function flatPages(values: number[]): Float32Array {
+  return new Float32Array(values.flatMap((v) => Array(8).fill(v)));
+}
+
+gpuTest("ties: duplicated pages and all-equal pages select the lower page index", async (gpu) => {
+  for (const pooling of POOLING_MODES) {
+    const options = { numQueryHeads: 2, numKvHeads: 1, headDim: 4, pooling };
+    const q = new Float32Array([1, 0.5, 0, -1, 0.25, 0, 1, 0]);
+    // Logical pages 1 and 4 tie on top; 2, 6 and 8 tie across the k boundary.
+    const values = [0, 1, 9, 4, 0, 9, 1, 4, 2, 4, 3, 0];
+    const inputs = {
+      q,
+      summaries: flatPages(values),
+      pageOffset: [1],
+      candidateStart: [0],
+      candidateEnd: [11],
+      k: 4,
+    };
+    const want = selectPagesReference(inputs, options).selected;
+    // Logical page p is global page p + 1: values[p + 1].
+    assert.deepEqual([...want], [1, 4, 2, 6], pooling);
+    assert.deepEqual(
+      await noGpuErrors(gpu.device, () => selectPages(gpu.device, inputs, options)),
+      want,
+    );
+    // Everything tied: a zero query scores every page 0.
+    const zero = { ...inputs, q: new Float32Array(8), candidateStart: [3], k: 5 };
+    assert.deepEqual([...selectPagesReference(zero, options).selected], [3, 4, 5, 6, 7]);
+    assert.deepEqual([...(await selectPages(gpu.device, zero, options))], [3, 4, 5, 6, 7]);
+  }
+  // Many identical pages: the tie passes on the index over 600 candidates.
+  const many = {
+    q: new Float32Array([1, 1, 1, 1]),
+    summaries: flatPages(Array.from({ length: 700 }, (_, p) => (p === 650 ? 2 : 1))),
+    pageOffset: [0],
+    candidateStart: [50],
+    candidateEnd: [700],
+    k: 40,
+  };
+  const options = { numQueryHeads: 1, numKvHeads: 1, headDim: 4 };
+  const want = [650, ...Array.from({ length: 39 }, (_, i) => 50 + i)];
+  assert.deepEqual([...selectPagesReference(many, options).selected], want);
+  assert.deepEqual([...(await selectPages(gpu.device, many, options))], want);
+});
+
+Deno.test("selection oracle: pooling modes on a hand-computed case", () => {
+  // Two query heads, one KV head, d = 4; pages scored by q . upper for q >= 0.
+  const inputs = {
+    q: new Float32Array([1, 0, 0, 0, 0, 1, 0, 0]),
+    // head 0 scores: 3, 0, 2; head 1 scores: 0, 2, 2
+    summaries: new Float32Array([
+      ...[3, 0, 0, 0, 3, 0, 0, 0],
+      ...[0, 2, 0, 0, 0, 2, 0, 0],
+      ...[2, 2, 0, 0, 2, 2, 0, 0],
+    ]),
+    pageOffset: [0],
+    candidateStart: [0],
+    candidateEnd: [3],
+    k: 3,
+  };
+  const base = { numQueryHeads: 2, numKvHeads: 1, headDim: 4 };
+  const mean = selectPagesReference(inputs, { ...base, pooling: "mean" });
+  assert.deepEqual([...mean.selected], [2, 0, 1]); // means 1.5, 1, 2
+  assert.deepEqual([...mean.pooled[0]], [1.5, 1, 2]);
+  const max = selectPagesReference(inputs, { ...base, pooling: "max" });
+  assert.deepEqual([...max.selected], [0, 1, 2]); // maxes 3, 2, 2: the tie goes to page 1
+  // softmax-mean with scale 1: softmax(3, 0, 2) and softmax(0, 2, 2), averaged.
+  const soft = selectPagesReference(inputs, { ...base, scale: 1 });
+  const e = (xs: number[]) => xs.map((x) => Math.exp(x) / xs.reduce((s, y) => s + Math.exp(y), 0));
+  const a = e([3, 0, 2]), b = e([0, 2, 2]);
+  soft.pooled[0].forEach((v, n) => assert.ok(Math.abs(v - (a[n] + b[n]) / 2) < 1e-15));
+  assert.deepEqual([...soft.selected], [0, 2, 1]);
+  // The default scale is 1 / sqrt(d) = 0.5.
+  const scaled = selectPagesReference(inputs, base);
+  const a2 = e([1.5, 0, 1]), b2 = e([0, 1, 1]);
+  scaled.pooled[0].forEach((v, n) => assert.ok(Math.abs(v - (a2[n] + b2[n]) / 2) < 1e-15));
+});
+
+gpuTest("selector: one plan, two layers, reused and re-planned", async (gpu) => {
+  const { device } = gpu;
+  const shape = { numKvHeads: 2, group: 2, headDim: 8, counts: [30, 12], k: 4 };
+  const options = { numQueryHeads: 4, numKvHeads: 2, headDim: 8, pooling: "mean" as const };
+  // Two layers: same batch layout, different queries and summaries.
+  const layers = [11, 40].map((seed) => separatedInputs(seed, shape, options, 11));
+  const storage = GPUBufferUsage.STORAGE;
+  const out = storage | GPUBufferUsage.COPY_SRC;
+  using selector = createPageSelector(device, options);
+  assert.equal(selector.options.pooling, "mean");
+  assert.equal(selector.options.scale, 1 / Math.sqrt(8));
+  const buffers = layers.map(({ inputs }, l) => ({
+    q: createBuffer(device, `q${l}`, storage, inputs.q),
+    summaries: createBuffer(device, `s${l}`, storage, inputs.summaries),
+    selected: createBuffer(device, `sel${l}`, out, 2 * 2 * 4 * 4),
+  }));
+  selector.plan(layers[0].inputs);
+  const encoder = device.createCommandEncoder();
+  for (const b of buffers) selector.encode(encoder, b);
+  device.queue.submit([encoder.finish()]);
+  for (const [l, { want }] of layers.entries()) {
+    const got = new Uint32Array(await readBuffer(device, buffers[l].selected));
+    assert.deepEqual(got, want, `layer ${l}`);
+  }
+  // A bigger plan (more candidates, larger k) grows the scratch buffers.
+  const { inputs: bigger, want } = separatedInputs(
+    13,
+    { ...shape, counts: [500, 300], k: 9 },
+    options,
+  );
+  const big = {
+    q: createBuffer(device, "q big", storage, bigger.q),
+    summaries: createBuffer(device, "s big", storage, bigger.summaries),
+    selected: createBuffer(device, "sel big", out, 2 * 2 * 9 * 4),
+  };
+  selector.plan(bigger);
+  const encoder2 = device.createCommandEncoder();
+  selector.encode(encoder2, big);
+  device.queue.submit([encoder2.finish()]);
+  assert.deepEqual(new Uint32Array(await readBuffer(device, big.selected)), want);
+  for (const b of [...buffers, big]) for (const x of Object.values(b)) x.destroy();
+});
+
+gpuTest("NaN queries on the GPU path still give k distinct valid pages", async (gpu) => {
+  const { device } = gpu;
+  const inputs = randomInputs(5, { numKvHeads: 1, group: 2, headDim: 8, counts: [50], k: 10 });
+  const q = inputs.q.slice();
+  q[3] = NaN;
+  q[9] = Infinity;
+  const storage = GPUBufferUsage.STORAGE;
+  const buffers = {
+    q: createBuffer(device, "q nan", storage, q),
+    summaries: createBuffer(device, "s", storage, inputs.summaries),
+    selected: createBuffer(device, "sel", storage | GPUBufferUsage.COPY_SRC, 40),
+  };
+  using selector = createPageSelector(device, { numQueryHeads: 2, numKvHeads: 1, headDim: 8 });
+  selector.plan(inputs);
+  const encoder = device.createCommandEncoder();
+  selector.encode(encoder, buffers);
+  device.queue.submit([encoder.finish()]);
+  const got = [...new Uint32Array(await readBuffer(device, buffers.selected))];
+  const start = inputs.candidateStart[0];
+  assert.equal(new Set(got).size, 10);
+  assert.ok(got.every((p) => p >= start && p < start + 50), String(got));
+  for (const x of Object.values(buffers)) x.destroy();
+});
+
+gpuTest("selection: bad input throws before GPU work", async (gpu) => {
+  const { device } = gpu;
+  const options = { numQueryHeads: 2, numKvHeads: 1, headDim: 4 };
+  const ok = {
+    q: new Float32Array(8),
+    summaries: flatPages([1, 2, 3, 4, 5]),
+    pageOffset: [1],
+    candidateStart: [0],
+    candidateEnd: [4],
+    k: 2,
+  };
+  selectPagesReference(ok, options);
+  type Override = [Partial<PageSelectionInputs>, Partial<PageSelectorOptions>?];
+  const cases: Array<[string, Override, ErrorConstructor, RegExp]> = [
+    [
+      "unknown pooling",
+      [{}, { pooling: "sum" as PoolingMode }],
+      TypeError,
+      /'pooling' must be one of "softmax-mean", "mean", "max": received "sum"/,
+    ],
+    ["group", [{}, { numKvHeads: 3 }], RangeError, /multiple of 'numKvHeads' 3: received 2/],
+    ["head dim", [{}, { headDim: 6 }], RangeError, /'headDim' must be a multiple of 4: received 6/],
+    ["scale", [{}, { scale: -1 }], RangeError, /'scale' must be positive: received -1/],
+    ["k = 0", [{ k: 0 }], RangeError, /'k' must be at least 1: received 0/],
+    [
+      "k > candidates",
+      [{ k: 5 }],
+      RangeError,
+      /'k' must be at most the 4 candidate pages of sequence 0: received 5/,
+    ],
+    [
+      "empty range",
+      [{ candidateStart: [2], candidateEnd: [2] }],
+      RangeError,
+      /candidate range of sequence 0 must not be empty: received \[2, 2\)/,
+    ],
+    [
+      "inverted range",
+      [{ candidateStart: [3], candidateEnd: [1] }],
+      RangeError,
+      /must not be empty: received \[3, 1\)/,
+    ],
+    [
+      "lengths",
+      [{ candidateEnd: [4, 4] }],
+      RangeError,
+      /'candidateEnd' must have length 1: received length 2/,
+    ],
+    ["batch", [{ batch: 2 }], RangeError, /'pageOffset' must have length 2: received length 1/],
+    [
+      "q length",
+      [{ q: new Float32Array(7) }],
+      RangeError,
+      /'q' must have length 8: received length 7/,
+    ],
+    [
+      "summaries length",
+      [{ summaries: new Float32Array(9) }],
+      RangeError,
+      /multiple of numKvHeads \* 2 \* headDim = 8: received length 9/,
+    ],
+    [
+      "page out of range",
+      [{ pageOffset: [2] }],
+      RangeError,
+      /must be below the 5 pages of 'summaries': received page 5/,
+    ],
+    [
+      "non-integer",
+      [{ pageOffset: [0.5] }],
+      TypeError,
+      /'pageOffset\[0\]' must be an integer: received 0.5/,
+    ],
+    [
+      "NaN q",
+      [{ q: new Float32Array([0, 0, NaN, 0, 0, 0, 0, 0]) }],
+      RangeError,
+      /'q' must hold only finite values: received NaN at index 2/,
+    ],
+    [
+      "infinite q",
+      [{ q: new Float32Array([0, 0, 0, 0, 0, 0, 0, -Infinity]) }],
+      RangeError,
+      /'q' must hold only finite values: received -Infinity at index 7/,
+    ],
+    [
+      "infinite summaries",
+      [{ summaries: flatPages([1, 2, 3, Infinity, 5]) }],
+      RangeError,
+      /'summaries' must hold only finite values: received Infinity at index 24/,
+    ],
+    [
+      "q type",
+      [{ q: [0, 0, 0, 0, 0, 0, 0, 0] as unknown as Float32Array }],
+      TypeError,
+      /'q' must be a Float32Array: received array of length 8/,
+    ],
+  ];
+  const matches = (type: ErrorConstructor, message: RegExp) => (e: unknown) =>
+    e instanceof type && message.test((e as Error).message);
+  for (const [name, [inputs, opts], type, message] of cases) {
+    const args = [{ ...ok, ...inputs }, { ...options, ...opts }] as const;
+    assert.throws(() => selectPagesReference(...args), matches(type, message), name);
+    // The GPU convenience validates the same way, before any GPU work.
+    await assert.rejects(() => selectPages(device, ...args), matches(type, message), name);
+  }
+
+  // The selector: encode before plan, buffer checks, a failed plan keeps the old one.
+  using selector = createPageSelector(device, options);
+  const storage = GPUBufferUsage.STORAGE;
+  const q = createBuffer(device, "q", storage, ok.q);
+  const summaries = createBuffer(device, "s", storage, ok.summaries);
+  const small = createBuffer(device, "s small", storage, 4 * 8 * 4);
+  const tiny = createBuffer(device, "sel tiny", storage, 4);
+  const selected = createBuffer(device, "sel", storage | GPUBufferUsage.COPY_SRC, 8);
+  const noStorage = createBuffer(device, "sel copy", GPUBufferUsage.COPY_SRC, 8);
+  const encoder = device.createCommandEncoder();
+  assert.throws(
+    () => selector.encode(encoder, { q, summaries, selected }),
+    matches(TypeError, /has no plan: call plan\(\) first/),
+  );
+  selector.plan(ok);
+  assert.throws(() => selector.plan({ ...ok, k: 9 }), RangeError);
+  assert.throws(
+    () => selector.encode(encoder, { q, summaries: small, selected }),
+    matches(RangeError, /below the 4 pages of 'summaries': received page 4/),
+  );
+  assert.throws(
+    () => selector.encode(encoder, { q, summaries, selected: tiny }),
+    matches(RangeError, /'selected' must hold batch \* numKvHeads \* k u32 \(8 bytes\)/),
+  );
+  assert.throws(
+    () => selector.encode(encoder, { q, summaries, selected: noStorage }),
+    matches(TypeError, /'selected' must have STORAGE usage/),
+  );
+  selector.encode(encoder, { q, summaries, selected });
+  device.queue.submit([encoder.finish()]);
+  assert.deepEqual([...new Uint32Array(await readBuffer(device, selected))], [0, 1]);
+  for (const b of [q, summaries, small, tiny, selected, noStorage]) b.destroy();
+});

@@ -1,0 +1,364 @@
+import assert from "node:assert/strict";
+import { gpuTest } from "./_gpu.ts";
+import { requestGpu } from "../lib/device.ts";
+import { type KvDtype, toKvArray } from "../lib/dtype.ts";
+import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
+import { createRandom, randomNormalArray } from "../lib/random.ts";
+import {
+  createPageSummarizer,
+  pageSummariesReference,
+  type PageSummaryJob,
+  summarizePages,
+  summaryFloatsPerPage,
+  type SummaryKind,
+} from "../lib/summaries.ts";
+
+/** Runs `fn` and fails on any GPU validation or internal error it caused. */
+async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T> {
+  device.pushErrorScope("validation");
+  device.pushErrorScope("internal");
+  let result: T;
+  try {
+    result = await fn();
+  } finally {
+    const internal = await device.popErrorScope();
+    const validation = await device.popErrorScope();
+    assert.equal(internal?.message, undefined);
+    assert.equal(validation?.message, undefined);
+  }
+  return result;
+}
+
+interface Case {
+  slots: number;
+  pageSize: number;
+  numKvHeads: number;
+  headDim: number;
+  dtype: KvDtype;
+  summary: SummaryKind;
+}
+
+/** Random keys, and jobs over a shuffled subset of slots with random page lengths. */
+function makeCase(seed: number, c: Case) {
+  const rng = createRandom(seed);
+  const length = c.slots * c.pageSize * c.numKvHeads * c.headDim;
+  const kCache = toKvArray(c.dtype, randomNormalArray(rng, length, 2));
+  const shuffled = (n: number) => {
+    const a = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+      const j = rng.int(i + 1);
+      [a[i], a[j]] = [a[j], a[i]];
+    }
+    return a;
+  };
+  const slots = shuffled(c.slots);
+  const numPages = c.slots + 3;
+  const pages = shuffled(numPages);
+  const jobs: PageSummaryJob[] = slots.slice(0, Math.max(1, c.slots - 1)).map((srcSlot, i) => ({
+    srcSlot,
+    dstPage: pages[i],
+    // Full pages and partial ones, including a single token.
+    numTokens: i % 3 === 0 ? c.pageSize : 1 + rng.int(c.pageSize),
+  }));
+  return { kCache, jobs, numPages };
+}
+
+function assertClose(got: Float32Array, want: Float32Array, rel: number, label: string): void {
+  assert.equal(got.length, want.length);
+  for (let i = 0; i < want.length; i++) {
+    const tol = rel * (1 + Math.abs(want[i]));
+    if (!(Math.abs(got[i] - want[i]) <= tol)) {
+      assert.fail(`${label}: index ${i}: got ${got[i]}, want ${want[i]} (tolerance ${tol})`);
+    }
+  }
+}
+
+const CASES: Case[] = [];
+for (const dtype of ["f32", "f16"] as const) {
+  for (const summary of ["minmax", "box"] as const) {
+    CASES.push(
+      { slots: 9, pageSize: 1, numKvHeads: 2, headDim: 8, dtype, summary },
+      { slots: 6, pageSize: 8, numKvHeads: 3, headDim: 64, dtype, summary },
+      { slots: 4, pageSize: 32, numKvHeads: 2, headDim: 128, dtype, summary },
+    );
+  }
+}
+
+gpuTest(
+  "summaries match the CPU oracle (page sizes, partial pages, kinds, dtypes)",
+  async (gpu) => {
+    for (const [i, c] of CASES.entries()) {
+      if (c.dtype === "f16" && !gpu.f16) continue;
+      const inputs = makeCase(100 + i, c);
+      const options = {
+        numKvHeads: c.numKvHeads,
+        headDim: c.headDim,
+        pageSize: c.pageSize,
+        summary: c.summary,
+      };
+      const got = await noGpuErrors(gpu.device, () => summarizePages(gpu.device, inputs, options));
+      const want = pageSummariesReference(inputs, options);
+      const label = JSON.stringify(c);
+      if (c.summary === "minmax") {
+        // min and max of the stored values are exact.
+        assert.deepEqual(got, want, label);
+      } else {
+        assertClose(got, want, 2e-6, label);
+      }
+      // Box bounds enclose the center; min/max bounds enclose every key.
+      for (let p = 0; p < inputs.numPages; p++) {
+        const base = p * summaryFloatsPerPage(options);
+        for (let h = 0; h < c.numKvHeads; h++) {
+          for (let ch = 0; ch < c.headDim; ch++) {
+            const o = base + h * 2 * c.headDim + ch;
+            assert.ok(got[o] <= got[o + c.headDim], `${label}: lower <= upper`);
+          }
+        }
+      }
+    }
+  },
+);
+
+gpuTest(
+  "summarizer: one plan, two layers in one submission, bulk jobs, other pages kept",
+  async (gpu) => {
+    const { device } = gpu;
+    const numKvHeads = 2, headDim = 8, pageSize = 4;
+    const options = { numKvHeads, headDim, pageSize, summary: "box" as const };
+    const rng = createRandom(7);
+    const slots = 50, numPages = 64;
+    const layers = [0, 1].map(() =>
+      randomNormalArray(rng, slots * pageSize * numKvHeads * headDim)
+    );
+    const jobs = Array.from({ length: 40 }, (_, i) => ({
+      srcSlot: (i * 13) % slots,
+      dstPage: numPages - 1 - i,
+      numTokens: 1 + (i % pageSize),
+    }));
+    const pageFloats = summaryFloatsPerPage(options);
+    const sentinel = new Float32Array(numPages * pageFloats).fill(-123.5);
+    const storage = GPUBufferUsage.STORAGE;
+    const kBuffers = layers.map((k, l) => createBuffer(device, `k${l}`, storage, k));
+    const sBuffers = layers.map((_, l) =>
+      createBuffer(device, `s${l}`, storage | GPUBufferUsage.COPY_SRC, sentinel)
+    );
+    using summarizer = createPageSummarizer(device, options);
+    summarizer.plan(jobs);
+    assert.equal(summarizer.numJobs, 40);
+    const encoder = device.createCommandEncoder();
+    for (let l = 0; l < 2; l++) {
+      summarizer.encode(encoder, { kCache: kBuffers[l], summaries: sBuffers[l] });
+    }
+    device.queue.submit([encoder.finish()]);
+    for (let l = 0; l < 2; l++) {
+      const got = new Float32Array(await readBuffer(device, sBuffers[l]));
+      const want = pageSummariesReference({ kCache: layers[l], jobs, numPages }, options);
+      const written = new Set(jobs.map((j) => j.dstPage));
+      for (let p = 0; p < numPages; p++) {
+        const g = got.subarray(p * pageFloats, (p + 1) * pageFloats);
+        if (written.has(p)) {
+          assertClose(g, want.subarray(p * pageFloats, (p + 1) * pageFloats), 2e-6, `layer ${l}`);
+        } else {
+          assert.ok(g.every((v) => v === -123.5), `page ${p} untouched`);
+        }
+      }
+    }
+    // Zero jobs encode nothing.
+    summarizer.plan([]);
+    const empty = device.createCommandEncoder();
+    summarizer.encode(empty, { kCache: kBuffers[0], summaries: sBuffers[0] });
+    device.queue.submit([empty.finish()]);
+    for (const b of [...kBuffers, ...sBuffers]) b.destroy();
+  },
+);
+
+gpuTest("summarizer folds more than 65535 jobs into the grid", async (gpu) => {
+  const options = { numKvHeads: 1, headDim: 4, pageSize: 1 };
+  const count = 70000;
+  const kCache = new Float32Array(count * 4);
+  for (let i = 0; i < kCache.length; i++) kCache[i] = (i * 37) % 1001;
+  const jobs = new Uint32Array(count * 3);
+  for (let i = 0; i < count; i++) jobs.set([i, count - 1 - i, 1], 3 * i);
+  const inputs = { kCache, jobs, numPages: count };
+  const got = await noGpuErrors(gpu.device, () => summarizePages(gpu.device, inputs, options));
+  assert.deepEqual(got, pageSummariesReference(inputs, options));
+});
+
+Deno.test("summary oracle: hand-computed min/max and box", () => {
+  // 1 slot of 4 tokens, 1 head, d = 1: keys 0, 2, 3, 7.
+  const inputs = {
+    kCache: new Float32Array([0, 2, 3, 7]),
+    jobs: [{ srcSlot: 0, dstPage: 1, numTokens: 3 }],
+    numPages: 2,
+  };
+  const options = { numKvHeads: 1, headDim: 1, pageSize: 4 };
+  assert.deepEqual([...pageSummariesReference(inputs, options)], [0, 0, 0, 3]);
+  // Box over 0, 2, 3: center 1.5, spread (1.5 + 0.5 + 1.5) / 3.
+  const box = pageSummariesReference(inputs, { ...options, summary: "box" });
+  assert.equal(box[2], Math.fround(1.5 - 3.5 / 3));
+  assert.equal(box[3], Math.fround(1.5 + 3.5 / 3));
+});
+
+gpuTest("summaries: bad input throws before GPU work", async (gpu) => {
+  const { device } = gpu;
+  const options = { numKvHeads: 1, headDim: 2, pageSize: 2 };
+  const kCache = new Float32Array(8); // 2 slots
+  const ok = { kCache, jobs: [{ srcSlot: 1, dstPage: 0, numTokens: 2 }], numPages: 1 };
+  const cases: Array<[string, () => unknown, ErrorConstructor, RegExp]> = [
+    [
+      "unknown summary",
+      // deno-lint-ignore no-explicit-any
+      () => pageSummariesReference(ok, { ...options, summary: "mean" as any }),
+      TypeError,
+      /'summary' must be one of "minmax", "box": received "mean"/,
+    ],
+    [
+      "page size 0",
+      () => pageSummariesReference(ok, { ...options, pageSize: 0 }),
+      RangeError,
+      /'pageSize' must be at least 1: received 0/,
+    ],
+    [
+      "kCache length",
+      () => pageSummariesReference({ ...ok, kCache: new Float32Array(7) }, options),
+      RangeError,
+      /'kCache' must have a length that is a positive multiple of the slot length 4: received length 7/,
+    ],
+    [
+      "kCache dtype",
+      () => pageSummariesReference(ok, { ...options, dtype: "f16" }),
+      TypeError,
+      /'kCache' must be a Float16Array for dtype "f16"/,
+    ],
+    [
+      "numTokens 0",
+      () =>
+        pageSummariesReference(
+          { ...ok, jobs: [{ srcSlot: 0, dstPage: 0, numTokens: 0 }] },
+          options,
+        ),
+      RangeError,
+      /'jobs\[0\].numTokens' must be between 1 and 2: received 0/,
+    ],
+    [
+      "numTokens > P",
+      () =>
+        pageSummariesReference(
+          { ...ok, jobs: [{ srcSlot: 0, dstPage: 0, numTokens: 3 }] },
+          options,
+        ),
+      RangeError,
+      /'jobs\[0\].numTokens' must be between 1 and 2: received 3/,
+    ],
+    [
+      "slot out of range",
+      () =>
+        pageSummariesReference(
+          { ...ok, jobs: [{ srcSlot: 2, dstPage: 0, numTokens: 1 }] },
+          options,
+        ),
+      RangeError,
+      /'srcSlot' must be below the 2 slots of 'kCache': received 2/,
+    ],
+    [
+      "page out of range",
+      () =>
+        pageSummariesReference(
+          { ...ok, jobs: [{ srcSlot: 0, dstPage: 1, numTokens: 1 }] },
+          options,
+        ),
+      RangeError,
+      /'dstPage' must be below 'numPages' 1: received 1/,
+    ],
+    [
+      "duplicate page",
+      () =>
+        pageSummariesReference({
+          ...ok,
+          numPages: 3,
+          jobs: [{ srcSlot: 0, dstPage: 2, numTokens: 1 }, {
+            srcSlot: 1,
+            dstPage: 2,
+            numTokens: 1,
+          }],
+        }, options),
+      RangeError,
+      /'dstPage' must be unique: received page 2 twice/,
+    ],
+    [
+      "flat jobs length",
+      () => pageSummariesReference({ ...ok, jobs: new Uint32Array(4) }, options),
+      RangeError,
+      /triples: received length 4/,
+    ],
+    [
+      "negative slot",
+      () =>
+        pageSummariesReference(
+          { ...ok, jobs: [{ srcSlot: -1, dstPage: 0, numTokens: 1 }] },
+          options,
+        ),
+      RangeError,
+      /'jobs\[0\].srcSlot' must be between 0 and 4294967295: received -1/,
+    ],
+  ];
+  for (const [name, fn, type, message] of cases) {
+    assert.throws(
+      fn,
+      (e: unknown) => e instanceof type && message.test((e as Error).message),
+      name,
+    );
+  }
+  await assert.rejects(
+    () =>
+      summarizePages(
+        device,
+        { ...ok, kCache: new Float32Array([0, 1, NaN, 0, 0, 0, 0, 0]) },
+        options,
+      ),
+    (e: unknown) =>
+      e instanceof RangeError &&
+      /'kCache' must hold only finite values: received NaN at index 2/.test((e as Error).message),
+  );
+  await assert.rejects(
+    () => summarizePages(device, { ...ok, numPages: 0 }, options),
+    RangeError,
+  );
+
+  // Encode checks the buffers; a failed plan keeps the previous one.
+  using summarizer = createPageSummarizer(device, options);
+  summarizer.plan(ok.jobs);
+  assert.throws(() => summarizer.plan([{ srcSlot: 0, dstPage: 0, numTokens: 9 }]), RangeError);
+  assert.equal(summarizer.numJobs, 1);
+  const storage = GPUBufferUsage.STORAGE;
+  const oneSlot = createBuffer(device, "k one slot", storage, 16);
+  const twoSlots = createBuffer(device, "k two slots", storage, 32);
+  const noPages = createBuffer(device, "s small", storage, 8);
+  const onePage = createBuffer(device, "s one page", storage, 16);
+  const notStorage = createBuffer(device, "s copy", GPUBufferUsage.COPY_DST, 16);
+  const encoder = device.createCommandEncoder();
+  assert.throws(
+    () => summarizer.encode(encoder, { kCache: oneSlot, summaries: onePage }),
+    /'srcSlot' must be below the 1 slots of 'kCache': received 1/,
+  );
+  assert.throws(
+    () => summarizer.encode(encoder, { kCache: twoSlots, summaries: noPages }),
+    /'dstPage' must be below the 0 pages of 'summaries': received 0/,
+  );
+  assert.throws(
+    () => summarizer.encode(encoder, { kCache: twoSlots, summaries: notStorage }),
+    (e: unknown) => e instanceof TypeError && /'summaries' must have STORAGE usage/.test(String(e)),
+  );
+  device.queue.submit([encoder.finish()]);
+  for (const b of [oneSlot, twoSlots, noPages, onePage, notStorage]) b.destroy();
+});
+
+gpuTest("f16 summaries need shader-f16 on the device", async () => {
+  using plain = await requestGpu({ f16: false });
+  assert.throws(
+    () =>
+      createPageSummarizer(plain.device, { numKvHeads: 1, headDim: 2, pageSize: 2, dtype: "f16" }),
+    (e: unknown) =>
+      e instanceof TypeError && /needs the device feature 'shader-f16'/.test(String(e)),
+  );
+});
