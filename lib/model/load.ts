@@ -82,6 +82,18 @@ async function readPrefix(path: string, n: number): Promise<Uint8Array> {
   return buf.subarray(0, got);
 }
 
+/** Whether `file` is one shard named by the directory's index (then load them all). */
+async function isIndexedShard(dir: string, file: string): Promise<boolean> {
+  const index = `${dir}/model.safetensors.index.json`;
+  if (!(await exists(index))) return false;
+  try {
+    const map = JSON.parse(await Deno.readTextFile(index))?.weight_map ?? {};
+    return Object.values(map).includes(baseOf(file));
+  } catch {
+    return false;
+  }
+}
+
 function looksLikeSafetensors(prefix: Uint8Array, size: number): boolean {
   if (prefix.length < 9) return false;
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
@@ -267,7 +279,7 @@ async function loadHf(
   if (weightsFile?.endsWith(".index.json")) {
     source = await openSafetensorsIndex(weightsFile, sourceOptions);
     files.push(weightsFile);
-  } else if (weightsFile) {
+  } else if (weightsFile && !(await isIndexedShard(dir, weightsFile))) {
     source = await openSafetensors(weightsFile, sourceOptions);
     files.push(weightsFile);
   } else if (await exists(`${dir}/model.safetensors.index.json`)) {
