@@ -17,6 +17,13 @@ async function tryGpu(): Promise<Gpu | null> {
 /** The shared test GPU, or null when none exists and none is required. */
 export const testGpu: Gpu | null = await tryGpu();
 
+// WebGPU validation errors are otherwise silent: the bad command buffer is
+// just dropped. Every GPU test fails if one happened while it ran.
+const uncaptured: string[] = [];
+testGpu?.device.addEventListener("uncapturederror", (event) => {
+  uncaptured.push((event as GPUUncapturedErrorEvent).error.message);
+});
+
 /** Registers a test that needs the GPU; skipped when there is none. */
 export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): void {
   Deno.test({
@@ -24,6 +31,13 @@ export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): v
     ignore: testGpu === null,
     sanitizeOps: false,
     sanitizeResources: false,
-    fn: () => fn(testGpu!),
+    fn: async () => {
+      uncaptured.length = 0;
+      await fn(testGpu!);
+      await testGpu!.device.queue.onSubmittedWorkDone();
+      if (uncaptured.length) {
+        throw new Error(`WebGPU validation errors during the test:\n${uncaptured.join("\n")}`);
+      }
+    },
   });
 }

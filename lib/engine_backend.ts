@@ -1,0 +1,68 @@
+/**
+ * Plugs the retrieval engine into the WebGPU decoder: an
+ * {@linkcode AttentionBackend} whose decode attention runs under any policy.
+ *
+ * @module
+ */
+
+import { createRetrievalEngine, type EngineOptions, type RetrievalEngine } from "./engine.ts";
+import type { AttentionBackend, AttentionStepIo } from "./model/attention_backend.ts";
+
+/** Options of {@linkcode createEngineBackend}: the engine's options without the batch. */
+export type EngineBackendOptions = Omit<EngineOptions, "batch">;
+
+/** An attention backend backed by a {@linkcode RetrievalEngine} (batch 1). */
+export interface EngineBackend extends AttentionBackend {
+  /** The engine, for statistics. */
+  readonly engine: RetrievalEngine;
+}
+
+/**
+ * Creates a decoder attention backend that runs `options.policy`.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { createEngineBackend } from "./engine_backend.ts";
+ * using gpu = await requestGpu();
+ * using backend = createEngineBackend(gpu.device, {
+ *   numLayers: 1, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 64,
+ *   policy: "freekv", pageSize: 4, budget: 16, sink: 4, window: 4,
+ * });
+ * console.log(backend.engine.options.policy); // freekv
+ * ```
+ */
+export function createEngineBackend(
+  device: GPUDevice,
+  options: EngineBackendOptions,
+): EngineBackend {
+  let engine = createRetrievalEngine(device, { ...options, batch: 1 });
+  let prefilled = 0;
+  return {
+    get engine() {
+      return engine;
+    },
+    async prefill(layer: number, k: GPUBuffer, v: GPUBuffer, length: number): Promise<void> {
+      // A prefill of layer 0 after a whole prompt starts a new sequence.
+      if (layer === 0 && prefilled === options.numLayers) {
+        engine[Symbol.dispose]();
+        engine = createRetrievalEngine(device, { ...options, batch: 1 });
+        prefilled = 0;
+      }
+      await engine.prefill(0, layer, { k, v, length });
+      prefilled++;
+    },
+    async step(layer: number, pos: number, io: AttentionStepIo): Promise<void> {
+      const length = engine.length(layer, 0);
+      if (pos !== length) {
+        throw new RangeError(
+          `Cannot run a decode step as 'pos' must equal the tokens cached at layer ${layer} (${length}): received ${pos}`,
+        );
+      }
+      await engine.step(layer, io);
+    },
+    [Symbol.dispose](): void {
+      engine[Symbol.dispose]();
+    },
+  };
+}

@@ -1,0 +1,243 @@
+import assert from "node:assert/strict";
+import { gpuTest } from "./_gpu.ts";
+import { createRetrievalEngine, type EngineOptions, type PolicyName } from "../lib/engine.ts";
+import { createSyntheticSource, takePrompt, type TokenQkv } from "../lib/synthetic.ts";
+import { querySimilarityReference } from "../lib/similarity.ts";
+import { pageRegions } from "../lib/page_plan.ts";
+
+const SHAPE = { numLayers: 2, numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
+// 1 sink page, 2 window pages, 3 selected pages of 4 tokens.
+const SMALL = { pageSize: 4, sink: 4, window: 8, budget: 24, maxContext: 128 };
+
+interface Run {
+  outputs: Float32Array[][]; // [step][layer]
+  pages: number[][][][]; // [step][layer][seq * Hkv + head]
+  corrected: Uint8Array[][]; // [step][layer]
+}
+
+/** Prefills `prompts` (one per sequence) and decodes `steps` tokens from per-sequence sources. */
+async function run(
+  device: GPUDevice,
+  options: Partial<EngineOptions> & { policy: PolicyName },
+  promptLengths: number[],
+  steps: number,
+  seed = 5,
+): Promise<Run> {
+  const batch = promptLengths.length;
+  using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, batch, ...options });
+  const sources = promptLengths.map((_, b) =>
+    createSyntheticSource({ ...SHAPE, seed: seed + b, shiftProbability: 0.3 })
+  );
+  for (let b = 0; b < batch; b++) {
+    const prompt = takePrompt(sources[b], promptLengths[b]);
+    for (let l = 0; l < SHAPE.numLayers; l++) {
+      await engine.prefill(b, l, { k: prompt[l].k, v: prompt[l].v });
+    }
+  }
+  const result: Run = { outputs: [], pages: [], corrected: [] };
+  for (let s = 0; s < steps; s++) {
+    const toks: TokenQkv[][] = sources.map((src) => src.next());
+    const outs: Float32Array[] = [], pages: number[][][] = [], corrected: Uint8Array[] = [];
+    for (let l = 0; l < SHAPE.numLayers; l++) {
+      const cat = (name: "q" | "k" | "v") => {
+        const n = toks[0][l][name].length;
+        const x = new Float32Array(batch * n);
+        toks.forEach((t, b) => x.set(t[l][name], b * n));
+        return x;
+      };
+      outs.push((await engine.step(l, { q: cat("q"), k: cat("k"), v: cat("v") }))!);
+      const perHead: number[][] = [];
+      for (let b = 0; b < batch; b++) {
+        for (let h = 0; h < SHAPE.numKvHeads; h++) perHead.push(engine.attendedPages(l, b, h));
+      }
+      pages.push(perHead);
+      corrected.push(engine.lastCorrections(l));
+    }
+    result.outputs.push(outs);
+    result.pages.push(pages);
+    result.corrected.push(corrected);
+  }
+  await engine.drain();
+  return result;
+}
+
+function assertClose(a: Float32Array, b: Float32Array, tol: number, what: string) {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  assert.ok(worst <= tol, `${what}: max abs diff ${worst} > ${tol}`);
+}
+
+gpuTest("budget covering the context: every policy equals full", async ({ device }) => {
+  const covering = { budget: 128 };
+  const full = await run(device, { policy: "full", ...covering }, [37], 6);
+  for (const policy of ["streaming", "quest", "sync-offload", "freekv"] as const) {
+    const other = await run(device, { policy, ...covering }, [37], 6);
+    for (let s = 0; s < 6; s++) {
+      for (let l = 0; l < 2; l++) {
+        assertClose(
+          other.outputs[s][l],
+          full.outputs[s][l],
+          1e-5,
+          `${policy} step ${s} layer ${l}`,
+        );
+        assert.deepEqual(other.pages[s][l], full.pages[s][l], `${policy} pages step ${s}`);
+      }
+    }
+  }
+});
+
+gpuTest(
+  "sync-offload and quest pick identical pages; offloading never changes results",
+  async ({ device }) => {
+    const quest = await run(device, { policy: "quest" }, [45], 10);
+    const sync = await run(device, { policy: "sync-offload" }, [45], 10);
+    const syncNhd = await run(device, { policy: "sync-offload", hostLayout: "nhd" }, [45], 10);
+    for (let s = 0; s < 10; s++) {
+      for (let l = 0; l < 2; l++) {
+        assert.deepEqual(sync.pages[s][l], quest.pages[s][l], `step ${s} layer ${l}`);
+        assert.deepEqual(syncNhd.pages[s][l], quest.pages[s][l]);
+        assertClose(sync.outputs[s][l], quest.outputs[s][l], 1e-5, `step ${s}`);
+        assertClose(syncNhd.outputs[s][l], sync.outputs[s][l], 0, `nhd step ${s}`);
+      }
+    }
+    // Selection really selects: fewer pages than the context.
+    const ctx = pageRegions(45 + 10, { pageSize: 4, sinkPages: 1, windowPages: 2, selectPages: 3 });
+    assert.ok(quest.pages[9][1][0].length < ctx.numPages);
+  },
+);
+
+gpuTest("freekv with tau > 1 picks quest's pages at every step", async ({ device }) => {
+  const quest = await run(device, { policy: "quest" }, [45], 10);
+  const always = await run(device, { policy: "freekv", tau: 2 }, [45], 10);
+  for (let s = 0; s < 10; s++) {
+    for (let l = 0; l < 2; l++) {
+      assert.deepEqual(always.pages[s][l], quest.pages[s][l], `step ${s} layer ${l}`);
+      assertClose(always.outputs[s][l], quest.outputs[s][l], 1e-5, `step ${s}`);
+      if (s > 0) assert.ok(always.corrected[s][l].every((c) => c === 1));
+    }
+  }
+});
+
+gpuTest("freekv with tau < -1 attends the previous step's selection", async ({ device }) => {
+  const quest = await run(device, { policy: "quest" }, [45], 10);
+  const never = await run(device, { policy: "freekv", tau: -2 }, [45], 10);
+  const budget = { pageSize: 4, sinkPages: 1, windowPages: 2, selectPages: 3 };
+  // The first step after prefill selects synchronously.
+  assert.deepEqual(never.pages[0], quest.pages[0]);
+  for (let s = 1; s < 10; s++) {
+    const r = pageRegions(45 + s + 1, budget);
+    for (let l = 0; l < 2; l++) {
+      assert.ok(never.corrected[s][l].every((c) => c === 0));
+      for (let i = 0; i < 2; i++) {
+        const selectedNow = never.pages[s][l][i].filter((p) =>
+          p >= r.sinkCount && p < r.windowStart
+        );
+        const rPrev = pageRegions(45 + s, budget);
+        const selectedBefore = quest.pages[s - 1][l][i].filter((p) =>
+          p >= rPrev.sinkCount && p < rPrev.windowStart
+        );
+        assert.deepEqual(selectedNow, selectedBefore, `step ${s} layer ${l} head ${i}`);
+      }
+    }
+  }
+});
+
+gpuTest("freekv correction flags equal the CPU oracle's", async ({ device }) => {
+  const tau = 0.9;
+  const result = await run(device, { policy: "freekv", tau }, [45], 8, 11);
+  // Replay the same source to get the queries.
+  const src = createSyntheticSource({ ...SHAPE, seed: 11, shiftProbability: 0.3 });
+  takePrompt(src, 45);
+  let prev = src.next();
+  let corrections = 0;
+  for (let s = 1; s < 8; s++) {
+    const now = src.next();
+    for (let l = 0; l < 2; l++) {
+      const ref = querySimilarityReference(
+        { qNow: now[l].q, qPrev: prev[l].q, tau },
+        { numQueryHeads: 4, numKvHeads: 2, headDim: 8 },
+      );
+      assert.deepEqual([...result.corrected[s][l]], [...ref.flags], `step ${s} layer ${l}`);
+      corrections += ref.flags.reduce((a, b) => a + b, 0);
+    }
+    prev = now;
+  }
+  assert.ok(corrections > 0, "the workload must trigger some corrections");
+});
+
+gpuTest("a batch of 3 different lengths equals each sequence run alone", async ({ device }) => {
+  for (const policy of ["quest", "freekv", "streaming"] as const) {
+    const lengths = [45, 13, 30];
+    const batch = await run(device, { policy }, lengths, 5);
+    for (let b = 0; b < 3; b++) {
+      const alone = await run(device, { policy }, [lengths[b]], 5, 5 + b);
+      const n = SHAPE.numQueryHeads * SHAPE.headDim;
+      for (let s = 0; s < 5; s++) {
+        for (let l = 0; l < 2; l++) {
+          assertClose(
+            batch.outputs[s][l].subarray(b * n, (b + 1) * n),
+            alone.outputs[s][l],
+            1e-5,
+            `${policy} seq ${b} step ${s}`,
+          );
+          assert.deepEqual(batch.pages[s][l].slice(b * 2, b * 2 + 2), alone.pages[s][l]);
+        }
+      }
+    }
+  }
+});
+
+gpuTest("bad input is rejected before any change", async ({ device }) => {
+  const base = { ...SHAPE, ...SMALL, policy: "freekv" as const };
+  assert.throws(
+    () => createRetrievalEngine(device, { ...base, budget: 12 }),
+    /'budget' must be at least sink \+ window \+ one page \(16\): received 12/,
+  );
+  assert.throws(
+    () => createRetrievalEngine(device, { ...base, sink: 6 }),
+    /'sink' must be a multiple of 'pageSize' \(4\): received 6/,
+  );
+  assert.throws(
+    () => createRetrievalEngine(device, { ...base, window: 10 }),
+    /'window' must be a multiple/,
+  );
+  assert.throws(
+    () => createRetrievalEngine(device, { ...base, policy: "magic" as PolicyName }),
+    TypeError,
+  );
+  using engine = createRetrievalEngine(device, base);
+  const q = new Float32Array(32), kv = new Float32Array(16);
+  await assert.rejects(
+    () => engine.step(0, { q, k: kv, v: kv }),
+    /must be prefilled at layer 0 first/,
+  );
+  const src = createSyntheticSource(SHAPE);
+  const prompt = takePrompt(src, 20);
+  await engine.prefill(0, 0, { k: prompt[0].k, v: prompt[0].v });
+  await engine.prefill(0, 1, { k: prompt[1].k, v: prompt[1].v });
+  await assert.rejects(
+    () => engine.prefill(0, 0, { k: prompt[0].k, v: prompt[0].v }),
+    /prefilled twice/,
+  );
+  await assert.rejects(
+    () => engine.step(1, { q, k: kv, v: kv }),
+    /'layer' must be 0 \(layers step in order\): received 1/,
+  );
+  await assert.rejects(
+    () => engine.step(0, { q: new Float32Array(31), k: kv, v: kv }),
+    /'q' must have length 32: received length 31/,
+  );
+  const bad = new Float32Array(32);
+  bad[3] = NaN;
+  await assert.rejects(
+    () => engine.step(0, { q: bad, k: kv, v: kv }),
+    /'q' must hold only finite values: received NaN at index 3/,
+  );
+  // Nothing changed: the next valid step is layer 0 at length 20.
+  assert.equal(engine.nextLayer, 0);
+  assert.equal(engine.length(0, 0), 20);
+  await engine.step(0, { q, k: kv, v: kv });
+  assert.equal(engine.length(0, 0), 21);
+  assert.equal(engine.nextLayer, 1);
+});
