@@ -202,7 +202,12 @@ class PlanCore {
       device,
       `${kind}:${word}`,
       `alias Word = ${word};\n${source}`,
-      { WG: WORKGROUP },
+      {
+        WG: WORKGROUP,
+        ROW_WORDS: this.sizes.rowBytes / 4 / this.lanes,
+        PAGE_SIZE: options.pageSize,
+        KV_HEADS: options.kvHeads,
+      },
     );
     this.#uniform = device.createBuffer({
       label: `${this.#label} uniforms`,
@@ -255,12 +260,7 @@ class PlanCore {
     this.#numJobs = count;
     if (count === 0) return;
     device.queue.writeBuffer(this.#jobs!, 0, table, 0, count * this.#jobWords);
-    const rowWords = this.sizes.rowBytes / 4 / this.lanes;
-    device.queue.writeBuffer(
-      this.#uniform,
-      0,
-      new Uint32Array([count, rowWords, this.shape.pageSize, this.shape.kvHeads, runBase]),
-    );
+    device.queue.writeBuffer(this.#uniform, 0, new Uint32Array([count, runBase, 0, 0]));
     let entry = this.#bindGroups.get(buffers.kCache);
     if (!entry || entry.v !== buffers.vCache || entry.runs !== buffers.runs) {
       if (this.#bindGroups.size >= 64) this.#bindGroups.clear();

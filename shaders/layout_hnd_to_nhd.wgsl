@@ -6,12 +6,14 @@
 // (slot, kvHead): the host rejects that.
 struct Params {
   num_jobs: u32,
-  row_words: u32, // Words per row of d elements
-  page_size: u32,
-  kv_heads: u32,
 }
 
+// Shape of the pipeline: constant divisors let the compiler use shifts and
+// multiplies instead of integer division.
 override WG: u32 = 256u;
+override ROW_WORDS: u32 = 1u; // Words per row of d elements
+override PAGE_SIZE: u32 = 1u;
+override KV_HEADS: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> k_cache: array<Word>;
@@ -26,7 +28,7 @@ fn main(
   @builtin(local_invocation_index) lid: u32,
 ) {
   let i = (wid.y * nwg.x + wid.x) * WG + lid;
-  let page_words = p.page_size * p.row_words;
+  let page_words = PAGE_SIZE * ROW_WORDS;
   let run_words = 2u * page_words;
   if (i >= p.num_jobs * run_words) {
     return;
@@ -35,11 +37,11 @@ fn main(
   let r = i - j * run_words;
   let is_v = r >= page_words;
   let e = select(r, r - page_words, is_v);
-  let t = e / p.row_words;
-  let w = e - t * p.row_words;
+  let t = e / ROW_WORDS;
+  let w = e - t * ROW_WORDS;
   let job = jobs[j];
   let value = runs[job.x * run_words + r];
-  let dst = ((job.y * p.page_size + t) * p.kv_heads + job.z) * p.row_words + w;
+  let dst = ((job.y * PAGE_SIZE + t) * KV_HEADS + job.z) * ROW_WORDS + w;
   if (is_v) {
     v_cache[dst] = value;
   } else {

@@ -5,13 +5,15 @@
 // bytes) is declared by lib/layout.ts in a line prepended to this file.
 struct Params {
   num_jobs: u32,
-  row_words: u32, // Words per row of d elements
-  page_size: u32,
-  kv_heads: u32,
   run_base: u32,
 }
 
+// Shape of the pipeline: constant divisors let the compiler use shifts and
+// multiplies instead of integer division.
 override WG: u32 = 256u;
+override ROW_WORDS: u32 = 1u; // Words per row of d elements
+override PAGE_SIZE: u32 = 1u;
+override KV_HEADS: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> k_cache: array<Word>;
@@ -26,7 +28,7 @@ fn main(
   @builtin(local_invocation_index) lid: u32,
 ) {
   let i = (wid.y * nwg.x + wid.x) * WG + lid;
-  let page_words = p.page_size * p.row_words;
+  let page_words = PAGE_SIZE * ROW_WORDS;
   let run_words = 2u * page_words;
   if (i >= p.num_jobs * run_words) {
     return;
@@ -35,10 +37,10 @@ fn main(
   let r = i - j * run_words;
   let is_v = r >= page_words;
   let e = select(r, r - page_words, is_v);
-  let t = e / p.row_words;
-  let w = e - t * p.row_words;
+  let t = e / ROW_WORDS;
+  let w = e - t * ROW_WORDS;
   let job = jobs[j];
-  let src = ((job.x * p.page_size + t) * p.kv_heads + job.y) * p.row_words + w;
+  let src = ((job.x * PAGE_SIZE + t) * KV_HEADS + job.y) * ROW_WORDS + w;
   var value: Word;
   if (is_v) {
     value = v_cache[src];
