@@ -1,7 +1,8 @@
 // Prefill projection over a block of tokens:
 // y[t][out_offset + r] = sum_c x[t][c] * W[r][c] (+ bias[out_offset + r]),
-// with y rows `out_stride` wide. 16x16 output tiles staged through workgroup
-// memory; x and W tiles are 16 deep along c.
+// with y rows `out_stride` wide. A workgroup of 16x16 threads computes a
+// 64 (rows) x 64 (tokens) tile, each thread a 4x4 block of it (rows tx + 16j,
+// tokens ty + 16i), from 64x16 slices of W and x staged in workgroup memory.
 struct Params {
   tokens: u32,
   rows: u32,
@@ -10,7 +11,9 @@ struct Params {
   out_stride: u32,
 }
 
-const T = 16u;
+const TILE = 64u;
+const KS = 16u;
+const PAD = 17u; // row stride of the staged slices (avoids bank conflicts)
 override HAS_BIAS: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -19,43 +22,65 @@ override HAS_BIAS: bool = false;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
-var<workgroup> xs: array<f32, 256>;
-var<workgroup> ws: array<f32, 256>;
+var<workgroup> xs: array<f32, 1088>; // TILE * PAD
+var<workgroup> ws: array<f32, 1088>;
 
 @compute @workgroup_size(16, 16)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_id) lid: vec3<u32>,
+  @builtin(local_invocation_index) li: u32,
 ) {
-  let r0 = wid.x * T;
-  let t0 = wid.y * T;
-  let r = r0 + lid.x;
-  let t = t0 + lid.y;
-  var acc = 0.0;
-  for (var k0 = 0u; k0 < p.cols; k0 += T) {
-    let k = k0 + lid.x;
-    // Thread (x, y) stages x[t0 + y][k0 + x] and W[r0 + y][k0 + x].
-    var xv = 0.0;
-    if (t < p.tokens && k < p.cols) {
-      xv = x[t * p.cols + k];
+  let r0 = wid.x * TILE;
+  let t0 = wid.y * TILE;
+  var acc: array<f32, 16>;
+  for (var k0 = 0u; k0 < p.cols; k0 += KS) {
+    // 256 threads stage 64x16 values of each operand, 4 apiece.
+    for (var m = 0u; m < 4u; m++) {
+      let e = li + 256u * m;
+      let local_row = e / KS;
+      let kk = e % KS;
+      let k = k0 + kk;
+      var xv = 0.0;
+      let t = t0 + local_row;
+      if (t < p.tokens && k < p.cols) {
+        xv = x[t * p.cols + k];
+      }
+      xs[local_row * PAD + kk] = xv;
+      var wv = 0.0;
+      let r = r0 + local_row;
+      if (r < p.rows && k < p.cols) {
+        wv = load_weight(r * p.cols + k);
+      }
+      ws[local_row * PAD + kk] = wv;
     }
-    xs[lid.y * T + lid.x] = xv;
-    var wv = 0.0;
-    if (r0 + lid.y < p.rows && k < p.cols) {
-      wv = load_weight((r0 + lid.y) * p.cols + k);
-    }
-    ws[lid.y * T + lid.x] = wv;
     workgroupBarrier();
-    for (var j = 0u; j < T; j++) {
-      acc += xs[lid.y * T + j] * ws[lid.x * T + j];
+    for (var kk = 0u; kk < KS; kk++) {
+      var a: array<f32, 4>;
+      var b: array<f32, 4>;
+      for (var i = 0u; i < 4u; i++) {
+        a[i] = xs[(lid.y + 16u * i) * PAD + kk];
+        b[i] = ws[(lid.x + 16u * i) * PAD + kk];
+      }
+      for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+          acc[i * 4u + j] += a[i] * b[j];
+        }
+      }
     }
     workgroupBarrier();
   }
-  if (t < p.tokens && r < p.rows) {
-    var result = acc;
-    if (HAS_BIAS) {
-      result += bias[p.out_offset + r];
+  for (var i = 0u; i < 4u; i++) {
+    let t = t0 + lid.y + 16u * i;
+    for (var j = 0u; j < 4u; j++) {
+      let r = r0 + lid.x + 16u * j;
+      if (t < p.tokens && r < p.rows) {
+        var result = acc[i * 4u + j];
+        if (HAS_BIAS) {
+          result += bias[p.out_offset + r];
+        }
+        y[t * p.out_stride + p.out_offset + r] = result;
+      }
     }
-    y[t * p.out_stride + p.out_offset + r] = result;
   }
 }

@@ -129,6 +129,8 @@ gpuTest(
       [19, 33, 17, "bf16", true, 10],
       [33, 50, 40, "f16", false, 16],
       [2, 3, 5, "f32", false],
+      [70, 130, 40, "f16", true, 65],
+      [129, 65, 33, "f32", false],
     ];
     for (const [tokens, rows, cols, dtype, withBias, maxRows] of cases) {
       const w = tensor(randomNormalArray(rng, rows * cols, 0.3), [rows, cols], dtype);

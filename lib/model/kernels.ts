@@ -567,8 +567,8 @@ export function planMatvec(device: GPUDevice, options: LinearPlanOptions): Kerne
 }
 
 /**
- * Plans `Y = X W^T (+ b)` over `tokens` rows of `X` (prefill) with 16x16
- * tiles; one dispatch per row block of `W`.
+ * Plans `Y = X W^T (+ b)` over `tokens` rows of `X` (prefill) with 64x64
+ * output tiles (4x4 per thread); one dispatch per row block of `W`.
  *
  * @example
  * ```ts
@@ -596,19 +596,19 @@ export function planMatmul(device: GPUDevice, options: LinearPlanOptions): Kerne
   const { weight } = options;
   const pipeline = weightPipeline(device, "matmul", matmulSrc, weight.dtype, !!options.bias);
   const owned: GPUBuffer[] = [];
-  const tokenTiles = Math.ceil(tokens / 16);
+  const tokenTiles = Math.ceil(tokens / 64);
   if (tokenTiles > 65535) {
     throw new RangeError(
-      `Cannot ${action} as 'tokens' must be at most ${65535 * 16}: received ${tokens}`,
+      `Cannot ${action} as 'tokens' must be at most ${65535 * 64}: received ${tokens}`,
     );
   }
   const dispatches = weight.parts.map((part, i): Dispatch => {
     const label = `matmul part ${i}`;
-    const rowTiles = Math.ceil(part.rows / 16);
+    const rowTiles = Math.ceil(part.rows / 64);
     if (rowTiles > 65535) {
       throw new RangeError(
         `Cannot ${action} as a weight part must have at most ${
-          65535 * 16
+          65535 * 64
         } rows: received ${part.rows}`,
       );
     }
