@@ -68,7 +68,7 @@ export interface AttentionBackend {
 }
 
 /** The attention shape a backend needs from a {@linkcode ModelConfig}. */
-export type AttentionShape = Pick<
+export type AttentionBackendShape = Pick<
   ModelConfig,
   "numLayers" | "numQueryHeads" | "numKvHeads" | "headDim"
 >;
@@ -89,7 +89,7 @@ export interface DenseAttentionBackend extends AttentionBackend {
   length(layer: number): number;
 }
 
-function checkShape(shape: AttentionShape, action: string): void {
+function checkShape(shape: AttentionBackendShape, action: string): void {
   assertInteger("numLayers", shape.numLayers, action, 1);
   assertInteger("numQueryHeads", shape.numQueryHeads, action, 1);
   assertInteger("numKvHeads", shape.numKvHeads, action, 1);
@@ -119,7 +119,7 @@ function checkShape(shape: AttentionShape, action: string): void {
  */
 export function createDenseAttentionBackend(
   device: GPUDevice,
-  shape: AttentionShape,
+  shape: AttentionBackendShape,
   options: DenseAttentionBackendOptions,
 ): DenseAttentionBackend {
   const action = "create a dense attention backend";
@@ -217,7 +217,7 @@ export type AttentionRecordCallback = (
 /** Options of {@linkcode createRecordingBackend}. */
 export interface RecordingBackendOptions {
   /** The attention shape of the model. */
-  shape: AttentionShape;
+  shape: AttentionBackendShape;
   /**
    * Called for every token (prompt first, then generated) and every layer,
    * token-major: token t, layers 0..L-1, then token t+1.

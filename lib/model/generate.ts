@@ -100,7 +100,7 @@ function median(xs: number[]): number {
  * all tokens, the text and the statistics. Starts a new sequence on `model`.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { requestGpu } from "../device.ts";
  * import { loadLlama2c } from "./llama2c.ts";
  * import { loadLlama2cTokenizer } from "./tokenizer.ts";
@@ -109,9 +109,9 @@ function median(xs: number[]): number {
  * using gpu = await requestGpu();
  * using model = createGpuModel(gpu.device, await loadLlama2c("models/stories260K/stories260K.bin"));
  * const tokenizer = await loadLlama2cTokenizer("models/stories260K/tok512.bin");
- * for await (const t of generate(model, [1], { maxTokens: 20, tokenizer })) {
- *   await Deno.stdout.write(new TextEncoder().encode(t.text));
- * }
+ * let text = "";
+ * for await (const t of generate(model, [1], { maxTokens: 5, tokenizer })) text += t.text;
+ * console.log(text); // Once upon a time,
  * ```
  */
 export async function* generate(
@@ -208,10 +208,15 @@ export interface GenerateTextOptions extends GenerateOptions {
  * and returns the result.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { requestGpu } from "../device.ts";
+ * import { loadLlama2c } from "./llama2c.ts";
+ * import { createGpuModel } from "./gpu_model.ts";
  * import { generateText } from "./generate.ts";
- * const result = await generateText(model, [1], { maxTokens: 50, tokenizer });
- * console.log(result.text, result.stats.decodeTokensPerSecond);
+ * using gpu = await requestGpu();
+ * using model = createGpuModel(gpu.device, await loadLlama2c("models/stories260K/stories260K.bin"));
+ * const result = await generateText(model, [1], { maxTokens: 5, temperature: 0.8, seed: 7 });
+ * console.log(result.tokens.length, result.stats.decodeTokensPerSecond > 0); // 5 true
  * ```
  */
 export async function generateText(
