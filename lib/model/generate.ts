@@ -13,7 +13,11 @@ import { createTextStream, type Tokenizer } from "./tokenizer.ts";
 
 /** Options of {@linkcode generate}. */
 export interface GenerateOptions {
-  /** Most tokens to generate (default 256); fewer when the model's `maxSeqLen` is reached. */
+  /**
+   * Most tokens to generate (default 256). Fewer when the model's
+   * `maxSeqLen` is reached: the cache then holds `maxSeqLen` positions and
+   * the last token, sampled from them, is yielded but never fed back.
+   */
   maxTokens?: number;
   /** Sampling temperature; 0 (the default) is greedy. */
   temperature?: number;
