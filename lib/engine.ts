@@ -78,6 +78,18 @@ export interface EngineOptions {
   /** Recall buffering (default `double`). */
   recallBuffering?: "double" | "single";
   /**
+   * Recall staging (default `write-buffer`: no map round trip, which costs
+   * ~11 ms in Deno; `mapped` has more bandwidth for big recalls).
+   */
+  recallStaging?: "write-buffer" | "mapped";
+  /**
+   * freekv: compute this step's selection together with the correction
+   * check so one readback serves both (default true). False runs the
+   * selection after attention, off the critical path, at the price of a
+   * second readback when a head is corrected.
+   */
+  fuseCorrection?: boolean;
+  /**
    * Wait for the GPU after each phase to time it (selection, recall,
    * attention); slower, for breakdowns. Default false: only CPU-side waits
    * are timed.
@@ -290,6 +302,7 @@ export class RetrievalEngine {
       this.#offloader = createOffloader(device, this.#pool);
       this.#recaller = createRecaller(device, this.#pool, {
         buffering: o.recallBuffering,
+        staging: o.recallStaging,
         caches: (layer: number) => ({
           kCache: this.#layers[layer].kCache,
           vCache: this.#layers[layer].vCache,
@@ -340,6 +353,7 @@ export class RetrievalEngine {
       }
       this.#layers.push(layer);
     }
+    this.profile = o.profile;
     this.#corrections = new Array(L * hkv).fill(0);
     this.#checks = new Array(L * hkv).fill(0);
   }
@@ -719,10 +733,20 @@ export class RetrievalEngine {
       needsSelection.forEach((n, b) => selectedBy[b] = n);
     } else if (policy === "freekv" && state.hasPrev) {
       const read = this.#encodeSimilarity(encoder, state, q);
+      // Fused: this step's selection (the next step's speculation) rides the
+      // same round trip as the flags, so a correction costs no second one.
+      const fused = o.fuseCorrection && needsSelection.some(Boolean)
+        ? this.#encodeSelection(encoder, state, q, regions)
+        : null;
       device.queue.submit([encoder.finish()]);
       this.#offloader?.flush();
       const w0 = performance.now();
-      flags = new Uint32Array(await read.start());
+      const [f, sel] = await Promise.all([read.start(), fused?.start()]);
+      flags = new Uint32Array(f);
+      if (sel) {
+        selection = new Uint32Array(sel);
+        needsSelection.forEach((n, b) => selectedBy[b] = n);
+      }
       stats.selectionMs += performance.now() - w0;
     } else {
       device.queue.submit([encoder.finish()]);
@@ -753,7 +777,7 @@ export class RetrievalEngine {
           needNow ||= corrected[b * hkv + h];
         }
       }
-      if (needNow) {
+      if (needNow && !selection) {
         const enc = device.createCommandEncoder({ label: `freekv correction layer ${layer}` });
         const read = this.#encodeSelection(enc, state, q, regions);
         device.queue.submit([enc.finish()]);
@@ -801,7 +825,7 @@ export class RetrievalEngine {
     }
     device.queue.submit([attEncoder.finish()]);
     this.#releaseTransient();
-    if (o.profile) {
+    if (this.profile) {
       const w0 = performance.now();
       await device.queue.onSubmittedWorkDone();
       stats.attentionMs = performance.now() - w0;
@@ -821,6 +845,9 @@ export class RetrievalEngine {
   }
 
   #lastStats: StepStats | null = null;
+
+  /** Wait for the GPU after attention to time it (see {@linkcode EngineOptions.profile}). */
+  profile = false;
 
   /** Statistics of the latest step (of any layer). */
   lastStepStats(): StepStats | null {
@@ -1117,6 +1144,8 @@ function resolveOptions(options: EngineOptions): Required<EngineOptions> {
     hostLayout: "hnd",
     fullFirstLayer: false,
     recallBuffering: "double",
+    recallStaging: "write-buffer",
+    fuseCorrection: true,
     profile: false,
     ...options,
   };
@@ -1137,6 +1166,7 @@ function resolveOptions(options: EngineOptions): Required<EngineOptions> {
   assertOneOf("summary", o.summary, ["minmax", "box"] as const, a);
   assertOneOf("hostLayout", o.hostLayout, ["hnd", "nhd"] as const, a);
   assertOneOf("recallBuffering", o.recallBuffering, ["double", "single"] as const, a);
+  assertOneOf("recallStaging", o.recallStaging, ["write-buffer", "mapped"] as const, a);
   if (o.numQueryHeads % o.numKvHeads !== 0) {
     throw new RangeError(
       `Cannot ${a} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${o.numKvHeads}): received ${o.numQueryHeads}`,

@@ -166,7 +166,8 @@ export function createSyntheticSource(options: SyntheticOptions): AttentionSourc
 
 /**
  * Collects `count` tokens of a source as per-layer prompt arrays:
- * `k`, `v` `[count][Hkv][d]` and `q` `[count][Hq][d]`.
+ * `k`, `v` `[count][Hkv][d]` and `q` `[count][Hq][d]` (empty with
+ * `queries: false`).
  *
  * @example
  * ```ts
@@ -176,18 +177,24 @@ export function createSyntheticSource(options: SyntheticOptions): AttentionSourc
  * console.log(p.k.length); // 40
  * ```
  */
-export function takePrompt(source: AttentionSource, count: number): TokenQkv[] {
+export function takePrompt(
+  source: AttentionSource,
+  count: number,
+  options: { queries?: boolean } = {},
+): TokenQkv[] {
   assertInteger("count", count, "take a prompt", 1);
   const { numLayers, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = source;
+  // Without queries (`queries: false`) q is empty: prompts only need K/V.
+  const qLen = options.queries === false ? 0 : count * hq * d;
   const layers = Array.from({ length: numLayers }, () => ({
-    q: new Float32Array(count * hq * d),
+    q: new Float32Array(qLen),
     k: new Float32Array(count * hkv * d),
     v: new Float32Array(count * hkv * d),
   }));
   for (let t = 0; t < count; t++) {
     const tok = source.next();
     for (let l = 0; l < numLayers; l++) {
-      layers[l].q.set(tok[l].q, t * hq * d);
+      if (qLen) layers[l].q.set(tok[l].q, t * hq * d);
       layers[l].k.set(tok[l].k, t * hkv * d);
       layers[l].v.set(tok[l].v, t * hkv * d);
     }
