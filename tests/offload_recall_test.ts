@@ -1,0 +1,443 @@
+import assert from "node:assert/strict";
+import { gpuTest } from "./_gpu.ts";
+import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
+import { HostPagePool, type HostPoolLayout } from "../lib/host_pool.ts";
+import {
+  hndToNhdReference,
+  type KvLayoutShape,
+  kvLayoutSizes,
+  type NhdCacheBuffers,
+  nhdToHndReference,
+} from "../lib/layout.ts";
+import { createOffloader } from "../lib/offload.ts";
+import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/recall.ts";
+import { createRandom, type Random } from "../lib/random.ts";
+import type { KvArray } from "../lib/dtype.ts";
+
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+// Random bit patterns (NaN payloads included): any non-bitwise move shows.
+function randomKv(rng: Random, shape: KvLayoutShape, length: number): KvArray {
+  const a = shape.dtype === "f16" ? new Float16Array(length) : new Float32Array(length);
+  const u = new Uint8Array(a.buffer);
+  for (let i = 0; i < u.length; i++) u[i] = rng.int(256);
+  return a;
+}
+
+function bytesOf(a: KvArray): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+function shuffled(rng: Random, n: number): number[] {
+  const a = [...Array(n).keys()];
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+interface Layer {
+  kCache: KvArray;
+  vCache: KvArray;
+  buffers: NhdCacheBuffers;
+}
+
+function makeLayers(
+  device: GPUDevice,
+  rng: Random,
+  shape: KvLayoutShape,
+  layers: number,
+  slots: number,
+): Layer[] {
+  const n = slots * kvLayoutSizes(shape).slotBytes / kvLayoutSizes(shape).elementBytes;
+  return [...Array(layers)].map((_, l) => {
+    const k = randomKv(rng, shape, n), v = randomKv(rng, shape, n);
+    return {
+      kCache: k,
+      vCache: v,
+      buffers: {
+        kCache: createBuffer(device, `k${l}`, USAGE, k),
+        vCache: createBuffer(device, `v${l}`, USAGE, v),
+      },
+    };
+  });
+}
+
+async function assertCaches(device: GPUDevice, layers: Layer[], message: string) {
+  for (const [l, layer] of layers.entries()) {
+    const k = new Uint8Array(await readBuffer(device, layer.buffers.kCache));
+    const v = new Uint8Array(await readBuffer(device, layer.buffers.vCache));
+    assert.deepEqual(k, bytesOf(layer.kCache), `${message}: layer ${l} keys`);
+    assert.deepEqual(v, bytesOf(layer.vCache), `${message}: layer ${l} values`);
+  }
+}
+
+function destroyLayers(layers: Layer[]) {
+  for (const l of layers) {
+    l.buffers.kCache.destroy();
+    l.buffers.vCache.destroy();
+  }
+}
+
+interface Scenario {
+  shape: KvLayoutShape;
+  layout?: HostPoolLayout;
+  recall?: Partial<RecallerOptions>;
+}
+
+// Offloads every (layer, slot) of random caches as pages of the pool (some per
+// head with different pages per head), then recalls random pages into random
+// slots of other caches, and checks them bit for bit against the references.
+async function roundTrip(device: GPUDevice, seed: number, scenario: Scenario) {
+  const { shape } = scenario;
+  const rng = createRandom(seed);
+  const L = 3, slots = 4;
+  const src = makeLayers(device, rng, shape, L, slots);
+  using pool = new HostPagePool({
+    layers: L,
+    kvHeads: shape.kvHeads,
+    headDim: shape.headDim,
+    pageSize: shape.pageSize,
+    dtype: shape.dtype,
+    layout: scenario.layout,
+    chunkPages: 3, // pages 0..11 span four chunks
+  });
+  using offloader = createOffloader(device, pool);
+  // Page of (layer, slot, head): slots 0-1 go whole (all heads) to pages 2s + 1;
+  // slots 2-3 go head by head to pages that differ per head.
+  const pageOf = (l: number, s: number, h: number) =>
+    s < 2 ? 2 * s + 1 : 4 + ((s - 2) * shape.kvHeads + h + l) % 8;
+  const encoder = device.createCommandEncoder();
+  const handles = src.map((layer, l) => {
+    const jobs = [];
+    for (let s = 0; s < slots; s++) {
+      if (s < 2) jobs.push({ slot: s, page: pageOf(l, s, 0) });
+      else {
+        for (let h = 0; h < shape.kvHeads; h++) {
+          jobs.push({ slot: s, head: h, page: pageOf(l, s, h) });
+        }
+      }
+    }
+    return offloader.encode(encoder, { layer: l, ...layer.buffers, jobs });
+  });
+  device.queue.submit([encoder.finish()]);
+  offloader.flush();
+  const done = await Promise.all(handles.map((h) => h.done));
+  assert.equal(done[0].pages, slots * shape.kvHeads);
+  assert.equal(pool.offloadedRuns, L * slots * shape.kvHeads);
+  // The pool holds the HND runs of the reference conversion.
+  for (let l = 0; l < L; l++) {
+    for (let s = 0; s < slots; s++) {
+      for (let h = 0; h < shape.kvHeads; h++) {
+        const want = nhdToHndReference(src[l], [{ slot: s, head: h }], shape);
+        const got = pool.readRun({ layer: l, head: h, page: pageOf(l, s, h) });
+        assert.deepEqual(bytesOf(got), bytesOf(want), `pool run ${l}/${s}/${h}`);
+      }
+    }
+  }
+
+  // Recall into fresh caches: per (layer, head) a random subset of the
+  // slots' pages into a random permutation of 5 slots.
+  const dstSlots = 5;
+  const dst = makeLayers(device, rng, shape, L, dstSlots);
+  using recaller = createRecaller(device, pool, {
+    caches: dst.map((d) => d.buffers),
+    ...scenario.recall,
+  });
+  const jobs: RecallJob[] = [];
+  for (let l = 0; l < L; l++) {
+    for (let h = 0; h < shape.kvHeads; h++) {
+      const targets = shuffled(rng, dstSlots);
+      for (let s = 0; s < slots; s++) {
+        if (rng.next() < 0.8) {
+          jobs.push({ layer: l, head: h, page: pageOf(l, s, h), slot: targets[s] });
+        }
+      }
+    }
+  }
+  // Expected: the source slot's run scattered into the target slot.
+  for (const job of jobs) {
+    const s = [...Array(slots).keys()].find((s) => pageOf(job.layer, s, job.head) === job.page)!;
+    const run = nhdToHndReference(src[job.layer], [{ slot: s, head: job.head }], shape);
+    hndToNhdReference(run, dst[job.layer], {
+      ...shape,
+      jobs: [{ run: 0, slot: job.slot, head: job.head }],
+    });
+  }
+  const stats = await recaller.recall(shuffled(rng, jobs.length).map((i) => jobs[i])).done;
+  assert.equal(stats.pages, jobs.length);
+  assert.equal(stats.bytes, jobs.length * pool.runBytes);
+  await assertCaches(device, dst, `${JSON.stringify(scenario)}`);
+  destroyLayers(src);
+  destroyLayers(dst);
+}
+
+const SHAPES: KvLayoutShape[] = [];
+for (const dtype of ["f32", "f16"] as const) {
+  for (const pageSize of [1, 32]) {
+    for (const kvHeads of [1, 4]) {
+      for (const headDim of [8, 128]) SHAPES.push({ pageSize, kvHeads, headDim, dtype });
+    }
+  }
+}
+// Recaller options to cycle through, given the run size (chunks of a few runs).
+const RECALL_OPTIONS: Array<(runBytes: number) => Partial<RecallerOptions>> = [
+  () => ({}),
+  () => ({ staging: "mapped" }),
+  (r) => ({ chunk: "heads", headsPerChunk: 1, maxChunkBytes: 2 * r }),
+  (r) => ({ chunk: "bytes", maxChunkBytes: 5 * r, staging: "mapped" }),
+  (r) => ({ buffering: "single", maxChunkBytes: 3 * r }),
+  () => ({ buffering: "single", staging: "mapped", chunk: "heads" }),
+];
+
+gpuTest(
+  "offload then recall restores K/V bit for bit (f32/f16, P 1/32, Hkv 1/4, d 8/128)",
+  async ({ device }) => {
+    for (const [i, shape] of SHAPES.entries()) {
+      const recall = RECALL_OPTIONS[i % RECALL_OPTIONS.length](kvLayoutSizes(shape).runBytes);
+      await roundTrip(device, 100 + i, { shape, recall });
+    }
+  },
+);
+
+gpuTest("NHD host layout: fragmented recall restores K/V bit for bit", async ({ device }) => {
+  await roundTrip(device, 7, {
+    shape: { pageSize: 4, kvHeads: 4, headDim: 8, dtype: "f16" },
+    layout: "nhd",
+  });
+  await roundTrip(device, 8, {
+    shape: { pageSize: 32, kvHeads: 1, headDim: 128, dtype: "f32" },
+    layout: "nhd",
+  });
+});
+
+gpuTest("recalls for several layers in flight at once, awaited later", async ({ device }) => {
+  const shape: KvLayoutShape = { pageSize: 8, kvHeads: 2, headDim: 16, dtype: "f32" };
+  for (const staging of ["write-buffer", "mapped"] as const) {
+    const rng = createRandom(staging === "mapped" ? 21 : 22);
+    const L = 3;
+    using pool = new HostPagePool({ layers: L, kvHeads: 2, headDim: 16, pageSize: 8 });
+    const runs = new Map<string, Float32Array>();
+    for (let l = 0; l < L; l++) {
+      for (let h = 0; h < 2; h++) {
+        for (let p = 0; p < 6; p++) {
+          const run = randomKv(rng, shape, pool.runElements) as Float32Array;
+          runs.set(`${l}/${h}/${p}`, run);
+          pool.writeRun({ layer: l, head: h, page: p }, run);
+        }
+      }
+    }
+    const dst = makeLayers(device, rng, shape, L, 6);
+    using recaller = createRecaller(device, pool, {
+      caches: (layer) => dst[layer].buffers,
+      staging,
+      maxChunkBytes: 2 * pool.runBytes,
+    });
+    const handles = [];
+    for (let l = 0; l < L; l++) {
+      const jobs: RecallJob[] = [];
+      for (let h = 0; h < 2; h++) {
+        const pages = shuffled(rng, 6);
+        for (let s = 0; s < 6; s++) jobs.push({ layer: l, head: h, page: pages[s], slot: s });
+      }
+      for (const j of jobs) {
+        hndToNhdReference(runs.get(`${j.layer}/${j.head}/${j.page}`)!, dst[l], {
+          ...shape,
+          jobs: [{ run: 0, slot: j.slot, head: j.head }],
+        });
+      }
+      handles.push(recaller.recall(jobs));
+    }
+    assert.equal(recaller.stats().inFlight, 3);
+    await Promise.all(handles.map((h) => h.submitted));
+    const all = await Promise.all(handles.map((h) => h.done));
+    assert.deepEqual(all.map((s) => s.chunks), [6, 6, 6]);
+    const totals = recaller.stats();
+    assert.equal(totals.recalls, 3);
+    assert.equal(totals.pages, 36);
+    assert.equal(totals.bytes, 36 * pool.runBytes);
+    assert.equal(totals.inFlight, 0);
+    await assertCaches(device, dst, `in flight (${staging})`);
+    destroyLayers(dst);
+  }
+});
+
+gpuTest(
+  "offloader ring: reuse after maps, growth when busy, maxBytes rejects with nothing changed",
+  async ({ device }) => {
+    const shape: KvLayoutShape = { pageSize: 2, kvHeads: 2, headDim: 4, dtype: "f32" };
+    const rng = createRandom(5);
+    const [layer] = makeLayers(device, rng, shape, 1, 3);
+    using pool = new HostPagePool({
+      layers: 1,
+      kvHeads: 2,
+      headDim: 4,
+      pageSize: 2,
+      chunkPages: 2,
+      maxBytes: 2 * 2 * 2 * 64, // two chunks: pages 0..3
+    });
+    using offloader = createOffloader(device, pool);
+    // Three offloads encoded before any flush: all ring buffers busy, so it grows.
+    const encoder = device.createCommandEncoder();
+    const hs = [0, 1, 2].map((s) =>
+      offloader.encode(encoder, { layer: 0, ...layer.buffers, jobs: [{ slot: s, page: s }] })
+    );
+    assert.equal(offloader.stats().ringBuffers, 3);
+    assert.equal(offloader.stats().inFlight, 3);
+    device.queue.submit([encoder.finish()]);
+    await offloader.drain();
+    assert.deepEqual((await Promise.all(hs.map((h) => h.done))).map((s) => s.pages), [2, 2, 2]);
+    // Sequential offloads reuse the free ring buffers.
+    for (let i = 0; i < 3; i++) {
+      await offloader.offloadNow({ layer: 0, ...layer.buffers, jobs: [{ slot: 2, page: 3 }] });
+    }
+    assert.equal(offloader.stats().ringBuffers, 3);
+    assert.equal(offloader.stats().offloads, 6);
+    assert.equal(offloader.stats().pages, 12);
+    assert.equal(offloader.stats().inFlight, 0);
+    const before = { bytes: pool.byteLength, runs: pool.offloadedRuns };
+    const bad: Array<[() => unknown, ErrorConstructor, RegExp]> = [
+      [
+        () =>
+          offloader.encode(device.createCommandEncoder(), {
+            layer: 0,
+            ...layer.buffers,
+            jobs: [{ slot: 0, page: 4 }],
+          }),
+        RangeError,
+        /'maxBytes' must not be exceeded/,
+      ],
+      [
+        () =>
+          offloader.encode(device.createCommandEncoder(), {
+            layer: 0,
+            ...layer.buffers,
+            jobs: [{ slot: 3, page: 0 }],
+          }),
+        RangeError,
+        /'jobs\[0\]\.slot' must be between 0 and 2: received 3/,
+      ],
+      [
+        () =>
+          offloader.encode(device.createCommandEncoder(), {
+            layer: 1,
+            ...layer.buffers,
+            jobs: [{ slot: 0, page: 0 }],
+          }),
+        RangeError,
+        /'layer' must be between 0 and 0: received 1/,
+      ],
+      [
+        () =>
+          offloader.encode(device.createCommandEncoder(), {
+            layer: 0,
+            ...layer.buffers,
+            jobs: [{ slot: 0, page: 0 }, { slot: 1, page: 0, head: 1 }],
+          }),
+        RangeError,
+        /head 1 page 0 twice/,
+      ],
+    ];
+    for (const [fn, cls, re] of bad) {
+      assert.throws(fn, (e: Error) => e instanceof cls && re.test(e.message), re.source);
+    }
+    assert.deepEqual({ bytes: pool.byteLength, runs: pool.offloadedRuns }, before);
+    assert.equal(offloader.stats().inFlight, 0);
+    destroyLayers([layer]);
+  },
+);
+
+gpuTest("recall rejects bad jobs with RangeError before anything moves", async ({ device }) => {
+  const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f16" };
+  const rng = createRandom(9);
+  using pool = new HostPagePool({ layers: 2, kvHeads: 2, headDim: 8, pageSize: 4, dtype: "f16" });
+  for (let p = 0; p < 3; p++) {
+    for (let h = 0; h < 2; h++) {
+      pool.writeRun({ layer: 0, head: h, page: p }, randomKv(rng, shape, pool.runElements));
+    }
+  }
+  const dst = makeLayers(device, rng, shape, 2, 3);
+  using recaller = createRecaller(device, pool, { caches: dst.map((d) => d.buffers) });
+  const ok = { layer: 0, head: 0, page: 1, slot: 0 };
+  const bad: Array<[RecallJob[], RegExp]> = [
+    [[ok, { layer: 0, head: 1, page: 7, slot: 1 }], /head 1 page 7 \(jobs\[1\]\), never offloaded/],
+    [
+      [ok, { layer: 1, head: 0, page: 1, slot: 1 }],
+      /layer 1 head 0 page 1 \(jobs\[1\]\), never offloaded/,
+    ],
+    [
+      [ok, { layer: 0, head: 1, page: 1, slot: 3 }],
+      /'jobs\[1\]\.slot' must be between 0 and 2: received 3/,
+    ],
+    [[ok, { layer: 0, head: 0, page: 2, slot: 0 }], /layer 0 head 0 slot 0 twice/],
+    [
+      [ok, { layer: 2, head: 0, page: 1, slot: 0 }],
+      /'jobs\[1\]\.layer' must be between 0 and 1: received 2/,
+    ],
+    [[{ ...ok, head: 2 }], /'jobs\[0\]\.head' must be between 0 and 1: received 2/],
+  ];
+  for (const [jobs, re] of bad) {
+    assert.throws(
+      () => recaller.recall(jobs),
+      (e: Error) => e instanceof RangeError && re.test(e.message),
+      re.source,
+    );
+  }
+  const stats = recaller.stats();
+  assert.equal(stats.recalls, 0);
+  assert.equal(stats.inFlight, 0);
+  await assertCaches(device, dst, "after rejected recalls");
+  // The same (head, slot) in different layers, and different heads of one slot, are fine.
+  pool.writeRun({ layer: 1, head: 0, page: 1 }, randomKv(rng, shape, pool.runElements));
+  const h = recaller.recall([ok, { ...ok, layer: 1 }, { ...ok, head: 1 }]);
+  assert.equal((await h.done).pages, 3);
+  destroyLayers(dst);
+});
+
+gpuTest(
+  "disposal destroys every GPU buffer the offloader and recaller created",
+  async ({ device }) => {
+    const created: GPUBuffer[] = [];
+    const destroyed = new Set<GPUBuffer>();
+    // A device whose createBuffer records buffers and their destruction.
+    const spy = new Proxy(device, {
+      get(target, key) {
+        if (key === "createBuffer") {
+          return (desc: GPUBufferDescriptor) => {
+            const b = target.createBuffer(desc);
+            const destroy = b.destroy.bind(b);
+            b.destroy = () => {
+              destroyed.add(b);
+              destroy();
+            };
+            created.push(b);
+            return b;
+          };
+        }
+        const value = Reflect.get(target, key, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const shape: KvLayoutShape = { pageSize: 2, kvHeads: 2, headDim: 4, dtype: "f32" };
+    const [layer] = makeLayers(device, createRandom(3), shape, 1, 2);
+    const pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 4, pageSize: 2 });
+    for (const staging of ["write-buffer", "mapped"] as const) {
+      const offloader = createOffloader(spy, pool);
+      const recaller = createRecaller(spy, pool, { caches: [layer.buffers], staging });
+      await offloader.offloadNow({ layer: 0, ...layer.buffers, jobs: [{ slot: 0, page: 0 }] });
+      await recaller.recall([{ layer: 0, head: 1, page: 0, slot: 1 }]).done;
+      offloader[Symbol.dispose]();
+      recaller[Symbol.dispose]();
+      assert.ok(created.length >= 4);
+      assert.deepEqual(created.filter((b) => !destroyed.has(b)).map((b) => b.label), []);
+      assert.throws(
+        () => recaller.recall([{ layer: 0, head: 1, page: 0, slot: 1 }]),
+        (e: Error) => e instanceof TypeError && /disposed/.test(e.message),
+      );
+    }
+    pool[Symbol.dispose]();
+    assert.equal(pool.byteLength, 0);
+    destroyLayers([layer]);
+  },
+);
