@@ -1,17 +1,31 @@
 /**
  * freekv: FreeKV-style KV-cache retrieval for LLM decoding on WebGPU.
  *
- * Paged decode attention, page summaries, page selection (top-k), query
- * similarity and layout-conversion kernels in WGSL, each with a plain-loop
- * CPU reference; host KV page pools; double-buffered recall; and the
- * retrieval policies `full`, `streaming`, `quest`, `sync-offload`, `freekv`.
+ * - Kernels (WGSL, each with a plain-loop CPU reference): paged decode
+ *   attention, page summaries, page scoring + GQA pooling + top-k, query
+ *   similarity, NHD <-> HND layout conversion, a streaming-read roofline.
+ * - Memory: a host page pool (head-major HND runs), offload through a ring of
+ *   mapped buffers, double-buffered streamed recall.
+ * - Policies through one engine: `full`, `streaming`, `quest`,
+ *   `sync-offload` and `freekv` (speculative retrieval with fine-grained
+ *   correction).
+ * - A Llama-family decoder (llama2.c checkpoints, Hugging Face safetensors)
+ *   whose decode attention runs through the engine.
  *
  * The caller owns the device:
  *
- * ```ts ignore
- * import { requestGpu } from "@freekv/freekv";
+ * ```ts
+ * import { createRetrievalEngine, requestGpu } from "./mod.ts";
  * using gpu = await requestGpu();
- * console.log(gpu.description);
+ * using engine = createRetrievalEngine(gpu.device, {
+ *   numLayers: 1, numQueryHeads: 4, numKvHeads: 2, headDim: 8, maxContext: 256,
+ *   pageSize: 8, budget: 48, sink: 8, window: 16, policy: "freekv",
+ * });
+ * await engine.prefill(0, 0, { k: new Float32Array(100 * 16), v: new Float32Array(100 * 16) });
+ * const out = await engine.step(0, {
+ *   q: new Float32Array(32).fill(0.5), k: new Float32Array(16), v: new Float32Array(16),
+ * });
+ * console.log(out?.length); // 32
  * ```
  *
  * @module
@@ -22,3 +36,31 @@ export * from "./lib/dtype.ts";
 export * from "./lib/errors.ts";
 export * from "./lib/gpu_util.ts";
 export * from "./lib/random.ts";
+export * from "./lib/attention.ts";
+export * from "./lib/roofline.ts";
+export * from "./lib/summaries.ts";
+export * from "./lib/selection.ts";
+export * from "./lib/similarity.ts";
+export * from "./lib/layout.ts";
+export * from "./lib/host_pool.ts";
+export * from "./lib/offload.ts";
+export * from "./lib/recall.ts";
+export * from "./lib/readback_ring.ts";
+export * from "./lib/page_plan.ts";
+export * from "./lib/engine.ts";
+export * from "./lib/engine_backend.ts";
+export * from "./lib/synthetic.ts";
+export * from "./lib/trace.ts";
+export * from "./lib/model/types.ts";
+export * from "./lib/model/load.ts";
+export * from "./lib/model/llama2c.ts";
+export * from "./lib/model/tokenizer.ts";
+export * from "./lib/model/hf_tokenizer.ts";
+export * from "./lib/model/safetensors.ts";
+export * from "./lib/model/hf_config.ts";
+export * from "./lib/model/reference.ts";
+export * from "./lib/model/sampling.ts";
+export * from "./lib/model/weight_convert.ts";
+export * from "./lib/model/attention_backend.ts";
+export * from "./lib/model/gpu_model.ts";
+export * from "./lib/model/generate.ts";

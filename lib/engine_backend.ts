@@ -8,6 +8,40 @@
 import { createRetrievalEngine, type EngineOptions, type RetrievalEngine } from "./engine.ts";
 import type { AttentionBackend, AttentionStepIo } from "./model/attention_backend.ts";
 
+/** Budget knobs as a user gives them; see {@linkcode resolveBudget}. */
+export interface BudgetInput {
+  /** Tokens attended per step (default 2048). */
+  budget?: number;
+  /** Tokens per page (default 32). */
+  pageSize?: number;
+  /** Sink tokens (default: a quarter of the budget, in whole pages). */
+  sink?: number;
+  /** Window tokens (default: a quarter of the budget, in whole pages, at least one page). */
+  window?: number;
+}
+
+/**
+ * Fills in sink and window the way the reference defaults split the budget
+ * (2048 = 512 sink + 512 window + 1024 selected), in whole pages.
+ *
+ * @example
+ * ```ts
+ * import { resolveBudget } from "./engine_backend.ts";
+ * console.log(resolveBudget({ budget: 128, pageSize: 8 })); // { budget: 128, pageSize: 8, sink: 32, window: 32 }
+ * ```
+ */
+export function resolveBudget(input: BudgetInput): Required<BudgetInput> {
+  const budget = input.budget ?? 2048;
+  const pageSize = input.pageSize ?? 32;
+  const quarter = Math.floor(budget / 4 / pageSize) * pageSize;
+  return {
+    budget,
+    pageSize,
+    sink: input.sink ?? quarter,
+    window: input.window ?? Math.max(pageSize, quarter),
+  };
+}
+
 /** Options of {@linkcode createEngineBackend}: the engine's options without the batch. */
 export type EngineBackendOptions = Omit<EngineOptions, "batch">;
 

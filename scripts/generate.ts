@@ -18,9 +18,10 @@ import {
 } from "../lib/model/attention_backend.ts";
 import { generate, type GenerationResult } from "../lib/model/generate.ts";
 import { createTraceWriter, type TraceWriter } from "../lib/trace.ts";
+import { createEngineBackend, type EngineBackend, resolveBudget } from "../lib/engine_backend.ts";
+import { POLICIES, type PolicyName } from "../lib/engine.ts";
 import type { WeightDtype } from "../lib/model/types.ts";
 
-const POLICIES = ["full", "streaming", "quest", "sync-offload", "freekv"];
 const DEFAULT_MODEL = "models/stories260K/stories260K.bin";
 const DEFAULT_TOKENIZER = "models/stories260K/tok512.bin";
 
@@ -41,10 +42,14 @@ Options:
   --seed S              sampler seed (default 0)
   --dtype D             GPU weight storage: f32, f16 or bf16 (default: as loaded)
   --max-seq-len N       longest sequence, prompt included (default: the model's)
-  --policy NAME         attention policy: ${POLICIES.join(", ")} (default full)
-  --budget N            KV budget in tokens (retrieval policies)
-  --page-size N         KV page size in tokens (retrieval policies)
-  --tau X               correction threshold (freekv)
+  --policy NAME         attention policy, run by the retrieval engine:
+                        ${POLICIES.join(", ")}, or dense (the decoder's own
+                        contiguous cache, no engine) (default full)
+  --budget N            KV tokens attended per step (default 2048)
+  --page-size N         KV page size in tokens (default 32)
+  --sink N              sink tokens (default budget/4 in whole pages)
+  --window N            window tokens (default budget/4 in whole pages)
+  --tau X               correction threshold of freekv (default 0.9)
   --json                print one JSON object (text, tokens, statistics) on stdout
   --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
   --help                this text`;
@@ -90,6 +95,8 @@ try {
       budget: { type: "string" },
       "page-size": { type: "string" },
       tau: { type: "string" },
+      sink: { type: "string" },
+      window: { type: "string" },
       json: { type: "boolean", default: false },
       "record-trace": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -116,21 +123,18 @@ if (dtype !== undefined && !["f32", "f16", "bf16"].includes(dtype)) {
   fail(`--dtype must be one of f32, f16, bf16: received ${JSON.stringify(dtype)}`);
 }
 const policy = values.policy!;
-if (!POLICIES.includes(policy)) {
-  fail(`--policy must be one of ${POLICIES.join(", ")}: received ${JSON.stringify(policy)}`);
-}
-const budget = intFlag("budget", values.budget, 1);
-const pageSize = intFlag("page-size", values["page-size"], 1);
-const tau = numFlag("tau", values.tau);
-if (policy !== "full") {
+if (policy !== "dense" && !POLICIES.includes(policy as PolicyName)) {
   fail(
-    `--policy ${policy} needs the retrieval engine, which is not wired into this script yet; ` +
-      `use --policy full`,
+    `--policy must be one of ${POLICIES.join(", ")}, dense: received ${JSON.stringify(policy)}`,
   );
 }
-if (budget !== undefined || pageSize !== undefined || tau !== undefined) {
-  console.error("generate: --budget, --page-size and --tau are ignored with --policy full");
-}
+const retrieval = resolveBudget({
+  budget: intFlag("budget", values.budget, 1),
+  pageSize: intFlag("page-size", values["page-size"], 1),
+  sink: intFlag("sink", values.sink, 0),
+  window: intFlag("window", values.window, 1),
+});
+const tau = numFlag("tau", values.tau) ?? 0.9;
 
 const modelPath = values.model ?? DEFAULT_MODEL;
 const tokenizerPath = values.tokenizer ??
@@ -156,7 +160,21 @@ using gpu = await requestGpu();
 const device = gpu.device;
 
 let trace: TraceWriter | undefined;
-let backend: AttentionBackend = createDenseAttentionBackend(device, config, { maxSeqLen });
+let engineBackend: EngineBackend | undefined;
+let backend: AttentionBackend;
+try {
+  backend = policy === "dense"
+    ? createDenseAttentionBackend(device, config, { maxSeqLen })
+    : engineBackend = createEngineBackend(device, {
+      ...config,
+      ...retrieval,
+      maxContext: maxSeqLen,
+      policy: policy as PolicyName,
+      tau,
+    });
+} catch (error) {
+  fail((error as Error).message);
+}
 if (values["record-trace"]) {
   trace = await createTraceWriter(values["record-trace"], {
     numLayers: config.numLayers,
@@ -207,6 +225,8 @@ if (values.json) {
       text: result.text,
       stopReason: result.stopReason,
       trace: values["record-trace"] ?? null,
+      retrieval: engineBackend ? { ...retrieval, tau } : null,
+      engine: engineBackend?.engine.totals() ?? null,
       stats: { ...s, stepMs: s.stepMs.map((x) => Math.round(x * 1000) / 1000) },
     },
     null,
@@ -220,4 +240,12 @@ if (values.json) {
       `(${result.stopReason}); decode ${s.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
       `median step ${s.medianStepMs.toFixed(2)} ms`,
   );
+  if (engineBackend) {
+    const t = engineBackend.engine.totals();
+    console.error(
+      `generate: budget ${retrieval.budget} (sink ${retrieval.sink}, window ${retrieval.window}, ` +
+        `page ${retrieval.pageSize}); ${t.pagesRecalled} pages recalled, ` +
+        `${(100 * t.correctedShare).toFixed(1)}% of head-steps corrected`,
+    );
+  }
 }
