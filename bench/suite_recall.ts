@@ -1,0 +1,331 @@
+// Recall benchmark: the same pages (8 KV heads, head_dim 128, page size 32,
+// 32 random pages per head per layer, 4 layers: 32 MiB in f32) recalled from
+// host memory into NHD slots by each method, in one run. Run through
+// scripts/bench.ts --suite recall [--quick] [--json].
+import { requestGpu } from "../lib/device.ts";
+import type { KvDtype } from "../lib/dtype.ts";
+import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
+import { HostPagePool, type HostPoolLayout } from "../lib/host_pool.ts";
+import { HndToNhdPlan, type NhdCacheBuffers } from "../lib/layout.ts";
+import { createRandom } from "../lib/random.ts";
+import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/recall.ts";
+
+/** One row of the recall table. */
+export interface RecallRow {
+  /** `big-write`, `big-write+scatter`, `hnd-double`, `hnd-double-mapped`, `hnd-single`, `nhd-fragmented`. */
+  method: string;
+  dtype: KvDtype;
+  bytes: number;
+  pages: number;
+  reps: number;
+  median_ms: number;
+  min_ms: number;
+  max_ms: number;
+  gbps: number;
+  /** Bandwidth relative to `big-write` of the same dtype. */
+  vs_big_write: number;
+  /** Host-to-GPU copies per recall (writeBuffer calls or coalesced staging copies). */
+  copies: number;
+  chunks: number;
+  /** Median per-recall time the pipeline waited for a staging buffer. */
+  wait_ms: number;
+  /** Median per-recall JavaScript copy time. */
+  copy_ms: number;
+}
+
+const SHAPE = { layers: 4, kvHeads: 8, headDim: 128, pageSize: 32, pagesPerHead: 32 };
+// Pages each (layer, head) holds in the pool; a recall takes a random half.
+const POOL_PAGES = 64;
+
+function log(message: string): void {
+  console.error(`bench recall: ${message}`);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+interface Timed {
+  ms: number;
+  copies?: number;
+  chunks?: number;
+  waitMs?: number;
+  copyMs?: number;
+}
+
+async function measure(
+  reps: number,
+  warmup: number,
+  run: () => Promise<Omit<Timed, "ms"> | void>,
+): Promise<Timed[]> {
+  for (let i = 0; i < warmup; i++) await run();
+  const out: Timed[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    const extra = await run();
+    out.push({ ms: performance.now() - t0, ...(extra ?? {}) });
+  }
+  return out;
+}
+
+function fillPool(layout: HostPoolLayout, dtype: KvDtype): HostPagePool {
+  const pool = new HostPagePool({
+    layers: SHAPE.layers,
+    kvHeads: SHAPE.kvHeads,
+    headDim: SHAPE.headDim,
+    pageSize: SHAPE.pageSize,
+    dtype,
+    layout,
+    chunkPages: POOL_PAGES,
+  });
+  const rng = createRandom(1);
+  const run = dtype === "f16"
+    ? new Float16Array(pool.runElements)
+    : new Float32Array(pool.runElements);
+  for (let layer = 0; layer < SHAPE.layers; layer++) {
+    for (let head = 0; head < SHAPE.kvHeads; head++) {
+      for (let page = 0; page < POOL_PAGES; page++) {
+        for (let i = 0; i < run.length; i++) run[i] = rng.normal();
+        pool.writeRun({ layer, head, page }, run);
+      }
+    }
+  }
+  return pool;
+}
+
+// Checks a few recalled runs against the pool, so that a fast no-op shows.
+async function verify(
+  device: GPUDevice,
+  pool: HostPagePool,
+  caches: NhdCacheBuffers[],
+  jobs: RecallJob[],
+): Promise<void> {
+  const { pageSize: P, kvHeads: H, headDim: d } = SHAPE;
+  const e = pool.dtype === "f16" ? 2 : 4;
+  for (const job of [jobs[0], jobs[jobs.length >> 1], jobs[jobs.length - 1]]) {
+    const run = pool.readRun(job);
+    const want8 = new Uint8Array(run.buffer, run.byteOffset, run.byteLength);
+    const k = new Uint8Array(await readBuffer(device, caches[job.layer].kCache));
+    for (let t = 0; t < P; t++) {
+      const at = ((job.slot * P + t) * H + job.head) * d * e;
+      const got = k.subarray(at, at + d * e);
+      const exp = want8.subarray(t * d * e, (t + 1) * d * e);
+      if (got.some((b, i) => b !== exp[i])) {
+        throw new Error(`recall benchmark: wrong data in layer ${job.layer} slot ${job.slot}`);
+      }
+    }
+  }
+}
+
+/** Runs the suite; prints a table unless `json`. */
+export async function runSuite(
+  { quick, json }: { quick: boolean; json: boolean },
+): Promise<object> {
+  using gpu = await requestGpu();
+  const { device } = gpu;
+  const dtypes: KvDtype[] = quick ? ["f32"] : ["f32", "f16"];
+  const reps = quick ? 5 : 11;
+  const warmup = 2;
+  const { layers: L, kvHeads: H, headDim: d, pageSize: P, pagesPerHead } = SHAPE;
+  log(`${gpu.description}; ${L} layers x ${H} KV heads x ${pagesPerHead} pages, d=${d}, P=${P}`);
+  const rows: RecallRow[] = [];
+  for (const dtype of dtypes) {
+    const e = dtype === "f16" ? 2 : 4;
+    const slotBytes = P * H * d * e;
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const caches: NhdCacheBuffers[] = Array.from({ length: L }, (_, l) => ({
+      kCache: device.createBuffer({ label: `bench k${l}`, size: pagesPerHead * slotBytes, usage }),
+      vCache: device.createBuffer({ label: `bench v${l}`, size: pagesPerHead * slotBytes, usage }),
+    }));
+    const rng = createRandom(7);
+    const jobs: RecallJob[] = [];
+    for (let layer = 0; layer < L; layer++) {
+      for (let head = 0; head < H; head++) {
+        const pages = [...Array(POOL_PAGES).keys()];
+        for (let i = pages.length - 1; i > 0; i--) {
+          const j = rng.int(i + 1);
+          [pages[i], pages[j]] = [pages[j], pages[i]];
+        }
+        for (let slot = 0; slot < pagesPerHead; slot++) {
+          jobs.push({ layer, head, page: pages[slot], slot });
+        }
+      }
+    }
+    const runBytes = 2 * P * d * e;
+    const bytes = jobs.length * runBytes;
+    log(`${dtype}: filling the pools (${(2 * L * H * POOL_PAGES * runBytes) >> 20} MiB)`);
+    using hnd = fillPool("hnd", dtype);
+    using nhd = fillPool("nhd", dtype);
+    const results = new Map<string, Timed[]>();
+
+    // (a) One big writeBuffer of the same bytes: the upper bound.
+    log(`${dtype}: big-write`);
+    const big = new Uint8Array(bytes);
+    for (let i = 0; i < big.length; i += 4096) big[i] = i & 255;
+    const target = createBuffer(device, "bench big-write target", usage, bytes);
+    results.set(
+      "big-write",
+      await measure(reps, warmup, async () => {
+        device.queue.writeBuffer(target, 0, big);
+        device.queue.submit([]);
+        await device.queue.onSubmittedWorkDone();
+      }),
+    );
+    // The floor of any HND recall here: the same big write plus the scatter.
+    log(`${dtype}: big-write+scatter`);
+    using plan = new HndToNhdPlan(device, {
+      pageSize: P,
+      kvHeads: H,
+      headDim: d,
+      dtype,
+      label: "bench scatter",
+    });
+    const perLayer = jobs.length / L;
+    const scatterPlans = Array.from({ length: L }, (_, l) => {
+      const p = l === 0
+        ? plan
+        : new HndToNhdPlan(device, { pageSize: P, kvHeads: H, headDim: d, dtype });
+      const layerJobs = jobs.slice(l * perLayer, (l + 1) * perLayer);
+      p.set(
+        { ...caches[l], runs: target },
+        layerJobs.map((j, i) => ({ run: l * perLayer + i, slot: j.slot, head: j.head })),
+      );
+      return p;
+    });
+    results.set(
+      "big-write+scatter",
+      await measure(reps, warmup, async () => {
+        device.queue.writeBuffer(target, 0, big);
+        const encoder = device.createCommandEncoder({ label: "bench scatter" });
+        for (const p of scatterPlans) p.encode(encoder);
+        device.queue.submit([encoder.finish()]);
+        await device.queue.onSubmittedWorkDone();
+      }),
+    );
+    for (const p of scatterPlans.slice(1)) p[Symbol.dispose]();
+
+    // (b), (c) and the mapped-staging variant of (b).
+    const variants: Array<[string, Partial<RecallerOptions>]> = [
+      ["hnd-double", {}],
+      ["hnd-double-mapped", { staging: "mapped" }],
+      ["hnd-single", { buffering: "single" }],
+    ];
+    for (const [name, options] of variants) {
+      log(`${dtype}: ${name}`);
+      using recaller = createRecaller(device, hnd, { caches, ...options });
+      await recaller.recall(jobs).done;
+      await verify(device, hnd, caches, jobs);
+      results.set(
+        name,
+        await measure(reps, warmup, async () => {
+          const s = await recaller.recall(jobs).done;
+          return { copies: s.copies, chunks: s.chunks, waitMs: s.waitMs, copyMs: s.copyMs };
+        }),
+      );
+    }
+    // (d) Token-fragmented recall from the NHD pool.
+    log(`${dtype}: nhd-fragmented`);
+    {
+      using recaller = createRecaller(device, nhd, { caches });
+      await recaller.recall(jobs).done;
+      await verify(device, nhd, caches, jobs);
+      results.set(
+        "nhd-fragmented",
+        await measure(Math.max(3, reps >> 1), 1, async () => {
+          const s = await recaller.recall(jobs).done;
+          return { copies: s.copies, chunks: s.chunks, waitMs: s.waitMs, copyMs: s.copyMs };
+        }),
+      );
+    }
+    target.destroy();
+    for (const c of caches) {
+      c.kCache.destroy();
+      c.vCache.destroy();
+    }
+
+    const bigMs = median(results.get("big-write")!.map((t) => t.ms));
+    for (const [method, times] of results) {
+      const ms = times.map((t) => t.ms);
+      const m = median(ms);
+      rows.push({
+        method,
+        dtype,
+        bytes,
+        pages: jobs.length,
+        reps: times.length,
+        median_ms: round(m),
+        min_ms: round(Math.min(...ms)),
+        max_ms: round(Math.max(...ms)),
+        gbps: round(bytes / m / 1e6),
+        vs_big_write: round(bigMs / m),
+        copies: times[0].copies ?? (method.startsWith("big-write") ? 1 : 0),
+        chunks: times[0].chunks ?? 0,
+        wait_ms: round(median(times.map((t) => t.waitMs ?? 0))),
+        copy_ms: round(median(times.map((t) => t.copyMs ?? 0))),
+      });
+    }
+  }
+
+  const summary = dtypes.map((dtype) => {
+    const get = (m: string) => rows.find((r) => r.dtype === dtype && r.method === m)!;
+    const b = get("hnd-double"), a = get("big-write"), dd = get("nhd-fragmented");
+    return {
+      dtype,
+      hnd_double_share_of_big_write: b.vs_big_write,
+      hnd_double_share_of_big_write_scatter: round(
+        get("big-write+scatter").median_ms / b.median_ms,
+      ),
+      hnd_double_speedup_vs_nhd_fragmented: round(dd.median_ms / b.median_ms),
+      hnd_double_speedup_vs_single: round(get("hnd-single").median_ms / b.median_ms),
+      target_85pct_of_big_write: b.gbps >= 0.85 * a.gbps,
+      target_5x_vs_nhd: dd.median_ms >= 5 * b.median_ms,
+    };
+  });
+  const result = {
+    suite: "recall",
+    adapter: gpu.description,
+    deno: Deno.version.deno,
+    quick,
+    shape: { ...SHAPE, poolPagesPerHead: POOL_PAGES },
+    rows,
+    summary,
+  };
+  if (!json) printTable(rows, summary);
+  return result;
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
+
+function printTable(rows: RecallRow[], summary: object[]): void {
+  const head = [
+    "method",
+    "dtype",
+    "MiB",
+    "median ms",
+    "min ms",
+    "GB/s",
+    "vs big",
+    "copies",
+    "chunks",
+  ];
+  const body = rows.map((r) => [
+    r.method,
+    r.dtype,
+    (r.bytes / 2 ** 20).toFixed(0),
+    r.median_ms.toFixed(1),
+    r.min_ms.toFixed(1),
+    r.gbps.toFixed(2),
+    r.vs_big_write.toFixed(2),
+    String(r.copies),
+    String(r.chunks),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+  console.log(line(head));
+  for (const b of body) console.log(line(b));
+  for (const s of summary) console.log(JSON.stringify(s));
+}
