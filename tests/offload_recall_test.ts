@@ -297,6 +297,8 @@ gpuTest(
     assert.equal(offloader.stats().pages, 12);
     assert.equal(offloader.stats().inFlight, 0);
     const before = { bytes: pool.byteLength, runs: pool.offloadedRuns };
+    const keys = [0, 1, 2, 3].flatMap((page) => [0, 1].map((head) => ({ layer: 0, head, page })));
+    const contents = keys.map((k) => pool.readRun(k).slice());
     const bad: Array<[() => unknown, ErrorConstructor, RegExp]> = [
       [
         () =>
@@ -343,6 +345,7 @@ gpuTest(
       assert.throws(fn, (e: Error) => e instanceof cls && re.test(e.message), re.source);
     }
     assert.deepEqual({ bytes: pool.byteLength, runs: pool.offloadedRuns }, before);
+    assert.deepEqual(keys.map((k) => pool.readRun(k)), contents);
     assert.equal(offloader.stats().inFlight, 0);
     destroyLayers([layer]);
   },
