@@ -125,7 +125,7 @@ export interface RecallHandle {
 
 /** Cumulative figures of a {@linkcode Recaller}. */
 export interface RecallerStats {
-  /** Recalls finished. */
+  /** Recalls whose copies were all submitted. */
   recalls: number;
   /** Runs recalled. */
   pages: number;
@@ -135,13 +135,13 @@ export interface RecallerStats {
   chunks: number;
   /** Copies issued. */
   copies: number;
-  /** Sum of per-recall `ms`. */
+  /** Sum of per-recall `ms`, over the recalls whose `done` was read. */
   ms: number;
   /** Sum of per-recall `waitMs`. */
   waitMs: number;
   /** Sum of per-recall `copyMs`. */
   copyMs: number;
-  /** Recalls not finished yet. */
+  /** Recalls not fully submitted yet. */
   inFlight: number;
 }
 

@@ -347,6 +347,21 @@ gpuTest(
     assert.deepEqual({ bytes: pool.byteLength, runs: pool.offloadedRuns }, before);
     assert.deepEqual(keys.map((k) => pool.readRun(k)), contents);
     assert.equal(offloader.stats().inFlight, 0);
+    // Offloads bigger than one ring buffer are split over several.
+    using small = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 4, pageSize: 2 });
+    using splitter = createOffloader(device, small, { maxBufferBytes: 2 * small.runBytes });
+    const split = await splitter.offloadNow({
+      layer: 0,
+      ...layer.buffers,
+      jobs: [{ slot: 0, page: 5 }, { slot: 1, page: 6 }, { slot: 2, page: 7, head: 1 }],
+    });
+    assert.equal(split.pages, 5);
+    assert.equal(splitter.stats().ringBuffers, 3);
+    for (const [slot, page, head] of [[0, 5, 0], [0, 5, 1], [1, 6, 0], [1, 6, 1], [2, 7, 1]]) {
+      const want = nhdToHndReference(layer, [{ slot, head }], shape);
+      assert.deepEqual(small.readRun({ layer: 0, head, page }), want);
+    }
+    assert.equal(small.isOffloaded({ layer: 0, head: 0, page: 7 }), false);
     destroyLayers([layer]);
   },
 );
