@@ -58,6 +58,14 @@ export interface PageSelectorOptions {
   pooling?: PoolingMode;
   /** Logit scale inside the softmax of `"softmax-mean"` (default `1 / sqrt(headDim)`). */
   scale?: number;
+  /**
+   * Tuning: threads that score one page together, a power of two dividing
+   * `headDim / 4`, at most 64. Default: 1 on fallback (CPU) adapters, where a
+   * page per thread is fastest; otherwise the largest such value up to 8, so
+   * that neighbouring threads read neighbouring bytes. Results do not depend
+   * on it beyond f32 summation order.
+   */
+  lanesPerPage?: number;
 }
 
 /** What to select: one entry per sequence of the batch, and `k`. */
@@ -82,6 +90,8 @@ export interface PageSelectionBuffers {
   summaries: GPUBuffer;
   /** Output `[batch][Hkv][k]` u32 logical page ids (STORAGE; add COPY_SRC to read it back). */
   selected: GPUBuffer;
+  /** Optional timestamps around the selection's one compute pass (profiling). */
+  timestampWrites?: GPUComputePassTimestampWrites;
 }
 
 /**
@@ -123,10 +133,9 @@ export interface PageSelectionReference {
 }
 
 const ACTION = "select pages";
-const WG = 256;
+// Workgroup size of the scoring kernel (page_score.wgsl).
+const WG = 64;
 const MAX_DISPATCH = 65535;
-// Threads per page in the scoring kernel (at most; a power of two dividing d / 4).
-const LANES_TARGET = 8;
 
 interface CheckedPlan {
   batch: number;
@@ -138,7 +147,10 @@ interface CheckedPlan {
   seqs: Uint32Array<ArrayBuffer>;
 }
 
-function checkOptions(options: PageSelectorOptions): Required<PageSelectorOptions> {
+function checkOptions(
+  options: PageSelectorOptions,
+  device?: GPUDevice,
+): Required<PageSelectorOptions> {
   if (options == null || typeof options !== "object") {
     throw new TypeError(
       `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
@@ -165,7 +177,25 @@ function checkOptions(options: PageSelectorOptions): Required<PageSelectorOption
   if (!(scale > 0)) {
     throw new RangeError(`Cannot ${ACTION} as 'scale' must be positive: received ${scale}`);
   }
-  return { numQueryHeads, numKvHeads, headDim, pooling, scale };
+  let lanesPerPage = options.lanesPerPage;
+  if (lanesPerPage !== undefined) {
+    assertInteger("lanesPerPage", lanesPerPage, ACTION, 1, WG);
+    if ((lanesPerPage & (lanesPerPage - 1)) !== 0 || (headDim / 4) % lanesPerPage !== 0) {
+      throw new RangeError(
+        `Cannot ${ACTION} as 'lanesPerPage' must be a power of two dividing headDim / 4 = ${
+          headDim / 4
+        }: received ${lanesPerPage}`,
+      );
+    }
+  } else {
+    // CPU adapters: a page per thread. GPUs: up to 8 threads per page.
+    const fallback = device?.adapterInfo?.isFallbackAdapter ?? false;
+    lanesPerPage = 1;
+    while (!fallback && lanesPerPage < 8 && (headDim / 4) % (lanesPerPage * 2) === 0) {
+      lanesPerPage *= 2;
+    }
+  }
+  return { numQueryHeads, numKvHeads, headDim, pooling, scale, lanesPerPage };
 }
 
 function checkPlan(plan: PageSelectionPlan): CheckedPlan {
@@ -224,12 +254,6 @@ function assertStorage(name: string, buffer: unknown, action: string): asserts b
   }
 }
 
-function lanesFor(headDim: number): number {
-  let lanes = 1;
-  while (lanes < LANES_TARGET && (headDim / 4) % (lanes * 2) === 0) lanes *= 2;
-  return lanes;
-}
-
 class Selector implements PageSelector {
   readonly options: Readonly<Required<PageSelectorOptions>>;
   #device: GPUDevice;
@@ -251,11 +275,12 @@ class Selector implements PageSelector {
     this.options = Object.freeze({ ...options });
     this.#device = device;
     const group = options.numQueryHeads / options.numKvHeads;
-    this.#lanes = lanesFor(options.headDim);
+    this.#lanes = options.lanesPerPage;
     this.#scorePipeline = cachedPipeline(device, "page_score", pageScoreSource, {
       HEAD_DIM: options.headDim,
       GROUP: group,
       LANES: this.#lanes,
+      WG,
     });
     this.#topkPipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
       GROUP: group,
@@ -400,7 +425,10 @@ class Selector implements PageSelector {
       );
     }
     const [scoreGroup, topkGroup] = this.#groups(buffers);
-    const pass = encoder.beginComputePass({ label: "freekv page selection" });
+    const pass = encoder.beginComputePass({
+      label: "freekv page selection",
+      timestampWrites: buffers.timestampWrites,
+    });
     pass.setPipeline(this.#scorePipeline);
     pass.setBindGroup(0, scoreGroup);
     pass.dispatchWorkgroups(Math.ceil(plan.maxCount / (WG / this.#lanes)), hkv, plan.batch);
@@ -447,7 +475,7 @@ class Selector implements PageSelector {
  * ```
  */
 export function createPageSelector(device: GPUDevice, options: PageSelectorOptions): PageSelector {
-  return new Selector(device, checkOptions(options));
+  return new Selector(device, checkOptions(options, device));
 }
 
 function checkInputs(
@@ -516,7 +544,7 @@ export async function selectPages(
   inputs: PageSelectionInputs,
   options: PageSelectorOptions,
 ): Promise<Uint32Array> {
-  const checkedOptions = checkOptions(options);
+  const checkedOptions = checkOptions(options, device);
   const plan = checkInputs(inputs, checkedOptions);
   using selector = createPageSelector(device, checkedOptions);
   selector.plan(inputs);

@@ -42,6 +42,8 @@ export interface QuerySimilarityBuffers {
   flags: GPUBuffer;
   /** Correction threshold (finite). */
   tau: number;
+  /** Optional timestamps around the similarity's one compute pass (profiling). */
+  timestampWrites?: GPUComputePassTimestampWrites;
 }
 
 /** Records query similarity into a caller's encoder. */
@@ -181,7 +183,10 @@ class Similarity implements QuerySimilarity {
         { binding: 5, resource: { buffer: buffers.flags } },
       ],
     });
-    const pass = encoder.beginComputePass({ label: "freekv query similarity" });
+    const pass = encoder.beginComputePass({
+      label: "freekv query similarity",
+      timestampWrites: buffers.timestampWrites,
+    });
     pass.setPipeline(this.#pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(hkv, batch);

@@ -60,6 +60,8 @@ export interface PageSummaryBuffers {
   kCache: GPUBuffer;
   /** Summaries of the layer, `[pageIndex][Hkv][2][d]` f32 (STORAGE); only the jobs' pages are written. */
   summaries: GPUBuffer;
+  /** Optional timestamps around the summaries' one compute pass (profiling; none when no jobs). */
+  timestampWrites?: GPUComputePassTimestampWrites;
 }
 
 /**
@@ -278,7 +280,10 @@ class Summarizer implements PageSummarizer {
         { binding: 3, resource: { buffer: buffers.summaries } },
       ],
     });
-    const pass = encoder.beginComputePass({ label: "freekv page summaries" });
+    const pass = encoder.beginComputePass({
+      label: "freekv page summaries",
+      timestampWrites: buffers.timestampWrites,
+    });
     pass.setPipeline(this.#pipeline);
     pass.setBindGroup(0, bindGroup);
     const perZ = Math.min(this.#numJobs, MAX_DISPATCH);

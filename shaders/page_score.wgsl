@@ -7,8 +7,8 @@
 override HEAD_DIM: u32; // d, a multiple of 4
 override GROUP: u32; // query heads per KV head
 override LANES: u32; // threads per page, a power of two dividing HEAD_DIM / 4
+override WG: u32; // workgroup size, a multiple of LANES
 
-const WG: u32 = 256u;
 // Query heads scored per sweep over the bounds: their sums live in registers.
 const GCHUNK: u32 = 8u;
 
@@ -26,6 +26,71 @@ struct Params {
 
 var<workgroup> q_sh: array<vec4<f32>, GCHUNK * HEAD_DIM / 4u>;
 var<workgroup> partial: array<f32, GCHUNK * WG>;
+
+// Sum over 4 channels of max(q * lower, q * upper) for head g of the chunk.
+// Heads past the chunk read stale q_sh entries; their sums are never stored.
+fn head_term(g: u32, v4: u32, j: u32, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+  let qv = q_sh[g * v4 + j];
+  let m = max(qv * lo, qv * hi);
+  return (m.x + m.y) + (m.z + m.w);
+}
+
+// This thread's share (every LANES-th vec4) of the page's scores for the
+// first 1, 2, 4 or 8 heads of the chunk.
+fn sweep1(sbase: u32, lane: u32, v4: u32) -> f32 {
+  var a = 0.0;
+  for (var j = lane; j < v4; j += LANES) {
+    a += head_term(0u, v4, j, summaries[sbase + j], summaries[sbase + v4 + j]);
+  }
+  return a;
+}
+
+fn sweep2(sbase: u32, lane: u32, v4: u32) -> vec2<f32> {
+  var a = vec2<f32>(0.0);
+  for (var j = lane; j < v4; j += LANES) {
+    let lo = summaries[sbase + j];
+    let hi = summaries[sbase + v4 + j];
+    a += vec2<f32>(head_term(0u, v4, j, lo, hi), head_term(1u, v4, j, lo, hi));
+  }
+  return a;
+}
+
+fn sweep4(sbase: u32, lane: u32, v4: u32) -> vec4<f32> {
+  var a = vec4<f32>(0.0);
+  for (var j = lane; j < v4; j += LANES) {
+    let lo = summaries[sbase + j];
+    let hi = summaries[sbase + v4 + j];
+    a += vec4<f32>(
+      head_term(0u, v4, j, lo, hi),
+      head_term(1u, v4, j, lo, hi),
+      head_term(2u, v4, j, lo, hi),
+      head_term(3u, v4, j, lo, hi),
+    );
+  }
+  return a;
+}
+
+fn sweep8(sbase: u32, lane: u32, v4: u32) -> array<vec4<f32>, 2> {
+  var a = vec4<f32>(0.0);
+  var b = vec4<f32>(0.0);
+  for (var j = lane; j < v4; j += LANES) {
+    let lo = summaries[sbase + j];
+    let hi = summaries[sbase + v4 + j];
+    a += vec4<f32>(
+      head_term(0u, v4, j, lo, hi),
+      head_term(1u, v4, j, lo, hi),
+      head_term(2u, v4, j, lo, hi),
+      head_term(3u, v4, j, lo, hi),
+    );
+    b += vec4<f32>(
+      head_term(4u, v4, j, lo, hi),
+      head_term(5u, v4, j, lo, hi),
+      head_term(6u, v4, j, lo, hi),
+      head_term(7u, v4, j, lo, hi),
+    );
+  }
+  return array<vec4<f32>, 2>(a, b);
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
@@ -50,17 +115,43 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
       q_sh[i] = q[(head0 + g0) * v4 + i];
     }
     workgroupBarrier();
-    var acc: array<f32, GCHUNK>;
+    // Sweeps specialised by chunk size keep the sums in registers and the
+    // loop free of branches.
+    var acc = array<f32, GCHUNK>();
     if (live) {
-      for (var j = lane; j < v4; j += LANES) {
-        let lo = summaries[sbase + j];
-        let hi = summaries[sbase + v4 + j];
+      if (gc == 1u) {
+        acc[0] = sweep1(sbase, lane, v4);
+      } else if (gc == 2u) {
+        let s = sweep2(sbase, lane, v4);
+        acc[0] = s.x;
+        acc[1] = s.y;
+      } else if (gc <= 4u) {
+        let s = sweep4(sbase, lane, v4);
+        acc[0] = s.x;
+        acc[1] = s.y;
+        acc[2] = s.z;
+        acc[3] = s.w;
+      } else {
+        let s = sweep8(sbase, lane, v4);
+        acc[0] = s[0].x;
+        acc[1] = s[0].y;
+        acc[2] = s[0].z;
+        acc[3] = s[0].w;
+        acc[4] = s[1].x;
+        acc[5] = s[1].y;
+        acc[6] = s[1].z;
+        acc[7] = s[1].w;
+      }
+    }
+    if (LANES == 1u) {
+      // A page per thread: its sums are the scores.
+      if (live) {
         for (var g = 0u; g < gc; g++) {
-          let qv = q_sh[g * v4 + j];
-          let m = max(qv * lo, qv * hi);
-          acc[g] += (m.x + m.y) + (m.z + m.w);
+          scores[(head0 + g0 + g) * params.max_count + n] = acc[g];
         }
       }
+      workgroupBarrier();
+      continue;
     }
     for (var g = 0u; g < gc; g++) {
       partial[g * WG + t] = acc[g];

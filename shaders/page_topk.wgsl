@@ -3,9 +3,9 @@
 //    (softmax-mean: softmax over the candidates per query head, with the
 //    logits scaled by `scale`, then the mean over the group; mean; max),
 //    stored as an order-preserving u32 key (NaN lowest);
-// 2. radix select, 4 bits a sweep, of the k-th largest composite key
-//    (key, inverted candidate index): 8 passes on the key, then, only when
-//    the k-th key is tied, 8 passes on the inverted index so that the lowest
+// 2. radix select, 8 bits a round, of the k-th largest composite key
+//    (key, inverted candidate index): 4 rounds on the key, then, only when
+//    the k-th key is tied, 4 rounds on the inverted index so that the lowest
 //    indices win the tie;
 // 3. the k winners are appended to a list and each one's rank (descending
 //    key, ascending index) is counted over the list: `selected[rank]`.
@@ -15,8 +15,8 @@
 override GROUP: u32; // query heads per KV head
 override POOLING: u32; // 0: softmax-mean, 1: mean, 2: max
 
-const WG: u32 = 256u;
-const SIDE: u32 = 16u; // WG = SIDE * SIDE, for the two-level reductions
+const WG: u32 = 64u;
+const SIDE: u32 = 8u; // WG = SIDE * SIDE, for the two-level reductions
 
 struct Params {
   num_kv_heads: u32,
@@ -33,10 +33,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> winners: array<u32>; // [b][Hkv][k]
 @group(0) @binding(5) var<storage, read_write> selected: array<u32>; // [b][Hkv][k]
 
-var<workgroup> red: array<f32, WG>;
-var<workgroup> red2: array<f32, SIDE>;
+var<workgroup> red: array<vec2<f32>, WG>;
+var<workgroup> red2: array<vec2<f32>, SIDE>;
 var<workgroup> stats: array<vec2<f32>, GROUP>; // (max logit, 1 / sum of exp) per query head
-var<workgroup> hist: array<atomic<u32>, 256>; // 16 passes x 16 digits
+// Two 256-bin histograms, alternating between rounds so that clearing the
+// next one needs no extra barrier; per round also the sums of 16 bins each.
+var<workgroup> hist: array<atomic<u32>, 512>;
+var<workgroup> group_sums: array<u32, 16>;
 var<workgroup> winner_count: atomic<u32>;
 var<workgroup> tied: u32;
 
@@ -55,52 +58,69 @@ fn order_key(x: f32) -> u32 {
   return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
 }
 
-// Two-level reductions: 2 barriers each. `red2` is rewritten only after the
-// first barrier of the next call, which every reader of this call has passed.
-fn reduce_max(t: u32, v: f32) -> f32 {
+// Merges two partial softmax sums (max logit, sum of exp((x - max) * scale)).
+fn merge_softmax(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+  let m = max(a.x, b.x);
+  return vec2<f32>(m, a.y * exp((a.x - m) * params.scale) + b.y * exp((b.x - m) * params.scale));
+}
+
+// Two-level reduction of partial softmax sums: 2 barriers. `red2` is
+// rewritten only after the first barrier of the next call, which every
+// reader of this call has passed.
+fn reduce_softmax(t: u32, v: vec2<f32>) -> vec2<f32> {
   red[t] = v;
   workgroupBarrier();
   if (t < SIDE) {
-    var m = red[t * SIDE];
+    var acc = red[t * SIDE];
     for (var i = 1u; i < SIDE; i++) {
-      m = max(m, red[t * SIDE + i]);
+      acc = merge_softmax(acc, red[t * SIDE + i]);
     }
-    red2[t] = m;
+    red2[t] = acc;
   }
   workgroupBarrier();
-  var m = red2[0];
+  var acc = red2[0];
   for (var i = 1u; i < SIDE; i++) {
-    m = max(m, red2[i]);
+    acc = merge_softmax(acc, red2[i]);
   }
-  return m;
+  return acc;
 }
 
-fn reduce_sum(t: u32, v: f32) -> f32 {
-  red[t] = v;
-  workgroupBarrier();
-  if (t < SIDE) {
-    var s = 0.0;
-    for (var i = 0u; i < SIDE; i++) {
-      s += red[t * SIDE + i];
+// After a round's histogram: sums of its 16-bin groups, and the clearing of
+// the other histogram for the next round.
+fn finish_histogram(t: u32, round: u32) {
+  let buf = (round % 2u) * 256u;
+  if (t < 16u) {
+    var s = 0u;
+    for (var i = 0u; i < 16u; i++) {
+      s += atomicLoad(&hist[buf + t * 16u + i]);
     }
-    red2[t] = s;
+    group_sums[t] = s;
   }
-  workgroupBarrier();
-  var s = 0.0;
-  for (var i = 0u; i < SIDE; i++) {
-    s += red2[i];
+  let other = 256u - buf;
+  for (var i = t; i < 256u; i += WG) {
+    atomicStore(&hist[other + i], 0u);
   }
-  return s;
 }
 
-// Picks the digit (15 down to 0) holding the `rem`-th largest element of the
-// sweep's histogram; returns (digit, rem within that digit).
-fn pick_digit(sweep: u32, rem_in: u32) -> vec2<u32> {
+// Picks the digit (255 down to 0) of the round's histogram holding the
+// `rem_in`-th largest counted element, first by 16-bin group, then by bin;
+// returns (digit, rank within that digit).
+fn pick_digit(round: u32, rem_in: u32) -> vec2<u32> {
   var rem = rem_in;
-  var d = 15u;
+  var grp = 15u;
   loop {
-    let c = atomicLoad(&hist[sweep * 16u + d]);
-    if (rem <= c || d == 0u) {
+    let c = group_sums[grp];
+    if (rem <= c || grp == 0u) {
+      break;
+    }
+    rem -= c;
+    grp--;
+  }
+  let buf = (round % 2u) * 256u;
+  var d = grp * 16u + 15u;
+  loop {
+    let c = atomicLoad(&hist[buf + d]);
+    if (rem <= c || d == grp * 16u) {
       break;
     }
     rem -= c;
@@ -120,7 +140,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let kbase = (b * params.num_kv_heads + kvh) * params.max_count;
   let obase = (b * params.num_kv_heads + kvh) * k;
 
-  atomicStore(&hist[t], 0u);
+  for (var i = t; i < 256u; i += WG) {
+    atomicStore(&hist[i], 0u); // the first round's histogram
+  }
   if (t == 0u) {
     atomicStore(&winner_count, 0u);
   }
@@ -128,19 +150,20 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   // 1. Softmax statistics per query head, then the pooled keys.
   if (POOLING == 0u) {
     for (var g = 0u; g < GROUP; g++) {
+      // Online softmax sum: rescale when the running max grows.
       let row = (head0 + g) * params.max_count;
-      var m = NEG_INF;
+      var acc = vec2<f32>(NEG_INF, 0.0);
       for (var n = t; n < count; n += WG) {
-        m = max(m, scores[row + n]);
+        let x = scores[row + n];
+        if (x > acc.x) {
+          acc = vec2<f32>(x, acc.y * exp((acc.x - x) * params.scale) + 1.0);
+        } else {
+          acc.y += exp((x - acc.x) * params.scale);
+        }
       }
-      m = reduce_max(t, m);
-      var s = 0.0;
-      for (var n = t; n < count; n += WG) {
-        s += exp((scores[row + n] - m) * params.scale);
-      }
-      s = reduce_sum(t, s);
+      acc = reduce_softmax(t, acc);
       if (t == 0u) {
-        stats[g] = vec2<f32>(m, 1.0 / s);
+        stats[g] = vec2<f32>(acc.x, 1.0 / acc.y);
       }
     }
   }
@@ -174,24 +197,27 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   var prefix = 0u;
   var mask = 0u;
   var rem = k;
-  for (var sweep = 0u; sweep < 8u; sweep++) {
-    let shift = 28u - 4u * sweep;
+  for (var round = 0u; round < 4u; round++) {
+    let shift = 24u - 8u * round;
+    let buf = (round % 2u) * 256u;
     for (var n = t; n < count; n += WG) {
       let key = keys[kbase + n];
       if ((key & mask) == prefix) {
-        atomicAdd(&hist[sweep * 16u + ((key >> shift) & 15u)], 1u);
+        atomicAdd(&hist[buf + ((key >> shift) & 255u)], 1u);
       }
     }
     workgroupBarrier();
-    let pick = pick_digit(sweep, rem);
+    finish_histogram(t, round);
+    workgroupBarrier();
+    let pick = pick_digit(round, rem);
     prefix |= pick.x << shift;
-    mask |= 15u << shift;
+    mask |= 255u << shift;
     rem = pick.y;
   }
   let threshold = prefix;
-  // Elements equal to the threshold: the last sweep's bin count.
+  // Keys equal to the threshold: the last round's bin count.
   if (t == 0u) {
-    tied = select(0u, 1u, rem < atomicLoad(&hist[7u * 16u + (threshold & 15u)]));
+    tied = select(0u, 1u, rem < atomicLoad(&hist[256u + (threshold & 255u)]));
   }
   var last_index = 0xffffffffu;
   if (workgroupUniformLoad(&tied) != 0u) {
@@ -199,18 +225,21 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     // radix select on the inverted index.
     var iprefix = 0u;
     var imask = 0u;
-    for (var sweep = 8u; sweep < 16u; sweep++) {
-      let shift = 28u - 4u * (sweep - 8u);
+    for (var round = 4u; round < 8u; round++) {
+      let shift = 24u - 8u * (round - 4u);
+      let buf = (round % 2u) * 256u;
       for (var n = t; n < count; n += WG) {
         let inv = ~n;
         if (keys[kbase + n] == threshold && (inv & imask) == iprefix) {
-          atomicAdd(&hist[sweep * 16u + ((inv >> shift) & 15u)], 1u);
+          atomicAdd(&hist[buf + ((inv >> shift) & 255u)], 1u);
         }
       }
       workgroupBarrier();
-      let pick = pick_digit(sweep, rem);
+      finish_histogram(t, round);
+      workgroupBarrier();
+      let pick = pick_digit(round, rem);
       iprefix |= pick.x << shift;
-      imask |= 15u << shift;
+      imask |= 255u << shift;
       rem = pick.y;
     }
     last_index = ~iprefix;

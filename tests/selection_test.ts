@@ -124,6 +124,28 @@ for (const pooling of POOLING_MODES) {
   });
 }
 
+gpuTest("scoring variants: lanes per page (the GPU default) and groups above 8", async (gpu) => {
+  const shapes: Array<[Shape, number[]]> = [
+    [{ numKvHeads: 2, group: 4, headDim: 128, counts: [200, 37], k: 8 }, [2, 8, 32]],
+    [{ numKvHeads: 1, group: 7, headDim: 64, counts: [90], k: 5 }, [4, 16]],
+    [{ numKvHeads: 2, group: 12, headDim: 32, counts: [70, 150], k: 6 }, [1, 8]],
+    [{ numKvHeads: 1, group: 1, headDim: 8, counts: [130], k: 4 }, [2]],
+  ];
+  for (const [i, [shape, lanes]] of shapes.entries()) {
+    for (const lanesPerPage of lanes) {
+      const options = {
+        numQueryHeads: shape.numKvHeads * shape.group,
+        numKvHeads: shape.numKvHeads,
+        headDim: shape.headDim,
+        lanesPerPage,
+      };
+      const { inputs, want } = separatedInputs(500 + 100 * i, shape, options);
+      const got = await noGpuErrors(gpu.device, () => selectPages(gpu.device, inputs, options));
+      assert.deepEqual(got, want, `${JSON.stringify(shape)} lanes ${lanesPerPage}`);
+    }
+  }
+});
+
 gpuTest("selection at 32K tokens (1024 candidate pages), Llama-3.1-8B heads", async (gpu) => {
   const shape = { numKvHeads: 8, group: 4, headDim: 128, counts: [1024], k: 32 };
   const options = { numQueryHeads: 32, numKvHeads: 8, headDim: 128 };
@@ -301,6 +323,12 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
     ["group", [{}, { numKvHeads: 3 }], RangeError, /multiple of 'numKvHeads' 3: received 2/],
     ["head dim", [{}, { headDim: 6 }], RangeError, /'headDim' must be a multiple of 4: received 6/],
     ["scale", [{}, { scale: -1 }], RangeError, /'scale' must be positive: received -1/],
+    [
+      "lanes",
+      [{}, { lanesPerPage: 2 }],
+      RangeError,
+      /'lanesPerPage' must be a power of two dividing headDim \/ 4 = 1: received 2/,
+    ],
     ["k = 0", [{ k: 0 }], RangeError, /'k' must be at least 1: received 0/],
     [
       "k > candidates",

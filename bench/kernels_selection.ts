@@ -1,0 +1,285 @@
+/**
+ * Benchmarks of the selection-side kernels at Llama-3.1-8B attention shapes
+ * (32 query heads, 8 KV heads, head_dim 128, page 32): page selection
+ * (score + GQA pooling + top-k) over every page summary of a context, bulk
+ * and single-page summaries, and the query similarity check.
+ *
+ * Each timed sample runs the kernel over several layers' buffers in one
+ * command buffer (timestamp queries around the whole run when the device has
+ * them, else wall clock) so that the data comes from memory, not from a
+ * cache that one layer's buffers would fit in; a row reports the time per
+ * layer and the bytes one layer reads and writes.
+ *
+ * Used by `bench/suite_kernels.ts`; runnable alone:
+ * `deno run -A bench/kernels_selection.ts [--quick]`.
+ *
+ * @module
+ */
+
+import { type Gpu, requestGpu } from "../lib/device.ts";
+import type { KvDtype } from "../lib/dtype.ts";
+import { createBuffer } from "../lib/gpu_util.ts";
+import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { type GpuTimestampWrites, measureReadBandwidth, timeGpuWork } from "../lib/roofline.ts";
+import { createPageSelector, type PoolingMode } from "../lib/selection.ts";
+import { createQuerySimilarity } from "../lib/similarity.ts";
+import { createPageSummarizer, type SummaryKind } from "../lib/summaries.ts";
+
+/** One benchmark result. */
+export interface Row {
+  /** Kernel and variant. */
+  kernel: string;
+  /** Problem shape, human-readable. */
+  shape: string;
+  /** Bytes one run reads and writes (the GB/s numerator). */
+  bytes: number;
+  /** Median milliseconds of one run. */
+  median_ms: number;
+  /** `bytes / median_ms`, in GB/s (1e9 bytes). */
+  gbps: number;
+}
+
+/** Options of {@linkcode benchSelectionKernels}. */
+export interface SelectionBenchOptions {
+  /** Fewer sizes, fewer repetitions (default false). */
+  quick?: boolean;
+}
+
+const HQ = 32, HKV = 8, D = 128, P = 32, K = 32;
+const STORAGE = GPUBufferUsage.STORAGE;
+
+/** Enough copies of a `bytes`-sized working set to spill the caches, at most 64. */
+function layersFor(bytes: number, quick: boolean): number {
+  const target = (quick ? 48 : 96) << 20;
+  return Math.max(2, Math.min(64, Math.ceil(target / bytes)));
+}
+
+/** Creates `count` buffers holding the same `data` (copied on the GPU). */
+function replicate(
+  device: GPUDevice,
+  label: string,
+  data: ArrayBufferView,
+  count: number,
+): GPUBuffer[] {
+  const first = createBuffer(device, `${label} 0`, STORAGE | GPUBufferUsage.COPY_SRC, data);
+  const buffers = [first];
+  const encoder = device.createCommandEncoder({ label: `${label} replicate` });
+  for (let i = 1; i < count; i++) {
+    const b = createBuffer(device, `${label} ${i}`, STORAGE | GPUBufferUsage.COPY_DST, first.size);
+    encoder.copyBufferToBuffer(first, 0, b, 0, first.size);
+    buffers.push(b);
+  }
+  device.queue.submit([encoder.finish()]);
+  return buffers;
+}
+
+/** Timestamp writes for layer `i` of `n`: begin on the first pass, end on the last. */
+function passTimestamps(
+  ts: GpuTimestampWrites | undefined,
+  i: number,
+  n: number,
+): GPUComputePassTimestampWrites | undefined {
+  if (!ts || (i !== 0 && i !== n - 1)) return undefined;
+  return {
+    querySet: ts.querySet,
+    beginningOfPassWriteIndex: i === 0 ? ts.beginIndex : undefined,
+    endOfPassWriteIndex: i === n - 1 ? ts.endIndex : undefined,
+  };
+}
+
+async function timeLayers(
+  device: GPUDevice,
+  layers: number,
+  iterations: number,
+  encodeLayer: (
+    encoder: GPUCommandEncoder,
+    layer: number,
+    ts?: GPUComputePassTimestampWrites,
+  ) => void,
+): Promise<number> {
+  const timing = await timeGpuWork(device, (encoder, ts) => {
+    for (let l = 0; l < layers; l++) encodeLayer(encoder, l, passTimestamps(ts, l, layers));
+  }, { iterations, warmup: 1 });
+  return timing.medianMs / layers;
+}
+
+function row(kernel: string, shape: string, bytes: number, ms: number): Row {
+  return { kernel, shape, bytes, median_ms: ms, gbps: bytes / (ms * 1e6) };
+}
+
+async function benchSelection(
+  device: GPUDevice,
+  contextTokens: number,
+  pooling: PoolingMode,
+  batch: number,
+  iterations: number,
+  quick: boolean,
+): Promise<Row> {
+  const pages = contextTokens / P;
+  const rng = createRandom(contextTokens + batch);
+  const summaryData = randomNormalArray(rng, batch * pages * HKV * 2 * D);
+  const bytes = summaryData.byteLength + batch * HQ * D * 4;
+  const layers = layersFor(bytes, quick);
+  const summaries = replicate(device, "bench summaries", summaryData, layers);
+  const q = createBuffer(device, "bench q", STORAGE, randomNormalArray(rng, batch * HQ * D));
+  const selected = createBuffer(device, "bench selected", STORAGE, batch * HKV * K * 4);
+  using selector = createPageSelector(device, {
+    numQueryHeads: HQ,
+    numKvHeads: HKV,
+    headDim: D,
+    pooling,
+  });
+  selector.plan({
+    pageOffset: Array.from({ length: batch }, (_, b) => b * pages),
+    candidateStart: new Array(batch).fill(0),
+    candidateEnd: new Array(batch).fill(pages),
+    k: K,
+  });
+  try {
+    const ms = await timeLayers(device, layers, iterations, (encoder, l, timestampWrites) => {
+      selector.encode(encoder, { q, summaries: summaries[l], selected, timestampWrites });
+    });
+    return row(
+      `page_select ${pooling}`,
+      `B${batch} Hq${HQ} Hkv${HKV} d${D} P${P} ctx ${contextTokens} (${pages} pages) k${K}`,
+      bytes,
+      ms,
+    );
+  } finally {
+    for (const b of [...summaries, q, selected]) b.destroy();
+  }
+}
+
+async function benchSummaries(
+  device: GPUDevice,
+  numJobs: number,
+  dtype: KvDtype,
+  summary: SummaryKind,
+  iterations: number,
+  quick: boolean,
+): Promise<Row> {
+  const rng = createRandom(numJobs);
+  const slotElements = P * HKV * D;
+  const values = randomNormalArray(rng, numJobs * slotElements);
+  const kData = dtype === "f16" ? Float16Array.from(values) : values;
+  const summaryBytes = numJobs * HKV * 2 * D * 4;
+  const bytes = kData.byteLength + summaryBytes;
+  const layers = layersFor(bytes, quick);
+  const kCaches = replicate(device, "bench k cache", kData, layers);
+  const summaries = Array.from(
+    { length: layers },
+    (_, l) => createBuffer(device, `bench summaries ${l}`, STORAGE, summaryBytes),
+  );
+  using summarizer = createPageSummarizer(device, {
+    numKvHeads: HKV,
+    headDim: D,
+    pageSize: P,
+    dtype,
+    summary,
+  });
+  summarizer.plan(
+    Array.from({ length: numJobs }, (_, i) => ({ srcSlot: i, dstPage: i, numTokens: P })),
+  );
+  try {
+    const ms = await timeLayers(device, layers, iterations, (encoder, l, timestampWrites) => {
+      summarizer.encode(encoder, { kCache: kCaches[l], summaries: summaries[l], timestampWrites });
+    });
+    return row(
+      `page_summary ${summary} ${dtype}`,
+      `${numJobs} page${numJobs > 1 ? "s" : ""} Hkv${HKV} d${D} P${P}`,
+      bytes,
+      ms,
+    );
+  } finally {
+    for (const b of [...kCaches, ...summaries]) b.destroy();
+  }
+}
+
+async function benchSimilarity(device: GPUDevice, batch: number, iterations: number): Promise<Row> {
+  const rng = createRandom(3);
+  const n = batch * HQ * D;
+  const qNow = createBuffer(device, "bench q now", STORAGE, randomNormalArray(rng, n));
+  const qPrev = createBuffer(device, "bench q prev", STORAGE, randomNormalArray(rng, n));
+  const cosine = createBuffer(device, "bench cosine", STORAGE, batch * HQ * 4);
+  const groupMean = createBuffer(device, "bench group mean", STORAGE, batch * HKV * 4);
+  const flags = createBuffer(device, "bench flags", STORAGE, batch * HKV * 4);
+  using similarity = createQuerySimilarity(device, {
+    numQueryHeads: HQ,
+    numKvHeads: HKV,
+    headDim: D,
+  });
+  const layers = 32;
+  try {
+    const ms = await timeLayers(device, layers, iterations, (encoder, _l, timestampWrites) => {
+      similarity.encode(encoder, {
+        batch,
+        qNow,
+        qPrev,
+        cosine,
+        groupMean,
+        flags,
+        tau: 0.9,
+        timestampWrites,
+      });
+    });
+    const bytes = 2 * n * 4 + batch * (HQ + 2 * HKV) * 4;
+    return row("query_similarity", `B${batch} Hq${HQ} Hkv${HKV} d${D}`, bytes, ms);
+  } finally {
+    for (const b of [qNow, qPrev, cosine, groupMean, flags]) b.destroy();
+  }
+}
+
+/**
+ * Runs the selection-side kernel benchmarks on `gpu` and returns one row per
+ * measurement. Progress goes to stderr.
+ *
+ * @example
+ * ```ts ignore
+ * import { requestGpu } from "../lib/device.ts";
+ * import { benchSelectionKernels } from "./kernels_selection.ts";
+ * using gpu = await requestGpu();
+ * console.table(await benchSelectionKernels(gpu, { quick: true }));
+ * ```
+ */
+export async function benchSelectionKernels(
+  gpu: Gpu,
+  options: SelectionBenchOptions = {},
+): Promise<Row[]> {
+  const quick = options.quick ?? false;
+  const { device } = gpu;
+  const iterations = quick ? 3 : 7;
+  const rows: Row[] = [];
+  const add = (r: Row) => {
+    console.error(
+      `  ${r.kernel} | ${r.shape} | ${r.median_ms.toFixed(3)} ms | ${r.gbps.toFixed(2)} GB/s`,
+    );
+    rows.push(r);
+  };
+  const contexts = quick ? [4096, 32768] : [4096, 8192, 16384, 32768];
+  for (const ctx of contexts) {
+    add(await benchSelection(device, ctx, "softmax-mean", 1, iterations, quick));
+  }
+  if (!quick) {
+    add(await benchSelection(device, 32768, "mean", 1, iterations, quick));
+    add(await benchSelection(device, 32768, "max", 1, iterations, quick));
+    add(await benchSelection(device, 8192, "softmax-mean", 4, iterations, quick));
+  }
+  const dtypes: KvDtype[] = gpu.f16 ? ["f16", "f32"] : ["f32"];
+  for (const dtype of quick ? dtypes.slice(0, 1) : dtypes) {
+    add(await benchSummaries(device, 1024, dtype, "minmax", iterations, quick));
+    if (!quick) add(await benchSummaries(device, 1024, dtype, "box", iterations, quick));
+  }
+  add(await benchSummaries(device, 1, dtypes[0], "minmax", iterations, quick));
+  add(await benchSimilarity(device, 1, iterations));
+  return rows;
+}
+
+if (import.meta.main) {
+  using gpu = await requestGpu();
+  const quick = Deno.args.includes("--quick");
+  const rows = await benchSelectionKernels(gpu, { quick });
+  // The streaming-read roofline from memory (64 MiB, beyond the caches).
+  const read = await measureReadBandwidth(gpu.device, { iterations: quick ? 3 : 5 });
+  console.log(`${gpu.description}; streaming read ${read.gbps.toFixed(2)} GB/s (${read.method})`);
+  console.table(rows.map((r) => ({ ...r, of_read: `${(100 * r.gbps / read.gbps).toFixed(0)}%` })));
+}
