@@ -3,8 +3,9 @@
  * `[slot][token][kvHead][d]`) and head-major HND runs (`[K: P x d][V: P x d]`
  * per (kvHead, page)), the unit the host pool stores and recall moves.
  *
- * Both kernels move opaque 32-bit words (four at a time when a row of `d`
- * elements is a multiple of 16 bytes), so f32 and f16 come out bit for bit.
+ * Both kernels move opaque 32-bit words (as `vec4<u32>` when a row of `d`
+ * elements is a multiple of 16 bytes, up to four of those per invocation),
+ * so f32 and f16 come out bit for bit.
  * For f16 `headDim` must therefore be even.
  *
  * Plan/run split: {@linkcode NhdToHndPlan.set} / {@linkcode HndToNhdPlan.set}
@@ -177,6 +178,7 @@ class PlanCore {
   readonly shape: KvLayoutShape;
   readonly sizes: KvLayoutSizes;
   readonly lanes: number;
+  readonly unroll: number;
 
   constructor(
     device: GPUDevice,
@@ -198,15 +200,18 @@ class PlanCore {
     this.#jobWords = jobWords;
     this.lanes = this.sizes.rowBytes % 16 === 0 ? 4 : 1;
     const word = this.lanes === 4 ? "vec4<u32>" : "u32";
+    const rowWords = this.sizes.rowBytes / 4 / this.lanes;
+    this.unroll = [4, 2, 1].find((u) => rowWords % u === 0)!;
     this.#pipeline = cachedPipeline(
       device,
       `${kind}:${word}`,
       `alias Word = ${word};\n${source}`,
       {
         WG: WORKGROUP,
-        ROW_WORDS: this.sizes.rowBytes / 4 / this.lanes,
+        ROW_WORDS: rowWords,
         PAGE_SIZE: options.pageSize,
         KV_HEADS: options.kvHeads,
+        UNROLL: this.unroll,
       },
     );
     this.#uniform = device.createBuffer({
@@ -284,8 +289,8 @@ class PlanCore {
   encode(encoder: GPUCommandEncoder): void {
     this.checkAlive("encode a layout conversion");
     if (this.#numJobs === 0 || !this.#bindGroup) return;
-    const words = this.#numJobs * this.sizes.runBytes / 4 / this.lanes;
-    const groups = Math.ceil(words / WORKGROUP);
+    const threads = this.#numJobs * this.sizes.runBytes / 4 / this.lanes / this.unroll;
+    const groups = Math.ceil(threads / WORKGROUP);
     const maxDim = this.#device.limits.maxComputeWorkgroupsPerDimension;
     const x = Math.min(groups, maxDim);
     const y = Math.ceil(groups / x);

@@ -14,6 +14,8 @@ override WG: u32 = 256u;
 override ROW_WORDS: u32 = 1u; // Words per row of d elements
 override PAGE_SIZE: u32 = 1u;
 override KV_HEADS: u32 = 1u;
+// Consecutive Words per invocation, inside one row (divides ROW_WORDS).
+override UNROLL: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> k_cache: array<Word>;
@@ -27,7 +29,7 @@ fn main(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  let i = (wid.y * nwg.x + wid.x) * WG + lid;
+  let i = ((wid.y * nwg.x + wid.x) * WG + lid) * UNROLL;
   let page_words = PAGE_SIZE * ROW_WORDS;
   let run_words = 2u * page_words;
   if (i >= p.num_jobs * run_words) {
@@ -41,11 +43,14 @@ fn main(
   let w = e - t * ROW_WORDS;
   let job = jobs[j];
   let src = ((job.x * PAGE_SIZE + t) * KV_HEADS + job.y) * ROW_WORDS + w;
-  var value: Word;
+  let dst = (p.run_base + j) * run_words + r;
   if (is_v) {
-    value = v_cache[src];
+    for (var u = 0u; u < UNROLL; u++) {
+      runs[dst + u] = v_cache[src + u];
+    }
   } else {
-    value = k_cache[src];
+    for (var u = 0u; u < UNROLL; u++) {
+      runs[dst + u] = k_cache[src + u];
+    }
   }
-  runs[(p.run_base + j) * run_words + r] = value;
 }

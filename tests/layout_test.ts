@@ -94,6 +94,9 @@ for (const dtype of ["f32", "f16"] as const) {
 CONFIGS.push({ pageSize: 5, kvHeads: 3, headDim: 3, dtype: "f32" });
 CONFIGS.push({ pageSize: 7, kvHeads: 2, headDim: 2, dtype: "f16" });
 CONFIGS.push({ pageSize: 3, kvHeads: 5, headDim: 6, dtype: "f16" });
+// u32 words, two per invocation (8-byte rows); vec4 words, three per row.
+CONFIGS.push({ pageSize: 3, kvHeads: 2, headDim: 4, dtype: "f16" });
+CONFIGS.push({ pageSize: 2, kvHeads: 3, headDim: 12, dtype: "f32" });
 
 gpuTest(
   "NHD -> HND and HND -> NHD kernels are bit exact against the CPU references",
