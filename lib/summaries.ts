@@ -32,7 +32,10 @@ export interface PageSummaryOptions {
   headDim: number;
   /** Tokens per page (and per cache slot) `P`. */
   pageSize: number;
-  /** Element type of the key cache (default `"f32"`; `"f16"` needs `shader-f16`). */
+  /**
+   * Element type of the key cache (default `"f32"`). `"f16"` is read as u32
+   * pairs; only an odd `numKvHeads * headDim` needs the `shader-f16` feature.
+   */
   dtype?: KvDtype;
   /** Summary kind (default `"minmax"`). */
   summary?: SummaryKind;
@@ -95,6 +98,17 @@ export interface PageSummaryInputs {
 }
 
 const ACTION = "summarize pages";
+
+// How page_summary.wgsl reads the cache: `load_word(i)` gives the channels of word i.
+const SUMMARY_PRELUDES = {
+  f32: "alias kv_word = f32;\n" +
+    "fn load_word(i: u32) -> vec2<f32> { return vec2<f32>(k_cache[i], 0.0); }\n",
+  // Bit arithmetic instead of unpack2x16float, which is slow on some CPU adapters.
+  f16x2: "alias kv_word = u32;\n" +
+    "fn load_word(i: u32) -> vec2<f32> { return halves_to_f32(k_cache[i]); }\n",
+  f16: "enable f16;\nalias kv_word = f16;\n" +
+    "fn load_word(i: u32) -> vec2<f32> { return vec2<f32>(f32(k_cache[i]), 0.0); }\n",
+};
 const MAX_DISPATCH = 65535;
 
 /** f32 values of one page's summary for all KV heads: `Hkv * 2 * d`. */
@@ -200,13 +214,23 @@ class Summarizer implements PageSummarizer {
     this.options = Object.freeze({ ...options });
     this.#device = device;
     const { numKvHeads, headDim, pageSize, dtype, summary } = options;
-    const prelude = dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n";
-    this.#pipeline = cachedPipeline(device, `page_summary_${dtype}`, prelude + pageSummarySource, {
-      PAGE_SIZE: pageSize,
-      ROW_LEN: numKvHeads * headDim,
-      HEAD_DIM: headDim,
-      SUMMARY: summary === "box" ? 1 : 0,
-    });
+    // f16 rows of even length are read as u32 pairs: no shader-f16 needed,
+    // and half the loads.
+    const rowLength = numKvHeads * headDim;
+    const variant = dtype === "f32" ? "f32" : rowLength % 2 === 0 ? "f16x2" : "f16";
+    const per = variant === "f16x2" ? 2 : 1;
+    this.#pipeline = cachedPipeline(
+      device,
+      `page_summary_${variant}`,
+      SUMMARY_PRELUDES[variant] + pageSummarySource,
+      {
+        PAGE_SIZE: pageSize,
+        ROW_WORDS: rowLength / per,
+        HEAD_DIM: headDim,
+        PER: per,
+        SUMMARY: summary === "box" ? 1 : 0,
+      },
+    );
     this.#params = createBuffer(
       device,
       "freekv page summary params",
@@ -303,7 +327,8 @@ class Summarizer implements PageSummarizer {
 
 /**
  * Creates a {@linkcode PageSummarizer} for one cache geometry. The caller
- * owns `device`; `"f16"` needs the `shader-f16` feature on it.
+ * owns `device`; `"f16"` with an odd `numKvHeads * headDim` needs the
+ * `shader-f16` feature on it.
  *
  * @example
  * ```ts
@@ -329,9 +354,10 @@ export function createPageSummarizer(
   options: PageSummaryOptions,
 ): PageSummarizer {
   const checked = checkOptions(options);
-  if (checked.dtype === "f16" && !device.features.has("shader-f16")) {
+  const odd = (checked.numKvHeads * checked.headDim) % 2 === 1;
+  if (checked.dtype === "f16" && odd && !device.features.has("shader-f16")) {
     throw new TypeError(
-      `Cannot ${ACTION} as 'dtype' "f16" needs the device feature 'shader-f16': received a device without it`,
+      `Cannot ${ACTION} as 'dtype' "f16" with an odd numKvHeads * headDim needs the device feature 'shader-f16': received a device without it`,
     );
   }
   return new Summarizer(device, checked);

@@ -80,6 +80,8 @@ for (const dtype of ["f32", "f16"] as const) {
       { slots: 9, pageSize: 1, numKvHeads: 2, headDim: 8, dtype, summary },
       { slots: 6, pageSize: 8, numKvHeads: 3, headDim: 64, dtype, summary },
       { slots: 4, pageSize: 32, numKvHeads: 2, headDim: 128, dtype, summary },
+      // An odd row length: f16 is read one element at a time.
+      { slots: 5, pageSize: 3, numKvHeads: 1, headDim: 5, dtype, summary },
     );
   }
 }
@@ -88,7 +90,7 @@ gpuTest(
   "summaries match the CPU oracle (page sizes, partial pages, kinds, dtypes)",
   async (gpu) => {
     for (const [i, c] of CASES.entries()) {
-      if (c.dtype === "f16" && !gpu.f16) continue;
+      if (c.dtype === "f16" && (c.numKvHeads * c.headDim) % 2 === 1 && !gpu.f16) continue;
       const inputs = makeCase(100 + i, c);
       const options = {
         numKvHeads: c.numKvHeads,
@@ -171,6 +173,40 @@ gpuTest(
     for (const b of [...kBuffers, ...sBuffers]) b.destroy();
   },
 );
+
+gpuTest("f16 keys convert exactly: every half bit pattern", async (gpu) => {
+  const { device } = gpu;
+  // 32768 slots of one token holding two halves each: all 65536 patterns.
+  const bits = Uint16Array.from({ length: 65536 }, (_, i) => i);
+  const halves = new Float16Array(bits.buffer);
+  const options = { numKvHeads: 1, headDim: 2, pageSize: 1, dtype: "f16" as const };
+  const count = 32768;
+  const jobs = new Uint32Array(count * 3);
+  for (let i = 0; i < count; i++) jobs.set([i, i, 1], 3 * i);
+  const kCache = createBuffer(device, "all halves", GPUBufferUsage.STORAGE, bits);
+  const summaries = createBuffer(
+    device,
+    "all halves summaries",
+    GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+    count * 4 * 4,
+  );
+  using summarizer = createPageSummarizer(device, options);
+  summarizer.plan(jobs);
+  const encoder = device.createCommandEncoder();
+  summarizer.encode(encoder, { kCache, summaries });
+  device.queue.submit([encoder.finish()]);
+  const got = new Float32Array(await readBuffer(device, summaries));
+  for (let i = 0; i < 65536; i++) {
+    const slot = i >> 1, c = i & 1;
+    const want = halves[i];
+    for (const v of [got[slot * 4 + c], got[slot * 4 + 2 + c]]) {
+      const same = Number.isNaN(want) ? Number.isNaN(v) : Object.is(v, want);
+      if (!same) assert.fail(`half 0x${i.toString(16)}: got ${v}, want ${want}`);
+    }
+  }
+  kCache.destroy();
+  summaries.destroy();
+});
 
 gpuTest("summarizer folds more than 65535 jobs into the grid", async (gpu) => {
   const options = { numKvHeads: 1, headDim: 4, pageSize: 1 };
@@ -353,12 +389,22 @@ gpuTest("summaries: bad input throws before GPU work", async (gpu) => {
   for (const b of [oneSlot, twoSlots, noPages, onePage, notStorage]) b.destroy();
 });
 
-gpuTest("f16 summaries need shader-f16 on the device", async () => {
+gpuTest("f16 summaries need shader-f16 only for odd row lengths", async () => {
   using plain = await requestGpu({ f16: false });
+  const options = { numKvHeads: 1, headDim: 3, pageSize: 2, dtype: "f16" as const };
   assert.throws(
-    () =>
-      createPageSummarizer(plain.device, { numKvHeads: 1, headDim: 2, pageSize: 2, dtype: "f16" }),
+    () => createPageSummarizer(plain.device, options),
     (e: unknown) =>
       e instanceof TypeError && /needs the device feature 'shader-f16'/.test(String(e)),
   );
+  // Even rows are read as u32 pairs.
+  const inputs = {
+    kCache: Float16Array.from([1, -2, 0.5, 3, 7, -1, 2, 2]),
+    jobs: [{ srcSlot: 0, dstPage: 0, numTokens: 2 }],
+    numPages: 1,
+  };
+  const even = { ...options, headDim: 4 };
+  const got = await noGpuErrors(plain.device, () => summarizePages(plain.device, inputs, even));
+  assert.deepEqual([...got], [1, -2, 0.5, 2, 7, -1, 2, 3]);
+  assert.deepEqual(got, pageSummariesReference(inputs, even));
 });
