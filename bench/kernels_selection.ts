@@ -266,8 +266,8 @@ export async function benchSelectionKernels(
   }
   const dtypes: KvDtype[] = gpu.f16 ? ["f16", "f32"] : ["f32"];
   for (const dtype of quick ? dtypes.slice(0, 1) : dtypes) {
-    add(await benchSummaries(device, 1024, dtype, "minmax", iterations, quick));
-    if (!quick) add(await benchSummaries(device, 1024, dtype, "box", iterations, quick));
+    add(await benchSummaries(device, 512, dtype, "minmax", iterations, quick));
+    if (!quick) add(await benchSummaries(device, 512, dtype, "box", iterations, quick));
   }
   add(await benchSummaries(device, 1, dtypes[0], "minmax", iterations, quick));
   add(await benchSimilarity(device, 1, iterations));
