@@ -107,12 +107,36 @@ export interface HndToNhdBuffers extends NhdCacheBuffers {
   runs: GPUBuffer;
 }
 
-/** One NHD -> HND job: copy kvHead `head` of slot `slot` into the next run. */
+/**
+ * One NHD -> HND job: copy kvHead `head` of slot `slot` into the next run,
+ * or, without `head`, every head of the slot into the next `Hkv` runs.
+ */
 export interface SlotHeadJob {
   /** Slot of the NHD cache. */
   slot: number;
-  /** KV head. */
-  head: number;
+  /** KV head (default: all heads, in order). */
+  head?: number;
+}
+
+// Expands head-less jobs to one (slot, head) pair per head.
+function expandJobs(
+  jobs: readonly SlotHeadJob[],
+  kvHeads: number,
+  slots: number,
+  action: string,
+): Array<{ slot: number; head: number }> {
+  const out: Array<{ slot: number; head: number }> = [];
+  for (let j = 0; j < jobs.length; j++) {
+    const job = jobs[j];
+    assertInteger(`jobs[${j}].slot`, job?.slot, action, 0, slots - 1);
+    if (job.head === undefined) {
+      for (let head = 0; head < kvHeads; head++) out.push({ slot: job.slot, head });
+    } else {
+      assertInteger(`jobs[${j}].head`, job.head, action, 0, kvHeads - 1);
+      out.push({ slot: job.slot, head: job.head });
+    }
+  }
+  return out;
 }
 
 /** One HND -> NHD job: copy run `run` into kvHead `head` of slot `slot`. */
@@ -387,7 +411,8 @@ export class NhdToHndPlan {
 
   /**
    * Sets the buffers and jobs of the next `encode`. Checks every job before
-   * writing anything: slot inside both caches, head in range, runs fit.
+   * writing anything: slot inside both caches, head in range, runs fit. A
+   * job without `head` writes every head of its slot, one run each.
    */
   set(
     buffers: NhdToHndBuffers,
@@ -400,23 +425,19 @@ export class NhdToHndPlan {
     assertJobArray(jobs, action);
     const runBase = options.runBase ?? 0;
     assertInteger("runBase", runBase, action, 0);
+    const pairs = expandJobs(jobs, this.shape.kvHeads, slots, action);
     const runCapacity = Math.floor(buffers.runs.size / this.#core.sizes.runBytes);
-    if (runBase + jobs.length > runCapacity) {
+    if (runBase + pairs.length > runCapacity) {
       throw new RangeError(
-        `Cannot ${action} as 'runs' must hold runBase + jobs.length = ${
-          runBase + jobs.length
-        } runs of ${this.sizes.runBytes} bytes: received ${buffers.runs.size} bytes`,
+        `Cannot ${action} as 'runs' must hold runBase + ${pairs.length} runs of ${this.sizes.runBytes} bytes: received ${buffers.runs.size} bytes`,
       );
     }
-    const table = new Uint32Array(jobs.length * 2);
-    for (let j = 0; j < jobs.length; j++) {
-      const job = jobs[j];
-      assertInteger(`jobs[${j}].slot`, job?.slot, action, 0, slots - 1);
-      assertInteger(`jobs[${j}].head`, job.head, action, 0, this.shape.kvHeads - 1);
-      table[2 * j] = job.slot;
-      table[2 * j + 1] = job.head;
-    }
-    this.#core.upload(buffers, table, jobs.length, runBase);
+    const table = new Uint32Array(pairs.length * 2);
+    pairs.forEach(({ slot, head }, j) => {
+      table[2 * j] = slot;
+      table[2 * j + 1] = head;
+    });
+    this.#core.upload(buffers, table, pairs.length, runBase);
   }
 }
 
@@ -559,12 +580,15 @@ export function nhdToHndReference(
 ): KvArray {
   const { pageElements, runElements } = kvLayoutSizes(shape, "run the NHD to HND reference");
   const { pageSize: P, kvHeads: H, headDim: d } = shape;
+  const pairs = jobs.flatMap(({ slot, head }) =>
+    head === undefined ? [...Array(H).keys()].map((h) => ({ slot, head: h })) : [{ slot, head }]
+  );
   const out = shape.dtype === "f16"
-    ? new Float16Array(jobs.length * runElements)
-    : new Float32Array(jobs.length * runElements);
+    ? new Float16Array(pairs.length * runElements)
+    : new Float32Array(pairs.length * runElements);
   const dst = bits(out), k = bits(caches.kCache), v = bits(caches.vCache);
-  for (let j = 0; j < jobs.length; j++) {
-    const { slot, head } = jobs[j];
+  for (let j = 0; j < pairs.length; j++) {
+    const { slot, head } = pairs[j];
     for (let t = 0; t < P; t++) {
       for (let i = 0; i < d; i++) {
         const src = ((slot * P + t) * H + head) * d + i;

@@ -16,7 +16,7 @@
  * @module
  */
 import type { HostPagePool, PageKey } from "./host_pool.ts";
-import { type KvLayoutSizes, kvLayoutSizes, NhdToHndPlan, type SlotHeadJob } from "./layout.ts";
+import { type KvLayoutSizes, kvLayoutSizes, NhdToHndPlan } from "./layout.ts";
 import { assertInteger, describeValue } from "./errors.ts";
 
 /** One page to offload: `page` (global index) sits in `slot` of the cache. */
@@ -193,7 +193,7 @@ export class Offloader {
         `Cannot ${action} as 'jobs' must be an array: received ${describeValue(request.jobs)}`,
       );
     }
-    const work: Array<SlotHeadJob & { page: number }> = [];
+    const work: Array<{ slot: number; head: number; page: number }> = [];
     const seen = new Set<string>();
     request.jobs.forEach((job, j) => {
       assertInteger(`jobs[${j}].slot`, job?.slot, action, 0, slots - 1);

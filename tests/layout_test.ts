@@ -65,9 +65,14 @@ Deno.test("CPU references: NHD -> HND -> NHD round trip into permuted slots", ()
   const shape: KvLayoutShape = { pageSize: 3, kvHeads: 2, headDim: 4, dtype: "f16" };
   const slots = 3, n = slots * shape.pageSize * shape.kvHeads * shape.headDim;
   const kCache = randomKv(rng, shape, n), vCache = randomKv(rng, shape, n);
-  const gather: SlotHeadJob[] = [];
+  const gather: Array<{ slot: number; head: number }> = [];
   for (let s = 0; s < slots; s++) for (let h = 0; h < 2; h++) gather.push({ slot: s, head: h });
   const runs = nhdToHndReference({ kCache, vCache }, gather, shape);
+  // A job without head gives the runs of every head of the slot.
+  assert.deepEqual(
+    bytesOf(nhdToHndReference({ kCache, vCache }, [{ slot: 1 }], shape)),
+    bytesOf(runs.subarray(2 * 24, 4 * 24)),
+  );
   // Run of (slot 1, head 0) starts with slot 1's token 0 head 0 row.
   assert.deepEqual(bytesOf(runs.subarray(2 * 24, 2 * 24 + 4)), bytesOf(kCache.subarray(24, 28)));
   const perm = [2, 0, 1];
@@ -119,20 +124,17 @@ gpuTest(
           }
         }
       }
+      all.push({ slot: rng.int(slots) }); // every head of a slot: kvHeads runs
+      const count = all.length - 1 + shape.kvHeads;
       const runBase = 2;
-      const runsBuf = createBuffer(
-        device,
-        "runs",
-        USAGE,
-        (runBase + all.length + 1) * sizes.runBytes,
-      );
+      const runsBuf = createBuffer(device, "runs", USAGE, (runBase + count + 1) * sizes.runBytes);
       using gather = new NhdToHndPlan(device, shape);
       gather.set({ kCache: kBuf, vCache: vBuf, runs: runsBuf }, all, { runBase });
       let enc = device.createCommandEncoder();
       gather.encode(enc);
       device.queue.submit([enc.finish()]);
       const got = new Uint8Array(
-        await readBuffer(device, runsBuf, all.length * sizes.runBytes, runBase * sizes.runBytes),
+        await readBuffer(device, runsBuf, count * sizes.runBytes, runBase * sizes.runBytes),
       );
       const want = nhdToHndReference({ kCache, vCache }, all, shape);
       assert.deepEqual(got, bytesOf(want), `gather ${JSON.stringify(shape)}`);
@@ -141,8 +143,8 @@ gpuTest(
       const k2 = randomKv(rng, shape, n), v2 = randomKv(rng, shape, n);
       const k2Buf = createBuffer(device, "k2", USAGE, k2);
       const v2Buf = createBuffer(device, "v2", USAGE, v2);
-      const targets = shuffled(rng, slots * shape.kvHeads).slice(0, all.length);
-      const scatter: RunSlotHeadJob[] = all.map((_, j) => ({
+      const targets = shuffled(rng, slots * shape.kvHeads).slice(0, count);
+      const scatter: RunSlotHeadJob[] = targets.map((_, j) => ({
         run: runBase + j,
         slot: Math.floor(targets[j] / shape.kvHeads),
         head: targets[j] % shape.kvHeads,
@@ -212,8 +214,7 @@ gpuTest("layout plans reject bad jobs and buffers before any GPU work", async ({
   using gather = new NhdToHndPlan(device, shape);
   assert.throws(
     () => gather.set(buffers, [{ slot: 0, head: 0 }], { runBase: 2 }),
-    (e: Error) =>
-      e instanceof RangeError && /'runs' must hold runBase \+ jobs.length = 3 runs/.test(e.message),
+    (e: Error) => e instanceof RangeError && /'runs' must hold runBase \+ 1 runs/.test(e.message),
   );
   // The failed sets changed nothing: the first job list still runs.
   const enc = device.createCommandEncoder();
