@@ -427,6 +427,12 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
     () => selector.encode(encoder, { q, summaries, selected }),
     matches(TypeError, /has no plan: call plan\(\) first/),
   );
+  // Candidate counts beyond the scratch binding limit: a RangeError naming it.
+  const huge = device.limits.maxStorageBufferBindingSize / (2 * 4) + 1;
+  assert.throws(
+    () => selector.plan({ pageOffset: [0], candidateStart: [0], candidateEnd: [huge], k: 1 }),
+    matches(RangeError, /must fit the device's maxStorageBufferBindingSize/),
+  );
   selector.plan(ok);
   assert.throws(() => selector.plan({ ...ok, k: 9 }), RangeError);
   assert.throws(
