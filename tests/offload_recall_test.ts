@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
+import { createPagedAttention } from "../lib/attention.ts";
 import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
 import { HostPagePool, type HostPoolLayout } from "../lib/host_pool.ts";
 import {
@@ -457,5 +458,112 @@ gpuTest(
     pool[Symbol.dispose]();
     assert.equal(pool.byteLength, 0);
     destroyLayers([layer]);
+  },
+);
+
+gpuTest(
+  "a recall while attention runs on other slots gives the resident attention result",
+  async ({ device }) => {
+    for (const dtype of ["f32", "f16"] as const) {
+      const shape: KvLayoutShape = { pageSize: 8, kvHeads: 2, headDim: 16, dtype };
+      const { slotBytes, elementBytes } = kvLayoutSizes(shape);
+      const rng = createRandom(dtype === "f16" ? 31 : 32);
+      const slots = 10, n = slots * slotBytes / elementBytes;
+      // Finite values this time: attention reads them.
+      const alloc = (len: number) =>
+        dtype === "f16" ? new Float16Array(len) : new Float32Array(len);
+      const kAll = alloc(n), vAll = alloc(n);
+      for (let i = 0; i < n; i++) {
+        kAll[i] = rng.normal();
+        vAll[i] = rng.normal();
+      }
+      // Slots 6..9 of head h hold pages that also live in the pool; the caches
+      // under test start with garbage there and get them by recall.
+      using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 16, pageSize: 8, dtype });
+      const recallJobs: RecallJob[] = [];
+      for (let h = 0; h < 2; h++) {
+        for (let s = 6; s < slots; s++) {
+          const page = 100 + h * 10 + s;
+          pool.writeRun(
+            { layer: 0, head: h, page },
+            nhdToHndReference({ kCache: kAll, vCache: vAll }, [{ slot: s, head: h }], shape),
+          );
+          recallJobs.push({ layer: 0, head: h, page, slot: s });
+        }
+      }
+      const kTest = kAll.slice(), vTest = vAll.slice();
+      const garbage = n * 6 / slots;
+      for (let i = garbage; i < n; i++) kTest[i] = vTest[i] = 7;
+      const resident = {
+        kCache: createBuffer(device, "k resident", USAGE, kAll),
+        vCache: createBuffer(device, "v resident", USAGE, vAll),
+      };
+      const test = {
+        kCache: createBuffer(device, "k test", USAGE, kTest),
+        vCache: createBuffer(device, "v test", USAGE, vTest),
+      };
+      using attention = createPagedAttention(device, {
+        numQueryHeads: 4,
+        numKvHeads: 2,
+        headDim: 16,
+        pageSize: 8,
+        dtype,
+      });
+      const tables = (ids: number[][]) => ({
+        pageTable: new Uint32Array(ids.flat()),
+        numPages: [ids[0].length],
+        lastPageLen: [5],
+        maxPages: ids[0].length,
+        numSlots: slots,
+      });
+      // Attention over slots 0..5 only (per-head order differs), then over all.
+      using early = attention.plan(tables([[0, 1, 2, 3, 4, 5], [5, 3, 1, 0, 2, 4]]));
+      using late = attention.plan(
+        tables([[9, 0, 6, 1, 7, 2, 8, 3, 4, 5], [5, 6, 3, 7, 1, 8, 0, 9, 2, 4]]),
+      );
+      const q = createBuffer(
+        device,
+        "q",
+        USAGE,
+        Float32Array.from({ length: 4 * 16 }, () => rng.normal()),
+      );
+      const run = (plan: typeof early, caches: NhdCacheBuffers) => {
+        const out = createBuffer(device, "out", USAGE, 4 * 16 * 4);
+        const encoder = device.createCommandEncoder();
+        plan.encode(encoder, { q, ...caches, out });
+        device.queue.submit([encoder.finish()]);
+        return () => readBuffer(device, out).finally(() => out.destroy());
+      };
+      const wantEarly = new Uint8Array(await run(early, resident)());
+      const wantLate = new Uint8Array(await run(late, resident)());
+      for (const staging of ["mapped", "write-buffer"] as const) {
+        using recaller = createRecaller(device, pool, {
+          caches: [test],
+          staging,
+          maxChunkBytes: 2 * pool.runBytes,
+        });
+        const handle = recaller.recall(recallJobs);
+        const reads = [run(early, test)]; // before the first chunk
+        await new Promise((r) => setTimeout(r, 3));
+        reads.push(run(early, test)); // between chunks
+        await handle.submitted;
+        reads.push(run(early, test));
+        reads.push(run(late, test)); // queue order puts it after the recall
+        await handle.done;
+        const got = await Promise.all(reads.map((r) => r()));
+        for (const g of got.slice(0, 3)) {
+          assert.deepEqual(
+            new Uint8Array(g),
+            wantEarly,
+            `early ${dtype} ${staging}`,
+          );
+        }
+        assert.deepEqual(new Uint8Array(got[3]), wantLate, `late ${dtype} ${staging}`);
+        // Reset the recall targets for the next staging mode.
+        device.queue.writeBuffer(test.kCache, 0, kTest);
+        device.queue.writeBuffer(test.vCache, 0, vTest);
+      }
+      for (const b of [resident.kCache, resident.vCache, test.kCache, test.vCache, q]) b.destroy();
+    }
   },
 );
