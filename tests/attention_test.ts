@@ -1,0 +1,331 @@
+// Paged decode attention against the plain-loop CPU oracle, and bad input.
+import assert from "node:assert/strict";
+import {
+  type AttentionShape,
+  createPagedAttention,
+  pagedAttention,
+  type PagedAttentionInputs,
+  type PagedAttentionOptions,
+  pagedAttentionReference,
+  type PagedAttentionResult,
+} from "../lib/attention.ts";
+import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
+import { createRandom, type Random, randomNormalArray } from "../lib/random.ts";
+import { gpuTest, testGpu } from "./_gpu.ts";
+
+// f32: the kernel works in f32, the oracle in f64. f16: both read the same
+// rounded values (the kernel unpacks halves exactly), so only the f32
+// arithmetic differs; the bound is looser to stay robust.
+const TOL = { f32: 1e-5, f16: 1e-4 };
+
+interface Case {
+  shape: AttentionShape;
+  lengths: number[];
+  /** Extra slots beyond those used, so slot ids are sparse. */
+  spareSlots?: number;
+  qScale?: number;
+  f16?: boolean;
+}
+
+/** Random inputs: every (sequence, KV head) gets its own shuffled slots. */
+function makeInputs(rng: Random, c: Case): PagedAttentionInputs {
+  const { numQueryHeads: hq, numKvHeads: hkv, headDim: d, pageSize: P } = c.shape;
+  const numPages = c.lengths.map((n) => Math.ceil(n / P));
+  const lastPageLen = c.lengths.map((n, b) => n - (numPages[b] - 1) * P);
+  const maxPages = Math.max(...numPages) + 1; // one unused column of padding
+  const batch = c.lengths.length;
+  // Slots are shared by the heads: each head draws its own permutation.
+  const numSlots = batch * Math.max(...numPages) + (c.spareSlots ?? 3);
+  const pageTable = new Uint32Array(batch * hkv * maxPages).fill(0xffffffff);
+  for (let h = 0; h < hkv; h++) {
+    const perm = shuffled(rng, numSlots);
+    let next = 0;
+    for (let b = 0; b < batch; b++) {
+      for (let p = 0; p < numPages[b]; p++) pageTable[(b * hkv + h) * maxPages + p] = perm[next++];
+    }
+  }
+  const elems = numSlots * P * hkv * d;
+  const k = randomNormalArray(rng, elems), v = randomNormalArray(rng, elems);
+  return {
+    q: randomNormalArray(rng, batch * hq * d, c.qScale ?? 1),
+    kCache: c.f16 ? Float16Array.from(k) : k,
+    vCache: c.f16 ? Float16Array.from(v) : v,
+    pageTable,
+    numPages,
+    lastPageLen,
+    maxPages,
+  };
+}
+
+function shuffled(rng: Random, n: number): number[] {
+  const a = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+function assertClose(
+  actual: PagedAttentionResult,
+  expected: PagedAttentionResult,
+  tol: number,
+  label: string,
+) {
+  for (const key of ["out", "lse"] as const) {
+    const a = actual[key], e = expected[key];
+    assert.equal(a.length, e.length, `${label} ${key} length`);
+    for (let i = 0; i < e.length; i++) {
+      const err = Math.abs(a[i] - e[i]);
+      if (!(err <= tol * Math.max(1, Math.abs(e[i])))) {
+        assert.fail(`${label}: ${key}[${i}] = ${a[i]}, expected ${e[i]} (error ${err})`);
+      }
+    }
+  }
+}
+
+async function checkCase(device: GPUDevice, seed: number, c: Case, tuning = {}) {
+  const inputs = makeInputs(createRandom(seed), c);
+  const options: PagedAttentionOptions = { ...c.shape, ...tuning };
+  const got = await pagedAttention(device, inputs, options);
+  const want = pagedAttentionReference(inputs, c.shape);
+  assertClose(got, want, c.f16 ? TOL.f16 : TOL.f32, JSON.stringify({ ...c, ...tuning }));
+}
+
+gpuTest("attention: head_dim 8, page size 1, no GQA, batch 3 of different lengths", async (gpu) => {
+  await checkCase(gpu.device, 1, {
+    shape: { numQueryHeads: 3, numKvHeads: 3, headDim: 8, pageSize: 1 },
+    lengths: [5, 17, 1],
+  });
+});
+
+gpuTest("attention: group of 7, head_dim 64, page size 8, partial last page", async (gpu) => {
+  await checkCase(gpu.device, 2, {
+    shape: { numQueryHeads: 7, numKvHeads: 1, headDim: 64, pageSize: 8 },
+    lengths: [100],
+    qScale: 3, // peaky softmax: the running max moves
+  });
+});
+
+gpuTest("attention: group of 2, several token lanes, odd chunking, no prefetch", async (gpu) => {
+  await checkCase(gpu.device, 3, {
+    shape: { numQueryHeads: 4, numKvHeads: 2, headDim: 64, pageSize: 8 },
+    lengths: [61, 8, 130],
+  }, { tokenLanes: 4, tokensPerLane: 3, prefetchValues: false, wordsPerLane: 2 });
+});
+
+gpuTest(
+  "attention: Llama-like group of 4, head_dim 128, page 32, long sequence split",
+  async (gpu) => {
+    const c: Case = {
+      shape: { numQueryHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 32 },
+      lengths: [1000, 33, 64],
+    };
+    const inputs = makeInputs(createRandom(4), c);
+    using attention = createPagedAttention(gpu.device, c.shape);
+    const { batch, numSlots, maxPages } = {
+      batch: 3,
+      numSlots: inputs.kCache.length / (32 * 2 * 128),
+      maxPages: inputs.maxPages!,
+    };
+    using plan = attention.plan({ ...inputs, maxPages, numSlots, batch });
+    assert.ok(plan.numSplits >= 4, `long sequence split in ${plan.numSplits}`);
+    await checkCase(gpu.device, 4, c);
+  },
+);
+
+gpuTest(
+  "attention: f16 KV, group of 4 and head_dim 128; group of 2 and head_dim 8",
+  async (gpu) => {
+    if (!gpu.f16) return;
+    await checkCase(gpu.device, 5, {
+      shape: { numQueryHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 32 },
+      lengths: [300, 45],
+      f16: true,
+    });
+    await checkCase(gpu.device, 6, {
+      shape: { numQueryHeads: 2, numKvHeads: 1, headDim: 8, pageSize: 8 },
+      lengths: [9, 64, 3],
+      f16: true,
+    });
+  },
+);
+
+gpuTest("attention: plan, encode, update, optional lse, cached bind groups", async (gpu) => {
+  const device = gpu.device;
+  const shape = { numQueryHeads: 3, numKvHeads: 3, headDim: 8, pageSize: 1 };
+  const rng = createRandom(7);
+  const first = makeInputs(rng, { shape, lengths: [5, 17, 1], spareSlots: 20 });
+  const numSlots = first.kCache.length / 24;
+  const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
+  const q = createBuffer(device, "test q", S, first.q);
+  const k = createBuffer(device, "test k", S, first.kCache);
+  const v = createBuffer(device, "test v", S, first.vCache);
+  const outA = createBuffer(device, "test out a", S, first.q.byteLength);
+  const outB = createBuffer(device, "test out b", S, first.q.byteLength);
+  const lse = createBuffer(device, "test lse", S, 9 * 4);
+  try {
+    using attention = createPagedAttention(device, shape);
+    const tables = (x: PagedAttentionInputs) => ({ ...x, maxPages: x.maxPages!, numSlots });
+    using plan = attention.plan(tables(first));
+    let encoder = device.createCommandEncoder({ label: "test step 1" });
+    plan.encode(encoder, { q, kCache: k, vCache: v, out: outA, lse });
+    plan.encode(encoder, { q, kCache: k, vCache: v, out: outB }); // no lse
+    device.queue.submit([encoder.finish()]);
+    const want1 = pagedAttentionReference(first, shape);
+    const [a, b, l] = await Promise.all([outA, outB, lse].map((x) => readBuffer(device, x)));
+    assertClose({ out: new Float32Array(a), lse: new Float32Array(l) }, want1, TOL.f32, "step 1");
+    assert.deepEqual(new Float32Array(b), new Float32Array(a));
+
+    // Next step: other lengths and slots over the same caches.
+    const second = makeInputs(createRandom(8), { shape, lengths: [6, 3, 2], spareSlots: 20 });
+    second.kCache = first.kCache;
+    second.vCache = first.vCache;
+    for (let i = 0; i < second.pageTable.length; i++) {
+      if (second.pageTable[i] !== 0xffffffff) second.pageTable[i] %= numSlots;
+    }
+    plan.update(tables(second));
+    encoder = device.createCommandEncoder({ label: "test step 2" });
+    plan.encode(encoder, { q, kCache: k, vCache: v, out: outA, lse });
+    device.queue.submit([encoder.finish()]);
+    const want2 = pagedAttentionReference({ ...second, q: first.q }, shape);
+    const [a2, l2] = await Promise.all([outA, lse].map((x) => readBuffer(device, x)));
+    assertClose({ out: new Float32Array(a2), lse: new Float32Array(l2) }, want2, TOL.f32, "step 2");
+
+    // A buffer too small is refused before recording.
+    const small = createBuffer(device, "test small", S, 16);
+    encoder = device.createCommandEncoder({ label: "test refused" });
+    assert.throws(
+      () => plan.encode(encoder, { q, kCache: k, vCache: v, out: small }),
+      (e: Error) => e instanceof RangeError && /'out' must span at least 288 bytes/.test(e.message),
+    );
+    small.destroy();
+    plan[Symbol.dispose]();
+    assert.throws(() => plan.update(tables(first)), /plan was disposed/);
+  } finally {
+    for (const x of [q, k, v, outA, outB, lse]) x.destroy();
+  }
+});
+
+// A device that fails on any GPU call: validation must throw first.
+function tripwireDevice(f16: boolean): GPUDevice {
+  const limits = testGpu?.device.limits ?? {
+    maxComputeInvocationsPerWorkgroup: 256,
+    maxComputeWorkgroupSizeX: 256,
+    maxComputeWorkgroupStorageSize: 16384,
+  };
+  const features = new Set<string>(f16 ? ["shader-f16"] : []);
+  return new Proxy({}, {
+    get(_, key) {
+      if (key === "features") return features;
+      if (key === "limits") return limits;
+      if (key === "adapterInfo") return undefined;
+      throw new Error(`GPU work started: device.${String(key)}`);
+    },
+  }) as GPUDevice;
+}
+
+const SHAPE = { numQueryHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 4 };
+
+function validInputs(): PagedAttentionInputs {
+  return makeInputs(createRandom(9), { shape: SHAPE, lengths: [6, 4] });
+}
+
+async function rejects(
+  change: (x: PagedAttentionInputs) => void,
+  kind: typeof TypeError | typeof RangeError,
+  pattern: RegExp,
+  options: Partial<PagedAttentionOptions> = {},
+  f16 = true,
+) {
+  const inputs = validInputs();
+  change(inputs);
+  await assert.rejects(
+    pagedAttention(tripwireDevice(f16), inputs, { ...SHAPE, ...options }),
+    (e: Error) => {
+      assert.ok(e instanceof kind, `${e.name}: ${e.message}`);
+      assert.match(e.message, pattern);
+      return true;
+    },
+  );
+}
+
+Deno.test("attention: bad input is refused before any GPU work", async () => {
+  await rejects((x) => (x.q = new Float32Array(5)), RangeError, /'q' must have length 64/);
+  await rejects((x) => (x.pageTable[0] = 999), RangeError, /slot ids must be below numSlots/);
+  await rejects((x) => (x.numPages = [0, 1]), RangeError, /'numPages\[0\]' must be between 1/);
+  await rejects(
+    (x) => (x.lastPageLen = [0, 4]),
+    RangeError,
+    /'lastPageLen\[0\]' must be between 1 and 4: received 0/,
+  );
+  await rejects(
+    (x) => (x.lastPageLen = [2, 5]),
+    RangeError,
+    /'lastPageLen\[1\]' must be between 1 and 4: received 5/,
+  );
+  await rejects(
+    (x) => (x.q[3] = NaN),
+    RangeError,
+    /'q' must hold only finite values: received NaN at index 3/,
+  );
+  await rejects((x) => (x.q[0] = Infinity), RangeError, /finite values: received Infinity/);
+  await rejects(
+    (x) => (x.pageTable = new Uint32Array(3)),
+    RangeError,
+    /'pageTable' must have length/,
+  );
+  await rejects((x) => (x.vCache = new Float32Array(8)), RangeError, /'vCache' must have length/);
+  await rejects(
+    (x) => (x.kCache = Float16Array.from(x.kCache)),
+    TypeError,
+    /'vCache' must have the type of 'kCache'/,
+  );
+  await rejects(() => {}, RangeError, /'numQueryHeads' must be a multiple of 'numKvHeads'/, {
+    numQueryHeads: 3,
+  });
+  await rejects(() => {}, RangeError, /'headDim' must be a multiple of 4/, { headDim: 6 });
+  await rejects(() => {}, RangeError, /'pageSize' must be at least 1: received 0/, {
+    pageSize: 0,
+  });
+  await rejects(
+    (x) => {
+      x.kCache = Float16Array.from(x.kCache);
+      x.vCache = Float16Array.from(x.vCache);
+    },
+    TypeError,
+    /"f16" needs the device feature "shader-f16"/,
+    {},
+    false,
+  );
+  // The plan step validates too, and creating the attention compiles nothing.
+  using attention = createPagedAttention(tripwireDevice(true), SHAPE);
+  const x = validInputs();
+  assert.throws(
+    () => attention.plan({ ...x, maxPages: x.maxPages!, numSlots: 2 }),
+    (e: Error) => e instanceof RangeError && /below numSlots \(2\)/.test(e.message),
+  );
+  assert.throws(
+    () => createPagedAttention(tripwireDevice(false), { ...SHAPE, dtype: "f16" }),
+    (e: Error) => e instanceof TypeError && /shader-f16/.test(e.message),
+  );
+  assert.throws(
+    () => createPagedAttention(tripwireDevice(true), { ...SHAPE, dtype: "bf16" as "f16" }),
+    (e: Error) => e instanceof TypeError && /'dtype' must be one of "f32", "f16"/.test(e.message),
+  );
+});
+
+Deno.test("attention reference: a hand-computed case", () => {
+  // Two tokens in reversed slots: scores 2 * (1, 0) / sqrt(4) -> weights e : 1.
+  const r = pagedAttentionReference({
+    q: new Float32Array([2, 0, 0, 0]),
+    kCache: new Float32Array([0, 0, 0, 0, 1, 0, 0, 0]),
+    vCache: new Float32Array([3, 3, 3, 3, 1, 1, 1, 1]),
+    pageTable: new Uint32Array([1, 0]),
+    numPages: [2],
+    lastPageLen: [1],
+  }, { numQueryHeads: 1, numKvHeads: 1, headDim: 4, pageSize: 1 });
+  const w = Math.exp(1);
+  assert.ok(Math.abs(r.out[0] - (w * 1 + 3) / (w + 1)) < 1e-6);
+  assert.ok(Math.abs(r.lse[0] - Math.log(w + 1)) < 1e-6);
+});
