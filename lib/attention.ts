@@ -38,8 +38,9 @@ export interface AttentionShape {
  */
 export interface PagedAttentionOptions extends AttentionShape {
   /**
-   * KV element type (default `"f32"`); `"f16"` needs `shader-f16` on the
-   * device and a `headDim` that is a multiple of 8.
+   * KV element type (default `"f32"`). `"f16"` needs a `headDim` that is a
+   * multiple of 8 but not the `shader-f16` feature: rows are read as 16-byte
+   * words and the halves converted exactly to f32 in integer arithmetic.
    */
   dtype?: KvDtype;
   /**
@@ -108,8 +109,12 @@ export interface AttentionBuffers {
 
 /** Options of {@linkcode AttentionPlan.encode}. */
 export interface AttentionEncodeOptions {
-  /** Timestamps at the beginning of the first pass and the end of the last. */
-  timestampWrites?: GpuTimestampWrites;
+  /**
+   * Timestamps at the beginning of the first pass (`beginIndex`) and the end
+   * of the last (`endIndex`); either may be left out, so that work spanning
+   * several encodes can be timed as a whole.
+   */
+  timestampWrites?: Partial<GpuTimestampWrites> & { querySet: GPUQuerySet };
 }
 
 const ACTION = "run attention";
@@ -136,7 +141,6 @@ interface Config {
 
 /** What the options' defaults depend on. */
 interface DeviceTraits {
-  f16: boolean;
   cpu: boolean;
   simdWidth: number;
   limits: GPUSupportedLimits;
@@ -147,7 +151,6 @@ function deviceTraits(device: GPUDevice): DeviceTraits {
   const info = (device as unknown as { adapterInfo?: Record<string, unknown> }).adapterInfo;
   const simd = Number(info?.subgroupMaxSize);
   return {
-    f16: device.features.has("shader-f16"),
     cpu: info?.isFallbackAdapter === true,
     simdWidth: Number.isInteger(simd) && simd > 0 ? simd : 8,
     limits: device.limits,
@@ -156,7 +159,6 @@ function deviceTraits(device: GPUDevice): DeviceTraits {
 
 // The CPU reference has no device limits.
 const REFERENCE_TRAITS: DeviceTraits = {
-  f16: true,
   cpu: true,
   simdWidth: 8,
   limits: {
@@ -182,11 +184,6 @@ function validateOptions(options: PagedAttentionOptions, traits: DeviceTraits): 
   assertInteger("pageSize", pageSize, ACTION, 1);
   const dtype = options.dtype ?? "f32";
   assertOneOf("dtype", dtype, KV_DTYPES, ACTION);
-  if (dtype === "f16" && !traits.f16) {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'dtype' "f16" needs the device feature "shader-f16", which this device lacks: received "f16"`,
-    );
-  }
   const wordElems = dtype === "f16" ? 8 : 4; // elements per 16-byte word
   if (headDim % wordElems !== 0) {
     throw new RangeError(
@@ -348,14 +345,26 @@ const F32_WORD = `alias kv_word = vec4<f32>;
 const WORD_VECS: u32 = 1u;
 fn unpack_word(w: kv_word) -> array<vec4f, 1> { return array<vec4f, 1>(w); }
 `;
-// f16 rows are read as vec4<u32> words of 8 halves and unpacked exactly.
+// f16 rows are read as vec4<u32> words of 8 halves and converted exactly in
+// integer arithmetic (unpack2x16float is slow on some CPU adapters).
 const F16_WORD = `alias kv_word = vec4<u32>;
 const WORD_VECS: u32 = 2u;
+// IEEE half bit patterns (low 16 bits of each lane) to f32, exactly.
+fn half_bits_to_f32(h: vec4u) -> vec4f {
+  let sign = (h & vec4u(0x8000u)) << vec4u(16u);
+  let em = h & vec4u(0x7fffu);
+  let e = em >> vec4u(10u);
+  // Rebias the exponent by 127 - 15; infinities and NaNs need it twice.
+  var bits = (em << vec4u(13u)) + vec4u(112u << 23u);
+  bits = select(bits, bits + vec4u(112u << 23u), e == vec4u(31u));
+  // Zeros and subnormals: mantissa * 2^-24, exact in f32.
+  let magnitude = select(bitcast<vec4f>(bits), vec4f(em) * 5.9604644775390625e-8, e == vec4u(0u));
+  return bitcast<vec4f>(bitcast<vec4u>(magnitude) | sign);
+}
 fn unpack_word(w: kv_word) -> array<vec4f, 2> {
-  return array<vec4f, 2>(
-    vec4f(unpack2x16float(w.x), unpack2x16float(w.y)),
-    vec4f(unpack2x16float(w.z), unpack2x16float(w.w)),
-  );
+  let lo = half_bits_to_f32(w & vec4u(0xffffu));
+  let hi = half_bits_to_f32(w >> vec4u(16u));
+  return array<vec4f, 2>(vec4f(lo.x, hi.x, lo.y, hi.y), vec4f(lo.z, hi.z, lo.w, hi.w));
 }
 `;
 
@@ -499,8 +508,7 @@ class Attention implements PagedAttention {
 
 /**
  * Creates a {@linkcode PagedAttention}; throws `TypeError`/`RangeError` on a
- * bad shape and a `TypeError` when `f16` is asked for on a device without
- * `shader-f16`. Pipelines are compiled on the first plan.
+ * bad shape or option. Pipelines are compiled on the first plan.
  *
  * @example
  * ```ts
@@ -690,11 +698,7 @@ class Plan implements AttentionPlan {
     const merge = this.#numSplits > 1;
     const pass = encoder.beginComputePass({
       label: "freekv paged attention",
-      timestampWrites: ts && {
-        querySet: ts.querySet,
-        beginningOfPassWriteIndex: ts.beginIndex,
-        endOfPassWriteIndex: merge ? undefined : ts.endIndex,
-      },
+      timestampWrites: passWrites(ts, ts?.beginIndex, merge ? undefined : ts?.endIndex),
     });
     pass.setPipeline(kernels.main);
     pass.setBindGroup(0, entry.main);
@@ -703,7 +707,7 @@ class Plan implements AttentionPlan {
     if (!merge) return;
     const mergePass = encoder.beginComputePass({
       label: "freekv attention merge",
-      timestampWrites: ts && { querySet: ts.querySet, endOfPassWriteIndex: ts.endIndex },
+      timestampWrites: passWrites(ts, undefined, ts?.endIndex),
     });
     mergePass.setPipeline(kernels.merge);
     mergePass.setBindGroup(0, entry.merge);
@@ -783,6 +787,15 @@ class Plan implements AttentionPlan {
     this.#lseScratch?.destroy();
     this.#bindings = [];
   }
+}
+
+function passWrites(
+  ts: AttentionEncodeOptions["timestampWrites"],
+  begin: number | undefined,
+  end: number | undefined,
+): GPUComputePassTimestampWrites | undefined {
+  if (!ts || (begin === undefined && end === undefined)) return undefined;
+  return { querySet: ts.querySet, beginningOfPassWriteIndex: begin, endOfPassWriteIndex: end };
 }
 
 function grow(bytes: number): number {

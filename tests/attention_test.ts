@@ -9,6 +9,7 @@ import {
   pagedAttentionReference,
   type PagedAttentionResult,
 } from "../lib/attention.ts";
+import { requestGpu } from "../lib/device.ts";
 import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
 import { createRandom, type Random, randomNormalArray } from "../lib/random.ts";
 import { gpuTest, testGpu } from "./_gpu.ts";
@@ -137,19 +138,51 @@ gpuTest(
 gpuTest(
   "attention: f16 KV, group of 4 and head_dim 128; group of 2 and head_dim 8",
   async (gpu) => {
-    if (!gpu.f16) return;
     await checkCase(gpu.device, 5, {
       shape: { numQueryHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 32 },
       lengths: [300, 45],
       f16: true,
     });
-    await checkCase(gpu.device, 6, {
+    // f16 needs no shader-f16: the kernel converts half bit patterns itself.
+    using plain = await requestGpu({ f16: false });
+    assert.equal(plain.device.features.has("shader-f16"), false);
+    await checkCase(plain.device, 6, {
       shape: { numQueryHeads: 2, numKvHeads: 1, headDim: 8, pageSize: 8 },
       lengths: [9, 64, 3],
       f16: true,
     });
   },
 );
+
+gpuTest("attention: every finite half converts exactly", async (gpu) => {
+  // One-token sequences with q = 0 return their value row unchanged (-0
+  // comes back as +0: the accumulator starts at +0).
+  const halves: number[] = [];
+  for (let bits = 0; bits < 0x10000; bits++) {
+    if ((bits & 0x7c00) !== 0x7c00) halves.push(bits); // skip infinities and NaNs
+  }
+  const d = 128, batch = halves.length / d; // 63488 = 496 * 128
+  const bits = new Uint16Array(halves);
+  const vCache = new Float16Array(bits.buffer);
+  const pageTable = new Uint32Array(batch).map((_, b) => batch - 1 - b); // reversed slots
+  const { out } = await pagedAttention(gpu.device, {
+    q: new Float32Array(batch * d),
+    kCache: new Float16Array(vCache.length),
+    vCache,
+    pageTable,
+    numPages: new Array(batch).fill(1),
+    lastPageLen: new Array(batch).fill(1),
+  }, { numQueryHeads: 1, numKvHeads: 1, headDim: d, pageSize: 1 });
+  for (let b = 0; b < batch; b++) {
+    const slot = batch - 1 - b;
+    for (let i = 0; i < d; i++) {
+      const want = vCache[slot * d + i], got = out[b * d + i];
+      if (got !== want) {
+        assert.fail(`half ${bits[slot * d + i]}: got ${got}, want ${want}`);
+      }
+    }
+  }
+});
 
 gpuTest("attention: plan, encode, update, optional lse, cached bind groups", async (gpu) => {
   const device = gpu.device;
@@ -208,16 +241,14 @@ gpuTest("attention: plan, encode, update, optional lse, cached bind groups", asy
 });
 
 // A device that fails on any GPU call: validation must throw first.
-function tripwireDevice(f16: boolean): GPUDevice {
+function tripwireDevice(): GPUDevice {
   const limits = testGpu?.device.limits ?? {
     maxComputeInvocationsPerWorkgroup: 256,
     maxComputeWorkgroupSizeX: 256,
     maxComputeWorkgroupStorageSize: 16384,
   };
-  const features = new Set<string>(f16 ? ["shader-f16"] : []);
   return new Proxy({}, {
     get(_, key) {
-      if (key === "features") return features;
       if (key === "limits") return limits;
       if (key === "adapterInfo") return undefined;
       throw new Error(`GPU work started: device.${String(key)}`);
@@ -236,12 +267,11 @@ async function rejects(
   kind: typeof TypeError | typeof RangeError,
   pattern: RegExp,
   options: Partial<PagedAttentionOptions> = {},
-  f16 = true,
 ) {
   const inputs = validInputs();
   change(inputs);
   await assert.rejects(
-    pagedAttention(tripwireDevice(f16), inputs, { ...SHAPE, ...options }),
+    pagedAttention(tripwireDevice(), inputs, { ...SHAPE, ...options }),
     (e: Error) => {
       assert.ok(e instanceof kind, `${e.name}: ${e.message}`);
       assert.match(e.message, pattern);
@@ -293,24 +323,24 @@ Deno.test("attention: bad input is refused before any GPU work", async () => {
       x.kCache = Float16Array.from(x.kCache);
       x.vCache = Float16Array.from(x.vCache);
     },
-    TypeError,
-    /"f16" needs the device feature "shader-f16"/,
-    {},
-    false,
+    RangeError,
+    /'headDim' must be a multiple of 8 for f16: received 4/,
+    { headDim: 4 },
   );
   // The plan step validates too, and creating the attention compiles nothing.
-  using attention = createPagedAttention(tripwireDevice(true), SHAPE);
+  using attention = createPagedAttention(tripwireDevice(), SHAPE);
   const x = validInputs();
   assert.throws(
     () => attention.plan({ ...x, maxPages: x.maxPages!, numSlots: 2 }),
     (e: Error) => e instanceof RangeError && /below numSlots \(2\)/.test(e.message),
   );
   assert.throws(
-    () => createPagedAttention(tripwireDevice(false), { ...SHAPE, dtype: "f16" }),
-    (e: Error) => e instanceof TypeError && /shader-f16/.test(e.message),
+    () => createPagedAttention(tripwireDevice(), { ...SHAPE, tokensPerLane: 0 }),
+    (e: Error) =>
+      e instanceof RangeError && /'tokensPerLane' must be between 1 and 64/.test(e.message),
   );
   assert.throws(
-    () => createPagedAttention(tripwireDevice(true), { ...SHAPE, dtype: "bf16" as "f16" }),
+    () => createPagedAttention(tripwireDevice(), { ...SHAPE, dtype: "bf16" as "f16" }),
     (e: Error) => e instanceof TypeError && /'dtype' must be one of "f32", "f16"/.test(e.message),
   );
 });
