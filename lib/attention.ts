@@ -343,7 +343,8 @@ interface Kernels {
 
 const F32_WORD = `alias kv_word = vec4<f32>;
 const WORD_VECS: u32 = 1u;
-fn unpack_word(w: kv_word) -> array<vec4f, 1> { return array<vec4f, 1>(w); }
+struct Word { a: vec4f, b: vec4f }
+fn unpack_word(w: kv_word) -> Word { return Word(w, vec4f(0.0)); }
 `;
 // f16 rows are read as vec4<u32> words of 8 halves and converted exactly in
 // integer arithmetic (unpack2x16float is slow on some CPU adapters).
@@ -361,10 +362,11 @@ fn half_bits_to_f32(h: vec4u) -> vec4f {
   let magnitude = select(bitcast<vec4f>(bits), vec4f(em) * 5.9604644775390625e-8, e == vec4u(0u));
   return bitcast<vec4f>(bitcast<vec4u>(magnitude) | sign);
 }
-fn unpack_word(w: kv_word) -> array<vec4f, 2> {
+struct Word { a: vec4f, b: vec4f }
+fn unpack_word(w: kv_word) -> Word {
   let lo = half_bits_to_f32(w & vec4u(0xffffu));
   let hi = half_bits_to_f32(w >> vec4u(16u));
-  return array<vec4f, 2>(vec4f(lo.x, hi.x, lo.y, hi.y), vec4f(lo.z, hi.z, lo.w, hi.w));
+  return Word(vec4f(lo.x, hi.x, lo.y, hi.y), vec4f(lo.z, hi.z, lo.w, hi.w));
 }
 `;
 

@@ -10,7 +10,8 @@
 //   const WORDS_PER_LANE: u32;   16-byte value words each invocation owns
 //   const WORD_VECS: u32;        vec4f per 16-byte word: 1 (f32) or 2 (f16)
 //   alias kv_word = ...;         vec4<f32>, or vec4<u32> holding 8 halves
-//   fn unpack_word(w: kv_word) -> array<vec4f, WORD_VECS>
+//   struct Word { a: vec4f, b: vec4f }   (b is unused when WORD_VECS is 1)
+//   fn unpack_word(w: kv_word) -> Word
 // K/V are read in 16-byte words whatever the dtype: on adapters that run
 // invocations as SIMD lanes of a CPU (lavapipe) each load costs about the
 // same whatever its width, and f16 pairs unpack exactly to f32.
@@ -134,32 +135,41 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       rows[u] = ((slot * PAGE_SIZE + t % PAGE_SIZE) * NUM_KV_HEADS + h) * NUM_WORDS;
       for (var gv = 0u; gv < GROUP_VECS; gv++) { s[u * GROUP_VECS + gv] = vec4f(0.0); }
     }
+    // The second vec4 of a word (f16 only) is spelled out rather than indexed
+    // by a loop: private arrays must only ever see constant indices.
     for (var i = 0u; i < NUM_WORDS; i++) {
-      var qc: array<vec4f, HEADS * WORD_VECS>; // [word vec][head]
-      for (var cv = 0u; cv < WORD_VECS; cv++) {
-        for (var g = 0u; g < HEADS; g++) {
-          qc[cv * HEADS + g] = q_sh[g * NUM_COLS + i * WORD_VECS + cv];
-        }
+      var qa: array<vec4f, HEADS>; // q columns of the word's first vec4
+      var qb: array<vec4f, HEADS>; // and of its second (f16)
+      for (var g = 0u; g < HEADS; g++) {
+        qa[g] = q_sh[g * NUM_COLS + i * WORD_VECS];
+        if (WORD_VECS == 2u) { qb[g] = q_sh[g * NUM_COLS + i * WORD_VECS + 1u]; }
       }
       for (var u = 0u; u < TOKENS_PER_LANE; u++) {
         let kw = unpack_word(k_cache[rows[u] + i]);
-        for (var cv = 0u; cv < WORD_VECS; cv++) {
-          for (var gv = 0u; gv < GROUP_VECS; gv++) {
-            let o = cv * HEADS + gv * 4u;
-            s[u * GROUP_VECS + gv] += vec4f(
-              dot(qc[o], kw[cv]),
-              dot(qc[o + 1u], kw[cv]),
-              dot(qc[o + 2u], kw[cv]),
-              dot(qc[o + 3u], kw[cv]),
+        for (var gv = 0u; gv < GROUP_VECS; gv++) {
+          let o = gv * 4u;
+          var d4 = vec4f(
+            dot(qa[o], kw.a),
+            dot(qa[o + 1u], kw.a),
+            dot(qa[o + 2u], kw.a),
+            dot(qa[o + 3u], kw.a),
+          );
+          if (WORD_VECS == 2u) {
+            d4 += vec4f(
+              dot(qb[o], kw.b),
+              dot(qb[o + 1u], kw.b),
+              dot(qb[o + 2u], kw.b),
+              dot(qb[o + 3u], kw.b),
             );
           }
+          s[u * GROUP_VECS + gv] += d4;
         }
       }
     }
     if (PREFETCH_V) {
       for (var i = 0u; i < NUM_WORDS; i += 4u) {
         for (var u = 0u; u < TOKENS_PER_LANE; u++) {
-          touch += unpack_word(v_cache[rows[u] + i])[0];
+          touch += unpack_word(v_cache[rows[u] + i]).a;
         }
       }
     }
@@ -204,7 +214,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       var v: array<vec4f, COLS_PER_LANE>;
       for (var w = 0u; w < WORDS_PER_LANE; w++) {
         let vw = unpack_word(v_cache[row + w]);
-        for (var cv = 0u; cv < WORD_VECS; cv++) { v[w * WORD_VECS + cv] = vw[cv]; }
+        v[w * WORD_VECS] = vw.a;
+        if (WORD_VECS == 2u) { v[w * WORD_VECS + 1u] = vw.b; }
       }
       for (var gv = 0u; gv < GROUP_VECS; gv++) {
         let p = p_sh[j * GROUP_VECS + gv];
