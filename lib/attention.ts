@@ -52,9 +52,10 @@ export interface PagedAttentionOptions extends AttentionShape {
   /** Fewest tokens a split may hold (default 128). */
   minSplitTokens?: number;
   /**
-   * Token lanes of the value phase; the workgroup has
-   * `headDim / (4 * valueColumnsPerLane) * tokenLanes` invocations (default:
-   * enough for 8 invocations on CPU adapters, 64 otherwise).
+   * Token lanes of the value phase. A K/V row is `headDim * bytes / 16`
+   * 16-byte words; each invocation accumulates `wordsPerLane` of them, so a
+   * workgroup has `words / wordsPerLane * tokenLanes` invocations (default:
+   * one SIMD vector, 8, on CPU adapters; 64 otherwise).
    */
   tokenLanes?: number;
   /**
