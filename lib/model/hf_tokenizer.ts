@@ -100,8 +100,7 @@ export async function createHfTokenizer(
     throw new TypeError("Cannot create HF tokenizer as field 'model' of tokenizer.json is missing");
   }
   // Pinned inline until deno.json maps it; imported lazily (see module doc).
-  // deno-lint-ignore no-import-prefix
-  const { Tokenizer: Impl } = await import("npm:@huggingface/tokenizers@0.2.0");
+  const { Tokenizer: Impl } = await import("@huggingface/tokenizers");
   // The package insists on these keys; tokenizer.json files may omit them.
   const json = {
     added_tokens: [],
