@@ -163,9 +163,24 @@ Deno.test({
     assert.ok(worst < 1e-4, `trace q/k differ from the reference by ${worst}`);
     await Deno.remove(trace);
 
-    const quest = await runScript(["--policy", "quest"]);
-    assert.equal(quest.code, 2);
-    assert.match(quest.stderr, /--policy quest needs the retrieval engine/);
+    // Through the engine: a budget below the story length still generates.
+    const freekv = await runScript(
+      ["--policy", "freekv", "--budget", "64", "--page-size", "8", "--max-tokens", "80"],
+    );
+    assert.equal(freekv.code, 0, freekv.stderr);
+    assert.ok(freekv.stdout.startsWith(LILY), freekv.stdout);
+    assert.match(freekv.stderr, /budget 64 \(sink 16, window 16, page 8\); \d+ pages recalled/);
+    const unknown = await runScript(["--policy", "magic"]);
+    assert.equal(unknown.code, 2);
+    assert.match(
+      unknown.stderr,
+      /--policy must be one of full, streaming, quest, sync-offload, freekv, dense/,
+    );
+    const small = await runScript(
+      ["--policy", "quest", "--budget", "32", "--sink", "16", "--window", "16", "--page-size", "8"],
+    );
+    assert.equal(small.code, 2);
+    assert.match(small.stderr, /'budget' must be at least sink \+ window \+ one page/);
     const bad = await runScript(["--max-tokens", "many"]);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--max-tokens must be an integer of at least 0: received "many"/);
