@@ -50,6 +50,7 @@ export * from "./lib/page_plan.ts";
 export * from "./lib/engine.ts";
 export * from "./lib/engine_backend.ts";
 export * from "./lib/synthetic.ts";
+export * from "./lib/driver.ts";
 export * from "./lib/trace.ts";
 export * from "./lib/model/types.ts";
 export * from "./lib/model/load.ts";

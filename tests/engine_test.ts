@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
 import { createRetrievalEngine, type EngineOptions, type PolicyName } from "../lib/engine.ts";
-import { createSyntheticSource, takePrompt, type TokenQkv } from "../lib/synthetic.ts";
+import { createSyntheticSource, takePrompt } from "../lib/synthetic.ts";
+import { createTraceSource, driveEngine } from "../lib/driver.ts";
+import { createTraceWriter, readTrace } from "../lib/trace.ts";
+import { pagedAttentionReference } from "../lib/attention.ts";
+import { createReferenceModel } from "../lib/model/reference.ts";
+import { loadLlama2c } from "../lib/model/llama2c.ts";
 import { querySimilarityReference } from "../lib/similarity.ts";
 import { pageRegions } from "../lib/page_plan.ts";
 
@@ -15,7 +20,7 @@ interface Run {
   corrected: Uint8Array[][]; // [step][layer]
 }
 
-/** Prefills `prompts` (one per sequence) and decodes `steps` tokens from per-sequence sources. */
+/** Prefills one prompt per sequence and decodes `steps` tokens from per-sequence sources. */
 async function run(
   device: GPUDevice,
   options: Partial<EngineOptions> & { policy: PolicyName },
@@ -28,36 +33,21 @@ async function run(
   const sources = promptLengths.map((_, b) =>
     createSyntheticSource({ ...SHAPE, seed: seed + b, shiftProbability: 0.3 })
   );
-  for (let b = 0; b < batch; b++) {
-    const prompt = takePrompt(sources[b], promptLengths[b]);
-    for (let l = 0; l < SHAPE.numLayers; l++) {
-      await engine.prefill(b, l, { k: prompt[l].k, v: prompt[l].v });
-    }
-  }
   const result: Run = { outputs: [], pages: [], corrected: [] };
-  for (let s = 0; s < steps; s++) {
-    const toks: TokenQkv[][] = sources.map((src) => src.next());
-    const outs: Float32Array[] = [], pages: number[][][] = [], corrected: Uint8Array[] = [];
-    for (let l = 0; l < SHAPE.numLayers; l++) {
-      const cat = (name: "q" | "k" | "v") => {
-        const n = toks[0][l][name].length;
-        const x = new Float32Array(batch * n);
-        toks.forEach((t, b) => x.set(t[l][name], b * n));
-        return x;
-      };
-      outs.push((await engine.step(l, { q: cat("q"), k: cat("k"), v: cat("v") }))!);
+  await driveEngine(engine, sources, {
+    promptLengths,
+    steps,
+    onLayer: (s, l, out) => {
+      if (l === 0) result.outputs.push([]), result.pages.push([]), result.corrected.push([]);
       const perHead: number[][] = [];
       for (let b = 0; b < batch; b++) {
         for (let h = 0; h < SHAPE.numKvHeads; h++) perHead.push(engine.attendedPages(l, b, h));
       }
-      pages.push(perHead);
-      corrected.push(engine.lastCorrections(l));
-    }
-    result.outputs.push(outs);
-    result.pages.push(pages);
-    result.corrected.push(corrected);
-  }
-  await engine.drain();
+      result.outputs[s].push(out);
+      result.pages[s].push(perHead);
+      result.corrected[s].push(engine.lastCorrections(l));
+    },
+  });
   return result;
 }
 
@@ -240,4 +230,83 @@ gpuTest("bad input is rejected before any change", async ({ device }) => {
   await engine.step(0, { q, k: kv, v: kv });
   assert.equal(engine.length(0, 0), 21);
   assert.equal(engine.nextLayer, 1);
+});
+
+gpuTest("a recorded stories260K trace replays through the driver", async ({ device }) => {
+  // Record 70 tokens of the real model's post-RoPE q, k, v.
+  const weights = await loadLlama2c(
+    new URL("../models/stories260K/stories260K.bin", import.meta.url),
+  );
+  const c = weights.config;
+  const model = createReferenceModel(weights);
+  const path = await Deno.makeTempFile({ suffix: ".fkvtrace" });
+  const writer = await createTraceWriter(path, {
+    numLayers: c.numLayers,
+    numQueryHeads: c.numQueryHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    promptLength: 50,
+    model: "stories260K",
+  });
+  let token = c.bosId;
+  for (let pos = 0; pos < 70; pos++) {
+    const logits = model.forward(token, pos, { onQkv: (l, q, k, v) => writer.append(l, q, k, v) });
+    token = logits.indexOf(Math.max(...logits));
+  }
+  await writer.close();
+  const trace = await readTrace(path);
+  await Deno.remove(path);
+  const shape = {
+    numLayers: c.numLayers,
+    numQueryHeads: c.numQueryHeads,
+    numKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+  };
+  const outputs: Record<string, Float32Array[]> = {};
+  for (const policy of ["full", "freekv"] as const) {
+    using engine = createRetrievalEngine(device, {
+      ...shape,
+      maxContext: 128,
+      policy,
+      pageSize: 4,
+      budget: 32,
+      sink: 4,
+      window: 8,
+    });
+    outputs[policy] = [];
+    await driveEngine(engine, [createTraceSource(trace)], {
+      promptLengths: [50],
+      steps: 20,
+      onLayer: (_s, _l, out) => outputs[policy].push(out),
+    });
+  }
+  // full equals the plain attention loop over the trace's keys and values.
+  const row = c.numKvHeads * c.headDim;
+  let worstFreekv = 0;
+  for (let s = 0; s < 20; s++) {
+    const t = 50 + s;
+    for (let l = 0; l < c.numLayers; l++) {
+      const k = new Float32Array((t + 1) * row), v = new Float32Array((t + 1) * row);
+      for (let i = 0; i <= t; i++) k.set(trace.k(i, l), i * row), v.set(trace.v(i, l), i * row);
+      const ref = pagedAttentionReference({
+        q: trace.q(t, l),
+        kCache: k,
+        vCache: v,
+        pageTable: new Uint32Array(c.numKvHeads).fill(0),
+        numPages: [1],
+        lastPageLen: [t + 1],
+      }, { ...shape, pageSize: t + 1 });
+      const i = s * c.numLayers + l;
+      assertClose(outputs.full[i], ref.out, 1e-4, `trace step ${s} layer ${l}`);
+      for (let j = 0; j < ref.out.length; j++) {
+        worstFreekv = Math.max(worstFreekv, Math.abs(outputs.freekv[i][j] - ref.out[j]));
+      }
+    }
+  }
+  // Retrieval under a 32-token budget over 70 tokens is close but not exact.
+  assert.ok(worstFreekv > 0 && worstFreekv < 2, `freekv worst ${worstFreekv}`);
+  assert.throws(() => {
+    const src = createTraceSource(trace, { start: trace.numTokens });
+    src.next();
+  }, /must be below its 70 tokens/);
 });
