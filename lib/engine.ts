@@ -129,7 +129,7 @@ export interface StepStats {
   selectionMs: number;
   /** Milliseconds waiting for recalls on the critical path. */
   recallWaitMs: number;
-  /** Milliseconds of attention (only with `profile`; else 0). */
+  /** GPU milliseconds of attention (only with `profile`, from timestamp queries when available; else 0). */
   attentionMs: number;
   /** Wall milliseconds of the whole call. */
   totalMs: number;
@@ -826,9 +826,18 @@ export class RetrievalEngine {
     device.queue.submit([attEncoder.finish()]);
     this.#releaseTransient();
     if (this.profile) {
+      // GPU timestamps when the device has them; else wall clock, which
+      // includes Deno's ~11 ms wait granularity.
+      const read = this.#timestampRead;
+      this.#timestampRead = null;
       const w0 = performance.now();
-      await device.queue.onSubmittedWorkDone();
-      stats.attentionMs = performance.now() - w0;
+      if (read) {
+        const [begin, end] = new BigInt64Array(await read.start());
+        stats.attentionMs = Number(end - begin) / 1e6;
+      } else {
+        await device.queue.onSubmittedWorkDone();
+        stats.attentionMs = performance.now() - w0;
+      }
     }
     if (policy === "freekv") {
       state.hasPrev = true;
@@ -845,6 +854,8 @@ export class RetrievalEngine {
   }
 
   #lastStats: StepStats | null = null;
+  #timestamps?: { querySet: GPUQuerySet; resolve: GPUBuffer };
+  #timestampRead: ReturnType<ReadbackRing["record"]> | null = null;
 
   /** Wait for the GPU after attention to time it (see {@linkcode EngineOptions.profile}). */
   profile = false;
@@ -1074,7 +1085,32 @@ export class RetrievalEngine {
     };
     if (!state.plan) state.plan = this.#attention.plan(tables);
     else state.plan.update(tables);
-    state.plan.encode(encoder, { q, kCache: state.kCache, vCache: state.vCache, out });
+    const timed = this.profile && this.device.features.has("timestamp-query");
+    if (timed && !this.#timestamps) {
+      this.#timestamps = {
+        querySet: this.device.createQuerySet({
+          label: "freekv engine attention timestamps",
+          type: "timestamp",
+          count: 2,
+        }),
+        resolve: createBuffer(
+          this.device,
+          "freekv engine timestamp resolve",
+          GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+          16,
+        ),
+      };
+    }
+    const ts = timed ? this.#timestamps! : undefined;
+    state.plan.encode(
+      encoder,
+      { q, kCache: state.kCache, vCache: state.vCache, out },
+      ts ? { timestampWrites: { querySet: ts.querySet, beginIndex: 0, endIndex: 1 } } : undefined,
+    );
+    if (ts) {
+      encoder.resolveQuerySet(ts.querySet, 0, 2, ts.resolve, 0);
+      this.#timestampRead = this.#ring.record(encoder, ts.resolve, 0, 16);
+    }
     return attended;
   }
 
@@ -1097,6 +1133,8 @@ export class RetrievalEngine {
       l.plan?.[Symbol.dispose]();
     }
     for (const b of this.#scratch.values()) b.destroy();
+    this.#timestamps?.querySet.destroy();
+    this.#timestamps?.resolve.destroy();
     this.#scratch.clear();
     this.#ring[Symbol.dispose]();
     this.#recaller?.[Symbol.dispose]();
