@@ -25,19 +25,9 @@ import { createPageSelector, type PoolingMode } from "../lib/selection.ts";
 import { createQuerySimilarity } from "../lib/similarity.ts";
 import { createPageSummarizer, type SummaryKind } from "../lib/summaries.ts";
 
-/** One benchmark result. */
-export interface Row {
-  /** Kernel and variant. */
-  kernel: string;
-  /** Problem shape, human-readable. */
-  shape: string;
-  /** Bytes one run reads and writes (the GB/s numerator). */
-  bytes: number;
-  /** Median milliseconds of one run. */
-  median_ms: number;
-  /** `bytes / median_ms`, in GB/s (1e9 bytes). */
-  gbps: number;
-}
+/** One benchmark result (shared with the attention benchmarks). */
+export type { Row } from "./kernels_attention.ts";
+import type { Row } from "./kernels_attention.ts";
 
 /** Options of {@linkcode benchSelectionKernels}. */
 export interface SelectionBenchOptions {

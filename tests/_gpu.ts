@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 // Shared test device. Without an adapter GPU tests are skipped, unless
 // FREEKV_REQUIRE_GPU=1, where a missing adapter fails the run.
 import { type Gpu, requestGpu } from "../lib/device.ts";
@@ -40,4 +41,20 @@ export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): v
       }
     },
   });
+}
+
+/** Runs `fn` and fails on any GPU validation or internal error it caused. */
+export async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T> {
+  device.pushErrorScope("validation");
+  device.pushErrorScope("internal");
+  let result: T;
+  try {
+    result = await fn();
+  } finally {
+    const internal = await device.popErrorScope();
+    const validation = await device.popErrorScope();
+    assert.equal(internal?.message, undefined);
+    assert.equal(validation?.message, undefined);
+  }
+  return result;
 }

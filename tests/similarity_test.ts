@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gpuTest } from "./_gpu.ts";
+import { gpuTest, noGpuErrors } from "./_gpu.ts";
 import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
 import { createRandom, randomNormalArray } from "../lib/random.ts";
 import {
@@ -9,22 +9,6 @@ import {
   type QuerySimilarityOptions,
   querySimilarityReference,
 } from "../lib/similarity.ts";
-
-/** Runs `fn` and fails on any GPU validation or internal error it caused. */
-async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T> {
-  device.pushErrorScope("validation");
-  device.pushErrorScope("internal");
-  let result: T;
-  try {
-    result = await fn();
-  } finally {
-    const internal = await device.popErrorScope();
-    const validation = await device.popErrorScope();
-    assert.equal(internal?.message, undefined);
-    assert.equal(validation?.message, undefined);
-  }
-  return result;
-}
 
 function assertClose(got: Float32Array, want: Float32Array, tol: number, label: string): void {
   assert.equal(got.length, want.length, label);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gpuTest } from "./_gpu.ts";
+import { gpuTest, noGpuErrors } from "./_gpu.ts";
 import { requestGpu } from "../lib/device.ts";
 import { type KvDtype, toKvArray } from "../lib/dtype.ts";
 import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
@@ -12,22 +12,6 @@ import {
   summaryFloatsPerPage,
   type SummaryKind,
 } from "../lib/summaries.ts";
-
-/** Runs `fn` and fails on any GPU validation or internal error it caused. */
-async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): Promise<T> {
-  device.pushErrorScope("validation");
-  device.pushErrorScope("internal");
-  let result: T;
-  try {
-    result = await fn();
-  } finally {
-    const internal = await device.popErrorScope();
-    const validation = await device.popErrorScope();
-    assert.equal(internal?.message, undefined);
-    assert.equal(validation?.message, undefined);
-  }
-  return result;
-}
 
 interface Case {
   slots: number;

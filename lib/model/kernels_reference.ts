@@ -7,6 +7,9 @@
 
 import type { RopeStyle, Tensor } from "./types.ts";
 import { tensorToFloat32 } from "./weight_convert.ts";
+// The batched oracles loop over the single-vector ones of the CPU forward
+// pass; RoPE stays separate (f64 angles here, llama2.c's f32 angles there).
+import { matvec, rmsnorm, swiglu } from "./reference.ts";
 
 /**
  * Embedding lookup: row `tokens[t]` of `table` for each token.
@@ -45,10 +48,8 @@ export function rmsnormReference(
   const dim = weight.length;
   const out = new Float32Array(x.length);
   for (let r = 0; r < x.length / dim; r++) {
-    let ss = 0;
-    for (let c = 0; c < dim; c++) ss += x[r * dim + c] * x[r * dim + c];
-    const scale = 1 / Math.sqrt(ss / dim + options.eps);
-    for (let c = 0; c < dim; c++) out[r * dim + c] = weight[c] * (scale * x[r * dim + c]);
+    const row = (a: Float32Array) => a.subarray(r * dim, (r + 1) * dim);
+    rmsnorm(row(x), weight, { eps: options.eps, out: row(out) });
   }
   return out;
 }
@@ -74,11 +75,10 @@ export function matmulReference(
   const tokens = x.length / cols;
   const out = new Float32Array(tokens * rows);
   for (let t = 0; t < tokens; t++) {
-    for (let r = 0; r < rows; r++) {
-      let acc = 0;
-      for (let c = 0; c < cols; c++) acc += w[r * cols + c] * x[t * cols + c];
-      out[t * rows + r] = acc + (options.bias ? options.bias[r] : 0);
-    }
+    matvec(w, x.subarray(t * cols, (t + 1) * cols), {
+      bias: options.bias,
+      out: out.subarray(t * rows, (t + 1) * rows),
+    });
   }
   return out;
 }
@@ -141,9 +141,7 @@ export function ropeReference(x: Float32Array, options: RopeReferenceOptions): F
  * ```
  */
 export function swigluReference(gate: Float32Array, up: Float32Array): Float32Array {
-  const out = new Float32Array(gate.length);
-  for (let i = 0; i < gate.length; i++) out[i] = gate[i] / (1 + Math.exp(-gate[i])) * up[i];
-  return out;
+  return swiglu(gate, up);
 }
 
 /**
