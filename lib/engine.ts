@@ -731,13 +731,12 @@ export class RetrievalEngine {
       selection = new Uint32Array(await read.start());
       stats.selectionMs += performance.now() - w0;
       needsSelection.forEach((n, b) => selectedBy[b] = n);
-    } else if (policy === "freekv" && state.hasPrev) {
+    } else if (policy === "freekv" && state.hasPrev && needsSelection.some(Boolean)) {
+      // (While every candidate fits the budget there is nothing to correct.)
       const read = this.#encodeSimilarity(encoder, state, q);
       // Fused: this step's selection (the next step's speculation) rides the
       // same round trip as the flags, so a correction costs no second one.
-      const fused = o.fuseCorrection && needsSelection.some(Boolean)
-        ? this.#encodeSelection(encoder, state, q, regions)
-        : null;
+      const fused = o.fuseCorrection ? this.#encodeSelection(encoder, state, q, regions) : null;
       device.queue.submit([encoder.finish()]);
       this.#offloader?.flush();
       const w0 = performance.now();

@@ -36,8 +36,14 @@ export interface SyntheticOptions {
   shiftProbability?: number;
   /** Chance that a new token's key takes its head's current topic (default 0.3). */
   locality?: number;
-  /** Share of tokens that are heavy hitters (default 0.02). */
+  /** Share of tokens that are heavy hitters, in runs of 8 tokens (default 0.02). */
   heavyHitterShare?: number;
+  /**
+   * Query norm (default 8): with it a heavy hitter of the query's topic
+   * scores about 10 and an ordinary token of the topic about 2, so attention
+   * is peaked as in trained models.
+   */
+  queryNorm?: number;
 }
 
 /** q, k, v of one token at one layer. */
@@ -121,7 +127,11 @@ export function createSyntheticSource(options: SyntheticOptions): AttentionSourc
   const current = new Int32Array(numLayers * hkv).map(() => rng.int(topics));
   const drift = Array.from({ length: numLayers * hq }, () => unit(rng, d));
   const a = Math.sqrt(knobs.querySimilarity), b = Math.sqrt(1 - knobs.querySimilarity);
-  const qScale = 2 * Math.sqrt(d);
+  const queryNorm = options.queryNorm ?? 8;
+  assertFinite("queryNorm", queryNorm, action);
+  // Heavy-hitter status per (layer, KV head), decided once per run of 8 tokens.
+  const heavy = new Uint8Array(numLayers * hkv);
+  let tokenIndex = 0;
   return {
     numLayers,
     numQueryHeads: hq,
@@ -137,7 +147,8 @@ export function createSyntheticSource(options: SyntheticOptions): AttentionSourc
           const lh = l * hkv + h;
           if (rng.next() < knobs.shiftProbability) current[lh] = rng.int(topics);
           const keyTopic = rng.next() < knobs.locality ? current[lh] : rng.int(topics);
-          const pull = rng.next() < knobs.heavyHitterShare ? 3 : 0.6;
+          if (tokenIndex % 8 === 0) heavy[lh] = rng.next() < knobs.heavyHitterShare ? 1 : 0;
+          const pull = heavy[lh] ? 3 : 0.6;
           const dir = dirs[lh][keyTopic];
           for (let i = 0; i < d; i++) {
             k[h * d + i] = dir[i] * pull * Math.sqrt(d) * 0.5 + rng.normal() * 0.5;
@@ -153,12 +164,13 @@ export function createSyntheticSource(options: SyntheticOptions): AttentionSourc
             }
             n = Math.sqrt(n);
             for (let i = 0; i < d; i++) {
-              q[qh * d + i] = qScale * (0.8 * topic[i] + 0.6 * dr[i] / n) / Math.sqrt(d);
+              q[qh * d + i] = queryNorm * (0.8 * topic[i] + 0.6 * dr[i] / n);
             }
           }
         }
         out.push({ q, k, v });
       }
+      tokenIndex++;
       return out;
     },
   };

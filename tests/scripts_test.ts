@@ -1,0 +1,54 @@
+// The command-line scripts: --help everywhere, and the accuracy harness's JSON.
+import assert from "node:assert/strict";
+import { testGpu } from "./_gpu.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+async function runScript(script: string, args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `scripts/${script}`, ...args],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test("every script answers --help", async () => {
+  for (const script of ["generate.ts", "demo.ts", "bench.ts", "accuracy.ts", "test.ts"]) {
+    const r = await runScript(script, ["--help"]);
+    assert.equal(r.code, 0, `${script}: ${r.stderr}`);
+    assert.match(r.stdout, /Usage: deno run -A scripts\//, script);
+  }
+});
+
+Deno.test({
+  name: "accuracy harness: full is exact, retrieval beats streaming on attention mass",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("accuracy.ts", [
+      "--context",
+      "512",
+      "--steps",
+      "4",
+      "--budget",
+      "128",
+      "--page-size",
+      "16",
+      "--json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    const row = (v: string) => report.rows.find((x: { variant: string }) => x.variant === v);
+    assert.equal(row("full").output_rel_error, 0);
+    assert.ok(Math.abs(row("full").attention_mass_recall - 1) < 1e-6);
+    assert.ok(
+      row("quest/softmax-mean").attention_mass_recall > row("streaming").attention_mass_recall,
+    );
+    assert.ok(row("freekv/mean").corrected_share >= 0);
+    const bad = await runScript("accuracy.ts", ["--budget", "zero"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--budget must be a positive integer: received "zero"/);
+  },
+});
