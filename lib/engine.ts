@@ -165,8 +165,6 @@ interface LayerState {
   prefilled: boolean[];
   /** offload: residency of selection slots per (seq, head). */
   slots?: SelectionSlots[];
-  /** quest: last selection per (seq, head). */
-  questSelection?: number[][];
   /** freekv: previous step's q. */
   qPrev?: GPUBuffer;
   hasPrev: boolean;
@@ -342,7 +340,6 @@ export class RetrievalEngine {
           () => new SelectionSlots(this.budget.selectPages),
         );
       }
-      if (mode === "quest") layer.questSelection = Array.from({ length: B * hkv }, () => []);
       if (mode === "offload" && o.policy === "freekv") {
         layer.qPrev = createBuffer(
           device,
@@ -456,38 +453,36 @@ export class RetrievalEngine {
       appendSource;
     const pipeline = cachedPipeline(this.device, `kv_append_${dtype}`, code);
     const rows = dstOffsets.length;
-    const params = createBuffer(
-      this.device,
-      "freekv append params",
-      GPUBufferUsage.UNIFORM,
-      new Uint32Array([hkv * d, rows]),
-    );
     const offsets = createBuffer(
       this.device,
       "freekv append offsets",
       GPUBufferUsage.STORAGE,
       dstOffsets,
     );
-    const bind = this.device.createBindGroup({
-      label: "freekv append",
-      layout: pipeline.getBindGroupLayout(0),
-      entries: [params, k, v, offsets, kCache, vCache].map((buffer, binding) => ({
-        binding,
-        resource: { buffer },
-      })),
-    });
-    const pass = encoder.beginComputePass({ label: "freekv append" });
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bind);
+    this.#transient.push(offsets);
     const maxY = this.device.limits.maxComputeWorkgroupsPerDimension;
-    if (rows > maxY) {
-      throw new RangeError(
-        `Cannot append KV rows as at most ${maxY} rows fit one dispatch: received ${rows}`,
+    for (let base = 0; base < rows; base += maxY) {
+      const params = createBuffer(
+        this.device,
+        "freekv append params",
+        GPUBufferUsage.UNIFORM,
+        new Uint32Array([hkv * d, rows, base]),
       );
+      this.#transient.push(params);
+      const bind = this.device.createBindGroup({
+        label: "freekv append",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [params, k, v, offsets, kCache, vCache].map((buffer, binding) => ({
+          binding,
+          resource: { buffer },
+        })),
+      });
+      const pass = encoder.beginComputePass({ label: "freekv append" });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind);
+      pass.dispatchWorkgroups(Math.ceil((hkv * d) / 64), Math.min(maxY, rows - base));
+      pass.end();
     }
-    pass.dispatchWorkgroups(Math.ceil((hkv * d) / 64), rows);
-    pass.end();
-    this.#transient.push(params, offsets);
   }
 
   #transient: GPUBuffer[] = [];
@@ -1054,7 +1049,6 @@ export class RetrievalEngine {
             for (let p = r.sinkCount; p < r.windowStart; p++) add(p, p);
           } else {
             for (const p of selection!.subarray(i * K, (i + 1) * K)) add(p, p);
-            state.questSelection![i] = [...selection!.subarray(i * K, (i + 1) * K)];
           }
         } else if (mode === "offload") {
           const resident = state.slots![i].pages;

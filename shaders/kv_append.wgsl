@@ -4,6 +4,7 @@
 struct Params {
   row_len: u32, // Hkv * d elements per token row
   batch: u32,
+  row_base: u32, // first row of this dispatch (prompts may exceed one dispatch)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -16,7 +17,7 @@ struct Params {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3u) {
   let i = id.x;
-  let b = id.y;
+  let b = params.row_base + id.y;
   if (i >= params.row_len || b >= params.batch) { return; }
   let dst = dst_offsets[b] + i;
   let src = b * params.row_len + i;

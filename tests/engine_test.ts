@@ -310,3 +310,33 @@ gpuTest("a recorded stories260K trace replays through the driver", async ({ devi
     src.next();
   }, /must be below its 70 tokens/);
 });
+
+gpuTest("a prompt longer than one dispatch (65535 rows) is stored whole", async ({ device }) => {
+  const shape = { numLayers: 1, numQueryHeads: 2, numKvHeads: 1, headDim: 4 };
+  const n = 70000;
+  const rng = createSyntheticSource({ ...shape, seed: 9 });
+  const prompt = takePrompt(rng, n, { queries: false });
+  using engine = createRetrievalEngine(device, {
+    ...shape,
+    maxContext: n + 64,
+    policy: "full",
+    pageSize: 64,
+    budget: 256,
+    sink: 64,
+    window: 64,
+  });
+  await engine.prefill(0, 0, { k: prompt[0].k, v: prompt[0].v });
+  const tok = rng.next()[0];
+  const out = (await engine.step(0, tok))!;
+  const k = new Float32Array((n + 1) * 4), v = new Float32Array((n + 1) * 4);
+  k.set(prompt[0].k), v.set(prompt[0].v), k.set(tok.k, n * 4), v.set(tok.v, n * 4);
+  const ref = pagedAttentionReference({
+    q: tok.q,
+    kCache: k,
+    vCache: v,
+    pageTable: new Uint32Array([0]),
+    numPages: [1],
+    lastPageLen: [n + 1],
+  }, { ...shape, pageSize: n + 1 });
+  assertClose(out, ref.out, 1e-4, "70001-token attention");
+});
