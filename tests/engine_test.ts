@@ -340,3 +340,33 @@ gpuTest("a prompt longer than one dispatch (65535 rows) is stored whole", async 
   }, { ...shape, pageSize: n + 1 });
   assertClose(out, ref.out, 1e-4, "70001-token attention");
 });
+
+gpuTest("fullFirstLayer keeps layer 0 on full attention", async ({ device }) => {
+  const result = await run(device, { policy: "freekv", fullFirstLayer: true }, [45], 4);
+  const full = await run(device, { policy: "full" }, [45], 4);
+  for (let s = 0; s < 4; s++) {
+    assert.deepEqual(result.pages[s][0], full.pages[s][0]);
+    assertClose(result.outputs[s][0], full.outputs[s][0], 1e-5, `layer 0 step ${s}`);
+    // Layer 1 still retrieves: fewer pages than the context.
+    assert.ok(result.pages[s][1][0].length < full.pages[s][1][0].length);
+  }
+});
+
+gpuTest("f16 KV and box summaries run every policy", async ({ device, f16 }) => {
+  if (!f16) return; // the append kernel stores f16 through shader-f16
+  const covering = { budget: 128, dtype: "f16" as const, summary: "box" as const };
+  const full = await run(device, { policy: "full", dtype: "f16" }, [37], 4);
+  const full32 = await run(device, { policy: "full" }, [37], 4);
+  for (const policy of ["quest", "sync-offload", "freekv"] as const) {
+    const other = await run(device, { policy, ...covering }, [37], 4);
+    for (let s = 0; s < 4; s++) {
+      for (let l = 0; l < 2; l++) {
+        assertClose(other.outputs[s][l], full.outputs[s][l], 1e-5, `${policy} f16 step ${s}`);
+      }
+    }
+  }
+  // f16 storage changes the output only at half precision.
+  assertClose(full.outputs[3][1], full32.outputs[3][1], 2e-2, "f16 vs f32");
+  const small = await run(device, { policy: "freekv", dtype: "f16", summary: "box" }, [45], 6);
+  assert.ok(small.pages[5][1][0].length < 15);
+});
