@@ -8,6 +8,7 @@
  *        [--budget N] [--page-size N] [--tau X] [--json]
  */
 import { parseArgs } from "node:util";
+import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/device.ts";
 import { createRetrievalEngine, type EngineOptions } from "../lib/engine.ts";
 import { driveEngine } from "../lib/driver.ts";
@@ -15,6 +16,8 @@ import { type AttentionSource, createSyntheticSource, type TokenQkv } from "../l
 import { readTrace } from "../lib/trace.ts";
 import { resolveBudget } from "../lib/engine_backend.ts";
 import type { PoolingMode } from "../lib/selection.ts";
+
+const flags = flagChecks("accuracy");
 
 const HELP = `Usage: deno run -A scripts/accuracy.ts [options]
 
@@ -52,17 +55,8 @@ if (values.help) {
   console.log(HELP);
   Deno.exit(0);
 }
-function positive(name: string, text: string): number {
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) {
-    console.error(
-      `accuracy: --${name} must be a positive integer: received ${JSON.stringify(text)}`,
-    );
-    Deno.exit(2);
-  }
-  return n;
-}
-const tau = Number(values.tau);
+const positive = (name: string, text: string) => flags.intFlag(name, text, 1)!;
+const tau = flags.numFlag("tau", values.tau)!;
 const budget = resolveBudget({
   budget: positive("budget", values.budget!),
   pageSize: positive("page-size", values["page-size"]!),

@@ -6,6 +6,7 @@
  * Usage: deno run -A scripts/demo.ts [--max-tokens N] [--budget N] [--page-size N] [--tau X] [--json]
  */
 import { parseArgs } from "node:util";
+import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
@@ -44,18 +45,13 @@ if (values.help) {
   console.log(HELP);
   Deno.exit(0);
 }
-const maxTokens = Number(values["max-tokens"]);
-const tau = Number(values.tau);
+const { intFlag, numFlag } = flagChecks("demo");
+const maxTokens = intFlag("max-tokens", values["max-tokens"], 1)!;
+const tau = numFlag("tau", values.tau)!;
 const retrieval = resolveBudget({
-  budget: Number(values.budget),
-  pageSize: Number(values["page-size"]),
+  budget: intFlag("budget", values.budget, 1),
+  pageSize: intFlag("page-size", values["page-size"], 1),
 });
-for (const [name, v] of [["max-tokens", maxTokens], ["budget", retrieval.budget]] as const) {
-  if (!Number.isInteger(v) || v < 1) {
-    console.error(`demo: --${name} must be a positive integer: received ${v}`);
-    Deno.exit(2);
-  }
-}
 
 const root = new URL("../models/stories260K/", import.meta.url);
 const loaded = await loadModel(new URL("stories260K.bin", root).pathname, {

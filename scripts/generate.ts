@@ -8,6 +8,7 @@
  * object on stdout.
  */
 import { parseArgs } from "node:util";
+import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
@@ -24,6 +25,11 @@ import type { WeightDtype } from "../lib/model/types.ts";
 
 const DEFAULT_MODEL = "models/stories260K/stories260K.bin";
 const DEFAULT_TOKENIZER = "models/stories260K/tok512.bin";
+
+const flags = flagChecks("generate");
+// Explicit types let TypeScript see that fail() never returns.
+const fail: (message: string) => never = flags.fail;
+const { intFlag, numFlag } = flags;
 
 const HELP = `Usage: deno run -A scripts/generate.ts [options]
 
@@ -53,29 +59,6 @@ Options:
   --json                print one JSON object (text, tokens, statistics) on stdout
   --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
   --help                this text`;
-
-function fail(message: string): never {
-  console.error(`generate: ${message}`);
-  Deno.exit(2);
-}
-
-function intFlag(name: string, value: string | undefined, min: number): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) {
-    fail(`--${name} must be an integer of at least ${min}: received ${JSON.stringify(value)}`);
-  }
-  return n;
-}
-
-function numFlag(name: string, value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const n = Number(value);
-  if (value.trim() === "" || !Number.isFinite(n)) {
-    fail(`--${name} must be a number: received ${JSON.stringify(value)}`);
-  }
-  return n;
-}
 
 let parsed;
 try {

@@ -49,6 +49,9 @@ Deno.test({
     assert.ok(row("freekv/mean").corrected_share >= 0);
     const bad = await runScript("accuracy.ts", ["--budget", "zero"]);
     assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /--budget must be a positive integer: received "zero"/);
+    assert.match(
+      bad.stderr,
+      /accuracy: --budget must be an integer of at least 1: received "zero"/,
+    );
   },
 });
