@@ -26,6 +26,7 @@ import { HostPagePool } from "./host_pool.ts";
 import { createOffloader, type Offloader } from "./offload.ts";
 import { createRecaller, type Recaller, type RecallJob } from "./recall.ts";
 import appendSource from "../shaders/kv_append.wgsl" with { type: "text" };
+import appendPackedSource from "../shaders/kv_append_packed.wgsl" with { type: "text" };
 
 /** Retrieval policies; see DESIGN section 4. */
 export type PolicyName = "full" | "streaming" | "quest" | "sync-offload" | "freekv";
@@ -230,9 +231,11 @@ export class RetrievalEngine {
   /** Use {@linkcode createRetrievalEngine}. */
   constructor(device: GPUDevice, options: EngineOptions) {
     const o = resolveOptions(options);
-    if (o.dtype === "f16" && !device.features.has("shader-f16")) {
-      throw new TypeError(
-        `Cannot ${ACTION_CREATE} as 'dtype' "f16" needs the device feature shader-f16: received a device without it`,
+    if (o.dtype === "f16" && (o.numKvHeads * o.headDim) % 2 !== 0) {
+      throw new RangeError(
+        `Cannot ${ACTION_CREATE} as numKvHeads * headDim must be even for "f16": received ${
+          o.numKvHeads * o.headDim
+        }`,
       );
     }
     this.device = device;
@@ -449,9 +452,15 @@ export class RetrievalEngine {
     dstOffsets: Uint32Array,
   ): void {
     const { numKvHeads: hkv, headDim: d, dtype } = this.options;
-    const code = (dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") +
-      appendSource;
-    const pipeline = cachedPipeline(this.device, `kv_append_${dtype}`, code);
+    // f16 without shader-f16: pack pairs of halves into u32 words.
+    const packed = dtype === "f16" && !this.device.features.has("shader-f16");
+    const code = packed
+      ? appendPackedSource
+      : (dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") +
+        appendSource;
+    const pipeline = cachedPipeline(this.device, `kv_append_${packed ? "packed" : dtype}`, code);
+    const rowLen = packed ? (hkv * d) / 2 : hkv * d;
+    if (packed) dstOffsets = dstOffsets.map((x) => x / 2);
     const rows = dstOffsets.length;
     const offsets = createBuffer(
       this.device,
@@ -466,7 +475,7 @@ export class RetrievalEngine {
         this.device,
         "freekv append params",
         GPUBufferUsage.UNIFORM,
-        new Uint32Array([hkv * d, rows, base]),
+        new Uint32Array([rowLen, rows, base]),
       );
       this.#transient.push(params);
       const bind = this.device.createBindGroup({
@@ -480,7 +489,7 @@ export class RetrievalEngine {
       const pass = encoder.beginComputePass({ label: "freekv append" });
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, bind);
-      pass.dispatchWorkgroups(Math.ceil((hkv * d) / 64), Math.min(maxY, rows - base));
+      pass.dispatchWorkgroups(Math.ceil(rowLen / 64), Math.min(maxY, rows - base));
       pass.end();
     }
   }

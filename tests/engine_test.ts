@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
+import { requestGpu } from "../lib/device.ts";
 import { createRetrievalEngine, type EngineOptions, type PolicyName } from "../lib/engine.ts";
 import { createSyntheticSource, takePrompt } from "../lib/synthetic.ts";
 import { createTraceSource, driveEngine } from "../lib/driver.ts";
@@ -352,8 +353,7 @@ gpuTest("fullFirstLayer keeps layer 0 on full attention", async ({ device }) => 
   }
 });
 
-gpuTest("f16 KV and box summaries run every policy", async ({ device, f16 }) => {
-  if (!f16) return; // the append kernel stores f16 through shader-f16
+gpuTest("f16 KV and box summaries run every policy", async ({ device }) => {
   const covering = { budget: 128, dtype: "f16" as const, summary: "box" as const };
   const full = await run(device, { policy: "full", dtype: "f16" }, [37], 4);
   const full32 = await run(device, { policy: "full" }, [37], 4);
@@ -369,4 +369,18 @@ gpuTest("f16 KV and box summaries run every policy", async ({ device, f16 }) => 
   assertClose(full.outputs[3][1], full32.outputs[3][1], 2e-2, "f16 vs f32");
   const small = await run(device, { policy: "freekv", dtype: "f16", summary: "box" }, [45], 6);
   assert.ok(small.pages[5][1][0].length < 15);
+});
+
+gpuTest("f16 KV without shader-f16 stores the same halves", async ({ device, f16 }) => {
+  if (!f16) return; // the comparison needs both paths
+  using plain = await requestGpu({ f16: false });
+  assert.equal(plain.device.features.has("shader-f16"), false);
+  const a = await run(device, { policy: "freekv", dtype: "f16" }, [45], 4);
+  const b = await run(plain.device, { policy: "freekv", dtype: "f16" }, [45], 4);
+  for (let s = 0; s < 4; s++) {
+    for (let l = 0; l < 2; l++) {
+      assert.deepEqual(b.pages[s][l], a.pages[s][l]);
+      assertClose(b.outputs[s][l], a.outputs[s][l], 0, `packed f16 step ${s} layer ${l}`);
+    }
+  }
 });
