@@ -19,8 +19,9 @@ const HELP = `Usage: deno run -A scripts/demo.ts [options]
 
 Generates a story with the bundled stories260K model twice, with full
 attention and with FreeKV retrieval (budget below the story length), then
-reports where the greedy texts diverge, the next-token agreement of freekv
-under teacher forcing on full's story, pages recalled and corrections.
+reports where the greedy texts diverge, the next-token agreement and the KL
+divergence of freekv's next-token distributions from full's under teacher
+forcing on full's story, pages recalled and corrections.
 
 Options:
   --max-tokens N   story length in tokens (default 400)
@@ -88,18 +89,42 @@ for (const policy of ["full", "freekv"] as const) {
   runs[policy] = { text: r.text, tokens: r.tokens, msPerToken: r.stats.medianStepMs };
 }
 
-// Teacher forcing: feed full's story to a freekv model, compare next tokens.
+// Teacher forcing: feed full's story to a full and a freekv model in
+// lockstep; compare freekv's next token and next-token distribution.
 const forced = makeModel("freekv");
-let agree = 0;
+const reference = makeModel("full");
+let agree = 0, kl = 0;
 {
   using _a = forced.attention, _m = forced.model;
+  using _b = reference.attention, _n = reference.model;
   const story = [config.bosId, ...runs.full.tokens];
   let logits = await forced.model.prefill([story[0]]);
+  let fullLogits = await reference.model.prefill([story[0]]);
   for (let i = 1; i < story.length; i++) {
     if (argmax(logits) === story[i]) agree++;
-    if (i < story.length - 1) logits = await forced.model.decode(story[i], i);
+    kl += klDivergence(fullLogits, logits);
+    if (i < story.length - 1) {
+      logits = await forced.model.decode(story[i], i);
+      fullLogits = await reference.model.decode(story[i], i);
+    }
     if (i % 100 === 0) console.error(`demo: teacher forcing ${i}/${story.length - 1}`);
   }
+}
+
+/** KL(p || q) of the softmax distributions of two logit vectors, in nats. */
+function klDivergence(pLogits: Float32Array, qLogits: Float32Array): number {
+  const logSoftmax = (x: Float32Array) => {
+    let max = -Infinity;
+    for (const v of x) max = Math.max(max, v);
+    let sum = 0;
+    for (const v of x) sum += Math.exp(v - max);
+    const lse = max + Math.log(sum);
+    return Array.from(x, (v) => v - lse);
+  };
+  const lp = logSoftmax(pLogits), lq = logSoftmax(qLogits);
+  let d = 0;
+  for (let i = 0; i < lp.length; i++) d += Math.exp(lp[i]) * (lp[i] - lq[i]);
+  return d;
 }
 const totals = forced.attention.engine.totals();
 const full = runs.full.tokens, fkv = runs.freekv.tokens;
@@ -112,6 +137,7 @@ const report = {
   tokens: maxTokens,
   greedy_agreement_tokens: prefix,
   teacher_forced_agreement: agree / full.length,
+  mean_kl_nats: kl / full.length,
   corrected_share: totals.correctedShare,
   pages_recalled: totals.pagesRecalled,
   ms_per_token: { full: runs.full.msPerToken, freekv: runs.freekv.msPerToken },
@@ -128,7 +154,9 @@ if (values.json) {
     `The greedy stories agree for the first ${prefix} of ${full.length} tokens; under teacher forcing ` +
       `freekv picks full's next token ${
         (100 * report.teacher_forced_agreement).toFixed(1)
-      }% of the time ` +
+      }% of the time, mean KL of its next-token distribution from full's ${
+        report.mean_kl_nats.toFixed(4)
+      } nats ` +
       `(${
         (100 * totals.correctedShare).toFixed(1)
       }% of head-steps corrected, ${totals.pagesRecalled} pages recalled). ` +
