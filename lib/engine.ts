@@ -1116,6 +1116,32 @@ export class RetrievalEngine {
     return attended;
   }
 
+  /**
+   * Forgets sequence `seq` on every layer (its pages, selection and host
+   * backups) so that it can be prefilled with a new prompt. Call it between
+   * tokens (before the step of layer 0); it waits for background work first.
+   */
+  async reset(seq: number): Promise<void> {
+    const action = "reset a sequence";
+    this.#checkAlive(action);
+    assertInteger("seq", seq, action, 0, this.options.batch - 1);
+    if (this.#nextLayer !== 0) {
+      throw new RangeError(
+        `Cannot ${action} as the next step must be of layer 0 (between tokens): received a reset before layer ${this.#nextLayer}`,
+      );
+    }
+    await this.drain();
+    const hkv = this.options.numKvHeads;
+    for (const state of this.#layers) {
+      state.length[seq] = 0;
+      state.prefilled[seq] = false;
+      state.speculative[seq] = null;
+      state.lastCorrections.fill(0, seq * hkv, (seq + 1) * hkv);
+      for (let h = 0; h < hkv; h++) state.slots?.[seq * hkv + h].pages.fill(-1);
+    }
+    this.#pool?.releasePages(seq * this.maxPages, this.maxPages);
+  }
+
   /** Waits for all background work (speculative recalls, offloads). */
   async drain(): Promise<void> {
     await Promise.all(this.#layers.map((l) => l.speculativeDone));

@@ -70,17 +70,14 @@ export function createEngineBackend(
   device: GPUDevice,
   options: EngineBackendOptions,
 ): EngineBackend {
-  let engine = createRetrievalEngine(device, { ...options, batch: 1 });
+  const engine = createRetrievalEngine(device, { ...options, batch: 1 });
   let prefilled = 0;
   return {
-    get engine() {
-      return engine;
-    },
+    engine,
     async prefill(layer: number, k: GPUBuffer, v: GPUBuffer, length: number): Promise<void> {
       // A prefill of layer 0 after a whole prompt starts a new sequence.
       if (layer === 0 && prefilled === options.numLayers) {
-        engine[Symbol.dispose]();
-        engine = createRetrievalEngine(device, { ...options, batch: 1 });
+        await engine.reset(0);
         prefilled = 0;
       }
       await engine.prefill(0, layer, { k, v, length });

@@ -384,3 +384,28 @@ gpuTest("f16 KV without shader-f16 stores the same halves", async ({ device, f16
     }
   }
 });
+
+gpuTest("reset frees a sequence for a new prompt", async ({ device }) => {
+  const collect = async (engine: ReturnType<typeof createRetrievalEngine>, seed: number) => {
+    const outs: Float32Array[] = [];
+    const src = createSyntheticSource({ ...SHAPE, seed, shiftProbability: 0.3 });
+    await driveEngine(engine, [src], {
+      promptLengths: [45],
+      steps: 6,
+      onLayer: (_s, _l, out) => outs.push(out),
+    });
+    return outs;
+  };
+  using reused = createRetrievalEngine(device, { ...SHAPE, ...SMALL, policy: "freekv" });
+  await collect(reused, 1);
+  const pool = reused.hostPool!;
+  assert.ok(pool.offloadedRuns > 0);
+  await reused.reset(0);
+  assert.equal(pool.offloadedRuns, 0);
+  assert.equal(reused.length(0, 0), 0);
+  const again = await collect(reused, 2);
+  using fresh = createRetrievalEngine(device, { ...SHAPE, ...SMALL, policy: "freekv" });
+  const expected = await collect(fresh, 2);
+  again.forEach((out, i) => assertClose(out, expected[i], 0, `output ${i}`));
+  await assert.rejects(() => reused.reset(1), /'seq' must be between 0 and 0: received 1/);
+});
