@@ -24,7 +24,8 @@ const HELP = `Usage: deno run -A scripts/accuracy.ts [options]
 Replays one attention trace through every policy and compares with full
 attention: relative L2 error of the attention output, attention-mass recall
 (share of full attention's probability on the attended pages), corrected
-share. Variants: streaming, quest and freekv with each GQA pooling mode.
+share. Variants: streaming, quest and freekv with each GQA pooling mode,
+and with box summaries.
 
 Options:
   --trace FILE     a trace from scripts/generate.ts --record-trace (default: a
@@ -112,6 +113,9 @@ for (const pooling of ["softmax-mean", "mean", "max"] as PoolingMode[]) {
   variants.push({ name: `quest/${pooling}`, options: { policy: "quest", pooling } });
   variants.push({ name: `freekv/${pooling}`, options: { policy: "freekv", pooling, tau } });
 }
+// The box summary (center ± mean deviation) instead of min/max.
+variants.push({ name: "quest/box", options: { policy: "quest", summary: "box" } });
+variants.push({ name: "freekv/box", options: { policy: "freekv", summary: "box", tau } });
 
 using gpu = await requestGpu();
 const { numLayers: L, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = shape;
