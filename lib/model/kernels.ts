@@ -745,16 +745,30 @@ export interface SwigluPlanOptions {
  * ```
  */
 export function planSwiglu(device: GPUDevice, options: SwigluPlanOptions): KernelPlan {
-  const action = "plan SwiGLU";
-  assertInteger("n", options.n, action, 1);
-  checkFits("gate", options.gate, options.n, action);
-  checkFits("up", options.up, options.n, action);
-  const pipeline = cachedPipeline(device, "swiglu", swigluSrc);
-  const u = uniform(device, "swiglu", [options.n]);
-  return makePlan("swiglu", [{
+  return planInPlace(device, "swiglu", swigluSrc, ["gate", options.gate], ["up", options.up], {
+    n: options.n,
+    action: "plan SwiGLU",
+  });
+}
+
+/** An element-wise kernel `a = f(a, b)` over `n` f32 values (SwiGLU, residual add). */
+function planInPlace(
+  device: GPUDevice,
+  name: string,
+  source: string,
+  [aName, a]: [string, GPUBuffer | BufferSlice],
+  [bName, b]: [string, GPUBuffer | BufferSlice],
+  { n, action }: { n: number; action: string },
+): KernelPlan {
+  assertInteger("n", n, action, 1);
+  checkFits(aName, a, n, action);
+  checkFits(bName, b, n, action);
+  const pipeline = cachedPipeline(device, name, source);
+  const u = uniform(device, name, [n]);
+  return makePlan(name, [{
     pipeline,
-    bindGroup: bindGroup(device, "swiglu", pipeline, [u, options.gate, options.up]),
-    workgroups: grid(Math.ceil(options.n / 64), action),
+    bindGroup: bindGroup(device, name, pipeline, [u, a, b]),
+    workgroups: grid(Math.ceil(n / 64), action),
   }], [u]);
 }
 
@@ -790,17 +804,14 @@ export interface ResidualAddPlanOptions {
  * ```
  */
 export function planResidualAdd(device: GPUDevice, options: ResidualAddPlanOptions): KernelPlan {
-  const action = "plan a residual add";
-  assertInteger("n", options.n, action, 1);
-  checkFits("target", options.target, options.n, action);
-  checkFits("addend", options.addend, options.n, action);
-  const pipeline = cachedPipeline(device, "residual_add", residualAddSrc);
-  const u = uniform(device, "residual add", [options.n]);
-  return makePlan("residual add", [{
-    pipeline,
-    bindGroup: bindGroup(device, "residual add", pipeline, [u, options.target, options.addend]),
-    workgroups: grid(Math.ceil(options.n / 64), action),
-  }], [u]);
+  return planInPlace(
+    device,
+    "residual_add",
+    residualAddSrc,
+    ["target", options.target],
+    ["addend", options.addend],
+    { n: options.n, action: "plan a residual add" },
+  );
 }
 
 /** Options of {@linkcode planCausalAttention}. */
