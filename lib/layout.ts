@@ -343,6 +343,55 @@ function assertJobArray(jobs: unknown, action: string): asserts jobs is ArrayLik
   }
 }
 
+// The conversion plans share everything but their job tables; the core is
+// kept out of the public types.
+const cores = new WeakMap<LayoutPlan, PlanCore>();
+function coreOf(plan: LayoutPlan): PlanCore {
+  return cores.get(plan)!;
+}
+
+/** What both layout-conversion plans share: shape, sizes, encode, dispose. */
+export abstract class LayoutPlan {
+  /** Registers the plan's core. */
+  protected constructor(core: unknown) {
+    cores.set(this, core as PlanCore);
+  }
+
+  /** The shape this plan converts. */
+  get shape(): KvLayoutShape {
+    return coreOf(this).shape;
+  }
+
+  /** Sizes derived from the shape. */
+  get sizes(): KvLayoutSizes {
+    return coreOf(this).sizes;
+  }
+
+  /** 32-bit words moved per invocation: 4 when a row is a multiple of 16 bytes, else 1. */
+  get lanes(): number {
+    return coreOf(this).lanes;
+  }
+
+  /** Jobs recorded by the last `set`. */
+  get numJobs(): number {
+    return coreOf(this).numJobs;
+  }
+
+  /**
+   * Records the dispatch for the jobs of the last `set` into `encoder`
+   * (nothing when there are none). Submit the encoder before the next `set`
+   * on this plan: `set` writes the job table through the queue.
+   */
+  encode(encoder: GPUCommandEncoder): void {
+    coreOf(this).encode(encoder);
+  }
+
+  /** Destroys the plan's own buffers (not the caller's). */
+  [Symbol.dispose](): void {
+    coreOf(this).dispose();
+  }
+}
+
 /**
  * Converts NHD cache slots to HND runs on the GPU: job `j = {slot, head}`
  * writes run `runBase + j` of the runs buffer as `[K: P x d][V: P x d]`.
@@ -367,46 +416,10 @@ function assertJobArray(jobs: unknown, action: string): asserts jobs is ArrayLik
  * console.log([...new Float32Array(await readBuffer(device, runs))]); // [3, 4, 7, 8]
  * ```
  */
-export class NhdToHndPlan {
-  #core: PlanCore;
-
+export class NhdToHndPlan extends LayoutPlan {
   /** Creates the plan (pipeline, uniforms) for one shape. */
   constructor(device: GPUDevice, options: LayoutPlanOptions) {
-    this.#core = new PlanCore(device, options, "layout nhd->hnd", nhdToHndSource, 2);
-  }
-
-  /** The shape this plan converts. */
-  get shape(): KvLayoutShape {
-    return this.#core.shape;
-  }
-
-  /** Sizes derived from the shape. */
-  get sizes(): KvLayoutSizes {
-    return this.#core.sizes;
-  }
-
-  /** 32-bit words moved per invocation: 4 when a row is a multiple of 16 bytes, else 1. */
-  get lanes(): number {
-    return this.#core.lanes;
-  }
-
-  /** Jobs recorded by the last `set`. */
-  get numJobs(): number {
-    return this.#core.numJobs;
-  }
-
-  /**
-   * Records the dispatch for the jobs of the last `set` into `encoder`
-   * (nothing when there are none). Submit the encoder before the next `set`
-   * on this plan: `set` writes the job table through the queue.
-   */
-  encode(encoder: GPUCommandEncoder): void {
-    this.#core.encode(encoder);
-  }
-
-  /** Destroys the plan's own buffers (not the caller's). */
-  [Symbol.dispose](): void {
-    this.#core.dispose();
+    super(new PlanCore(device, options, "layout nhd->hnd", nhdToHndSource, 2));
   }
 
   /**
@@ -420,13 +433,13 @@ export class NhdToHndPlan {
     options: NhdToHndSetOptions = {},
   ): void {
     const action = "plan an NHD to HND conversion";
-    this.#core.checkAlive(action);
-    const slots = this.#core.checkBuffers(buffers, action);
+    coreOf(this).checkAlive(action);
+    const slots = coreOf(this).checkBuffers(buffers, action);
     assertJobArray(jobs, action);
     const runBase = options.runBase ?? 0;
     assertInteger("runBase", runBase, action, 0);
     const pairs = expandJobs(jobs, this.shape.kvHeads, slots, action);
-    const runCapacity = Math.floor(buffers.runs.size / this.#core.sizes.runBytes);
+    const runCapacity = Math.floor(buffers.runs.size / coreOf(this).sizes.runBytes);
     if (runBase + pairs.length > runCapacity) {
       throw new RangeError(
         `Cannot ${action} as 'runs' must hold runBase + ${pairs.length} runs of ${this.sizes.runBytes} bytes: received ${buffers.runs.size} bytes`,
@@ -437,7 +450,7 @@ export class NhdToHndPlan {
       table[2 * j] = slot;
       table[2 * j + 1] = head;
     });
-    this.#core.upload(buffers, table, pairs.length, runBase);
+    coreOf(this).upload(buffers, table, pairs.length, runBase);
   }
 }
 
@@ -465,46 +478,10 @@ export class NhdToHndPlan {
  * console.log([...new Float32Array(await readBuffer(device, kCache))]); // [0, 0, 3, 4]
  * ```
  */
-export class HndToNhdPlan {
-  #core: PlanCore;
-
+export class HndToNhdPlan extends LayoutPlan {
   /** Creates the plan (pipeline, uniforms) for one shape. */
   constructor(device: GPUDevice, options: LayoutPlanOptions) {
-    this.#core = new PlanCore(device, options, "layout hnd->nhd", hndToNhdSource, 4);
-  }
-
-  /** The shape this plan converts. */
-  get shape(): KvLayoutShape {
-    return this.#core.shape;
-  }
-
-  /** Sizes derived from the shape. */
-  get sizes(): KvLayoutSizes {
-    return this.#core.sizes;
-  }
-
-  /** 32-bit words moved per invocation: 4 when a row is a multiple of 16 bytes, else 1. */
-  get lanes(): number {
-    return this.#core.lanes;
-  }
-
-  /** Jobs recorded by the last `set`. */
-  get numJobs(): number {
-    return this.#core.numJobs;
-  }
-
-  /**
-   * Records the dispatch for the jobs of the last `set` into `encoder`
-   * (nothing when there are none). Submit the encoder before the next `set`
-   * on this plan: `set` writes the job table through the queue.
-   */
-  encode(encoder: GPUCommandEncoder): void {
-    this.#core.encode(encoder);
-  }
-
-  /** Destroys the plan's own buffers (not the caller's). */
-  [Symbol.dispose](): void {
-    this.#core.dispose();
+    super(new PlanCore(device, options, "layout hnd->nhd", hndToNhdSource, 4));
   }
 
   /**
@@ -514,13 +491,13 @@ export class HndToNhdPlan {
    */
   set(buffers: HndToNhdBuffers, jobs: readonly RunSlotHeadJob[]): void {
     const action = "plan an HND to NHD scatter";
-    this.#core.checkAlive(action);
-    const slots = this.#core.checkBuffers(buffers, action);
+    coreOf(this).checkAlive(action);
+    const slots = coreOf(this).checkBuffers(buffers, action);
     assertJobArray(jobs, action);
     const runCapacity = Math.floor(buffers.runs.size / this.sizes.runBytes);
     const table = new Uint32Array(jobs.length * 4);
     const seen = new Set<number>();
-    const heads = this.#core.shape.kvHeads;
+    const heads = coreOf(this).shape.kvHeads;
     for (let j = 0; j < jobs.length; j++) {
       const job = jobs[j];
       assertInteger(`jobs[${j}].run`, job?.run, action, 0, runCapacity - 1);
@@ -535,7 +512,7 @@ export class HndToNhdPlan {
       seen.add(key);
       table.set([job.run, job.slot, job.head, 0], 4 * j);
     }
-    this.#core.upload(buffers, table, jobs.length, 0);
+    coreOf(this).upload(buffers, table, jobs.length, 0);
   }
 }
 
