@@ -143,3 +143,33 @@ export function assertOneOf<T extends string>(
     );
   }
 }
+
+/**
+ * Throws a `TypeError` unless `buffer` is a `GPUBuffer` with `STORAGE` usage.
+ *
+ * @example
+ * ```ts
+ * import { assertStorageBuffer } from "./errors.ts";
+ * try {
+ *   assertStorageBuffer("q", new Float32Array(4), "run attention");
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cannot run attention as 'q' must be a GPUBuffer: ...
+ * }
+ * ```
+ */
+export function assertStorageBuffer(
+  name: string,
+  buffer: unknown,
+  action: string,
+): asserts buffer is GPUBuffer {
+  if (typeof GPUBuffer === "undefined" || !(buffer instanceof GPUBuffer)) {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must be a GPUBuffer: received ${describeValue(buffer)}`,
+    );
+  }
+  if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must have STORAGE usage: received buffer '${buffer.label}' with usage ${buffer.usage}`,
+    );
+  }
+}

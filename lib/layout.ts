@@ -17,7 +17,7 @@
 import nhdToHndSource from "../shaders/layout_nhd_to_hnd.wgsl" with { type: "text" };
 import hndToNhdSource from "../shaders/layout_hnd_to_nhd.wgsl" with { type: "text" };
 import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "./dtype.ts";
-import { assertInteger, assertOneOf, describeValue } from "./errors.ts";
+import { assertInteger, assertOneOf, assertStorageBuffer, describeValue } from "./errors.ts";
 import { cachedPipeline } from "./gpu_util.ts";
 
 /** Page geometry and element type shared by the NHD cache and HND runs. */
@@ -168,17 +168,8 @@ function slotsIn(buffer: GPUBuffer, slotBytes: number): number {
   return Math.floor(buffer.size / slotBytes);
 }
 
-function assertStorageBuffer(name: string, buffer: unknown, action: string, limit: number) {
-  if (typeof GPUBuffer === "undefined" || !(buffer instanceof GPUBuffer)) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must be a GPUBuffer: received ${describeValue(buffer)}`,
-    );
-  }
-  if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must have STORAGE usage: received usage ${buffer.usage}`,
-    );
-  }
+function assertBindableStorage(name: string, buffer: unknown, action: string, limit: number) {
+  assertStorageBuffer(name, buffer, action);
   if (buffer.size > limit) {
     throw new RangeError(
       `Cannot ${action} as '${name}' must be at most maxStorageBufferBindingSize (${limit} bytes): received ${buffer.size} bytes`,
@@ -260,9 +251,9 @@ class PlanCore {
       );
     }
     const limit = this.#device.limits.maxStorageBufferBindingSize;
-    assertStorageBuffer("kCache", buffers.kCache, action, limit);
-    assertStorageBuffer("vCache", buffers.vCache, action, limit);
-    assertStorageBuffer("runs", buffers.runs, action, limit);
+    assertBindableStorage("kCache", buffers.kCache, action, limit);
+    assertBindableStorage("vCache", buffers.vCache, action, limit);
+    assertBindableStorage("runs", buffers.runs, action, limit);
     return Math.min(
       slotsIn(buffers.kCache, this.sizes.slotBytes),
       slotsIn(buffers.vCache, this.sizes.slotBytes),

@@ -36,6 +36,7 @@ import {
   assertInteger,
   assertLength,
   assertOneOf,
+  assertStorageBuffer,
   describeValue,
 } from "./errors.ts";
 import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
@@ -241,19 +242,6 @@ function checkPlan(plan: PageSelectionPlan): CheckedPlan {
   return { batch, k, maxCount, pagesNeeded, seqs };
 }
 
-function assertStorage(name: string, buffer: unknown, action: string): asserts buffer is GPUBuffer {
-  if (!(buffer instanceof GPUBuffer)) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must be a GPUBuffer: received ${describeValue(buffer)}`,
-    );
-  }
-  if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must have STORAGE usage: received buffer '${buffer.label}' with usage ${buffer.usage}`,
-    );
-  }
-}
-
 class Selector implements PageSelector {
   readonly options: Readonly<Required<PageSelectorOptions>>;
   #device: GPUDevice;
@@ -394,9 +382,9 @@ class Selector implements PageSelector {
       throw new TypeError(`Cannot ${action} as the selector has no plan: call plan() first`);
     }
     const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.options;
-    assertStorage("q", buffers?.q, action);
-    assertStorage("summaries", buffers?.summaries, action);
-    assertStorage("selected", buffers?.selected, action);
+    assertStorageBuffer("q", buffers?.q, action);
+    assertStorageBuffer("summaries", buffers?.summaries, action);
+    assertStorageBuffer("selected", buffers?.selected, action);
     const qBytes = plan.batch * hq * d * 4;
     if (buffers.q.size < qBytes) {
       throw new RangeError(

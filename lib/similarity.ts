@@ -13,7 +13,13 @@
  */
 
 import querySimilaritySource from "../shaders/query_similarity.wgsl" with { type: "text" };
-import { assertAllFinite, assertFinite, assertInteger, describeValue } from "./errors.ts";
+import {
+  assertAllFinite,
+  assertFinite,
+  assertInteger,
+  assertStorageBuffer,
+  describeValue,
+} from "./errors.ts";
 import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
 
 /** Options of {@linkcode createQuerySimilarity} and the other similarity functions. */
@@ -101,19 +107,6 @@ function checkOptions(options: QuerySimilarityOptions): QuerySimilarityOptions {
   return { numQueryHeads, numKvHeads, headDim };
 }
 
-function assertStorage(name: string, buffer: unknown, action: string): asserts buffer is GPUBuffer {
-  if (!(buffer instanceof GPUBuffer)) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must be a GPUBuffer: received ${describeValue(buffer)}`,
-    );
-  }
-  if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must have STORAGE usage: received buffer '${buffer.label}' with usage ${buffer.usage}`,
-    );
-  }
-}
-
 function assertSize(name: string, buffer: GPUBuffer, bytes: number, action: string): void {
   if (buffer.size < bytes) {
     throw new RangeError(
@@ -164,7 +157,7 @@ class Similarity implements QuerySimilarity {
     assertInteger("batch", batch, action, 1, MAX_DISPATCH);
     assertFinite("tau", tau, action);
     for (const name of ["qNow", "qPrev", "cosine", "groupMean", "flags"] as const) {
-      assertStorage(name, buffers[name], action);
+      assertStorageBuffer(name, buffers[name], action);
     }
     assertSize("qNow", buffers.qNow, batch * hq * d * 4, action);
     assertSize("qPrev", buffers.qPrev, batch * hq * d * 4, action);

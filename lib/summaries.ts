@@ -15,7 +15,13 @@
 
 import pageSummarySource from "../shaders/page_summary.wgsl" with { type: "text" };
 import { KV_DTYPES, type KvArray, type KvDtype } from "./dtype.ts";
-import { assertAllFinite, assertInteger, assertOneOf, describeValue } from "./errors.ts";
+import {
+  assertAllFinite,
+  assertInteger,
+  assertOneOf,
+  assertStorageBuffer,
+  describeValue,
+} from "./errors.ts";
 import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
 
 /** How a page's keys are summarized. */
@@ -187,19 +193,6 @@ function packJobs(
   return { packed: packed.subarray(0, count * 4), maxSlot, maxPage };
 }
 
-function assertStorage(name: string, buffer: unknown, action: string): asserts buffer is GPUBuffer {
-  if (!(buffer instanceof GPUBuffer)) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must be a GPUBuffer: received ${describeValue(buffer)}`,
-    );
-  }
-  if ((buffer.usage & GPUBufferUsage.STORAGE) === 0) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must have STORAGE usage: received buffer '${buffer.label}' with usage ${buffer.usage}`,
-    );
-  }
-}
-
 class Summarizer implements PageSummarizer {
   readonly options: Readonly<Required<PageSummaryOptions>>;
   #device: GPUDevice;
@@ -278,8 +271,8 @@ class Summarizer implements PageSummarizer {
   encode(encoder: GPUCommandEncoder, buffers: PageSummaryBuffers): void {
     const action = "encode page summaries";
     const { numKvHeads, headDim, pageSize, dtype } = this.options;
-    assertStorage("kCache", buffers?.kCache, action);
-    assertStorage("summaries", buffers?.summaries, action);
+    assertStorageBuffer("kCache", buffers?.kCache, action);
+    assertStorageBuffer("summaries", buffers?.summaries, action);
     const slotBytes = pageSize * numKvHeads * headDim * (dtype === "f16" ? 2 : 4);
     const slots = Math.floor(buffers.kCache.size / slotBytes);
     if (this.#maxSlot >= slots) {
