@@ -462,22 +462,19 @@ export class RetrievalEngine {
     const rowLen = packed ? (hkv * d) / 2 : hkv * d;
     if (packed) dstOffsets = dstOffsets.map((x) => x / 2);
     const rows = dstOffsets.length;
-    const offsets = createBuffer(
-      this.device,
-      "freekv append offsets",
-      GPUBufferUsage.STORAGE,
-      dstOffsets,
-    );
-    this.#transient.push(offsets);
+    // Reused across steps: one encoder per submit records at most one append.
+    const offsets = this.#scratchBuffer("append offsets", dstOffsets.byteLength);
+    this.device.queue.writeBuffer(offsets, 0, dstOffsets as Uint32Array<ArrayBuffer>);
     const maxY = this.device.limits.maxComputeWorkgroupsPerDimension;
-    for (let base = 0; base < rows; base += maxY) {
-      const params = createBuffer(
+    for (let base = 0, chunk = 0; base < rows; base += maxY, chunk++) {
+      this.#appendParams[chunk] ??= createBuffer(
         this.device,
-        "freekv append params",
-        GPUBufferUsage.UNIFORM,
-        new Uint32Array([rowLen, rows, base]),
+        `freekv append params ${chunk}`,
+        GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        16,
       );
-      this.#transient.push(params);
+      const params = this.#appendParams[chunk];
+      this.device.queue.writeBuffer(params, 0, new Uint32Array([rowLen, rows, base]));
       const bind = this.device.createBindGroup({
         label: "freekv append",
         layout: pipeline.getBindGroupLayout(0),
@@ -495,6 +492,7 @@ export class RetrievalEngine {
   }
 
   #transient: GPUBuffer[] = [];
+  #appendParams: GPUBuffer[] = [];
 
   #releaseTransient(): void {
     // Destroying after submit is safe: WebGPU keeps them alive for submitted work.
@@ -1161,6 +1159,7 @@ export class RetrievalEngine {
       l.plan?.[Symbol.dispose]();
     }
     for (const b of this.#scratch.values()) b.destroy();
+    for (const b of this.#appendParams) b.destroy();
     this.#timestamps?.querySet.destroy();
     this.#timestamps?.resolve.destroy();
     this.#scratch.clear();
