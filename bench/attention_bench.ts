@@ -6,11 +6,11 @@
 // 10 ms), so one ~5 ms layer alone would measure the wait. Divide by the
 // layer count in the name for one layer; `bench/kernels_attention.ts`
 // reports GPU-timed GB/s instead. Skipped when no WebGPU adapter exists.
-import { type AttentionPlan, createPagedAttention } from "../lib/attention.ts";
-import { type Gpu, requestGpu } from "../lib/device.ts";
-import type { KvDtype } from "../lib/dtype.ts";
-import { cachedPipeline, createBuffer, packUniforms } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { type AttentionPlan, createPagedAttention } from "../lib/kernels/attention.ts";
+import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
+import type { KvDtype } from "../lib/gpu/dtype.ts";
+import { cachedPipeline, createBuffer, packUniforms } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import streamReadSource from "../shaders/stream_read.wgsl" with { type: "text" };
 
 const HQ = 32, HKV = 8, D = 128, P = 32, LAYERS = 8;

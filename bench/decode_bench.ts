@@ -1,10 +1,10 @@
 // deno bench -A bench/decode_bench.ts
 // One decode step (all layers) per policy on the same synthetic trace:
 // Llama-3.1-8B attention shapes, 2 layers, 4K context, budget 2048.
-import { requestGpu } from "../lib/device.ts";
-import { createRetrievalEngine, type PolicyName, type RetrievalEngine } from "../lib/engine.ts";
-import { createSyntheticSource, takePrompt } from "../lib/synthetic.ts";
-import { createBuffer } from "../lib/gpu_util.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { createRetrievalEngine, type PolicyName, type RetrievalEngine } from "../lib/engine/engine.ts";
+import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
+import { createBuffer } from "../lib/gpu/buffers.ts";
 
 const SHAPE = { numLayers: 2, numQueryHeads: 32, numKvHeads: 8, headDim: 128 };
 const CONTEXT = 4096, ITERATIONS = 12, WARMUP = 2;

@@ -16,12 +16,12 @@
  * @module
  */
 
-import { type AttentionPlan, createPagedAttention } from "../lib/attention.ts";
-import { type Gpu, requestGpu } from "../lib/device.ts";
-import { bytesPerElement, type KvDtype } from "../lib/dtype.ts";
-import { createBuffer } from "../lib/gpu_util.ts";
-import { createRandom, type Random, randomNormalArray } from "../lib/random.ts";
-import { measureReadBandwidth, timeGpuWork } from "../lib/roofline.ts";
+import { type AttentionPlan, createPagedAttention } from "../lib/kernels/attention.ts";
+import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
+import { bytesPerElement, type KvDtype } from "../lib/gpu/dtype.ts";
+import { createBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, type Random, randomNormalArray } from "../lib/workloads/random.ts";
+import { measureReadBandwidth, timeGpuWork } from "../lib/kernels/roofline.ts";
 
 /** One benchmark result. */
 export interface Row {
@@ -169,7 +169,7 @@ async function benchAttention(
  *
  * @example
  * ```ts ignore
- * import { requestGpu } from "../lib/device.ts";
+ * import { requestGpu } from "../lib/gpu/device.ts";
  * import { benchAttentionKernels } from "./kernels_attention.ts";
  * using gpu = await requestGpu();
  * console.table(await benchAttentionKernels(gpu, { quick: true }));

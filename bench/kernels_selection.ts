@@ -16,14 +16,14 @@
  * @module
  */
 
-import { type Gpu, requestGpu } from "../lib/device.ts";
-import type { KvDtype } from "../lib/dtype.ts";
-import { createBuffer } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
-import { type GpuTimestampWrites, measureReadBandwidth, timeGpuWork } from "../lib/roofline.ts";
-import { createPageSelector, type PoolingMode } from "../lib/selection.ts";
-import { createQuerySimilarity } from "../lib/similarity.ts";
-import { createPageSummarizer, type SummaryKind } from "../lib/summaries.ts";
+import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
+import type { KvDtype } from "../lib/gpu/dtype.ts";
+import { createBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
+import { type GpuTimestampWrites, measureReadBandwidth, timeGpuWork } from "../lib/kernels/roofline.ts";
+import { createPageSelector, type PoolingMode } from "../lib/kernels/selection.ts";
+import { createQuerySimilarity } from "../lib/kernels/similarity.ts";
+import { createPageSummarizer, type SummaryKind } from "../lib/kernels/summaries.ts";
 
 /** One benchmark result (shared with the attention benchmarks). */
 export type { Row } from "./kernels_attention.ts";
@@ -225,7 +225,7 @@ async function benchSimilarity(device: GPUDevice, batch: number, iterations: num
  *
  * @example
  * ```ts ignore
- * import { requestGpu } from "../lib/device.ts";
+ * import { requestGpu } from "../lib/gpu/device.ts";
  * import { benchSelectionKernels } from "./kernels_selection.ts";
  * using gpu = await requestGpu();
  * console.table(await benchSelectionKernels(gpu, { quick: true }));

@@ -1,10 +1,10 @@
 // `deno bench -A bench/recall_bench.ts`: one layer of the recall benchmark
 // (8 KV heads x 32 random pages, head_dim 128, page size 32, f32: 8 MiB) by
 // each method. The full comparison is `scripts/bench.ts --suite recall`.
-import { requestGpu } from "../lib/device.ts";
-import { HostPagePool, type HostPoolLayout } from "../lib/host_pool.ts";
-import { createRandom } from "../lib/random.ts";
-import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/recall.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
+import { createRandom } from "../lib/workloads/random.ts";
+import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
 
 const gpu = await requestGpu().catch(() => null);
 const H = 8, D = 128, P = 32, PAGES = 32, POOL_PAGES = 64;

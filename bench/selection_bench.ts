@@ -4,12 +4,12 @@
 // include submission overhead (Deno's queue wait has a coarse granularity);
 // `bench/kernels_selection.ts` reports GPU-timed GB/s instead.
 // Skipped when no WebGPU adapter exists.
-import { type Gpu, requestGpu } from "../lib/device.ts";
-import { createBuffer } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
-import { createPageSelector } from "../lib/selection.ts";
-import { createQuerySimilarity } from "../lib/similarity.ts";
-import { createPageSummarizer } from "../lib/summaries.ts";
+import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
+import { createBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
+import { createPageSelector } from "../lib/kernels/selection.ts";
+import { createQuerySimilarity } from "../lib/kernels/similarity.ts";
+import { createPageSummarizer } from "../lib/kernels/summaries.ts";
 
 const HQ = 32, HKV = 8, D = 128, P = 32, K = 32;
 const STORAGE = GPUBufferUsage.STORAGE;

@@ -1,10 +1,10 @@
 // Decode-step benchmark: all policies on the same synthetic trace, in one
 // run, at Llama-3.1-8B attention shapes. Run through scripts/bench.ts.
-import { requestGpu } from "../lib/device.ts";
-import { createRetrievalEngine, type PolicyName, type StepStats } from "../lib/engine.ts";
-import { measureReadBandwidth } from "../lib/roofline.ts";
-import { createSyntheticSource, takePrompt, type TokenQkv } from "../lib/synthetic.ts";
-import { createBuffer } from "../lib/gpu_util.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { createRetrievalEngine, type PolicyName, type StepStats } from "../lib/engine/engine.ts";
+import { measureReadBandwidth } from "../lib/kernels/roofline.ts";
+import { createSyntheticSource, takePrompt, type TokenQkv } from "../lib/workloads/synthetic.ts";
+import { createBuffer } from "../lib/gpu/buffers.ts";
 
 /** One row of the decode table. */
 export interface DecodeRow {

@@ -1,7 +1,7 @@
 // Kernel benchmark suite: attention and selection kernels at Llama-3.1-8B
 // attention shapes, each as a share of the streaming-read roofline measured
 // in the same run. Run through scripts/bench.ts --suite kernels.
-import { requestGpu } from "../lib/device.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
 import { benchAttentionKernels } from "./kernels_attention.ts";
 import { benchSelectionKernels } from "./kernels_selection.ts";
 

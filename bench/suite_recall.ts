@@ -2,13 +2,13 @@
 // 32 random pages per head per layer, 4 layers: 32 MiB in f32) recalled from
 // host memory into NHD slots by each method, in one run. Run through
 // scripts/bench.ts --suite recall [--quick] [--json].
-import { requestGpu } from "../lib/device.ts";
-import type { KvDtype } from "../lib/dtype.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { HostPagePool, type HostPoolLayout } from "../lib/host_pool.ts";
-import { HndToNhdPlan, type NhdCacheBuffers } from "../lib/layout.ts";
-import { createRandom } from "../lib/random.ts";
-import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/recall.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import type { KvDtype } from "../lib/gpu/dtype.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
+import { HndToNhdPlan, type NhdCacheBuffers } from "../lib/kernels/layout.ts";
+import { createRandom } from "../lib/workloads/random.ts";
+import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
 
 /** One row of the recall table. */
 export interface RecallRow {

@@ -9,13 +9,13 @@
  */
 import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
-import { requestGpu } from "../lib/device.ts";
-import { createRetrievalEngine, type EngineOptions } from "../lib/engine.ts";
-import { driveEngine } from "../lib/driver.ts";
-import { type AttentionSource, createSyntheticSource, type TokenQkv } from "../lib/synthetic.ts";
-import { readTrace } from "../lib/trace.ts";
-import { resolveBudget } from "../lib/engine_backend.ts";
-import type { PoolingMode } from "../lib/selection.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { createRetrievalEngine, type EngineOptions } from "../lib/engine/engine.ts";
+import { driveEngine } from "../lib/workloads/driver.ts";
+import { type AttentionSource, createSyntheticSource, type TokenQkv } from "../lib/workloads/synthetic.ts";
+import { readTrace } from "../lib/workloads/trace.ts";
+import { resolveBudget } from "../lib/model/backends/engine.ts";
+import type { PoolingMode } from "../lib/kernels/selection.ts";
 
 const flags = flagChecks("accuracy");
 

@@ -7,13 +7,13 @@
  */
 import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
-import { requestGpu } from "../lib/device.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { generateText } from "../lib/model/generate.ts";
 import { argmax } from "../lib/model/sampling.ts";
-import { createEngineBackend, resolveBudget } from "../lib/engine_backend.ts";
-import type { PolicyName } from "../lib/engine.ts";
+import { createEngineBackend, resolveBudget } from "../lib/model/backends/engine.ts";
+import type { PolicyName } from "../lib/engine/engine.ts";
 
 const HELP = `Usage: deno run -A scripts/demo.ts [options]
 

@@ -9,18 +9,18 @@
  */
 import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
-import { requestGpu } from "../lib/device.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
   createRecordingBackend,
-} from "../lib/model/attention_backend.ts";
+} from "../lib/model/backends/dense.ts";
 import { generate, type GenerationResult } from "../lib/model/generate.ts";
-import { createTraceWriter, type TraceWriter } from "../lib/trace.ts";
-import { createEngineBackend, type EngineBackend, resolveBudget } from "../lib/engine_backend.ts";
-import { POLICIES, type PolicyName } from "../lib/engine.ts";
+import { createTraceWriter, type TraceWriter } from "../lib/workloads/trace.ts";
+import { createEngineBackend, type EngineBackend, resolveBudget } from "../lib/model/backends/engine.ts";
+import { POLICIES, type PolicyName } from "../lib/engine/engine.ts";
 import type { WeightDtype } from "../lib/model/types.ts";
 
 const DEFAULT_MODEL = "models/stories260K/stories260K.bin";

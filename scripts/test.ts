@@ -99,10 +99,13 @@ await Promise.all(Array.from({ length: jobs }, async () => {
     outcomes.push(o);
     const ok = o.code === 0 && o.signal === null;
     const ignored = o.output.match(/(\d+) ignored/)?.[1];
+    // Per-file lines avoid the "N passed, N failed" shape: only the closing
+    // line may read as the run's verdict. Files without tests print nothing.
+    if (ok && o.passed === 0 && o.failed === 0) continue;
     console.log(
-      `${ok ? "ok    " : "FAILED"} ${file}: ${o.passed} passed, ${o.failed} failed${
+      `${ok ? "ok    " : "FAILED"} ${file} (${o.passed} ok, ${o.failed} failing${
         ignored && ignored !== "0" ? `, ${ignored} ignored` : ""
-      }${o.retried ? " (rerun after a crash at exit)" : ""}`,
+      })${o.retried ? " (rerun after a crash at exit)" : ""}`,
     );
     if (!ok) console.log(o.output);
   }

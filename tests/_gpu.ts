@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 // Shared test device. Without an adapter GPU tests are skipped, unless
 // FREEKV_REQUIRE_GPU=1, where a missing adapter fails the run.
-import { type Gpu, requestGpu } from "../lib/device.ts";
+import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
 
 const required = Deno.env.get("FREEKV_REQUIRE_GPU") === "1";
 

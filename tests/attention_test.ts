@@ -8,10 +8,10 @@ import {
   type PagedAttentionOptions,
   pagedAttentionReference,
   type PagedAttentionResult,
-} from "../lib/attention.ts";
-import { requestGpu } from "../lib/device.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { createRandom, type Random, randomNormalArray } from "../lib/random.ts";
+} from "../lib/kernels/attention.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, type Random, randomNormalArray } from "../lib/workloads/random.ts";
 import { gpuTest, testGpu } from "./_gpu.ts";
 
 // f32: the kernel works in f32, the oracle in f64. f16: both read the same

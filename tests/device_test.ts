@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { createRandom } from "../lib/random.ts";
+import { cachedPipeline, createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom } from "../lib/workloads/random.ts";
 
 gpuTest("device has raised storage limits and reports features", (gpu) => {
   assert.equal(

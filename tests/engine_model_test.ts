@@ -7,9 +7,9 @@ import { loadLlama2c } from "../lib/model/llama2c.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
-} from "../lib/model/attention_backend.ts";
-import { createEngineBackend } from "../lib/engine_backend.ts";
-import { POLICIES } from "../lib/engine.ts";
+} from "../lib/model/backends/dense.ts";
+import { createEngineBackend } from "../lib/model/backends/engine.ts";
+import { POLICIES } from "../lib/engine/engine.ts";
 
 const weights = await loadLlama2c(
   new URL("../models/stories260K/stories260K.bin", import.meta.url),

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { requestGpu } from "../lib/device.ts";
-import { createRetrievalEngine, type EngineOptions, type PolicyName } from "../lib/engine.ts";
-import { createSyntheticSource, takePrompt } from "../lib/synthetic.ts";
-import { createTraceSource, driveEngine } from "../lib/driver.ts";
-import { createTraceWriter, readTrace } from "../lib/trace.ts";
-import { pagedAttentionReference } from "../lib/attention.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { createRetrievalEngine, type EngineOptions, type PolicyName } from "../lib/engine/engine.ts";
+import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
+import { createTraceSource, driveEngine } from "../lib/workloads/driver.ts";
+import { createTraceWriter, readTrace } from "../lib/workloads/trace.ts";
+import { pagedAttentionReference } from "../lib/kernels/attention.ts";
 import { createReferenceModel } from "../lib/model/reference.ts";
 import { loadLlama2c } from "../lib/model/llama2c.ts";
-import { querySimilarityReference } from "../lib/similarity.ts";
-import { pageRegions } from "../lib/page_plan.ts";
+import { querySimilarityReference } from "../lib/kernels/similarity.ts";
+import { pageRegions } from "../lib/memory/page_plan.ts";
 
 const SHAPE = { numLayers: 2, numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
 // 1 sink page, 2 window pages, 3 selected pages of 4 tokens.

@@ -5,7 +5,7 @@ import { generate, generateText } from "../lib/model/generate.ts";
 import { loadLlama2c } from "../lib/model/llama2c.ts";
 import { loadLlama2cTokenizer } from "../lib/model/tokenizer.ts";
 import { createReferenceModel } from "../lib/model/reference.ts";
-import { readTrace } from "../lib/trace.ts";
+import { readTrace } from "../lib/workloads/trace.ts";
 
 const MODEL = new URL("../models/stories260K/stories260K.bin", import.meta.url);
 const TOKENIZER = new URL("../models/stories260K/tok512.bin", import.meta.url);

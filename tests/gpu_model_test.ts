@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
   createRecordingBackend,
-} from "../lib/model/attention_backend.ts";
+} from "../lib/model/backends/dense.ts";
 import { loadLlama2c } from "../lib/model/llama2c.ts";
 import { loadLlama2cTokenizer } from "../lib/model/tokenizer.ts";
 import { createReferenceModel } from "../lib/model/reference.ts";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { HostPagePool, type HostPoolLayout, type PageKey } from "../lib/host_pool.ts";
-import { createRandom } from "../lib/random.ts";
+import { HostPagePool, type HostPoolLayout, type PageKey } from "../lib/memory/host_pool.ts";
+import { createRandom } from "../lib/workloads/random.ts";
 
 function runOf(pool: HostPagePool, key: PageKey): Float32Array | Float16Array {
   const a = pool.dtype === "f16"

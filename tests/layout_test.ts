@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import {
   HndToNhdPlan,
   hndToNhdReference,
@@ -10,9 +10,9 @@ import {
   nhdToHndReference,
   type RunSlotHeadJob,
   type SlotHeadJob,
-} from "../lib/layout.ts";
-import { createRandom, type Random } from "../lib/random.ts";
-import type { KvArray } from "../lib/dtype.ts";
+} from "../lib/kernels/layout.ts";
+import { createRandom, type Random } from "../lib/workloads/random.ts";
+import type { KvArray } from "../lib/gpu/dtype.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import {
   createSeqUniform,
   type KernelPlan,

@@ -19,7 +19,7 @@ import {
 import { argmax } from "../lib/model/sampling.ts";
 import type { ModelWeights, Tensor } from "../lib/model/types.ts";
 import { tensorToFloat32 } from "../lib/model/weight_convert.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 
 const MODEL = new URL("../models/stories260K/stories260K.bin", import.meta.url).pathname;
 const BYTES = await Deno.readFile(MODEL);

@@ -22,7 +22,7 @@ import {
   ropeReference,
   swigluReference,
 } from "../lib/model/kernels_reference.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 
 const MODEL = new URL("../models/stories260K/stories260K.bin", import.meta.url).pathname;
 

@@ -1,19 +1,19 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { createPagedAttention } from "../lib/attention.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { HostPagePool, type HostPoolLayout } from "../lib/host_pool.ts";
+import { createPagedAttention } from "../lib/kernels/attention.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
 import {
   hndToNhdReference,
   type KvLayoutShape,
   kvLayoutSizes,
   type NhdCacheBuffers,
   nhdToHndReference,
-} from "../lib/layout.ts";
-import { createOffloader } from "../lib/offload.ts";
-import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/recall.ts";
-import { createRandom, type Random } from "../lib/random.ts";
-import type { KvArray } from "../lib/dtype.ts";
+} from "../lib/kernels/layout.ts";
+import { createOffloader } from "../lib/memory/offload.ts";
+import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
+import { createRandom, type Random } from "../lib/workloads/random.ts";
+import type { KvArray } from "../lib/gpu/dtype.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 

@@ -1,6 +1,6 @@
 // Streaming-read roofline and the GPU timing helper.
 import assert from "node:assert/strict";
-import { measureReadBandwidth, timeGpuWork } from "../lib/roofline.ts";
+import { measureReadBandwidth, timeGpuWork } from "../lib/kernels/roofline.ts";
 import { gpuTest } from "./_gpu.ts";
 
 gpuTest("roofline: measures a small buffer with either clock", async ({ device, timestamps }) => {

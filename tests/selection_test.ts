@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { gpuTest, noGpuErrors } from "./_gpu.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import {
   createPageSelector,
   type PageSelectionInputs,
@@ -10,7 +10,7 @@ import {
   type PoolingMode,
   selectPages,
   selectPagesReference,
-} from "../lib/selection.ts";
+} from "../lib/kernels/selection.ts";
 
 interface Shape {
   numKvHeads: number;

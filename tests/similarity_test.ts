@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
 import { gpuTest, noGpuErrors } from "./_gpu.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import {
   createQuerySimilarity,
   querySimilarity,
   type QuerySimilarityInputs,
   type QuerySimilarityOptions,
   querySimilarityReference,
-} from "../lib/similarity.ts";
+} from "../lib/kernels/similarity.ts";
 
 function assertClose(got: Float32Array, want: Float32Array, tol: number, label: string): void {
   assert.equal(got.length, want.length, label);

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { gpuTest, noGpuErrors } from "./_gpu.ts";
-import { requestGpu } from "../lib/device.ts";
-import { type KvDtype, toKvArray } from "../lib/dtype.ts";
-import { createBuffer, readBuffer } from "../lib/gpu_util.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { type KvDtype, toKvArray } from "../lib/gpu/dtype.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import {
   createPageSummarizer,
   pageSummariesReference,
@@ -11,7 +11,7 @@ import {
   summarizePages,
   summaryFloatsPerPage,
   type SummaryKind,
-} from "../lib/summaries.ts";
+} from "../lib/kernels/summaries.ts";
 
 interface Case {
   slots: number;

@@ -10,7 +10,7 @@ import {
   parseLlama2cTokenizer,
   type Tokenizer,
 } from "../lib/model/tokenizer.ts";
-import { createRandom } from "../lib/random.ts";
+import { createRandom } from "../lib/workloads/random.ts";
 
 const TOK = new URL("../models/stories260K/tok512.bin", import.meta.url).pathname;
 const BYTES = await Deno.readFile(TOK);

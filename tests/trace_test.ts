@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { createTraceWriter, encodeTraceHeader, parseTrace, readTrace } from "../lib/trace.ts";
-import { createRandom, randomNormalArray } from "../lib/random.ts";
+import { createTraceWriter, encodeTraceHeader, parseTrace, readTrace } from "../lib/workloads/trace.ts";
+import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 
 Deno.test("trace round trip keeps every record", async () => {
   const header = { numLayers: 3, numQueryHeads: 4, numKvHeads: 2, headDim: 8, promptLength: 2 };

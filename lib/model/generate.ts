@@ -6,7 +6,7 @@
  * @module
  */
 
-import { assertFinite, assertInteger } from "../errors.ts";
+import { assertFinite, assertInteger } from "../gpu/errors.ts";
 import type { GpuModel } from "./gpu_model.ts";
 import { createSampler, type Sampler } from "./sampling.ts";
 import { createTextStream, type Tokenizer } from "./tokenizer.ts";
@@ -105,7 +105,7 @@ function median(xs: number[]): number {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { loadLlama2c } from "./llama2c.ts";
  * import { loadLlama2cTokenizer } from "./tokenizer.ts";
  * import { createGpuModel } from "./gpu_model.ts";
@@ -213,7 +213,7 @@ export interface GenerateTextOptions extends GenerateOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { loadLlama2c } from "./llama2c.ts";
  * import { createGpuModel } from "./gpu_model.ts";
  * import { generateText } from "./generate.ts";

@@ -7,13 +7,13 @@
  * @module
  */
 
-import { createBuffer } from "../gpu_util.ts";
-import { assertInteger, assertOneOf } from "../errors.ts";
+import { createBuffer } from "../gpu/buffers.ts";
+import { assertInteger, assertOneOf } from "../gpu/errors.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
   type DenseAttentionBackend,
-} from "./attention_backend.ts";
+} from "./backends/dense.ts";
 import {
   type BufferSlice,
   createSeqUniform,
@@ -164,7 +164,7 @@ const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsag
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { createGpuModel } from "./gpu_model.ts";
  * import type { ModelWeights, Tensor } from "./types.ts";
  * using gpu = await requestGpu();

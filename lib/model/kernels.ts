@@ -20,8 +20,8 @@ import swigluSrc from "../../shaders/swiglu.wgsl" with { type: "text" };
 import residualAddSrc from "../../shaders/residual_add.wgsl" with { type: "text" };
 import causalAttentionSrc from "../../shaders/causal_attention.wgsl" with { type: "text" };
 import weightLoadSrc from "../../shaders/weight_load.wgsl" with { type: "text" };
-import { cachedPipeline, createBuffer, packUniforms } from "../gpu_util.ts";
-import { assertFinite, assertInteger, assertOneOf } from "../errors.ts";
+import { cachedPipeline, createBuffer, packUniforms } from "../gpu/buffers.ts";
+import { assertFinite, assertInteger, assertOneOf } from "../gpu/errors.ts";
 import type { RopeStyle, Tensor, WeightDtype } from "./types.ts";
 import { convertTensor } from "./weight_convert.ts";
 
@@ -90,7 +90,7 @@ const DTYPE_CODE: Record<WeightDtype, number> = { f32: 0, f16: 1, bf16: 2 };
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { uploadMatrix } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const t = { dtype: "f32" as const, shape: [3, 2], data: new Float32Array(6) };
@@ -168,7 +168,7 @@ export function uploadMatrix(
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { uploadVector } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const b = uploadVector(gpu.device, { dtype: "f32", shape: [4], data: new Float32Array(4) }, "norm");
@@ -209,7 +209,7 @@ export function ropeInvFreq(headDim: number, theta: number): Float32Array {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { createSeqUniform } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const seq = createSeqUniform(gpu.device, "seq", 0);
@@ -232,7 +232,7 @@ export function createSeqUniform(device: GPUDevice, label: string, start: number
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { createSeqUniform, writeSeqStart } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const seq = createSeqUniform(gpu.device, "seq", 0);
@@ -393,8 +393,8 @@ export interface EmbeddingPlanOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planEmbedding, uploadMatrix } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device;
@@ -456,8 +456,8 @@ export interface RmsNormPlanOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planRmsNorm } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -524,8 +524,8 @@ function checkLinear(options: LinearPlanOptions, tokens: number, action: string)
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planMatvec, uploadMatrix } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -572,8 +572,8 @@ export function planMatvec(device: GPUDevice, options: LinearPlanOptions): Kerne
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planMatmul, uploadMatrix } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -635,8 +635,8 @@ export function planMatmul(device: GPUDevice, options: LinearPlanOptions): Kerne
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer } from "../gpu/buffers.ts";
  * import { planLinear, uploadMatrix } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -673,8 +673,8 @@ export interface RopePlanOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { createSeqUniform, planRope, ropeInvFreq } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -728,8 +728,8 @@ export interface SwigluPlanOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planSwiglu } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -787,8 +787,8 @@ export interface ResidualAddPlanOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planResidualAdd } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -849,8 +849,8 @@ export const MAX_ATTENTION_HEAD_DIM = 256;
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createBuffer, readBuffer } from "../gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { createSeqUniform, planCausalAttention } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE;
@@ -916,7 +916,7 @@ export function planCausalAttention(
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { recordPlans } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const enc = gpu.device.createCommandEncoder({ label: "example" });

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { assertInteger, assertLength } from "../errors.ts";
+import { assertInteger, assertLength } from "../gpu/errors.ts";
 import type { ModelConfig, ModelWeights, RopeStyle, Tensor } from "./types.ts";
 import { tensorToFloat32 } from "./weight_convert.ts";
 

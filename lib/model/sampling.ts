@@ -7,8 +7,8 @@
  * @module
  */
 
-import { assertFinite, assertInteger } from "../errors.ts";
-import { createRandom } from "../random.ts";
+import { assertFinite, assertInteger } from "../gpu/errors.ts";
+import { createRandom } from "../workloads/random.ts";
 
 /** A source of uniform numbers in [0, 1). */
 export interface UniformSource {

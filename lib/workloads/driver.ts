@@ -6,8 +6,8 @@
  * @module
  */
 
-import type { RetrievalEngine, StepStats } from "./engine.ts";
-import { assertInteger } from "./errors.ts";
+import type { RetrievalEngine, StepStats } from "../engine/engine.ts";
+import { assertInteger } from "../gpu/errors.ts";
 import { type AttentionSource, takePrompt, type TokenQkv } from "./synthetic.ts";
 import type { Trace } from "./trace.ts";
 
@@ -74,8 +74,8 @@ export interface DriveResult {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createRetrievalEngine } from "./engine.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createRetrievalEngine } from "../engine/engine.ts";
  * import { createSyntheticSource } from "./synthetic.ts";
  * import { driveEngine } from "./driver.ts";
  * using gpu = await requestGpu();

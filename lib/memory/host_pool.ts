@@ -17,8 +17,8 @@
  *
  * @module
  */
-import { allocKvArray, bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "./dtype.ts";
-import { assertInteger, assertOneOf, describeValue } from "./errors.ts";
+import { allocKvArray, bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
+import { assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
 
 /** Host layout of a {@linkcode HostPagePool}. */
 export type HostPoolLayout = "hnd" | "nhd";

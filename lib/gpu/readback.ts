@@ -18,8 +18,8 @@ export interface PendingRead {
  * @example
  * ```ts
  * import { requestGpu } from "./device.ts";
- * import { createBuffer } from "./gpu_util.ts";
- * import { ReadbackRing } from "./readback_ring.ts";
+ * import { createBuffer } from "./buffers.ts";
+ * import { ReadbackRing } from "./readback.ts";
  * using gpu = await requestGpu();
  * using ring = new ReadbackRing(gpu.device, "example");
  * const src = createBuffer(gpu.device, "src", GPUBufferUsage.COPY_SRC, new Uint32Array([7]));

@@ -14,11 +14,11 @@
  *
  * @module
  */
-import nhdToHndSource from "../shaders/layout_nhd_to_hnd.wgsl" with { type: "text" };
-import hndToNhdSource from "../shaders/layout_hnd_to_nhd.wgsl" with { type: "text" };
-import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "./dtype.ts";
-import { assertInteger, assertOneOf, assertStorageBuffer, describeValue } from "./errors.ts";
-import { cachedPipeline } from "./gpu_util.ts";
+import nhdToHndSource from "../../shaders/layout_nhd_to_hnd.wgsl" with { type: "text" };
+import hndToNhdSource from "../../shaders/layout_hnd_to_nhd.wgsl" with { type: "text" };
+import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
+import { assertInteger, assertOneOf, assertStorageBuffer, describeValue } from "../gpu/errors.ts";
+import { cachedPipeline } from "../gpu/buffers.ts";
 
 /** Page geometry and element type shared by the NHD cache and HND runs. */
 export interface KvLayoutShape {
@@ -389,8 +389,8 @@ export abstract class LayoutPlan {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer, readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { NhdToHndPlan } from "./layout.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;
@@ -452,8 +452,8 @@ export class NhdToHndPlan extends LayoutPlan {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer, readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { HndToNhdPlan } from "./layout.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;

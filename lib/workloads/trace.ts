@@ -14,7 +14,7 @@
  * @module
  */
 
-import { assertInteger, assertLength } from "./errors.ts";
+import { assertInteger, assertLength } from "../gpu/errors.ts";
 
 const MAGIC = "FKVTRACE";
 const VERSION = 1;

@@ -31,8 +31,8 @@ import {
   kvLayoutSizes,
   type NhdCacheBuffers,
   type RunSlotHeadJob,
-} from "./layout.ts";
-import { assertInteger, assertOneOf, describeValue } from "./errors.ts";
+} from "../kernels/layout.ts";
+import { assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
 
 /** One page to recall: (layer, head, page) of the pool into `slot` of the layer's cache. */
 export interface RecallJob {
@@ -192,8 +192,8 @@ const BUFFERINGS: readonly RecallBuffering[] = ["double", "single"];
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { readBuffer } from "../gpu/buffers.ts";
  * import { HostPagePool } from "./host_pool.ts";
  * import { createRecaller } from "./recall.ts";
  * using gpu = await requestGpu();
@@ -718,7 +718,7 @@ export class Recaller {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { HostPagePool } from "./host_pool.ts";
  * import { createRecaller } from "./recall.ts";
  * using gpu = await requestGpu();

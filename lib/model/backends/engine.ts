@@ -5,8 +5,8 @@
  * @module
  */
 
-import { createRetrievalEngine, type EngineOptions, type RetrievalEngine } from "./engine.ts";
-import type { AttentionBackend, AttentionStepIo } from "./model/attention_backend.ts";
+import { createRetrievalEngine, type EngineOptions, type RetrievalEngine } from "../../engine/engine.ts";
+import type { AttentionBackend, AttentionStepIo } from "./dense.ts";
 
 /** Budget knobs as a user gives them; see {@linkcode resolveBudget}. */
 export interface BudgetInput {
@@ -26,7 +26,7 @@ export interface BudgetInput {
  *
  * @example
  * ```ts
- * import { resolveBudget } from "./engine_backend.ts";
+ * import { resolveBudget } from "./engine.ts";
  * console.log(resolveBudget({ budget: 128, pageSize: 8 })); // { budget: 128, pageSize: 8, sink: 32, window: 32 }
  * ```
  */
@@ -56,8 +56,8 @@ export interface EngineBackend extends AttentionBackend {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createEngineBackend } from "./engine_backend.ts";
+ * import { requestGpu } from "../../gpu/device.ts";
+ * import { createEngineBackend } from "./engine.ts";
  * using gpu = await requestGpu();
  * using backend = createEngineBackend(gpu.device, {
  *   numLayers: 1, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 64,

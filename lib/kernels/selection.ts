@@ -28,8 +28,8 @@
  * @module
  */
 
-import pageScoreSource from "../shaders/page_score.wgsl" with { type: "text" };
-import pageTopkSource from "../shaders/page_topk.wgsl" with { type: "text" };
+import pageScoreSource from "../../shaders/page_score.wgsl" with { type: "text" };
+import pageTopkSource from "../../shaders/page_topk.wgsl" with { type: "text" };
 import {
   assertAllFinite,
   assertFinite,
@@ -38,8 +38,8 @@ import {
   assertOneOf,
   assertStorageBuffer,
   describeValue,
-} from "./errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
+} from "../gpu/errors.ts";
+import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
 
 /** How the scores of a GQA group's query heads pool to one score per KV head. */
 export type PoolingMode = "softmax-mean" | "mean" | "max";
@@ -440,8 +440,8 @@ class Selector implements PageSelector {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer, readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { createPageSelector } from "./selection.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;
@@ -512,7 +512,7 @@ function checkInputs(
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { selectPages } from "./selection.ts";
  * using gpu = await requestGpu();
  * const selected = await selectPages(gpu.device, {

@@ -16,8 +16,8 @@
  * @module
  */
 import type { HostPagePool, PageKey } from "./host_pool.ts";
-import { type KvLayoutSizes, kvLayoutSizes, NhdToHndPlan } from "./layout.ts";
-import { assertInteger, describeValue } from "./errors.ts";
+import { type KvLayoutSizes, kvLayoutSizes, NhdToHndPlan } from "../kernels/layout.ts";
+import { assertInteger, describeValue } from "../gpu/errors.ts";
 
 /** One page to offload: `page` (global index) sits in `slot` of the cache. */
 export interface OffloadJob {
@@ -114,8 +114,8 @@ interface Pending {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer } from "../gpu/buffers.ts";
  * import { HostPagePool } from "./host_pool.ts";
  * import { createOffloader } from "./offload.ts";
  * using gpu = await requestGpu();
@@ -390,7 +390,7 @@ export class Offloader {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { HostPagePool } from "./host_pool.ts";
  * import { createOffloader } from "./offload.ts";
  * using gpu = await requestGpu();

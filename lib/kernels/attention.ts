@@ -9,11 +9,11 @@
  * @module
  */
 
-import attentionSource from "../shaders/paged_attention.wgsl" with { type: "text" };
-import mergeSource from "../shaders/attention_merge.wgsl" with { type: "text" };
-import { assertAllFinite, assertInteger, assertLength, assertOneOf } from "./errors.ts";
-import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "./dtype.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
+import attentionSource from "../../shaders/paged_attention.wgsl" with { type: "text" };
+import mergeSource from "../../shaders/attention_merge.wgsl" with { type: "text" };
+import { assertAllFinite, assertInteger, assertLength, assertOneOf } from "../gpu/errors.ts";
+import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
+import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
 import type { GpuTimestampWrites } from "./roofline.ts";
 
 export type { GpuTimestampWrites } from "./roofline.ts";
@@ -515,8 +515,8 @@ class Attention implements PagedAttention {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer, readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { createPagedAttention } from "./attention.ts";
  * using gpu = await requestGpu();
  * const device = gpu.device;
@@ -916,7 +916,7 @@ function validateInputs(shape: AttentionShape, inputs: PagedAttentionInputs): Ch
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { pagedAttention } from "./attention.ts";
  * using gpu = await requestGpu();
  * const { out, lse } = await pagedAttention(gpu.device, {

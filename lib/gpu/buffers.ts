@@ -12,7 +12,7 @@ const pipelineCaches = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>()
  *
  * @example
  * ```ts ignore
- * import { cachedPipeline } from "./gpu_util.ts";
+ * import { cachedPipeline } from "./buffers.ts";
  * const p = cachedPipeline(device, "fill", "@compute @workgroup_size(1) fn main() {}");
  * ```
  */
@@ -44,7 +44,7 @@ export function cachedPipeline(
  *
  * @example
  * ```ts ignore
- * import { createBuffer } from "./gpu_util.ts";
+ * import { createBuffer } from "./buffers.ts";
  * const b = createBuffer(device, "q", GPUBufferUsage.STORAGE, new Float32Array(8));
  * ```
  */
@@ -73,7 +73,7 @@ export function createBuffer(
  *
  * @example
  * ```ts ignore
- * import { readBuffer } from "./gpu_util.ts";
+ * import { readBuffer } from "./buffers.ts";
  * const bytes = await readBuffer(device, out, 64);
  * const values = new Float32Array(bytes);
  * ```

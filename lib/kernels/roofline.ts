@@ -7,9 +7,9 @@
  * @module
  */
 
-import streamReadSource from "../shaders/stream_read.wgsl" with { type: "text" };
-import { assertInteger } from "./errors.ts";
-import { cachedPipeline, createBuffer, packUniforms } from "./gpu_util.ts";
+import streamReadSource from "../../shaders/stream_read.wgsl" with { type: "text" };
+import { assertInteger } from "../gpu/errors.ts";
+import { cachedPipeline, createBuffer, packUniforms } from "../gpu/buffers.ts";
 
 /** Where a recorded piece of GPU work writes its begin and end timestamps. */
 export interface GpuTimestampWrites {
@@ -64,7 +64,7 @@ export interface GpuTiming {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { timeGpuWork } from "./roofline.ts";
  * using gpu = await requestGpu();
  * const t = await timeGpuWork(gpu.device, (enc, ts) => {
@@ -188,7 +188,7 @@ export interface ReadBandwidth {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { measureReadBandwidth } from "./roofline.ts";
  * using gpu = await requestGpu();
  * const r = await measureReadBandwidth(gpu.device, { bytes: 1 << 16, iterations: 2 });

@@ -13,16 +13,16 @@
  * @module
  */
 
-import pageSummarySource from "../shaders/page_summary.wgsl" with { type: "text" };
-import { KV_DTYPES, type KvArray, type KvDtype } from "./dtype.ts";
+import pageSummarySource from "../../shaders/page_summary.wgsl" with { type: "text" };
+import { KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertAllFinite,
   assertInteger,
   assertOneOf,
   assertStorageBuffer,
   describeValue,
-} from "./errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
+} from "../gpu/errors.ts";
+import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
 
 /** How a page's keys are summarized. */
 export type SummaryKind = "minmax" | "box";
@@ -325,8 +325,8 @@ class Summarizer implements PageSummarizer {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer, readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { createPageSummarizer } from "./summaries.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;
@@ -408,7 +408,7 @@ function checkJobBounds(
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { summarizePages } from "./summaries.ts";
  * using gpu = await requestGpu();
  * const summaries = await summarizePages(gpu.device, {

@@ -7,16 +7,16 @@
  * @module
  */
 
-import { createBuffer } from "../gpu_util.ts";
-import { assertInteger } from "../errors.ts";
+import { createBuffer } from "../../gpu/buffers.ts";
+import { assertInteger } from "../../gpu/errors.ts";
 import {
   createSeqUniform,
   type KernelPlan,
   MAX_ATTENTION_HEAD_DIM,
   planCausalAttention,
   writeSeqStart,
-} from "./kernels.ts";
-import type { ModelConfig } from "./types.ts";
+} from "../kernels.ts";
+import type { ModelConfig } from "../types.ts";
 
 /** The buffers of one decode step of one layer, all f32. */
 export interface AttentionStepIo {
@@ -109,8 +109,8 @@ function checkShape(shape: AttentionBackendShape, action: string): void {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createDenseAttentionBackend } from "./attention_backend.ts";
+ * import { requestGpu } from "../../gpu/device.ts";
+ * import { createDenseAttentionBackend } from "./dense.ts";
  * using gpu = await requestGpu();
  * const shape = { numLayers: 2, numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
  * using backend = createDenseAttentionBackend(gpu.device, shape, { maxSeqLen: 16 });
@@ -235,8 +235,8 @@ export interface RecordingBackendOptions {
  *
  * @example
  * ```ts
- * import { requestGpu } from "../device.ts";
- * import { createDenseAttentionBackend, createRecordingBackend } from "./attention_backend.ts";
+ * import { requestGpu } from "../../gpu/device.ts";
+ * import { createDenseAttentionBackend, createRecordingBackend } from "./dense.ts";
  * using gpu = await requestGpu();
  * const shape = { numLayers: 1, numQueryHeads: 1, numKvHeads: 1, headDim: 2 };
  * const inner = createDenseAttentionBackend(gpu.device, shape, { maxSeqLen: 4 });

@@ -12,15 +12,15 @@
  * @module
  */
 
-import querySimilaritySource from "../shaders/query_similarity.wgsl" with { type: "text" };
+import querySimilaritySource from "../../shaders/query_similarity.wgsl" with { type: "text" };
 import {
   assertAllFinite,
   assertFinite,
   assertInteger,
   assertStorageBuffer,
   describeValue,
-} from "./errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
+} from "../gpu/errors.ts";
+import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
 
 /** Options of {@linkcode createQuerySimilarity} and the other similarity functions. */
 export interface QuerySimilarityOptions {
@@ -198,8 +198,8 @@ class Similarity implements QuerySimilarity {
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
- * import { createBuffer, readBuffer } from "./gpu_util.ts";
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { createQuerySimilarity } from "./similarity.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;
@@ -265,7 +265,7 @@ function checkInputs(inputs: QuerySimilarityInputs, options: QuerySimilarityOpti
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { querySimilarity } from "./similarity.ts";
  * using gpu = await requestGpu();
  * const r = await querySimilarity(gpu.device, {

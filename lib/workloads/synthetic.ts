@@ -13,7 +13,7 @@
  * @module
  */
 
-import { assertFinite, assertInteger } from "./errors.ts";
+import { assertFinite, assertInteger } from "../gpu/errors.ts";
 import { createRandom, type Random } from "./random.ts";
 
 /** Shape and knobs of {@linkcode createSyntheticSource}. */

@@ -7,26 +7,26 @@
  * @module
  */
 
-import { type AttentionPlan, createPagedAttention, type PagedAttention } from "./attention.ts";
-import { bytesPerElement, type KvDtype } from "./dtype.ts";
+import { type AttentionPlan, createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
+import { bytesPerElement, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertAllFinite,
   assertFinite,
   assertInteger,
   assertLength,
   assertOneOf,
-} from "./errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "./gpu_util.ts";
-import { type PageBudget, pageRegions, SelectionSlots, type SlotLoad } from "./page_plan.ts";
-import { ReadbackRing } from "./readback_ring.ts";
-import { createPageSummarizer, type PageSummarizer, type SummaryKind } from "./summaries.ts";
-import { createPageSelector, type PageSelector, type PoolingMode } from "./selection.ts";
-import { createQuerySimilarity, type QuerySimilarity } from "./similarity.ts";
-import { HostPagePool } from "./host_pool.ts";
-import { createOffloader, type Offloader } from "./offload.ts";
-import { createRecaller, type Recaller, type RecallJob } from "./recall.ts";
-import appendSource from "../shaders/kv_append.wgsl" with { type: "text" };
-import appendPackedSource from "../shaders/kv_append_packed.wgsl" with { type: "text" };
+} from "../gpu/errors.ts";
+import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { type PageBudget, pageRegions, SelectionSlots, type SlotLoad } from "../memory/page_plan.ts";
+import { ReadbackRing } from "../gpu/readback.ts";
+import { createPageSummarizer, type PageSummarizer, type SummaryKind } from "../kernels/summaries.ts";
+import { createPageSelector, type PageSelector, type PoolingMode } from "../kernels/selection.ts";
+import { createQuerySimilarity, type QuerySimilarity } from "../kernels/similarity.ts";
+import { HostPagePool } from "../memory/host_pool.ts";
+import { createOffloader, type Offloader } from "../memory/offload.ts";
+import { createRecaller, type Recaller, type RecallJob } from "../memory/recall.ts";
+import appendSource from "../../shaders/kv_append.wgsl" with { type: "text" };
+import appendPackedSource from "../../shaders/kv_append_packed.wgsl" with { type: "text" };
 
 /** Retrieval policies; see DESIGN section 4. */
 export type PolicyName = "full" | "streaming" | "quest" | "sync-offload" | "freekv";
@@ -184,7 +184,7 @@ const ACTION_CREATE = "create a retrieval engine";
  *
  * @example
  * ```ts
- * import { requestGpu } from "./device.ts";
+ * import { requestGpu } from "../gpu/device.ts";
  * import { createRetrievalEngine } from "./engine.ts";
  * using gpu = await requestGpu();
  * using engine = createRetrievalEngine(gpu.device, {
