@@ -33,6 +33,12 @@
 // Two barriers per chunk. At the end the TY partial sums are added up. A
 // sequence with a single split writes out and lse directly; otherwise
 // (m, l, acc) go to `partial` for attention_merge.wgsl.
+//
+// A page-table entry EMPTY_SLOT is a hole: its tokens get no probability
+// mass (their keys are not scored, their values not read). The last page of
+// a sequence is never a hole, so every split that ends a sequence has mass;
+// a split of holes only leaves (m, l) = (NEG_BIG, 0), which the merge weighs
+// by zero.
 
 override PAGE_SIZE: u32; // P
 override NUM_KV_HEADS: u32; // Hkv
@@ -52,13 +58,14 @@ const HEADS: u32 = GROUP_VECS * 4u; // GROUP rounded up; the extra heads are pad
 const COLS_PER_LANE: u32 = WORDS_PER_LANE * WORD_VECS; // vec4 output columns per lane
 const ACC_LEN: u32 = HEADS * COLS_PER_LANE;
 const NEG_BIG: f32 = -3.0e38; // "minus infinity" for running maxima
+const EMPTY_SLOT: u32 = 0xffffffffu; // a hole in the page table
 
 struct Params {
   batch: u32,
   max_pages: u32,
   pages_per_split: u32,
   max_splits: u32,
-  table_offset: u32, // where the page table starts in `seq_meta`
+  table_offset: u32, // where the page table starts in `page_table`
   ml_offset: u32, // where the (m, l) entries start in `partial`
   scale: f32, // 1 / sqrt(d)
   _pad: u32,
@@ -68,14 +75,15 @@ struct Params {
 @group(0) @binding(1) var<storage, read> q: array<vec4f>; // [b][Hq][d/4]
 @group(0) @binding(2) var<storage, read> k_cache: array<kv_word>; // [slot][P][Hkv][words]
 @group(0) @binding(3) var<storage, read> v_cache: array<kv_word>;
-// [b][4] = (numPages, lastPageLen, numSplits, 0), then from
-// params.table_offset the page table [b][Hkv][maxPages] of slot ids.
+// [b][4] = (numPages, lastPageLen, numSplits, 0).
 @group(0) @binding(4) var<storage, read> seq_meta: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4f>; // [b][Hq][d/4]
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>; // [b][Hq]
 // [b][Hq][maxSplits][d/4] accumulators, then from params.ml_offset
 // [b][Hq][maxSplits] of (m, l, 0, 0).
 @group(0) @binding(7) var<storage, read_write> partial: array<vec4f>;
+// From params.table_offset: slot ids [b][Hkv][maxPages], EMPTY_SLOT for holes.
+@group(0) @binding(8) var<storage, read> page_table: array<u32>;
 
 var<workgroup> q_sh: array<vec4f, Q_LEN>; // [head][col], scaled, padding heads zero
 var<workgroup> p_sh: array<vec4f, P_LEN>; // [token][head vec] exp(s - m)
@@ -126,12 +134,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   for (var c0 = t_begin; c0 < t_end; c0 += CHUNK) {
     let n = min(CHUNK, t_end - c0);
     // 1. Keys. Lanes past the end score the chunk's last token (a valid
-    // address, no branch around the loads) and drop it.
+    // address, no branch around the loads) and drop it; tokens of a hole
+    // score slot 0 and are dropped the same way.
     var s: array<vec4f, TOKENS_PER_LANE * GROUP_VECS>; // [token][head vec]
     var rows: array<u32, TOKENS_PER_LANE>;
+    var live: array<bool, TOKENS_PER_LANE>; // in range and not a hole
     for (var u = 0u; u < TOKENS_PER_LANE; u++) {
       let t = c0 + min(lid + u * WORKGROUP_SIZE, n - 1u);
-      let slot = seq_meta[table + t / PAGE_SIZE];
+      let entry = page_table[table + t / PAGE_SIZE];
+      let hole = entry == EMPTY_SLOT;
+      let slot = select(entry, 0u, hole);
+      live[u] = lid + u * WORKGROUP_SIZE < n && !hole;
       rows[u] = ((slot * PAGE_SIZE + t % PAGE_SIZE) * NUM_KV_HEADS + h) * NUM_WORDS;
       for (var gv = 0u; gv < GROUP_VECS; gv++) { s[u * GROUP_VECS + gv] = vec4f(0.0); }
     }
@@ -176,7 +189,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     for (var gv = 0u; gv < GROUP_VECS; gv++) {
       var m = vec4f(NEG_BIG);
       for (var u = 0u; u < TOKENS_PER_LANE; u++) {
-        if (lid + u * WORKGROUP_SIZE < n) { m = max(m, s[u * GROUP_VECS + gv]); }
+        if (live[u]) { m = max(m, s[u * GROUP_VECS + gv]); }
       }
       max_sh[lid * GROUP_VECS + gv] = m;
     }
@@ -196,20 +209,26 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       }
       for (var u = 0u; u < TOKENS_PER_LANE; u++) {
         let j = lid + u * WORKGROUP_SIZE;
-        if (j < n) { p_sh[j * GROUP_VECS + gv] = exp(s[u * GROUP_VECS + gv] - m); }
+        if (j < n) {
+          p_sh[j * GROUP_VECS + gv] = select(vec4f(0.0), exp(s[u * GROUP_VECS + gv] - m), live[u]);
+        }
       }
     }
     workgroupBarrier();
-    // 3. Values; the slot is looked up again only when the page changes.
+    // 3. Values; the slot is looked up again only when the page changes,
+    // and the tokens of a hole are skipped.
     var page = 0xffffffffu;
     var page_row = 0u;
+    var page_hole = false;
     for (var j = ty; j < n; j += TY) {
       let t = c0 + j;
       if (t / PAGE_SIZE != page) {
         page = t / PAGE_SIZE;
-        let slot = seq_meta[table + page];
+        let slot = page_table[table + page];
+        page_hole = slot == EMPTY_SLOT;
         page_row = ((slot * PAGE_SIZE) * NUM_KV_HEADS + h) * NUM_WORDS + tx * WORDS_PER_LANE;
       }
+      if (page_hole) { continue; }
       let row = page_row + (t % PAGE_SIZE) * token_stride;
       var v: array<vec4f, COLS_PER_LANE>;
       for (var w = 0u; w < WORDS_PER_LANE; w++) {

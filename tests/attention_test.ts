@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import {
   type AttentionShape,
   createPagedAttention,
+  EMPTY_SLOT,
   pagedAttention,
   type PagedAttentionInputs,
   type PagedAttentionOptions,
@@ -240,6 +241,127 @@ gpuTest("attention: plan, encode, update, optional lse, cached bind groups", asy
   }
 });
 
+/** Punches holes: `keep(b, h, p, pages)` says whether page p of (b, h) stays. */
+function punchHoles(
+  x: PagedAttentionInputs,
+  hkv: number,
+  keep: (b: number, h: number, p: number, pages: number) => boolean,
+): PagedAttentionInputs {
+  const pageTable = x.pageTable.slice();
+  const maxPages = x.maxPages!;
+  for (let b = 0; b < x.numPages.length; b++) {
+    for (let h = 0; h < hkv; h++) {
+      for (let p = 0; p < x.numPages[b] - 1; p++) { // the last page is never a hole
+        if (!keep(b, h, p, x.numPages[b])) pageTable[(b * hkv + h) * maxPages + p] = EMPTY_SLOT;
+      }
+    }
+  }
+  return { ...x, pageTable };
+}
+
+Deno.test("attention reference: holes weigh like pages left out of the table", () => {
+  // One KV head: a table with holes attends exactly like the compacted table.
+  const shape = { numQueryHeads: 2, numKvHeads: 1, headDim: 8, pageSize: 4 };
+  const x = makeInputs(createRandom(20), { shape, lengths: [37, 9, 4] });
+  const holes = punchHoles(x, 1, (b, _h, p) => (p + b) % 3 !== 1);
+  const maxPages = x.maxPages!;
+  const compact = new Uint32Array(x.pageTable.length).fill(EMPTY_SLOT);
+  const numPages = Array.from(x.numPages, (_, b) => {
+    const row = holes.pageTable.subarray(b * maxPages, b * maxPages + x.numPages[b]);
+    const kept = row.filter((s) => s !== EMPTY_SLOT);
+    compact.set(kept, b * maxPages);
+    return kept.length;
+  });
+  assert.ok(numPages[0] < x.numPages[0], "holes were punched");
+  const got = pagedAttentionReference(holes, shape);
+  const want = pagedAttentionReference({ ...x, pageTable: compact, numPages }, shape);
+  assert.deepEqual(got, want);
+});
+
+gpuTest("attention: holes in the page table against the reference", async (gpu) => {
+  const cases: Array<[Case, Record<string, number>]> = [
+    // Small pages, several splits: some splits of head 1 are holes only.
+    [{ shape: { numQueryHeads: 8, numKvHeads: 2, headDim: 64, pageSize: 4 }, lengths: [400, 37] }, {
+      minSplitTokens: 16,
+    }],
+    // Group of 3 (padded head vec), page size 1, one split per sequence.
+    [{ shape: { numQueryHeads: 9, numKvHeads: 3, headDim: 8, pageSize: 1 }, lengths: [50, 7, 1] }, {
+      minSplitTokens: 1024,
+    }],
+    // f16.
+    [{
+      shape: { numQueryHeads: 4, numKvHeads: 2, headDim: 16, pageSize: 8 },
+      lengths: [200, 90],
+      f16: true,
+    }, {}],
+  ];
+  for (const [index, [c, tuning]] of cases.entries()) {
+    const hkv = c.shape.numKvHeads;
+    const x = punchHoles(makeInputs(createRandom(30 + index), c), hkv, (b, h, p, pages) => {
+      if (h === 0) return (p * 7 + b) % 4 !== 2; // holes scattered through the middle
+      if (h === 1) return p < 2 || p >= pages - 2; // sink and window only
+      return p % 2 === 0; // every other page
+    });
+    const got = await pagedAttention(gpu.device, x, { ...c.shape, ...tuning });
+    const want = pagedAttentionReference(x, c.shape);
+    assertClose(got, want, c.f16 ? TOL.f16 : TOL.f32, `holes case ${index}`);
+  }
+});
+
+gpuTest("attention: page table as a GPU buffer replaces the plan's", async (gpu) => {
+  const device = gpu.device;
+  const shape = { numQueryHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 2 };
+  const c: Case = { shape, lengths: [33, 5], spareSlots: 10 };
+  const x = makeInputs(createRandom(40), c);
+  const y = punchHoles(makeInputs(createRandom(41), c), 2, (_b, h, p) => (p + h) % 3 !== 0);
+  y.kCache = x.kCache;
+  y.vCache = x.vCache;
+  y.q = x.q;
+  const numSlots = x.kCache.length / (2 * 2 * 8);
+  const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
+  const q = createBuffer(device, "test q", S, x.q);
+  const k = createBuffer(device, "test k", S, x.kCache);
+  const v = createBuffer(device, "test v", S, x.vCache);
+  const table = createBuffer(device, "test table", GPUBufferUsage.STORAGE, y.pageTable);
+  const outs = [0, 1, 2].map((i) => createBuffer(device, `test out ${i}`, S, x.q.byteLength));
+  const lses = [0, 1, 2].map((i) => createBuffer(device, `test lse ${i}`, S, 8 * 4));
+  try {
+    using attention = createPagedAttention(device, { ...shape, minSplitTokens: 8 });
+    const tables = { ...x, maxPages: x.maxPages!, numSlots };
+    using plan = attention.plan(tables);
+    using tableless = attention.plan({ ...tables, pageTable: undefined });
+    const encoder = device.createCommandEncoder({ label: "test gpu table" });
+    const common = { q, kCache: k, vCache: v };
+    plan.encode(encoder, { ...common, out: outs[0], lse: lses[0], pageTable: table });
+    plan.encode(encoder, { ...common, out: outs[1], lse: lses[1] }); // the plan's own table
+    tableless.encode(encoder, { ...common, out: outs[2], lse: lses[2], pageTable: table });
+    device.queue.submit([encoder.finish()]);
+    const read = async (i: number) => ({
+      out: new Float32Array(await readBuffer(device, outs[i])),
+      lse: new Float32Array(await readBuffer(device, lses[i])),
+    });
+    const wantY = pagedAttentionReference(y, shape);
+    const wantX = pagedAttentionReference(x, shape);
+    assertClose(await read(0), wantY, TOL.f32, "GPU table");
+    assertClose(await read(1), wantX, TOL.f32, "plan table after a GPU table");
+    assertClose(await read(2), wantY, TOL.f32, "tableless plan");
+    assert.throws(
+      () => tableless.encode(device.createCommandEncoder(), { ...common, out: outs[0] }),
+      (e: Error) =>
+        e instanceof TypeError && /'pageTable' must be given as a buffer/.test(e.message),
+    );
+    const small = createBuffer(device, "test small table", GPUBufferUsage.STORAGE, 16);
+    assert.throws(
+      () =>
+        plan.encode(device.createCommandEncoder(), { ...common, out: outs[0], pageTable: small }),
+      (e: Error) => e instanceof RangeError && /'pageTable' must span at least/.test(e.message),
+    );
+    small.destroy();
+  } finally {
+    for (const b of [q, k, v, table, ...outs, ...lses]) b.destroy();
+  }
+});
+
 // A device that fails on any GPU call: validation must throw first.
 function tripwireDevice(): GPUDevice {
   const limits = testGpu?.device.limits ?? {
@@ -283,6 +405,11 @@ async function rejects(
 Deno.test("attention: bad input is refused before any GPU work", async () => {
   await rejects((x) => (x.q = new Float32Array(5)), RangeError, /'q' must have length 64/);
   await rejects((x) => (x.pageTable[0] = 999), RangeError, /slot ids must be below numSlots/);
+  await rejects(
+    (x) => (x.pageTable[x.numPages[0] - 1] = EMPTY_SLOT),
+    RangeError,
+    /'pageTable' must not have a hole at a sequence's last page/,
+  );
   await rejects((x) => (x.numPages = [0, 1]), RangeError, /'numPages\[0\]' must be between 1/);
   await rejects(
     (x) => (x.lastPageLen = [0, 4]),

@@ -75,12 +75,23 @@ export interface PagedAttentionOptions extends AttentionShape {
   prefetchValues?: boolean;
 }
 
+/**
+ * A page-table entry that means "no page here": the attention skips it (its
+ * tokens get no probability mass). A sequence's last page is never a hole.
+ */
+export const EMPTY_SLOT = 0xffffffff;
+
 /** Page tables of one decode step, the input of {@linkcode PagedAttention.plan}. */
 export interface AttentionTables {
   /** Sequences; defaults to `numPages.length`. */
   batch?: number;
-  /** Slot ids `[batch][Hkv][maxPages]`; entries past `numPages[b]` are ignored. */
-  pageTable: Uint32Array;
+  /**
+   * Slot ids `[batch][Hkv][maxPages]`; entries past `numPages[b]` are
+   * ignored, entries {@linkcode EMPTY_SLOT} are holes. Leave it out when
+   * every encode passes the table as a GPU buffer
+   * ({@linkcode AttentionBuffers.pageTable}).
+   */
+  pageTable?: Uint32Array;
   /** Pages per sequence, each in `1..maxPages`. */
   numPages: ArrayLike<number>;
   /** Valid tokens of each sequence's last page, each in `1..pageSize`. */
@@ -106,6 +117,13 @@ export interface AttentionBuffers {
   out: BufferRef;
   /** Optional log-sum-exp `[batch][Hq]` f32 (natural log). */
   lse?: BufferRef;
+  /**
+   * Optional page table `[batch][Hkv][maxPages]` u32 on the GPU (written by
+   * another kernel, {@linkcode EMPTY_SLOT} for holes); replaces the plan's
+   * table for this encode. Slot ids are not checked on the CPU: each must be
+   * below `numSlots` or a hole, and no sequence's last page a hole.
+   */
+  pageTable?: BufferRef;
 }
 
 /** Options of {@linkcode AttentionPlan.encode}. */
@@ -277,7 +295,7 @@ function validateOptions(options: PagedAttentionOptions, traits: DeviceTraits): 
 /** The page tables after validation, with `batch` filled in. */
 interface Tables {
   batch: number;
-  pageTable: Uint32Array;
+  pageTable: Uint32Array | undefined;
   numPages: ArrayLike<number>;
   lastPageLen: ArrayLike<number>;
   maxPages: number;
@@ -289,7 +307,7 @@ function validateTables(shape: AttentionShape, tables: AttentionTables): Tables 
     throw new TypeError(`Cannot ${ACTION} as 'tables' must be an object: received ${tables}`);
   }
   const { pageTable, numPages, lastPageLen, maxPages, numSlots } = tables;
-  if (!(pageTable instanceof Uint32Array)) {
+  if (pageTable !== undefined && !(pageTable instanceof Uint32Array)) {
     throw new TypeError(
       `Cannot ${ACTION} as 'pageTable' must be a Uint32Array: received ${describe(pageTable)}`,
     );
@@ -311,16 +329,25 @@ function validateTables(shape: AttentionShape, tables: AttentionTables): Tables 
       `Cannot ${ACTION} as 'numSlots' times the slot size must stay below 2^32 elements: received ${numSlots}`,
     );
   }
-  assertLength("pageTable", pageTable, batch * hkv * maxPages, ACTION);
+  if (pageTable !== undefined) assertLength("pageTable", pageTable, batch * hkv * maxPages, ACTION);
   for (let b = 0; b < batch; b++) {
     assertInteger(`numPages[${b}]`, numPages[b], ACTION, 1, maxPages);
     assertInteger(`lastPageLen[${b}]`, lastPageLen[b], ACTION, 1, pageSize);
+    if (pageTable === undefined) continue;
     for (let h = 0; h < hkv; h++) {
       const row = (b * hkv + h) * maxPages;
+      const last = row + numPages[b] - 1;
+      if (pageTable[last] === EMPTY_SLOT) {
+        throw new RangeError(
+          `Cannot ${ACTION} as 'pageTable' must not have a hole at a sequence's last page: received EMPTY_SLOT at index ${last} (sequence ${b}, KV head ${h}, page ${
+            numPages[b] - 1
+          })`,
+        );
+      }
       for (let p = 0; p < numPages[b]; p++) {
-        if (pageTable[row + p] >= numSlots) {
+        if (pageTable[row + p] >= numSlots && pageTable[row + p] !== EMPTY_SLOT) {
           throw new RangeError(
-            `Cannot ${ACTION} as 'pageTable' slot ids must be below numSlots (${numSlots}): received ${
+            `Cannot ${ACTION} as 'pageTable' slot ids must be below numSlots (${numSlots}) or EMPTY_SLOT: received ${
               pageTable[row + p]
             } at index ${row + p} (sequence ${b}, KV head ${h}, page ${p})`,
           );
@@ -563,6 +590,7 @@ class Plan implements AttentionPlan {
   #pagesPerSplit = 1;
   #numSplits = 1;
   #meta: GPUBuffer | undefined;
+  #table: GPUBuffer | undefined;
   #params: GPUBuffer;
   #partial: GPUBuffer | undefined;
   #lseScratch: GPUBuffer | undefined;
@@ -618,14 +646,12 @@ class Plan implements AttentionPlan {
     const pagesPerSplit = Math.max(minPages, Math.ceil(longest / wantSplits));
     const numSplits = Math.ceil(longest / pagesPerSplit);
 
-    const tableOffset = t.batch * 4;
-    const meta = new Uint32Array(tableOffset + t.pageTable.length);
+    const meta = new Uint32Array(t.batch * 4);
     for (let b = 0; b < t.batch; b++) {
       meta[b * 4] = t.numPages[b];
       meta[b * 4 + 1] = t.lastPageLen[b];
       meta[b * 4 + 2] = Math.ceil(t.numPages[b] / pagesPerSplit);
     }
-    meta.set(t.pageTable, tableOffset);
     const entries = t.batch * hq * numSplits;
     const cols = headDim / 4;
     const partialBytes = numSplits > 1 ? entries * (cols + 1) * 16 : 16;
@@ -635,7 +661,17 @@ class Plan implements AttentionPlan {
     let changed = false;
     if (!this.#meta || this.#meta.size < meta.byteLength) {
       this.#meta?.destroy();
-      this.#meta = createBuffer(device, "freekv attention tables", usage, grow(meta.byteLength));
+      this.#meta = createBuffer(device, "freekv attention sequences", usage, grow(meta.byteLength));
+      changed = true;
+    }
+    if (t.pageTable && (!this.#table || this.#table.size < t.pageTable.byteLength)) {
+      this.#table?.destroy();
+      this.#table = createBuffer(
+        device,
+        "freekv attention page table",
+        usage,
+        grow(t.pageTable.byteLength),
+      );
       changed = true;
     }
     if (!this.#partial || this.#partial.size < partialBytes) {
@@ -660,12 +696,13 @@ class Plan implements AttentionPlan {
     }
     if (changed) this.#bindings = [];
     device.queue.writeBuffer(this.#meta, 0, meta);
+    if (t.pageTable) device.queue.writeBuffer(this.#table!, 0, new Uint32Array(t.pageTable));
     const params = new Uint32Array(PARAM_WORDS);
     params[0] = t.batch;
     params[1] = t.maxPages;
     params[2] = pagesPerSplit;
     params[3] = numSplits;
-    params[4] = tableOffset;
+    params[4] = 0; // the page table starts its binding
     params[5] = entries * cols;
     new Float32Array(params.buffer)[6] = 1 / Math.sqrt(headDim);
     device.queue.writeBuffer(this.#params, 0, params);
@@ -695,7 +732,18 @@ class Plan implements AttentionPlan {
     const lse = buffers.lse === undefined
       ? { buffer: this.#lseScratch!, offset: 0, size: t.batch * hq * 4 }
       : checkBinding("lse", buffers.lse, t.batch * hq * 4);
-    const entry = this.#bindGroups(q, buffers.kCache, buffers.vCache, out, lse);
+    const tableBytes = t.batch * hkv * t.maxPages * 4;
+    let table: Required<GPUBufferBinding>;
+    if (buffers.pageTable !== undefined) {
+      table = checkBinding("pageTable", buffers.pageTable, tableBytes);
+    } else if (t.pageTable) {
+      table = { buffer: this.#table!, offset: 0, size: tableBytes };
+    } else {
+      throw new TypeError(
+        `Cannot ${ACTION} as 'pageTable' must be given as a buffer when the plan has no table: received undefined`,
+      );
+    }
+    const entry = this.#bindGroups(q, buffers.kCache, buffers.vCache, out, lse, table);
     const kernels = this.attention.kernels;
     const ts = options.timestampWrites;
     const merge = this.#numSplits > 1;
@@ -724,6 +772,7 @@ class Plan implements AttentionPlan {
     v: GPUBuffer,
     out: Required<GPUBufferBinding>,
     lse: Required<GPUBufferBinding>,
+    table: Required<GPUBufferBinding>,
   ): BindEntry {
     const key = [
       q.buffer,
@@ -737,6 +786,9 @@ class Plan implements AttentionPlan {
       lse.buffer,
       lse.offset,
       lse.size,
+      table.buffer,
+      table.offset,
+      table.size,
     ];
     const found = this.#bindings.findIndex((e) => e.key.every((x, i) => x === key[i]));
     if (found >= 0) {
@@ -758,6 +810,7 @@ class Plan implements AttentionPlan {
         { binding: 5, resource: out },
         { binding: 6, resource: lse },
         { binding: 7, resource: { buffer: this.#partial! } },
+        { binding: 8, resource: table },
       ],
     });
     const merge = device.createBindGroup({
@@ -785,6 +838,7 @@ class Plan implements AttentionPlan {
     if (this.#disposed) return;
     this.#disposed = true;
     this.#meta?.destroy();
+    this.#table?.destroy();
     this.#params.destroy();
     this.#partial?.destroy();
     this.#lseScratch?.destroy();
@@ -892,6 +946,11 @@ function validateInputs(shape: AttentionShape, inputs: PagedAttentionInputs): Ch
     );
   }
   assertLength("vCache", vCache, kCache.length, ACTION);
+  if (!(pageTable instanceof Uint32Array)) {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'pageTable' must be a Uint32Array: received ${describe(pageTable)}`,
+    );
+  }
   const batch = numPages?.length;
   assertInteger("batch", batch, ACTION, 1);
   const maxPages = inputs.maxPages ?? (pageTable?.length ?? 0) / (batch * hkv);
@@ -1015,7 +1074,8 @@ export function pagedAttentionReference(
       scores.length = 0;
       rows.length = 0;
       for (let p = 0; p < pages; p++) {
-        const slot = x.pageTable[(b * hkv + kvh) * x.maxPages + p];
+        const slot = x.pageTable![(b * hkv + kvh) * x.maxPages + p];
+        if (slot === EMPTY_SLOT) continue;
         const len = p === pages - 1 ? x.lastPageLen[b] : P;
         for (let t = 0; t < len; t++) {
           const row = ((slot * P + t) * hkv + kvh) * d;
