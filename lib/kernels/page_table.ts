@@ -1,0 +1,290 @@
+/**
+ * Attention page tables built on the GPU from a top-k result, the previous
+ * step's selection, correction flags and a GPU-resident residency map, so
+ * that selecting and attending need no host round trip.
+ *
+ * @module
+ */
+
+import pageTableSource from "../../shaders/page_table.wgsl" with { type: "text" };
+import { assertInteger } from "../gpu/errors.ts";
+import { cachedPipeline, createBuffer } from "../gpu/buffers.ts";
+
+/** Marks "no page" in residency maps, page lists and page tables. */
+export const EMPTY_PAGE = 0xffffffff;
+
+/** Sizes fixed per builder. */
+export interface PageTableShape {
+  /** KV heads. */
+  numKvHeads: number;
+  /** Selected pages per head (k of top-k). */
+  selectPages: number;
+  /** Page ids per sequence (rows of the residency map; ids at or past it are holes). */
+  maxPages: number;
+  /** Sink slots per sequence, first in a sequence's slots. */
+  sinkPages: number;
+  /** Window slots per sequence (a ring after the sink slots). */
+  windowPages: number;
+  /** Slots per sequence in the KV cache. */
+  slotsPerSeq: number;
+  /** True when every page is resident in slot = page id (no residency map). */
+  identity: boolean;
+}
+
+/** Page regions of one sequence (see `pageRegions`). */
+export interface PageTableSequence {
+  /** Sink pages present. */
+  sinkCount: number;
+  /** First window page. */
+  windowStart: number;
+  /** Pages holding a token. */
+  numPages: number;
+  /** Selection candidates (`windowStart - sinkCount`). */
+  candidateCount: number;
+}
+
+/** Per-step inputs of {@linkcode PageTableBuilder.plan}. */
+export interface PageTableStep {
+  /** Regions of each sequence of the batch. */
+  sequences: readonly PageTableSequence[];
+  /** True: `flags` choose `fresh` (1) or `spec` (0) per head; false: always `fresh`. */
+  useFlags: boolean;
+}
+
+/** GPU buffers of {@linkcode PageTablePlan.encode}. */
+export interface PageTableBuffers {
+  /** `[b][h][k]` u32 pages selected with this step's query. */
+  fresh: GPUBuffer;
+  /** `[b][h][k]` u32 the previous step's selection (required with `useFlags`). */
+  spec?: GPUBuffer;
+  /** `[b][h]` u32 correction flags (required with `useFlags`). */
+  flags?: GPUBuffer;
+  /** `[b][h][maxPages]` u32 local pool slots (required unless `identity`). */
+  residency?: GPUBuffer;
+  /** Output `[b][h][maxEntries]` u32 absolute slots. */
+  table: GPUBuffer;
+  /** Output `[b][h][maxEntries]` u32 page ids ({@linkcode EMPTY_PAGE} for holes). */
+  pages: GPUBuffer;
+  /** Output `[b][h]` u32 resident selected pages. */
+  hits: GPUBuffer;
+}
+
+/** A planned page-table build; reusable across steps through `update`. */
+export interface PageTablePlan extends Disposable {
+  /** Table entries per sequence (the attention's page count). */
+  readonly entries: readonly number[];
+  /** Re-plans for the next step (same batch), reusing GPU buffers. */
+  update(step: PageTableStep): void;
+  /** Records the build into `encoder`. */
+  encode(encoder: GPUCommandEncoder, buffers: PageTableBuffers): void;
+}
+
+/** A page-table builder for one shape. */
+export interface PageTableBuilder {
+  /** The shape. */
+  readonly shape: Readonly<PageTableShape>;
+  /** Row length of `table` and `pages`: sink + selected + window pages. */
+  readonly maxEntries: number;
+  /** Validates a step and returns its plan. */
+  plan(step: PageTableStep): PageTablePlan;
+}
+
+const ACTION = "build page tables";
+
+/**
+ * Creates a page-table builder.
+ *
+ * @throws {RangeError} when a size is not a positive integer.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createPageTableBuilder } from "./page_table.ts";
+ * using gpu = await requestGpu();
+ * const builder = createPageTableBuilder(gpu.device, {
+ *   numKvHeads: 1, selectPages: 2, maxPages: 16, sinkPages: 1, windowPages: 1,
+ *   slotsPerSeq: 16, identity: true,
+ * });
+ * using plan = builder.plan({
+ *   sequences: [{ sinkCount: 1, windowStart: 9, numPages: 10, candidateCount: 8 }],
+ *   useFlags: false,
+ * });
+ * console.log(plan.entries); // [ 4 ]
+ * ```
+ */
+export function createPageTableBuilder(
+  device: GPUDevice,
+  shape: PageTableShape,
+): PageTableBuilder {
+  assertInteger("numKvHeads", shape.numKvHeads, ACTION, 1);
+  assertInteger("selectPages", shape.selectPages, ACTION, 1);
+  assertInteger("maxPages", shape.maxPages, ACTION, 1);
+  assertInteger("sinkPages", shape.sinkPages, ACTION, 0);
+  assertInteger("windowPages", shape.windowPages, ACTION, 1);
+  assertInteger("slotsPerSeq", shape.slotsPerSeq, ACTION, 1);
+  const frozen = Object.freeze({ ...shape });
+  const maxEntries = shape.sinkPages + shape.selectPages + shape.windowPages;
+  return {
+    shape: frozen,
+    maxEntries,
+    plan: (step) => new Plan(device, frozen, maxEntries, step),
+  };
+}
+
+class Plan implements PageTablePlan {
+  #device: GPUDevice;
+  #shape: PageTableShape;
+  #maxEntries: number;
+  #batch = 0;
+  #useFlags = false;
+  #params: GPUBuffer;
+  #seq: GPUBuffer | null = null;
+  #dummy: GPUBuffer | null = null;
+  #disposed = false;
+  entries: number[] = [];
+
+  constructor(device: GPUDevice, shape: PageTableShape, maxEntries: number, step: PageTableStep) {
+    this.#device = device;
+    this.#shape = shape;
+    this.#maxEntries = maxEntries;
+    this.#params = createBuffer(
+      device,
+      "freekv page table params",
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      48,
+    );
+    this.update(step);
+  }
+
+  update(step: PageTableStep): void {
+    if (this.#disposed) {
+      throw new TypeError(
+        `Cannot ${ACTION} as the plan must not be disposed: received a disposed plan`,
+      );
+    }
+    const { sequences } = step;
+    if (!Array.isArray(sequences) || sequences.length === 0) {
+      throw new TypeError(
+        `Cannot ${ACTION} as 'sequences' must be a non-empty array: received ${
+          Array.isArray(sequences) ? "an empty array" : typeof sequences
+        }`,
+      );
+    }
+    const { selectPages: k, maxPages, numKvHeads } = this.#shape;
+    const { sinkPages: S, windowPages: W } = this.#shape;
+    const meta = new Uint32Array(sequences.length * 4);
+    const entries: number[] = [];
+    sequences.forEach((s, b) => {
+      const name = `sequences[${b}]`;
+      assertInteger(`${name}.numPages`, s.numPages, ACTION, 1, maxPages);
+      assertInteger(`${name}.sinkCount`, s.sinkCount, ACTION, 0, Math.min(S, s.numPages));
+      assertInteger(`${name}.windowStart`, s.windowStart, ACTION, s.sinkCount, s.numPages - 1);
+      if (s.numPages - s.windowStart > W || s.candidateCount !== s.windowStart - s.sinkCount) {
+        throw new RangeError(
+          `Cannot ${ACTION} as '${name}' must have at most ${W} window pages and candidateCount = windowStart - sinkCount: received ${
+            JSON.stringify(s)
+          }`,
+        );
+      }
+      meta.set([s.sinkCount, s.windowStart, s.numPages, s.candidateCount], b * 4);
+      entries.push(s.sinkCount + Math.min(k, s.candidateCount) + s.numPages - s.windowStart);
+    });
+    const device = this.#device;
+    if (!this.#seq || this.#seq.size < meta.byteLength) {
+      this.#seq?.destroy();
+      this.#seq = createBuffer(
+        device,
+        "freekv page table sequences",
+        GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+        meta.byteLength,
+      );
+    }
+    device.queue.writeBuffer(this.#seq, 0, meta);
+    this.#batch = sequences.length;
+    this.#useFlags = step.useFlags;
+    device.queue.writeBuffer(
+      this.#params,
+      0,
+      new Uint32Array([
+        this.#batch,
+        numKvHeads,
+        k,
+        maxPages,
+        this.#maxEntries,
+        this.#shape.slotsPerSeq,
+        S,
+        W,
+        this.#shape.identity ? 1 : 0,
+        step.useFlags ? 1 : 0,
+        0,
+        0,
+      ]),
+    );
+    this.entries = entries;
+  }
+
+  encode(encoder: GPUCommandEncoder, buffers: PageTableBuffers): void {
+    if (this.#disposed) {
+      throw new TypeError(
+        `Cannot ${ACTION} as the plan must not be disposed: received a disposed plan`,
+      );
+    }
+    const { numKvHeads: hkv, selectPages: k, maxPages } = this.#shape;
+    const rows = this.#batch * hkv;
+    const need: [string, GPUBuffer | undefined, number][] = [
+      ["fresh", buffers.fresh, rows * k * 4],
+      ["table", buffers.table, rows * this.#maxEntries * 4],
+      ["pages", buffers.pages, rows * this.#maxEntries * 4],
+      ["hits", buffers.hits, rows * 4],
+    ];
+    if (this.#useFlags) {
+      need.push(["spec", buffers.spec, rows * k * 4], ["flags", buffers.flags, rows * 4]);
+    }
+    if (!this.#shape.identity) need.push(["residency", buffers.residency, rows * maxPages * 4]);
+    for (const [name, buffer, bytes] of need) {
+      if (!(buffer instanceof GPUBuffer) || buffer.size < bytes) {
+        throw new RangeError(
+          `Cannot ${ACTION} as '${name}' must be a GPUBuffer of at least ${bytes} bytes: received ${
+            buffer instanceof GPUBuffer ? `a buffer of ${buffer.size}` : typeof buffer
+          }`,
+        );
+      }
+    }
+    this.#dummy ??= createBuffer(
+      this.#device,
+      "freekv page table unused",
+      GPUBufferUsage.STORAGE,
+      16,
+    );
+    const pipeline = cachedPipeline(this.#device, "page_table", pageTableSource);
+    const resources = [
+      this.#params,
+      this.#seq!,
+      buffers.fresh,
+      buffers.spec ?? this.#dummy,
+      buffers.flags ?? this.#dummy,
+      buffers.residency ?? this.#dummy,
+      buffers.table,
+      buffers.pages,
+      buffers.hits,
+    ];
+    const bind = this.#device.createBindGroup({
+      label: "freekv page table",
+      layout: pipeline.getBindGroupLayout(0),
+      entries: resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
+    const pass = encoder.beginComputePass({ label: "freekv page table" });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(Math.ceil(rows / 64));
+    pass.end();
+  }
+
+  [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#params.destroy();
+    this.#seq?.destroy();
+    this.#dummy?.destroy();
+  }
+}

@@ -1,0 +1,106 @@
+// Attention page tables built on the GPU: one invocation per (sequence, KV
+// head) writes the slots of its sink pages, of its selected pages and of its
+// window pages, in that order (the partial last page stays last).
+//
+// Selected pages come from top-k (`fresh`, this step's query) or from the
+// previous step's selection (`spec`), per head by the correction flag. A page
+// that is not resident becomes a hole (EMPTY), which attention skips. When
+// every candidate fits the budget the candidates themselves are attended.
+
+const EMPTY: u32 = 0xffffffffu;
+
+struct Params {
+  batch: u32,
+  kv_heads: u32,
+  k: u32, // selected pages per head
+  max_pages: u32, // page ids per sequence (rows of `residency`)
+  max_entries: u32, // row length of `table` and `pages`
+  slots_per_seq: u32,
+  sink_pages: u32, // S: sink slots come first
+  window_pages: u32, // W: the window ring follows
+  identity: u32, // 1: every page is resident in slot = page id (all-on-GPU policies)
+  use_flags: u32, // 1: flags pick fresh (1) or spec (0) per head; 0: always fresh
+  _pad0: u32,
+  _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// [b] = (sinkCount, windowStart, numPages, candidateCount)
+@group(0) @binding(1) var<storage, read> seq: array<vec4u>;
+@group(0) @binding(2) var<storage, read> fresh: array<u32>; // [b][h][k]
+@group(0) @binding(3) var<storage, read> spec: array<u32>; // [b][h][k]
+@group(0) @binding(4) var<storage, read> flags: array<u32>; // [b][h]
+// [b][h][max_pages]: local pool slot of a page (after the S + W home slots), or EMPTY
+@group(0) @binding(5) var<storage, read> residency: array<u32>;
+@group(0) @binding(6) var<storage, read_write> table: array<u32>; // [b][h][max_entries] slots
+@group(0) @binding(7) var<storage, read_write> pages: array<u32>; // [b][h][max_entries] page ids
+@group(0) @binding(8) var<storage, read_write> hits: array<u32>; // [b][h] resident selected pages
+
+fn home_slot(p: u32) -> u32 {
+  if (params.identity == 1u || p < params.sink_pages) {
+    return p;
+  }
+  return params.sink_pages + (p - params.sink_pages) % params.window_pages;
+}
+
+// Local slot of a selected or candidate page, or EMPTY when it is not resident.
+fn pool_slot(bh: u32, p: u32) -> u32 {
+  if (params.identity == 1u) {
+    return p;
+  }
+  let r = residency[bh * params.max_pages + p];
+  if (r == EMPTY) {
+    return EMPTY;
+  }
+  return params.sink_pages + params.window_pages + r;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let bh = gid.x;
+  if (bh >= params.batch * params.kv_heads) {
+    return;
+  }
+  let b = bh / params.kv_heads;
+  let s = seq[b];
+  let base = b * params.slots_per_seq;
+  let row = bh * params.max_entries;
+  var n = 0u;
+  var resident = 0u;
+  for (var p = 0u; p < s.x; p++) {
+    table[row + n] = base + home_slot(p);
+    pages[row + n] = p;
+    n++;
+  }
+  if (s.w <= params.k) {
+    for (var p = s.x; p < s.y; p++) {
+      let slot = pool_slot(bh, p);
+      table[row + n] = select(base + slot, EMPTY, slot == EMPTY);
+      pages[row + n] = select(p, EMPTY, slot == EMPTY);
+      resident += select(1u, 0u, slot == EMPTY);
+      n++;
+    }
+  } else {
+    let use_fresh = params.use_flags == 0u || flags[bh] != 0u;
+    for (var i = 0u; i < params.k; i++) {
+      var p = spec[bh * params.k + i];
+      if (use_fresh) {
+        p = fresh[bh * params.k + i];
+      }
+      var slot = EMPTY;
+      if (p < params.max_pages) {
+        slot = pool_slot(bh, p);
+      }
+      table[row + n] = select(base + slot, EMPTY, slot == EMPTY);
+      pages[row + n] = select(p, EMPTY, slot == EMPTY);
+      resident += select(1u, 0u, slot == EMPTY);
+      n++;
+    }
+  }
+  for (var p = s.y; p < s.z; p++) {
+    table[row + n] = base + home_slot(p);
+    pages[row + n] = p;
+    n++;
+  }
+  hits[bh] = resident;
+}
