@@ -9,7 +9,8 @@
 import { type AttentionPlan, createPagedAttention } from "../lib/kernels/attention.ts";
 import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
 import type { KvDtype } from "../lib/gpu/dtype.ts";
-import { cachedPipeline, createBuffer, packUniforms } from "../lib/gpu/buffers.ts";
+import { createBuffer, packUniforms } from "../lib/gpu/buffers.ts";
+import { cachedPipeline } from "../lib/gpu/pipelines.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import streamReadSource from "../shaders/stream_read.wgsl" with { type: "text" };
 

@@ -21,7 +21,8 @@ import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
 import { bytesPerElement, type KvDtype } from "../lib/gpu/dtype.ts";
 import { createBuffer } from "../lib/gpu/buffers.ts";
 import { createRandom, type Random, randomNormalArray } from "../lib/workloads/random.ts";
-import { measureReadBandwidth, timeGpuWork } from "../lib/kernels/roofline.ts";
+import { measureReadBandwidth } from "../lib/kernels/roofline.ts";
+import { timeGpuWork } from "../lib/gpu/timing.ts";
 
 /** One benchmark result. */
 export interface Row {

@@ -5,6 +5,7 @@
 import { requestGpu } from "../lib/gpu/device.ts";
 import type { KvDtype } from "../lib/gpu/dtype.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { median } from "../lib/gpu/timing.ts";
 import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
 import { HndToNhdPlan, type NhdCacheBuffers } from "../lib/kernels/layout.ts";
 import { createRandom } from "../lib/workloads/random.ts";
@@ -41,11 +42,6 @@ const POOL_PAGES = 64;
 
 function log(message: string): void {
   console.error(`bench recall: ${message}`);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 interface Timed {

@@ -7,9 +7,9 @@ import {
   pagedAttention,
   type PagedAttentionInputs,
   type PagedAttentionOptions,
-  pagedAttentionReference,
   type PagedAttentionResult,
 } from "../lib/kernels/attention.ts";
+import { pagedAttentionReference } from "../lib/kernels/attention_reference.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { createRandom, type Random, randomNormalArray } from "../lib/workloads/random.ts";
@@ -231,7 +231,7 @@ gpuTest("attention: plan, encode, update, optional lse, cached bind groups", asy
     encoder = device.createCommandEncoder({ label: "test refused" });
     assert.throws(
       () => plan.encode(encoder, { q, kCache: k, vCache: v, out: small }),
-      (e: Error) => e instanceof RangeError && /'out' must span at least 288 bytes/.test(e.message),
+      (e: Error) => e instanceof RangeError && /'out' must hold at least 288 bytes/.test(e.message),
     );
     small.destroy();
     plan[Symbol.dispose]();
@@ -354,7 +354,7 @@ gpuTest("attention: page table as a GPU buffer replaces the plan's", async (gpu)
     assert.throws(
       () =>
         plan.encode(device.createCommandEncoder(), { ...common, out: outs[0], pageTable: small }),
-      (e: Error) => e instanceof RangeError && /'pageTable' must span at least/.test(e.message),
+      (e: Error) => e instanceof RangeError && /'pageTable' must hold at least/.test(e.message),
     );
     small.destroy();
   } finally {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { cachedPipeline } from "../lib/gpu/pipelines.ts";
 import { createRandom } from "../lib/workloads/random.ts";
 
 gpuTest("device has raised storage limits and reports features", (gpu) => {

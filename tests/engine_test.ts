@@ -1,11 +1,15 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
-import { createRetrievalEngine, type EngineOptions, type PolicyName } from "../lib/engine/engine.ts";
+import {
+  createRetrievalEngine,
+  type EngineOptions,
+  type PolicyName,
+} from "../lib/engine/engine.ts";
 import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
 import { createTraceSource, driveEngine } from "../lib/workloads/driver.ts";
 import { createTraceWriter, readTrace } from "../lib/workloads/trace.ts";
-import { pagedAttentionReference } from "../lib/kernels/attention.ts";
+import { pagedAttentionReference } from "../lib/kernels/attention_reference.ts";
 import { createReferenceModel } from "../lib/model/reference.ts";
 import { loadLlama2c } from "../lib/model/llama2c.ts";
 import { querySimilarityReference } from "../lib/kernels/similarity.ts";

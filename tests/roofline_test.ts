@@ -1,6 +1,7 @@
 // Streaming-read roofline and the GPU timing helper.
 import assert from "node:assert/strict";
-import { measureReadBandwidth, timeGpuWork } from "../lib/kernels/roofline.ts";
+import { measureReadBandwidth } from "../lib/kernels/roofline.ts";
+import { timeGpuWork } from "../lib/gpu/timing.ts";
 import { gpuTest } from "./_gpu.ts";
 
 gpuTest("roofline: measures a small buffer with either clock", async ({ device, timestamps }) => {

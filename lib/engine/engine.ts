@@ -7,7 +7,11 @@
  * @module
  */
 
-import { type AttentionPlan, createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
+import {
+  type AttentionPlan,
+  createPagedAttention,
+  type PagedAttention,
+} from "../kernels/attention.ts";
 import { bytesPerElement, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertAllFinite,
@@ -16,10 +20,20 @@ import {
   assertLength,
   assertOneOf,
 } from "../gpu/errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
-import { type PageBudget, pageRegions, SelectionSlots, type SlotLoad } from "../memory/page_plan.ts";
+import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
+import {
+  type PageBudget,
+  pageRegions,
+  SelectionSlots,
+  type SlotLoad,
+} from "../memory/page_plan.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
-import { createPageSummarizer, type PageSummarizer, type SummaryKind } from "../kernels/summaries.ts";
+import {
+  createPageSummarizer,
+  type PageSummarizer,
+  type SummaryKind,
+} from "../kernels/summaries.ts";
 import { createPageSelector, type PageSelector, type PoolingMode } from "../kernels/selection.ts";
 import { createQuerySimilarity, type QuerySimilarity } from "../kernels/similarity.ts";
 import { HostPagePool } from "../memory/host_pool.ts";

@@ -1,42 +1,12 @@
 /**
- * Small WebGPU helpers: per-device pipeline cache, labelled buffers, reads.
+ * Small WebGPU buffer helpers: labelled buffers, reads, uniform packing,
+ * buffer ranges and their size checks, a growable scratch buffer and a bind
+ * group cache.
  *
  * @module
  */
 
-const pipelineCaches = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
-
-/**
- * Returns the compute pipeline cached under `key` for `device`, creating it
- * from `code` (entry point `main`) and `constants` on first use.
- *
- * @example
- * ```ts ignore
- * import { cachedPipeline } from "./buffers.ts";
- * const p = cachedPipeline(device, "fill", "@compute @workgroup_size(1) fn main() {}");
- * ```
- */
-export function cachedPipeline(
-  device: GPUDevice,
-  key: string,
-  code: string,
-  constants: Record<string, number> = {},
-): GPUComputePipeline {
-  let cache = pipelineCaches.get(device);
-  if (!cache) pipelineCaches.set(device, cache = new Map());
-  const fullKey = `${key}|${JSON.stringify(constants)}`;
-  let pipeline = cache.get(fullKey);
-  if (!pipeline) {
-    const module = device.createShaderModule({ label: `freekv ${key}`, code });
-    pipeline = device.createComputePipeline({
-      label: `freekv ${key}`,
-      layout: "auto",
-      compute: { module, entryPoint: "main", constants },
-    });
-    cache.set(fullKey, pipeline);
-  }
-  return pipeline;
-}
+import { describeValue } from "./errors.ts";
 
 /**
  * Creates a labelled buffer, optionally initialised with `data` (padded to a
@@ -115,3 +85,173 @@ export function packUniforms(
   });
   return buf;
 }
+
+/**
+ * A range of a buffer: `offset` (default 0) and `size` bytes (default: to
+ * the end). Offsets bound as storage must honour the device's
+ * `minStorageBufferOffsetAlignment`. Wherever a kernel takes a buffer it
+ * takes `GPUBuffer | BufferSlice`.
+ */
+export interface BufferSlice {
+  /** The buffer. */
+  buffer: GPUBuffer;
+  /** First byte (default 0). */
+  offset?: number;
+  /** Bytes (default: to the end of the buffer). */
+  size?: number;
+}
+
+/**
+ * Checks that `ref` (a buffer or a {@linkcode BufferSlice}) is a GPU buffer
+ * with `usage` (default `STORAGE`) whose range holds at least `bytes` bytes,
+ * and returns the binding of exactly those bytes. Throws `TypeError` (not a
+ * buffer, missing usage) or `RangeError` (too small, or a range past the
+ * end) with the message convention.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { assertBufferSize, createBuffer } from "./buffers.ts";
+ * using gpu = await requestGpu();
+ * const b = createBuffer(gpu.device, "x", GPUBufferUsage.STORAGE, 64);
+ * try {
+ *   assertBufferSize("x", b, 128, "run a kernel");
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cannot run a kernel as 'x' must hold at least 128 bytes: ...
+ * }
+ * b.destroy();
+ * ```
+ */
+export function assertBufferSize(
+  name: string,
+  ref: GPUBuffer | BufferSlice,
+  bytes: number,
+  action: string,
+  usage: GPUBufferUsageFlags = GPUBufferUsage.STORAGE,
+): Required<BufferSlice> {
+  const whole = typeof GPUBuffer !== "undefined" && ref instanceof GPUBuffer;
+  const buffer = whole ? ref : (ref as BufferSlice | undefined)?.buffer;
+  if (typeof GPUBuffer === "undefined" || !(buffer instanceof GPUBuffer)) {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must be a GPUBuffer or a buffer slice: received ${
+        describeValue(ref)
+      }`,
+    );
+  }
+  if ((buffer.usage & usage) !== usage) {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must have usage ${usage}: received buffer '${buffer.label}' with usage ${buffer.usage}`,
+    );
+  }
+  const offset = whole ? 0 : (ref as BufferSlice).offset ?? 0;
+  const size = whole ? buffer.size : (ref as BufferSlice).size ?? buffer.size - offset;
+  if (size < bytes || offset + size > buffer.size) {
+    throw new RangeError(
+      `Cannot ${action} as '${name}' must hold at least ${bytes} bytes: received ${size} bytes at offset ${offset} of a ${buffer.size}-byte buffer`,
+    );
+  }
+  return { buffer, offset, size: bytes };
+}
+
+/**
+ * A scratch buffer that grows to the next power of two (at least 256 bytes)
+ * when asked for more than it holds; the old buffer is destroyed (work
+ * already submitted keeps it alive).
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { GrowableBuffer } from "./buffers.ts";
+ * using gpu = await requestGpu();
+ * using scratch = new GrowableBuffer(gpu.device, "scratch", GPUBufferUsage.STORAGE);
+ * console.log(scratch.ensure(1000), scratch.buffer.size); // true 1024
+ * console.log(scratch.ensure(800)); // false: it fits
+ * ```
+ */
+export class GrowableBuffer {
+  #device: GPUDevice;
+  #label: string;
+  #usage: GPUBufferUsageFlags;
+  #buffer: GPUBuffer | undefined;
+
+  /** A scratch buffer of `usage`; nothing is allocated before the first `ensure`. */
+  constructor(device: GPUDevice, label: string, usage: GPUBufferUsageFlags) {
+    this.#device = device;
+    this.#label = label;
+    this.#usage = usage;
+  }
+
+  /** Makes the buffer hold `bytes`; returns true when it was (re)allocated. */
+  ensure(bytes: number): boolean {
+    if (this.#buffer && this.#buffer.size >= bytes) return false;
+    this.#buffer?.destroy();
+    const size = 2 ** Math.ceil(Math.log2(Math.max(256, bytes)));
+    this.#buffer = this.#device.createBuffer({ label: this.#label, size, usage: this.#usage });
+    return true;
+  }
+
+  /** The current buffer; throws a `TypeError` before the first `ensure`. */
+  get buffer(): GPUBuffer {
+    if (!this.#buffer) {
+      throw new TypeError(
+        `Cannot use '${this.#label}' as it must be sized first: received no ensure() call`,
+      );
+    }
+    return this.#buffer;
+  }
+
+  /** Destroys the buffer. */
+  [Symbol.dispose](): void {
+    this.#buffer?.destroy();
+    this.#buffer = undefined;
+  }
+}
+
+/**
+ * A small most-recently-used cache of bind groups (or anything built from
+ * GPU resources), keyed by the list of resources and numbers they bind.
+ *
+ * @example
+ * ```ts
+ * import { BindGroupCache } from "./buffers.ts";
+ * const cache = new BindGroupCache<string>(2);
+ * let built = 0;
+ * const make = () => `group ${++built}`;
+ * cache.get(["a", 0], make);
+ * console.log(cache.get(["a", 0], make)); // group 1
+ * ```
+ */
+export class BindGroupCache<T = GPUBindGroup> {
+  #entries: Array<{ key: readonly unknown[]; value: T }> = [];
+  #capacity: number;
+
+  /** Keeps at most `capacity` entries (default 8). */
+  constructor(capacity = 8) {
+    this.#capacity = capacity;
+  }
+
+  /** The entry under `key`, built by `create` when missing. */
+  get(key: readonly unknown[], create: () => T): T {
+    const list = this.#entries;
+    const found = list.findIndex((e) =>
+      e.key.length === key.length && e.key.every((x, i) => x === key[i])
+    );
+    if (found >= 0) {
+      const e = list[found];
+      if (found > 0) list.splice(found, 1), list.unshift(e);
+      return e.value;
+    }
+    const value = create();
+    list.unshift({ key: [...key], value });
+    if (list.length > this.#capacity) list.pop();
+    return value;
+  }
+
+  /** Forgets every entry (after a buffer they bind was replaced). */
+  clear(): void {
+    this.#entries = [];
+  }
+}
+
+// Kept for modules that still import the pipeline cache from here.
+export { cachedPipeline } from "./pipelines.ts";

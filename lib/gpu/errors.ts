@@ -173,3 +173,41 @@ export function assertStorageBuffer(
     );
   }
 }
+
+/**
+ * Throws a `RangeError` unless `numQueryHeads` is a multiple of `numKvHeads`
+ * (grouped-query attention); both must be positive integers.
+ *
+ * @example
+ * ```ts
+ * import { assertHeadsDivide } from "./errors.ts";
+ * assertHeadsDivide(32, 8, "run attention");
+ * ```
+ */
+export function assertHeadsDivide(
+  numQueryHeads: unknown,
+  numKvHeads: unknown,
+  action: string,
+): void {
+  assertInteger("numKvHeads", numKvHeads, action, 1);
+  assertInteger("numQueryHeads", numQueryHeads, action, 1);
+  if (numQueryHeads % numKvHeads !== 0) {
+    throw new RangeError(
+      `Cannot ${action} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${numKvHeads}): received ${numQueryHeads}`,
+    );
+  }
+}
+
+/**
+ * The error every disposed object throws when used again: a `TypeError`
+ * `Cannot <action> as the <what> was disposed`.
+ *
+ * @example
+ * ```ts
+ * import { disposedError } from "./errors.ts";
+ * console.log(disposedError("run attention", "plan").message); // Cannot run attention as the plan was disposed
+ * ```
+ */
+export function disposedError(action: string, what: string): TypeError {
+  return new TypeError(`Cannot ${action} as the ${what} was disposed`);
+}

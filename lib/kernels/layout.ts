@@ -18,7 +18,7 @@ import nhdToHndSource from "../../shaders/layout_nhd_to_hnd.wgsl" with { type: "
 import hndToNhdSource from "../../shaders/layout_hnd_to_nhd.wgsl" with { type: "text" };
 import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
 import { assertInteger, assertOneOf, assertStorageBuffer, describeValue } from "../gpu/errors.ts";
-import { cachedPipeline } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
 
 /** Page geometry and element type shared by the NHD cache and HND runs. */
 export interface KvLayoutShape {

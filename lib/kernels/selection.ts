@@ -39,7 +39,8 @@ import {
   assertStorageBuffer,
   describeValue,
 } from "../gpu/errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
 
 /** How the scores of a GQA group's query heads pool to one score per KV head. */
 export type PoolingMode = "softmax-mean" | "mean" | "max";

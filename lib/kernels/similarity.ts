@@ -20,7 +20,8 @@ import {
   assertStorageBuffer,
   describeValue,
 } from "../gpu/errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
 
 /** Options of {@linkcode createQuerySimilarity} and the other similarity functions. */
 export interface QuerySimilarityOptions {

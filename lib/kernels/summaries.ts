@@ -22,7 +22,8 @@ import {
   assertStorageBuffer,
   describeValue,
 } from "../gpu/errors.ts";
-import { cachedPipeline, createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
 
 /** How a page's keys are summarized. */
 export type SummaryKind = "minmax" | "box";

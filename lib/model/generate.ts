@@ -7,6 +7,7 @@
  */
 
 import { assertFinite, assertInteger } from "../gpu/errors.ts";
+import { median } from "../gpu/timing.ts";
 import type { GpuModel } from "./gpu_model.ts";
 import { createSampler, type Sampler } from "./sampling.ts";
 import { createTextStream, type Tokenizer } from "./tokenizer.ts";
@@ -91,11 +92,8 @@ export interface GenerationResult {
   stats: GenerationStats;
 }
 
-function median(xs: number[]): number {
-  if (xs.length === 0) return 0;
-  const s = xs.slice().sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+function medianOrZero(xs: number[]): number {
+  return xs.length === 0 ? 0 : median(xs);
 }
 
 /**
@@ -195,7 +193,7 @@ export async function* generate(
       decodeMs,
       decodeTokensPerSecond: stepMs.length ? stepMs.length / (decodeMs / 1000) : 0,
       stepMs,
-      medianStepMs: median(stepMs),
+      medianStepMs: medianOrZero(stepMs),
       totalMs,
     },
   };
