@@ -19,7 +19,11 @@ import {
 } from "../lib/model/backends/dense.ts";
 import { generate, type GenerationResult } from "../lib/model/generate.ts";
 import { createTraceWriter, type TraceWriter } from "../lib/workloads/trace.ts";
-import { createEngineBackend, type EngineBackend, resolveBudget } from "../lib/model/backends/engine.ts";
+import {
+  createEngineBackend,
+  type EngineBackend,
+  resolveBudget,
+} from "../lib/model/backends/engine.ts";
 import { POLICIES, type PolicyName } from "../lib/engine/engine.ts";
 import type { WeightDtype } from "../lib/model/types.ts";
 
@@ -48,6 +52,11 @@ Options:
   --seed S              sampler seed (default 0)
   --dtype D             GPU weight storage: f32, f16 or bf16 (default: as loaded)
   --max-seq-len N       longest sequence, prompt included (default: the model's)
+  --ignore-rope-scaling load a config's rope_scaling (llama3, linear, dynamic, or a
+                        type this module does not implement, such as yarn) as plain
+                        RoPE; outputs then differ from the original model. Without it
+                        llama3 and linear scaling are applied, dynamic runs within
+                        its original context, and other types are refused
   --policy NAME         attention policy, run by the retrieval engine:
                         ${POLICIES.join(", ")}, or dense (the decoder's own
                         contiguous cache, no engine) (default full)
@@ -55,6 +64,9 @@ Options:
   --page-size N         KV page size in tokens (default 32)
   --sink N              sink tokens (default budget/4 in whole pages)
   --window N            window tokens (default budget/4 in whole pages)
+                        (not the model's own sliding_window: Mistral/Qwen2 windows
+                        from config.json are applied by --policy dense; the engine
+                        policies need --max-seq-len at most the model's window)
   --tau X               correction threshold of freekv (default 0.9)
   --json                print one JSON object (text, tokens, statistics) on stdout
   --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
@@ -74,6 +86,7 @@ try {
       seed: { type: "string" },
       dtype: { type: "string" },
       "max-seq-len": { type: "string" },
+      "ignore-rope-scaling": { type: "boolean", default: false },
       policy: { type: "string", default: "full" },
       budget: { type: "string" },
       "page-size": { type: "string" },
@@ -124,7 +137,10 @@ const tokenizerPath = values.tokenizer ??
   (values.model === undefined ? DEFAULT_TOKENIZER : undefined);
 let loaded;
 try {
-  loaded = await loadModel(modelPath, { tokenizer: tokenizerPath });
+  loaded = await loadModel(modelPath, {
+    tokenizer: tokenizerPath,
+    ignoreRopeScaling: values["ignore-rope-scaling"],
+  });
 } catch (error) {
   fail((error as Error).message);
 }
@@ -174,11 +190,13 @@ if (values["record-trace"]) {
   });
 }
 using _backend = backend;
-using model = createGpuModel(device, weights, {
-  attention: backend,
-  weightDtype: dtype,
-  maxSeqLen,
-});
+let gpuModel;
+try {
+  gpuModel = createGpuModel(device, weights, { attention: backend, weightDtype: dtype, maxSeqLen });
+} catch (error) {
+  fail((error as Error).message);
+}
+using model = gpuModel;
 
 const encoder = new TextEncoder();
 const it = generate(model, prompt, { maxTokens, temperature, topP, seed, tokenizer });

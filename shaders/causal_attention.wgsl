@@ -1,6 +1,7 @@
 // Causal attention of query rows over a contiguous K/V buffer, with GQA.
 // q [rows][Hq][d] at positions seq.start + i; k, v [positions][Hkv][d];
-// query i sees keys 0..seq.start + i. out [rows][Hq][d].
+// query i sees keys 0..seq.start + i, or with a sliding window (p.window > 0)
+// only the last p.window of them. out [rows][Hq][d].
 // One workgroup per (row, query head). Keys are taken in tiles of WG: each
 // thread scores one key, the tile's max and sum are reduced in workgroup
 // memory, and each thread folds the tile into its channels' running sums
@@ -11,6 +12,7 @@ struct Params {
   kv_heads: u32,
   head_dim: u32,
   scale: f32,
+  window: u32,
 }
 
 struct Seq {
@@ -55,10 +57,14 @@ fn main(
   workgroupBarrier();
 
   let n_keys = seq.start + row + 1u;
+  var first = 0u;
+  if (p.window > 0u && n_keys > p.window) {
+    first = n_keys - p.window;
+  }
   var acc: array<f32, PER_THREAD>;
   var m_run = NEG;
   var l_run = 0.0;
-  for (var j0 = 0u; j0 < n_keys; j0 += WG) {
+  for (var j0 = first; j0 < n_keys; j0 += WG) {
     let j = j0 + lid;
     var score = NEG;
     if (j < n_keys) {

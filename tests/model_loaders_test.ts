@@ -337,9 +337,13 @@ Deno.test("HF config: defaults, missing fields, unsupported architectures and op
     () => modelConfigFromHf({ ...good, hidden_act: "gelu" }),
     /'hidden_act' must be "silu": received "gelu"/,
   );
-  const scaled = { ...good, rope_scaling: { rope_type: "llama3", factor: 8 } };
-  assert.throws(() => modelConfigFromHf(scaled), /'rope_scaling' type "llama3" is not supported/);
-  assert.equal(modelConfigFromHf(scaled, { ignoreRopeScaling: true }).ropeStyle, "half");
+  // rope_scaling types and sliding windows: tests/checkpoints_test.ts
+  const scaled = { ...good, rope_scaling: { rope_type: "yarn", factor: 8 } };
+  assert.throws(
+    () => modelConfigFromHf(scaled),
+    /'rope_scaling\.rope_type' must be one of default, linear, dynamic, llama3: received "yarn"/,
+  );
+  assert.equal(modelConfigFromHf(scaled, { ignoreRopeScaling: true }).ropeScaling, undefined);
   assert.throws(() => modelConfigFromHf([]), /must be a JSON object/);
 });
 

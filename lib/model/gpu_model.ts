@@ -28,11 +28,12 @@ import {
   planRope,
   planSwiglu,
   recordPlans,
-  ropeInvFreq,
   uploadMatrix,
   uploadVector,
   writeSeqStart,
 } from "./kernels.ts";
+import { assertRopeScalingRange, modelRopeInvFreq } from "./rope_scaling.ts";
+import { assertSlidingWindow, attentionWindow, shortestAttentionWindow } from "./sliding_window.ts";
 import type { ModelConfig, ModelWeights, Tensor, WeightDtype } from "./types.ts";
 
 /** Options of {@linkcode createGpuModel}. */
@@ -116,6 +117,7 @@ function checkConfig(c: ModelConfig, action: string): void {
     );
   }
   assertOneOf("config.ropeStyle", c.ropeStyle, ["adjacent", "half"] as const, action);
+  assertSlidingWindow(c, action);
 }
 
 function checkShape(name: string, t: Tensor | undefined, shape: number[], action: string): void {
@@ -203,6 +205,15 @@ export function createGpuModel(
   }
   const maxSeqLen = options.maxSeqLen ?? config.maxSeqLen;
   assertInteger("maxSeqLen", maxSeqLen, action, 1);
+  assertRopeScalingRange(config, maxSeqLen, action);
+  const window = shortestAttentionWindow(config);
+  if (
+    options.attention && window > 0 && window < maxSeqLen && !options.attention.appliesSlidingWindow
+  ) {
+    throw new RangeError(
+      `Cannot ${action} as the model's 'sliding_window' (${window} tokens) is shorter than 'maxSeqLen' (${maxSeqLen}) and the attention backend does not apply it: use the dense backend built from the model's config, or a maxSeqLen of at most ${window}`,
+    );
+  }
   const chunk = options.prefillChunk ?? 256;
   assertInteger("prefillChunk", chunk, action, 64);
   if (chunk % 64 !== 0) {
@@ -266,7 +277,7 @@ export function createGpuModel(
     const invFreq = buffer(
       "rope inverse frequencies",
       GPUBufferUsage.STORAGE,
-      ropeInvFreq(d, config.ropeTheta),
+      modelRopeInvFreq(config),
     );
     const layers: LayerGpu[] = weights.layers.map((lw, i) => ({
       attnNorm: vector(lw.attnNorm, `layer ${i} attention norm`),
@@ -532,6 +543,7 @@ export function createGpuModel(
               numKvHeads: hkv,
               headDim: d,
               seq: c.seq,
+              window: attentionWindow(config, l),
             }));
             layerPlans.push(...planPostAttention(lw, {
               x: xs,

@@ -5,9 +5,13 @@
  *
  * Supported `architectures`: `LlamaForCausalLM` (SmolLM too),
  * `MistralForCausalLM`, `Qwen2ForCausalLM` (q/k/v biases). HF checkpoints
- * rotate half-split pairs (`ropeStyle: "half"`). Mistral/Qwen2 sliding
- * windows are not modelled: attention is full, which is exact up to the
- * window length.
+ * rotate half-split pairs (`ropeStyle: "half"`). `rope_scaling` (or
+ * transformers 5's `rope_parameters`) of type `linear`, `llama3` and
+ * `dynamic` (within the original context) is applied; Mistral's
+ * `sliding_window` and Qwen2's (`use_sliding_window`, `max_window_layers` or
+ * `layer_types`) become {@linkcode ModelConfig.slidingWindow}. Other fields
+ * that change the math (`partial_rotary_factor`, logit soft-capping, other
+ * rope types and their parameters) are refused by name.
  *
  * Tensor names: `model.embed_tokens.weight`,
  * `model.layers.N.input_layernorm.weight`,
@@ -20,7 +24,14 @@
  */
 
 import { type TensorSource, writeSafetensors, writeShardedSafetensors } from "./safetensors.ts";
-import type { LayerWeights, ModelConfig, ModelWeights, Tensor, WeightDtype } from "./types.ts";
+import type {
+  LayerWeights,
+  ModelConfig,
+  ModelWeights,
+  RopeScaling,
+  Tensor,
+  WeightDtype,
+} from "./types.ts";
 import { convertTensor } from "./weight_convert.ts";
 
 /** `architectures` entries this module runs, with their family name. */
@@ -35,8 +46,8 @@ export interface HfConfigOptions {
   /** Name of the config (a path) for error messages. */
   name?: string;
   /**
-   * Load a config with `rope_scaling` (e.g. Llama 3.1's "llama3") anyway,
-   * running plain RoPE. Results then differ from the original model.
+   * Drop `rope_scaling` (any type, supported or not) and run plain RoPE.
+   * Results then differ from the original model past short contexts.
    */
   ignoreRopeScaling?: boolean;
 }
@@ -142,16 +153,35 @@ export function modelConfigFromHf(json: unknown, options: HfConfigOptions = {}):
       throw new TypeError(`Cannot ${action} as '${flag}: true' is not supported`);
     }
   }
-  const scaling = j.rope_scaling as Record<string, unknown> | null | undefined;
-  const scalingType = scaling ? scaling.rope_type ?? scaling.type : undefined;
-  if (scaling && scalingType !== "default" && !options.ignoreRopeScaling) {
-    throw new TypeError(
-      `Cannot ${action} as 'rope_scaling' type ${
-        JSON.stringify(scalingType)
-      } is not supported (pass ignoreRopeScaling to run plain RoPE)`,
+  const partial = j.partial_rotary_factor ?? 1;
+  if (partial !== 1) {
+    throw new RangeError(
+      `Cannot ${action} as 'partial_rotary_factor' must be 1 (RoPE on the whole head): received ${
+        JSON.stringify(partial)
+      }`,
     );
   }
+  for (const field of ["attn_logit_softcapping", "final_logit_softcapping"]) {
+    if (j[field] != null) {
+      throw new TypeError(
+        `Cannot ${action} as '${field}' is not supported: received ${JSON.stringify(j[field])}`,
+      );
+    }
+  }
+  const maxSeqLen = int("max_position_embeddings", 2048);
+  const rope = readRopeScaling(j, action, maxSeqLen, options.ignoreRopeScaling ?? false);
   const family = HF_ARCHITECTURES[arch];
+  const numberField = (field: string, v: unknown, min: number) => {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+      throw new RangeError(
+        `Cannot ${action} as field '${field}' must be an integer of at least ${min}: received ${
+          JSON.stringify(v)
+        }`,
+      );
+    }
+    return v;
+  };
+  const window = readSlidingWindow(j, family, numLayers, action, numberField);
   const tied = j.tie_word_embeddings ?? false;
   if (typeof tied !== "boolean") {
     throw new TypeError(
@@ -170,9 +200,11 @@ export function modelConfigFromHf(json: unknown, options: HfConfigOptions = {}):
     numKvHeads,
     headDim,
     vocabSize,
-    maxSeqLen: int("max_position_embeddings", 2048),
-    ropeTheta: num("rope_theta", 10000),
+    maxSeqLen,
+    ropeTheta: rope.theta ?? num("rope_theta", 10000),
     ropeStyle: "half",
+    ...(rope.scaling ? { ropeScaling: rope.scaling } : {}),
+    ...window,
     normEps: num("rms_norm_eps", 1e-6),
     tiedEmbeddings: tied,
     qkvBias: family === "qwen2",
@@ -181,9 +213,196 @@ export function modelConfigFromHf(json: unknown, options: HfConfigOptions = {}):
   };
 }
 
+/** `rope_scaling` parameters each supported type reads (required ones first). */
+const ROPE_SCALING_FIELDS: Record<string, { required: string[]; optional: string[] }> = {
+  default: { required: [], optional: [] },
+  linear: { required: ["factor"], optional: ["original_max_position_embeddings"] },
+  dynamic: { required: ["factor"], optional: ["original_max_position_embeddings"] },
+  llama3: {
+    required: ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"],
+    optional: [],
+  },
+};
+
+/** Reads `rope_scaling` (or `rope_parameters`, transformers 5) into a {@linkcode RopeScaling}. */
+function readRopeScaling(
+  j: Record<string, unknown>,
+  action: string,
+  maxPositions: number,
+  ignore: boolean,
+): { scaling?: RopeScaling; theta?: number } {
+  const field = j.rope_parameters != null ? "rope_parameters" : "rope_scaling";
+  const raw = j[field];
+  if (raw == null) return {};
+  if (typeof raw !== "object" || Array.isArray(raw)) {
+    throw new TypeError(
+      `Cannot ${action} as '${field}' must be an object or null: received ${JSON.stringify(raw)}`,
+    );
+  }
+  const r = raw as Record<string, unknown>;
+  let theta: number | undefined;
+  if (field === "rope_parameters" && r.rope_theta != null) {
+    if (typeof r.rope_theta !== "number" || !(r.rope_theta > 0)) {
+      throw new RangeError(
+        `Cannot ${action} as 'rope_parameters.rope_theta' must be a positive number: received ${
+          JSON.stringify(r.rope_theta)
+        }`,
+      );
+    }
+    theta = r.rope_theta;
+  }
+  if (ignore) return { theta };
+  const typeField = r.rope_type !== undefined ? "rope_type" : "type";
+  const type = r[typeField] ?? "default";
+  if (r.rope_type !== undefined && r.type !== undefined && r.rope_type !== r.type) {
+    throw new TypeError(
+      `Cannot ${action} as '${field}.type' must equal '${field}.rope_type' (${
+        JSON.stringify(r.rope_type)
+      }): received ${JSON.stringify(r.type)}`,
+    );
+  }
+  if (typeof type !== "string" || !(type in ROPE_SCALING_FIELDS)) {
+    throw new TypeError(
+      `Cannot ${action} as '${field}.${typeField}' must be one of ${
+        Object.keys(ROPE_SCALING_FIELDS).join(", ")
+      }: received ${JSON.stringify(type)} (pass ignoreRopeScaling to run plain RoPE)`,
+    );
+  }
+  const known = ROPE_SCALING_FIELDS[type];
+  const allowed = new Set(["rope_type", "type", ...known.required, ...known.optional]);
+  if (field === "rope_parameters") allowed.add("rope_theta");
+  for (const [key, value] of Object.entries(r)) {
+    if (!allowed.has(key) && value != null) {
+      throw new TypeError(
+        `Cannot ${action} as '${field}.${key}' is not supported with rope type ${
+          JSON.stringify(type)
+        }: received ${JSON.stringify(value)}`,
+      );
+    }
+  }
+  const positive = (key: string, fallback?: number): number => {
+    const v = r[key] ?? fallback;
+    if (v === undefined) {
+      throw new TypeError(
+        `Cannot ${action} as '${field}.${key}' is missing (rope type ${JSON.stringify(type)})`,
+      );
+    }
+    if (typeof v !== "number" || !(v > 0) || !Number.isFinite(v)) {
+      throw new RangeError(
+        `Cannot ${action} as '${field}.${key}' must be a positive number: received ${
+          JSON.stringify(v)
+        }`,
+      );
+    }
+    return v;
+  };
+  const original = (fallback?: number): number => {
+    const v = positive("original_max_position_embeddings", fallback);
+    if (!Number.isInteger(v)) {
+      throw new RangeError(
+        `Cannot ${action} as '${field}.original_max_position_embeddings' must be an integer: received ${v}`,
+      );
+    }
+    return v;
+  };
+  switch (type) {
+    case "linear":
+      return { theta, scaling: { type, factor: positive("factor") } };
+    case "dynamic":
+      return {
+        theta,
+        scaling: {
+          type,
+          factor: positive("factor"),
+          originalMaxPositionEmbeddings: original(maxPositions),
+        },
+      };
+    case "llama3": {
+      const lowFreqFactor = positive("low_freq_factor");
+      const highFreqFactor = positive("high_freq_factor");
+      if (!(highFreqFactor > lowFreqFactor)) {
+        throw new RangeError(
+          `Cannot ${action} as '${field}.high_freq_factor' must be greater than 'low_freq_factor' (${lowFreqFactor}): received ${highFreqFactor}`,
+        );
+      }
+      return {
+        theta,
+        scaling: {
+          type,
+          factor: positive("factor"),
+          lowFreqFactor,
+          highFreqFactor,
+          originalMaxPositionEmbeddings: original(),
+        },
+      };
+    }
+    default:
+      return { theta };
+  }
+}
+
 /**
- * A `config.json` object for a {@linkcode ModelConfig} (`LlamaForCausalLM`,
- * or `Qwen2ForCausalLM` when it has q/k/v biases). Only `"half"` RoPE is
+ * Mistral's `sliding_window` (every layer) and Qwen2's (`use_sliding_window`;
+ * layers from `layer_types`, or those at or after `max_window_layers`).
+ */
+function readSlidingWindow(
+  j: Record<string, unknown>,
+  family: string,
+  numLayers: number,
+  action: string,
+  integer: (field: string, v: unknown, min: number) => number,
+): Pick<ModelConfig, "slidingWindow" | "slidingWindowLayers"> {
+  // Llama ignores `sliding_window` in transformers; so do we.
+  if (family === "llama" || j.sliding_window == null) return {};
+  if (family === "mistral") {
+    return { slidingWindow: integer("sliding_window", j.sliding_window, 1) };
+  }
+  const use = j.use_sliding_window ?? false;
+  if (typeof use !== "boolean") {
+    throw new TypeError(
+      `Cannot ${action} as 'use_sliding_window' must be a boolean: received ${JSON.stringify(use)}`,
+    );
+  }
+  if (!use) return {};
+  const slidingWindow = integer("sliding_window", j.sliding_window, 1);
+  let layers: number[];
+  if (j.layer_types != null) {
+    const types = j.layer_types;
+    if (!Array.isArray(types) || types.length !== numLayers) {
+      throw new RangeError(
+        `Cannot ${action} as 'layer_types' must list ${numLayers} layer types: received ${
+          JSON.stringify(types)
+        }`,
+      );
+    }
+    types.forEach((t, i) => {
+      if (t !== "sliding_attention" && t !== "full_attention") {
+        throw new TypeError(
+          `Cannot ${action} as 'layer_types[${i}]' must be one of sliding_attention, full_attention: received ${
+            JSON.stringify(t)
+          }`,
+        );
+      }
+    });
+    layers = types.flatMap((t, i) => t === "sliding_attention" ? [i] : []);
+  } else {
+    const first = integer("max_window_layers", j.max_window_layers ?? 28, 0);
+    layers = [];
+    for (let l = first; l < numLayers; l++) layers.push(l);
+  }
+  if (layers.length === 0) return {};
+  return layers.length === numLayers ? { slidingWindow } : {
+    slidingWindow,
+    slidingWindowLayers: layers,
+  };
+}
+
+/**
+ * A `config.json` object for a {@linkcode ModelConfig} (`LlamaForCausalLM`;
+ * `Qwen2ForCausalLM` when it has q/k/v biases; `MistralForCausalLM` when it
+ * has a sliding window on every layer and no biases). `ropeScaling` becomes
+ * `rope_scaling`; a Qwen2 window on the last layers becomes
+ * `max_window_layers`, on other layers `layer_types`. Only `"half"` RoPE is
  * expressible; convert adjacent-pair weights with
  * {@linkcode hfTensorsFromWeights} first.
  *
@@ -205,9 +424,55 @@ export function hfConfigFromModel(config: ModelConfig): Record<string, unknown> 
     );
   }
   const qwen = config.qkvBias;
+  const window = config.slidingWindow;
+  const slides = config.slidingWindowLayers;
+  const mistral = !qwen && window !== undefined;
+  if (mistral && slides !== undefined && slides.length !== config.numLayers) {
+    throw new TypeError(
+      `Cannot write HF config as a Mistral 'sliding_window' applies to every layer: received 'slidingWindowLayers' [${slides}]`,
+    );
+  }
+  const extra: Record<string, unknown> = {};
+  if (window !== undefined) {
+    extra.sliding_window = window;
+    if (qwen) {
+      extra.use_sliding_window = true;
+      const first = slides === undefined ? 0 : Math.min(...slides, config.numLayers);
+      const suffix = slides === undefined ||
+        slides.length === config.numLayers - first && slides.every((l) => l >= first);
+      if (suffix) {
+        extra.max_window_layers = first;
+      } else {
+        extra.layer_types = Array.from(
+          { length: config.numLayers },
+          (_, l) => slides.includes(l) ? "sliding_attention" : "full_attention",
+        );
+      }
+    }
+  }
+  const s = config.ropeScaling;
+  if (s) {
+    extra.rope_scaling = s.type === "linear"
+      ? { rope_type: s.type, factor: s.factor }
+      : s.type === "dynamic"
+      ? {
+        rope_type: s.type,
+        factor: s.factor,
+        original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+      }
+      : {
+        rope_type: s.type,
+        factor: s.factor,
+        low_freq_factor: s.lowFreqFactor,
+        high_freq_factor: s.highFreqFactor,
+        original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+      };
+  }
   return {
-    architectures: [qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"],
-    model_type: qwen ? "qwen2" : "llama",
+    architectures: [
+      qwen ? "Qwen2ForCausalLM" : mistral ? "MistralForCausalLM" : "LlamaForCausalLM",
+    ],
+    model_type: qwen ? "qwen2" : mistral ? "mistral" : "llama",
     hidden_size: config.dim,
     intermediate_size: config.hiddenDim,
     num_hidden_layers: config.numLayers,
@@ -223,6 +488,7 @@ export function hfConfigFromModel(config: ModelConfig): Record<string, unknown> 
     bos_token_id: config.bosId,
     eos_token_id: config.eosId,
     torch_dtype: "float32",
+    ...extra,
   };
 }
 

@@ -836,6 +836,11 @@ export interface CausalAttentionPlanOptions {
   seq: GPUBuffer;
   /** Score scale; default `1 / sqrt(headDim)`. */
   scale?: number;
+  /**
+   * Sliding window in tokens: query position `p` sees only keys
+   * `p - window + 1 ..= p`; default 0, all keys `0 ..= p`.
+   */
+  window?: number;
 }
 
 /** Largest head size {@linkcode planCausalAttention} supports. */
@@ -845,7 +850,8 @@ export const MAX_ATTENTION_HEAD_DIM = 256;
  * Plans causal attention: query row `i` (position `seq.start + i`) attends
  * to keys `0 ..= seq.start + i`; query head `h` reads KV head
  * `h / (Hq / Hkv)`. With one row and `seq.start = pos` it is decode
- * attention over a contiguous cache.
+ * attention over a contiguous cache. With `window` it is sliding-window
+ * attention (Mistral, Qwen2) over the same cache.
  *
  * @example
  * ```ts
@@ -887,6 +893,8 @@ export function planCausalAttention(
   }
   const scale = options.scale ?? 1 / Math.sqrt(headDim);
   assertFinite("scale", scale, action);
+  const window = options.window ?? 0;
+  assertInteger("window", window, action, 0, 0xffffffff);
   checkFits("q", options.q, rows * numQueryHeads * headDim, action);
   checkFits("output", options.output, rows * numQueryHeads * headDim, action);
   const pipeline = cachedPipeline(device, "causal_attention", causalAttentionSrc);
@@ -896,6 +904,7 @@ export function planCausalAttention(
     numKvHeads,
     headDim,
     { f32: scale },
+    window,
   ]);
   return makePlan("causal attention", [{
     pipeline,

@@ -171,6 +171,8 @@ export interface CausalAttentionReferenceOptions {
   start: number;
   /** Score scale; default `1 / sqrt(headDim)`. */
   scale?: number;
+  /** Sliding window: row `i` sees only the last `window` of its keys; default 0 (all). */
+  window?: number;
 }
 
 /**
@@ -198,24 +200,26 @@ export function causalAttentionReference(
   const rows = q.length / (hq * d);
   const group = hq / hkv;
   const out = new Float32Array(q.length);
+  const window = options.window ?? 0;
   for (let i = 0; i < rows; i++) {
     const n = start + i + 1;
+    const first = window > 0 ? Math.max(0, n - window) : 0;
     for (let h = 0; h < hq; h++) {
       const kvh = Math.floor(h / group);
       const qb = (i * hq + h) * d;
       const scores = new Float64Array(n);
       let max = -Infinity;
-      for (let j = 0; j < n; j++) {
+      for (let j = first; j < n; j++) {
         let dot = 0;
         for (let c = 0; c < d; c++) dot += q[qb + c] * k[(j * hkv + kvh) * d + c];
         scores[j] = dot * scale;
         if (scores[j] > max) max = scores[j];
       }
       let sum = 0;
-      for (let j = 0; j < n; j++) sum += scores[j] = Math.exp(scores[j] - max);
+      for (let j = first; j < n; j++) sum += scores[j] = Math.exp(scores[j] - max);
       for (let c = 0; c < d; c++) {
         let acc = 0;
-        for (let j = 0; j < n; j++) acc += scores[j] * v[(j * hkv + kvh) * d + c];
+        for (let j = first; j < n; j++) acc += scores[j] * v[(j * hkv + kvh) * d + c];
         out[qb + c] = acc / sum;
       }
     }

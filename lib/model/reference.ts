@@ -10,6 +10,8 @@
  */
 
 import { assertInteger, assertLength } from "../gpu/errors.ts";
+import { assertRopeScalingRange, modelRopeInvFreq } from "./rope_scaling.ts";
+import { assertSlidingWindow, attentionWindow } from "./sliding_window.ts";
 import type { ModelConfig, ModelWeights, RopeStyle, Tensor } from "./types.ts";
 import { tensorToFloat32 } from "./weight_convert.ts";
 
@@ -96,6 +98,11 @@ export interface RopeOptions {
   theta?: number;
   /** Pairing of rotated elements (default `"adjacent"`, llama2.c). */
   style?: RopeStyle;
+  /**
+   * Inverse frequency of each pair (`headDim / 2` values, e.g. scaled by
+   * {@linkcode modelRopeInvFreq}); default `theta^(-2i / headDim)` in f32.
+   */
+  invFreq?: ArrayLike<number>;
 }
 
 /**
@@ -121,9 +128,13 @@ export function rope(x: Float32Array, pos: number, options: RopeOptions): Float3
   const theta = options.theta ?? 10000;
   const half = options.style === "half";
   const heads = x.length / d;
+  const invFreq = options.invFreq;
+  if (invFreq) assertLength("invFreq", invFreq, d / 2, "apply rope");
   for (let i = 0; i < d / 2; i++) {
     // f32 frequency like llama2.c's powf, then the angle in f32
-    const freq = Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / d))));
+    const freq = invFreq
+      ? Math.fround(invFreq[i])
+      : Math.fround(1 / Math.fround(Math.pow(theta, Math.fround((2 * i) / d))));
     const angle = Math.fround(pos * freq);
     const c = Math.cos(angle), s = Math.sin(angle);
     for (let h = 0; h < heads; h++) {
@@ -301,6 +312,8 @@ export function createReferenceModel(
   }
   const maxSeqLen = options.maxSeqLen ?? c.maxSeqLen;
   assertInteger("maxSeqLen", maxSeqLen, action, 1);
+  assertRopeScalingRange(c, maxSeqLen, action);
+  assertSlidingWindow(c, action);
   const { dim, hiddenDim, headDim: d, numQueryHeads: hq, numKvHeads: hkv, vocabSize } = c;
   const qDim = hq * d, kvDim = hkv * d;
   const layers: F32Layer[] = weights.layers.map((l, i) => {
@@ -342,6 +355,8 @@ export function createReferenceModel(
   const scale = 1 / Math.sqrt(d);
   const group = hq / hkv;
   const ropeOptions: RopeOptions = { headDim: d, theta: c.ropeTheta, style: c.ropeStyle };
+  if (c.ropeScaling) ropeOptions.invFreq = modelRopeInvFreq(c);
+  const windows = layers.map((_, l) => attentionWindow(c, l));
 
   const grow = (needed: number) => {
     const next = Math.min(maxSeqLen, Math.max(needed, capacity * 2));
@@ -394,18 +409,20 @@ export function createReferenceModel(
         keyCache[l].set(k, pos * kvDim);
         valueCache[l].set(v, pos * kvDim);
         const kc = keyCache[l], vc = valueCache[l];
+        // Sliding window: keys first..pos (scores[0] holds key `first`).
+        const first = windows[l] > 0 ? Math.max(0, pos - windows[l] + 1) : 0;
         for (let h = 0; h < hq; h++) {
           const qo = h * d, kvo = Math.floor(h / group) * d;
-          for (let t = 0; t <= pos; t++) {
+          for (let t = first; t <= pos; t++) {
             let s = 0;
             const ko = t * kvDim + kvo;
             for (let i = 0; i < d; i++) s += q[qo + i] * kc[ko + i];
-            scores[t] = s * scale;
+            scores[t - first] = s * scale;
           }
-          softmax(scores, { length: pos + 1 });
+          softmax(scores, { length: pos + 1 - first });
           for (let i = 0; i < d; i++) {
             let acc = 0;
-            for (let t = 0; t <= pos; t++) acc += scores[t] * vc[t * kvDim + kvo + i];
+            for (let t = first; t <= pos; t++) acc += scores[t - first] * vc[t * kvDim + kvo + i];
             att[qo + i] = acc;
           }
         }

@@ -21,6 +21,30 @@ export interface Tensor {
 /** RoPE pairing: llama2.c rotates adjacent pairs (x[2i], x[2i+1]); HF Llama rotates halves (x[i], x[i+d/2]). */
 export type RopeStyle = "adjacent" | "half";
 
+/**
+ * RoPE frequency scaling (Hugging Face `rope_scaling`), applied to the
+ * inverse frequencies `theta^(-2i/d)` once, when a model is built:
+ *
+ * - `linear`: every inverse frequency divided by `factor` (positions / factor).
+ * - `llama3` (Llama 3.1/3.2): per frequency, wavelengths `2*pi / f` longer than
+ *   `originalMaxPositionEmbeddings / lowFreqFactor` are divided by `factor`,
+ *   shorter than `originalMaxPositionEmbeddings / highFreqFactor` kept, and
+ *   interpolated smoothly in between.
+ * - `dynamic` (NTK-aware): plain RoPE while the sequence stays within
+ *   `originalMaxPositionEmbeddings`, which is the only range this module runs
+ *   it in (longer sequences are refused, naming `rope_scaling`).
+ */
+export type RopeScaling =
+  | { type: "linear"; factor: number }
+  | { type: "dynamic"; factor: number; originalMaxPositionEmbeddings: number }
+  | {
+    type: "llama3";
+    factor: number;
+    lowFreqFactor: number;
+    highFreqFactor: number;
+    originalMaxPositionEmbeddings: number;
+  };
+
 /** Hyper-parameters of a Llama-family decoder. */
 export interface ModelConfig {
   /** Architecture family as loaded (`llama`, `mistral`, `qwen2`, `smollm` all run as Llama). */
@@ -45,6 +69,15 @@ export interface ModelConfig {
   ropeTheta: number;
   /** RoPE pairing. */
   ropeStyle: RopeStyle;
+  /** RoPE frequency scaling; absent: plain RoPE. */
+  ropeScaling?: RopeScaling;
+  /**
+   * Sliding-window attention (Mistral, Qwen2): a query at position `p` sees
+   * keys `p - slidingWindow + 1 ..= p` (itself included). Absent: full attention.
+   */
+  slidingWindow?: number;
+  /** Layers that use `slidingWindow` (Qwen2's `max_window_layers`); absent: all layers. */
+  slidingWindowLayers?: readonly number[];
   /** RMSNorm epsilon. */
   normEps: number;
   /** Whether the classifier is the token embedding. */

@@ -16,6 +16,7 @@ import {
   planCausalAttention,
   writeSeqStart,
 } from "../kernels.ts";
+import { assertSlidingWindow, attentionWindow } from "../sliding_window.ts";
 import type { ModelConfig } from "../types.ts";
 
 /** The buffers of one decode step of one layer, all f32. */
@@ -63,15 +64,24 @@ export interface AttentionBackend {
    * later submits).
    */
   step(layer: number, pos: number, io: AttentionStepIo): Promise<void>;
+  /**
+   * Whether `step` applies the model's sliding window
+   * ({@linkcode ModelConfig.slidingWindow}), or never holds more tokens than
+   * it. A decoder refuses a model whose window is shorter than its sequence
+   * unless this is true.
+   */
+  readonly appliesSlidingWindow?: boolean;
   /** Frees its GPU resources. */
   [Symbol.dispose](): void;
 }
 
-/** The attention shape a backend needs from a {@linkcode ModelConfig}. */
-export type AttentionBackendShape = Pick<
-  ModelConfig,
-  "numLayers" | "numQueryHeads" | "numKvHeads" | "headDim"
->;
+/**
+ * The attention shape a backend needs from a {@linkcode ModelConfig}, with
+ * its sliding window when it has one.
+ */
+export type AttentionBackendShape =
+  & Pick<ModelConfig, "numLayers" | "numQueryHeads" | "numKvHeads" | "headDim">
+  & Partial<Pick<ModelConfig, "slidingWindow" | "slidingWindowLayers">>;
 
 /** Options of {@linkcode createDenseAttentionBackend}. */
 export interface DenseAttentionBackendOptions {
@@ -99,13 +109,15 @@ function checkShape(shape: AttentionBackendShape, action: string): void {
       `Cannot ${action} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${shape.numKvHeads}): received ${shape.numQueryHeads}`,
     );
   }
+  assertSlidingWindow(shape, action);
 }
 
 /**
  * Creates the dense backend: per layer a `[maxSeqLen][Hkv][d]` K and V
  * cache; `step` appends the new k/v (or overwrites from `pos` when `pos` is
  * behind the cached length) and runs causal attention over positions
- * `0..=pos`.
+ * `0..=pos`, or over the last `slidingWindow` of them in the layers the
+ * shape's sliding window covers (the cache still holds every position).
  *
  * @example
  * ```ts
@@ -157,12 +169,14 @@ export function createDenseAttentionBackend(
       numKvHeads: hkv,
       headDim: d,
       seq: seq[layer],
+      window: attentionWindow(shape, layer),
     });
     plans[layer] = { q, out, plan };
     return plan;
   };
   return {
     maxSeqLen,
+    appliesSlidingWindow: shape.slidingWindow !== undefined,
     byteLength: 2 * numLayers * maxSeqLen * rowBytes,
     length: (layer) => {
       checkLayer(layer, "read a cache length");
@@ -278,6 +292,7 @@ export function createRecordingBackend(
     }
   };
   return {
+    appliesSlidingWindow: inner.appliesSlidingWindow,
     async prefill(layer, k, v, length, extras) {
       const what = "record a prefill";
       assertInteger("layer", layer, what, 0, shape.numLayers - 1);

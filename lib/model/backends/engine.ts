@@ -5,7 +5,13 @@
  * @module
  */
 
-import { createRetrievalEngine, type EngineOptions, type RetrievalEngine } from "../../engine/engine.ts";
+import {
+  createRetrievalEngine,
+  type EngineOptions,
+  type RetrievalEngine,
+} from "../../engine/engine.ts";
+import { assertSlidingWindow, shortestAttentionWindow } from "../sliding_window.ts";
+import type { ModelConfig } from "../types.ts";
 import type { AttentionBackend, AttentionStepIo } from "./dense.ts";
 
 /** Budget knobs as a user gives them; see {@linkcode resolveBudget}. */
@@ -42,8 +48,14 @@ export function resolveBudget(input: BudgetInput): Required<BudgetInput> {
   };
 }
 
-/** Options of {@linkcode createEngineBackend}: the engine's options without the batch. */
-export type EngineBackendOptions = Omit<EngineOptions, "batch">;
+/**
+ * Options of {@linkcode createEngineBackend}: the engine's options without
+ * the batch, plus the model's sliding window (spreading a
+ * {@linkcode ModelConfig} in passes it).
+ */
+export type EngineBackendOptions =
+  & Omit<EngineOptions, "batch">
+  & Partial<Pick<ModelConfig, "slidingWindow" | "slidingWindowLayers">>;
 
 /** An attention backend backed by a {@linkcode RetrievalEngine} (batch 1). */
 export interface EngineBackend extends AttentionBackend {
@@ -52,7 +64,9 @@ export interface EngineBackend extends AttentionBackend {
 }
 
 /**
- * Creates a decoder attention backend that runs `options.policy`.
+ * Creates a decoder attention backend that runs `options.policy`. The engine
+ * has no sliding window yet: a model whose `slidingWindow` is shorter than
+ * `maxContext` is refused (up to the window, full attention is exact).
  *
  * @example
  * ```ts
@@ -70,10 +84,22 @@ export function createEngineBackend(
   device: GPUDevice,
   options: EngineBackendOptions,
 ): EngineBackend {
-  const engine = createRetrievalEngine(device, { ...options, batch: 1 });
+  const { slidingWindow, slidingWindowLayers, ...engineOptions } = options;
+  const action = "create an engine attention backend";
+  const windowed = { numLayers: options.numLayers, slidingWindow, slidingWindowLayers };
+  assertSlidingWindow(windowed, action);
+  const window = shortestAttentionWindow(windowed);
+  if (window > 0 && window < options.maxContext) {
+    throw new RangeError(
+      `Cannot ${action} as the model's 'sliding_window' (${window} tokens) must be at least 'maxContext' (the retrieval engine does not apply sliding windows yet): received maxContext ${options.maxContext}; lower maxContext (--max-seq-len) to ${window} or use the dense backend`,
+    );
+  }
+  const engine = createRetrievalEngine(device, { ...engineOptions, batch: 1 });
   let prefilled = 0;
   return {
     engine,
+    // Never holds more tokens than the window, so full attention is the window.
+    appliesSlidingWindow: true,
     async prefill(layer: number, k: GPUBuffer, v: GPUBuffer, length: number): Promise<void> {
       // A prefill of layer 0 after a whole prompt starts a new sequence.
       if (layer === 0 && prefilled === options.numLayers) {
