@@ -59,6 +59,8 @@ export * from "./lib/model/tokenizer.ts";
 export * from "./lib/model/hf_tokenizer.ts";
 export * from "./lib/model/safetensors.ts";
 export * from "./lib/model/hf_config.ts";
+export * from "./lib/model/rope_scaling.ts";
+export * from "./lib/model/sliding_window.ts";
 export * from "./lib/model/reference.ts";
 export * from "./lib/model/sampling.ts";
 export * from "./lib/model/weight_convert.ts";
