@@ -265,7 +265,9 @@ function readRopeScaling(
     throw new TypeError(
       `Cannot ${action} as '${field}.${typeField}' must be one of ${
         Object.keys(ROPE_SCALING_FIELDS).join(", ")
-      }: received ${JSON.stringify(type)} (pass ignoreRopeScaling to run plain RoPE)`,
+      }: received ${
+        JSON.stringify(type)
+      } (load with ignoreRopeScaling, or generate.ts --ignore-rope-scaling, to run plain RoPE)`,
     );
   }
   const known = ROPE_SCALING_FIELDS[type];

@@ -39,7 +39,10 @@ export interface LoadModelOptions {
   dtype?: WeightDtype;
   /** Called as tensor data is read (library code stays silent otherwise). */
   onProgress?: (progress: LoadProgress) => void;
-  /** Load HF configs with `rope_scaling` anyway, running plain RoPE. */
+  /**
+   * Drop an HF config's `rope_scaling` (any type) and run plain RoPE; default:
+   * apply `llama3`, `linear` and `dynamic`, refuse other types by name.
+   */
   ignoreRopeScaling?: boolean;
 }
 

@@ -91,7 +91,7 @@ export function createEngineBackend(
   const window = shortestAttentionWindow(windowed);
   if (window > 0 && window < options.maxContext) {
     throw new RangeError(
-      `Cannot ${action} as the model's 'sliding_window' (${window} tokens) must be at least 'maxContext' (the retrieval engine does not apply sliding windows yet): received maxContext ${options.maxContext}; lower maxContext (--max-seq-len) to ${window} or use the dense backend`,
+      `Cannot ${action} as the model's 'sliding_window' (${window} tokens) must be at least 'maxContext' (the retrieval engine does not apply sliding windows yet): received maxContext ${options.maxContext}; lower maxContext (--max-seq-len) to ${window} or use the dense backend (--policy dense)`,
     );
   }
   const engine = createRetrievalEngine(device, { ...engineOptions, batch: 1 });
