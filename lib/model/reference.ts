@@ -270,6 +270,9 @@ function expectShape(name: string, t: Tensor | undefined, shape: number[]): Floa
 /**
  * Builds a CPU reference model from weights (any of f32/f16/bf16; 16-bit
  * tensors are widened to f32 here). Shapes are checked against the config.
+ * `ropeScaling` rotates by {@linkcode modelRopeInvFreq}'s frequencies (the
+ * ones the GPU decoder uses); `slidingWindow` limits attention to the last
+ * `slidingWindow` positions in the layers it covers.
  *
  * @example
  * ```ts

@@ -117,7 +117,9 @@ function checkShape(shape: AttentionBackendShape, action: string): void {
  * cache; `step` appends the new k/v (or overwrites from `pos` when `pos` is
  * behind the cached length) and runs causal attention over positions
  * `0..=pos`, or over the last `slidingWindow` of them in the layers the
- * shape's sliding window covers (the cache still holds every position).
+ * shape's sliding window covers (the cache still holds every position). It
+ * reports `appliesSlidingWindow` when the shape carries a `slidingWindow`,
+ * so build it from the model's config.
  *
  * @example
  * ```ts
