@@ -14,6 +14,7 @@ import { requestGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { createRandom, type Random, randomNormalArray } from "../lib/workloads/random.ts";
 import { gpuTest, testGpu } from "./_gpu.ts";
+import { assertClose } from "./_assert.ts";
 
 // f32: the kernel works in f32, the oracle in f64. f16: both read the same
 // rounded values (the kernel unpacks halves exactly), so only the f32
@@ -68,21 +69,14 @@ function shuffled(rng: Random, n: number): number[] {
   return a;
 }
 
-function assertClose(
+function assertResultClose(
   actual: PagedAttentionResult,
   expected: PagedAttentionResult,
   tol: number,
   label: string,
 ) {
   for (const key of ["out", "lse"] as const) {
-    const a = actual[key], e = expected[key];
-    assert.equal(a.length, e.length, `${label} ${key} length`);
-    for (let i = 0; i < e.length; i++) {
-      const err = Math.abs(a[i] - e[i]);
-      if (!(err <= tol * Math.max(1, Math.abs(e[i])))) {
-        assert.fail(`${label}: ${key}[${i}] = ${a[i]}, expected ${e[i]} (error ${err})`);
-      }
-    }
+    assertClose(actual[key], expected[key], { abs: tol, rel: tol }, `${label} ${key}`);
   }
 }
 
@@ -91,7 +85,7 @@ async function checkCase(device: GPUDevice, seed: number, c: Case, tuning = {}) 
   const options: PagedAttentionOptions = { ...c.shape, ...tuning };
   const got = await pagedAttention(device, inputs, options);
   const want = pagedAttentionReference(inputs, c.shape);
-  assertClose(got, want, c.f16 ? TOL.f16 : TOL.f32, JSON.stringify({ ...c, ...tuning }));
+  assertResultClose(got, want, c.f16 ? TOL.f16 : TOL.f32, JSON.stringify({ ...c, ...tuning }));
 }
 
 gpuTest("attention: head_dim 8, page size 1, no GQA, batch 3 of different lengths", async (gpu) => {
@@ -208,7 +202,12 @@ gpuTest("attention: plan, encode, update, optional lse, cached bind groups", asy
     device.queue.submit([encoder.finish()]);
     const want1 = pagedAttentionReference(first, shape);
     const [a, b, l] = await Promise.all([outA, outB, lse].map((x) => readBuffer(device, x)));
-    assertClose({ out: new Float32Array(a), lse: new Float32Array(l) }, want1, TOL.f32, "step 1");
+    assertResultClose(
+      { out: new Float32Array(a), lse: new Float32Array(l) },
+      want1,
+      TOL.f32,
+      "step 1",
+    );
     assert.deepEqual(new Float32Array(b), new Float32Array(a));
 
     // Next step: other lengths and slots over the same caches.
@@ -224,7 +223,12 @@ gpuTest("attention: plan, encode, update, optional lse, cached bind groups", asy
     device.queue.submit([encoder.finish()]);
     const want2 = pagedAttentionReference({ ...second, q: first.q }, shape);
     const [a2, l2] = await Promise.all([outA, lse].map((x) => readBuffer(device, x)));
-    assertClose({ out: new Float32Array(a2), lse: new Float32Array(l2) }, want2, TOL.f32, "step 2");
+    assertResultClose(
+      { out: new Float32Array(a2), lse: new Float32Array(l2) },
+      want2,
+      TOL.f32,
+      "step 2",
+    );
 
     // A buffer too small is refused before recording.
     const small = createBuffer(device, "test small", S, 16);
@@ -304,7 +308,7 @@ gpuTest("attention: holes in the page table against the reference", async (gpu) 
     });
     const got = await pagedAttention(gpu.device, x, { ...c.shape, ...tuning });
     const want = pagedAttentionReference(x, c.shape);
-    assertClose(got, want, c.f16 ? TOL.f16 : TOL.f32, `holes case ${index}`);
+    assertResultClose(got, want, c.f16 ? TOL.f16 : TOL.f32, `holes case ${index}`);
   }
 });
 
@@ -342,9 +346,9 @@ gpuTest("attention: page table as a GPU buffer replaces the plan's", async (gpu)
     });
     const wantY = pagedAttentionReference(y, shape);
     const wantX = pagedAttentionReference(x, shape);
-    assertClose(await read(0), wantY, TOL.f32, "GPU table");
-    assertClose(await read(1), wantX, TOL.f32, "plan table after a GPU table");
-    assertClose(await read(2), wantY, TOL.f32, "tableless plan");
+    assertResultClose(await read(0), wantY, TOL.f32, "GPU table");
+    assertResultClose(await read(1), wantX, TOL.f32, "plan table after a GPU table");
+    assertResultClose(await read(2), wantY, TOL.f32, "tableless plan");
     assert.throws(
       () => tableless.encode(device.createCommandEncoder(), { ...common, out: outs[0] }),
       (e: Error) =>

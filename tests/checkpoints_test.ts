@@ -19,6 +19,7 @@ import { argmax } from "../lib/model/sampling.ts";
 import { attentionWindow } from "../lib/model/sliding_window.ts";
 import type { ModelWeights, Tensor } from "../lib/model/types.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
+import { maxAbsDiff } from "./_assert.ts";
 
 const MODEL = new URL("../models/stories260K/stories260K.bin", import.meta.url).pathname;
 const base = await loadModel(MODEL, { tokenizer: false });
@@ -30,16 +31,6 @@ const STORY = (() => {
   for (let pos = 0; pos < 140; pos++) tokens.push(argmax(ref.forward(tokens[pos], pos)));
   return tokens;
 })();
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = d;
-  }
-  return m;
-}
 
 /**
  * Writes `weights` as an HF checkpoint, lets `edit` change its config.json,

@@ -4,10 +4,7 @@ import { gpuTest } from "./_gpu.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { generateText } from "../lib/model/generate.ts";
 import { loadLlama2c } from "../lib/model/llama2c.ts";
-import {
-  type AttentionBackend,
-  createDenseAttentionBackend,
-} from "../lib/model/backends/dense.ts";
+import { type AttentionBackend, createDenseAttentionBackend } from "../lib/model/backends/dense.ts";
 import { createEngineBackend } from "../lib/model/backends/engine.ts";
 import { POLICIES } from "../lib/engine/engine.ts";
 

@@ -14,6 +14,7 @@ import { createReferenceModel } from "../lib/model/reference.ts";
 import { loadLlama2c } from "../lib/model/llama2c.ts";
 import { querySimilarityReference } from "../lib/kernels/similarity.ts";
 import { pageRegions } from "../lib/memory/page_plan.ts";
+import { assertClose } from "./_assert.ts";
 
 const SHAPE = { numLayers: 2, numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
 // 1 sink page, 2 window pages, 3 selected pages of 4 tokens.
@@ -54,13 +55,6 @@ async function run(
     },
   });
   return result;
-}
-
-function assertClose(a: Float32Array, b: Float32Array, tol: number, what: string) {
-  assert.equal(a.length, b.length);
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  assert.ok(worst <= tol, `${what}: max abs diff ${worst} > ${tol}`);
 }
 
 gpuTest("budget covering the context: every policy equals full", async ({ device }) => {

@@ -13,19 +13,10 @@ import { createReferenceModel } from "../lib/model/reference.ts";
 import { argmax } from "../lib/model/sampling.ts";
 import type { ModelConfig, ModelWeights, Tensor, WeightDtype } from "../lib/model/types.ts";
 import { convertTensor } from "../lib/model/weight_convert.ts";
+import { maxAbsDiff } from "./_assert.ts";
 
 const MODEL = new URL("../models/stories260K/stories260K.bin", import.meta.url);
 const TOKENIZER = new URL("../models/stories260K/tok512.bin", import.meta.url);
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = d;
-  }
-  return m;
-}
 
 /** A random Llama-family model with every optional feature switchable. */
 function syntheticModel(over: Partial<ModelConfig>, dtype: WeightDtype = "f32"): ModelWeights {

@@ -13,6 +13,7 @@ import {
 } from "../lib/kernels/layout.ts";
 import { createRandom, type Random } from "../lib/workloads/random.ts";
 import type { KvArray } from "../lib/gpu/dtype.ts";
+import { assertArraysEqual } from "./_assert.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -137,7 +138,7 @@ gpuTest(
         await readBuffer(device, runsBuf, count * sizes.runBytes, runBase * sizes.runBytes),
       );
       const want = nhdToHndReference({ kCache, vCache }, all, shape);
-      assert.deepEqual(got, bytesOf(want), `gather ${JSON.stringify(shape)}`);
+      assertArraysEqual(got, bytesOf(want), `gather ${JSON.stringify(shape)}`);
 
       // Scatter the runs into a permutation of (slot, head) of fresh caches.
       const k2 = randomKv(rng, shape, n), v2 = randomKv(rng, shape, n);
@@ -158,8 +159,8 @@ gpuTest(
         ? new Float16Array(await readBuffer(device, runsBuf))
         : new Float32Array(await readBuffer(device, runsBuf));
       hndToNhdReference(runsAll, { kCache: k2, vCache: v2 }, { ...shape, jobs: scatter });
-      assert.deepEqual(new Uint8Array(await readBuffer(device, k2Buf)), bytesOf(k2));
-      assert.deepEqual(new Uint8Array(await readBuffer(device, v2Buf)), bytesOf(v2));
+      assertArraysEqual(new Uint8Array(await readBuffer(device, k2Buf)), bytesOf(k2), "keys");
+      assertArraysEqual(new Uint8Array(await readBuffer(device, v2Buf)), bytesOf(v2), "values");
       for (const b of [kBuf, vBuf, runsBuf, k2Buf, v2Buf]) b.destroy();
     }
   },

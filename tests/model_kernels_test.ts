@@ -29,28 +29,9 @@ import {
 } from "../lib/model/kernels_reference.ts";
 import { bf16BitsFromFloat, convertTensor, tensorToFloat32 } from "../lib/model/weight_convert.ts";
 import type { Tensor, WeightDtype } from "../lib/model/types.ts";
+import { assertClose } from "./_assert.ts";
 
 const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= m)) m = d; // NaN propagates
-  }
-  return m;
-}
-
-function assertClose(
-  actual: ArrayLike<number>,
-  expected: ArrayLike<number>,
-  tol: number,
-  what = "",
-) {
-  const d = maxAbsDiff(actual, expected);
-  assert.ok(d <= tol, `${what}: max abs diff ${d} > ${tol}`);
-}
 
 function run(device: GPUDevice, plans: KernelPlan[]) {
   const enc = device.createCommandEncoder({ label: "test" });

@@ -14,6 +14,7 @@ import { createOffloader } from "../lib/memory/offload.ts";
 import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
 import { createRandom, type Random } from "../lib/workloads/random.ts";
 import type { KvArray } from "../lib/gpu/dtype.ts";
+import { assertArraysEqual } from "./_assert.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -69,8 +70,8 @@ async function assertCaches(device: GPUDevice, layers: Layer[], message: string)
   for (const [l, layer] of layers.entries()) {
     const k = new Uint8Array(await readBuffer(device, layer.buffers.kCache));
     const v = new Uint8Array(await readBuffer(device, layer.buffers.vCache));
-    assert.deepEqual(k, bytesOf(layer.kCache), `${message}: layer ${l} keys`);
-    assert.deepEqual(v, bytesOf(layer.vCache), `${message}: layer ${l} values`);
+    assertArraysEqual(k, bytesOf(layer.kCache), `${message}: layer ${l} keys`);
+    assertArraysEqual(v, bytesOf(layer.vCache), `${message}: layer ${l} values`);
   }
 }
 

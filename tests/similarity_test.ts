@@ -9,15 +9,7 @@ import {
   type QuerySimilarityOptions,
   querySimilarityReference,
 } from "../lib/kernels/similarity.ts";
-
-function assertClose(got: Float32Array, want: Float32Array, tol: number, label: string): void {
-  assert.equal(got.length, want.length, label);
-  for (let i = 0; i < want.length; i++) {
-    if (!(Math.abs(got[i] - want[i]) <= tol)) {
-      assert.fail(`${label}: index ${i}: got ${got[i]}, want ${want[i]} (tolerance ${tol})`);
-    }
-  }
-}
+import { assertClose } from "./_assert.ts";
 
 /** q_prev = q_now + noise of random size per head, so cosines spread over (-1, 1]. */
 function randomPair(seed: number, length: number, headDim: number): [Float32Array, Float32Array] {

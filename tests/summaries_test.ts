@@ -12,6 +12,7 @@ import {
   summaryFloatsPerPage,
   type SummaryKind,
 } from "../lib/kernels/summaries.ts";
+import { assertArraysEqual, assertClose } from "./_assert.ts";
 
 interface Case {
   slots: number;
@@ -47,14 +48,8 @@ function makeCase(seed: number, c: Case) {
   return { kCache, jobs, numPages };
 }
 
-function assertClose(got: Float32Array, want: Float32Array, rel: number, label: string): void {
-  assert.equal(got.length, want.length);
-  for (let i = 0; i < want.length; i++) {
-    const tol = rel * (1 + Math.abs(want[i]));
-    if (!(Math.abs(got[i] - want[i]) <= tol)) {
-      assert.fail(`${label}: index ${i}: got ${got[i]}, want ${want[i]} (tolerance ${tol})`);
-    }
-  }
+function assertCloseRel(got: Float32Array, want: Float32Array, rel: number, label: string): void {
+  assertClose(got, want, { abs: rel, rel }, label);
 }
 
 const CASES: Case[] = [];
@@ -87,9 +82,9 @@ gpuTest(
       const label = JSON.stringify(c);
       if (c.summary === "minmax") {
         // min and max of the stored values are exact.
-        assert.deepEqual(got, want, label);
+        assertArraysEqual(got, want, label);
       } else {
-        assertClose(got, want, 2e-6, label);
+        assertCloseRel(got, want, 2e-6, label);
       }
       // Box bounds enclose the center; min/max bounds enclose every key.
       for (let p = 0; p < inputs.numPages; p++) {
@@ -143,7 +138,12 @@ gpuTest(
       for (let p = 0; p < numPages; p++) {
         const g = got.subarray(p * pageFloats, (p + 1) * pageFloats);
         if (written.has(p)) {
-          assertClose(g, want.subarray(p * pageFloats, (p + 1) * pageFloats), 2e-6, `layer ${l}`);
+          assertCloseRel(
+            g,
+            want.subarray(p * pageFloats, (p + 1) * pageFloats),
+            2e-6,
+            `layer ${l}`,
+          );
         } else {
           assert.ok(g.every((v) => v === -123.5), `page ${p} untouched`);
         }
@@ -201,7 +201,7 @@ gpuTest("summarizer folds more than 65535 jobs into the grid", async (gpu) => {
   for (let i = 0; i < count; i++) jobs.set([i, count - 1 - i, 1], 3 * i);
   const inputs = { kCache, jobs, numPages: count };
   const got = await noGpuErrors(gpu.device, () => summarizePages(gpu.device, inputs, options));
-  assert.deepEqual(got, pageSummariesReference(inputs, options));
+  assertArraysEqual(got, pageSummariesReference(inputs, options), "many jobs");
 });
 
 Deno.test("summary oracle: hand-computed min/max and box", () => {

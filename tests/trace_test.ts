@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { createTraceWriter, encodeTraceHeader, parseTrace, readTrace } from "../lib/workloads/trace.ts";
+import {
+  createTraceWriter,
+  encodeTraceHeader,
+  parseTrace,
+  readTrace,
+} from "../lib/workloads/trace.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 
 Deno.test("trace round trip keeps every record", async () => {

@@ -1,116 +1,32 @@
 /**
  * The retrieval engine: owns the KV memory of one model for a batch of
- * sequences and runs a decode step per layer under one of the policies
- * `full`, `streaming`, `quest`, `sync-offload` or `freekv` — all through the
- * same kernels and memory system.
+ * sequences and records decode steps under one of the policies `full`,
+ * `streaming`, `quest`, `sync-offload` or `freekv`, all through the same
+ * kernels and memory system.
+ *
+ * A decode step is recorded without host waits where the policy allows:
+ * top-k, the correction check and the page tables run on the GPU; the
+ * selections of every layer come back in one answer per step, and the CPU
+ * recalls the missing pages one step behind (`beginStep` of the next step).
  *
  * @module
  */
 
-import {
-  type AttentionPlan,
-  createPagedAttention,
-  type PagedAttention,
-} from "../kernels/attention.ts";
-import { bytesPerElement, type KvDtype } from "../gpu/dtype.ts";
-import {
-  assertAllFinite,
-  assertFinite,
-  assertInteger,
-  assertLength,
-  assertOneOf,
-} from "../gpu/errors.ts";
+import { bytesPerElement } from "../gpu/dtype.ts";
+import { assertAllFinite, assertInteger, assertLength, describeValue } from "../gpu/errors.ts";
 import { createBuffer, readBuffer } from "../gpu/buffers.ts";
-import { cachedPipeline } from "../gpu/pipelines.ts";
-import {
-  type PageBudget,
-  pageRegions,
-  SelectionSlots,
-  type SlotLoad,
-} from "../memory/page_plan.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
-import {
-  createPageSummarizer,
-  type PageSummarizer,
-  type SummaryKind,
-} from "../kernels/summaries.ts";
-import { createPageSelector, type PageSelector, type PoolingMode } from "../kernels/selection.ts";
-import { createQuerySimilarity, type QuerySimilarity } from "../kernels/similarity.ts";
+import { createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
 import { HostPagePool } from "../memory/host_pool.ts";
 import { createOffloader, type Offloader } from "../memory/offload.ts";
 import { createRecaller, type Recaller, type RecallJob } from "../memory/recall.ts";
-import appendSource from "../../shaders/kv_append.wgsl" with { type: "text" };
-import appendPackedSource from "../../shaders/kv_append_packed.wgsl" with { type: "text" };
+import { type PageBudget, pageRegions, type PageRegions } from "../memory/page_plan.ts";
+import { homeSlot, layerMode, maxPagesOf, modeBudget, poolSlot } from "./geometry.ts";
+import { layerBufferBytes, LayerState } from "./layer.ts";
+import { type EngineOptions, resolveEngineOptions, type ResolvedEngineOptions } from "./options.ts";
+import { type EngineTotals, StatsAccumulator, type StepStats } from "./stats.ts";
 
-/** Retrieval policies; see DESIGN section 4. */
-export type PolicyName = "full" | "streaming" | "quest" | "sync-offload" | "freekv";
-
-/** Every {@linkcode PolicyName}. */
-export const POLICIES: readonly PolicyName[] = [
-  "full",
-  "streaming",
-  "quest",
-  "sync-offload",
-  "freekv",
-];
-
-/** Options of {@linkcode createRetrievalEngine}. */
-export interface EngineOptions {
-  /** Decoder layers. */
-  numLayers: number;
-  /** Query heads. */
-  numQueryHeads: number;
-  /** KV heads (`numQueryHeads` must be a multiple). */
-  numKvHeads: number;
-  /** Per-head size. */
-  headDim: number;
-  /** Longest sequence, in tokens (sizes the GPU cache of resident policies and the page ids). */
-  maxContext: number;
-  /** Sequences decoded together (default 1). */
-  batch?: number;
-  /** Tokens per page (default 32). */
-  pageSize?: number;
-  /** KV element type (default `f32`). */
-  dtype?: KvDtype;
-  /** Policy (default `freekv`). */
-  policy?: PolicyName;
-  /** Tokens attended per step: sink + window + selected (default 2048). */
-  budget?: number;
-  /** Sink tokens (default 512). */
-  sink?: number;
-  /** Window tokens, including the partial last page (default 512). */
-  window?: number;
-  /** Correction threshold on the group-mean query cosine (default 0.9). */
-  tau?: number;
-  /** GQA pooling of page scores (default `softmax-mean`). */
-  pooling?: PoolingMode;
-  /** Page summary kind (default `minmax`). */
-  summary?: SummaryKind;
-  /** Host layout for the offload policies (default `hnd`; `nhd` is the fragmented baseline). */
-  hostLayout?: "hnd" | "nhd";
-  /** Keep layer 0 on full attention (default false). */
-  fullFirstLayer?: boolean;
-  /** Recall buffering (default `double`). */
-  recallBuffering?: "double" | "single";
-  /**
-   * Recall staging (default `write-buffer`: no map round trip, which costs
-   * ~11 ms in Deno; `mapped` has more bandwidth for big recalls).
-   */
-  recallStaging?: "write-buffer" | "mapped";
-  /**
-   * freekv: compute this step's selection together with the correction
-   * check so one readback serves both (default true). False runs the
-   * selection after attention, off the critical path, at the price of a
-   * second readback when a head is corrected.
-   */
-  fuseCorrection?: boolean;
-  /**
-   * Wait for the GPU after each phase to time it (selection, recall,
-   * attention); slower, for breakdowns. Default false: only CPU-side waits
-   * are timed.
-   */
-  profile?: boolean;
-}
+export type { EngineTotals, StepStats } from "./stats.ts";
 
 /** q, k, v of one decode step of one layer, for the whole batch. */
 export interface StepInputs {
@@ -120,81 +36,24 @@ export interface StepInputs {
   k: GPUBuffer | Float32Array;
   /** `[batch][Hkv][d]` f32. */
   v: GPUBuffer | Float32Array;
-  /** Where to write the output `[batch][Hq][d]` f32; when absent the output is read back and returned. */
+  /** Where to write the output `[batch][Hq][d]` f32; `step` reads it back and returns it when absent. */
   out?: GPUBuffer;
 }
 
-/** Statistics of one layer's decode step. */
-export interface StepStats {
-  /** Layer of the step. */
-  layer: number;
-  /** Pages attended, summed over sequences and KV heads. */
-  pagesAttended: number;
-  /** Pages chosen by selection kernels run in this step, summed over sequences and KV heads. */
-  pagesSelected: number;
-  /** Pages recalled from the host (critical path and speculative). */
-  pagesRecalled: number;
-  /** Bytes recalled from the host. */
-  bytesRecalled: number;
-  /** (sequence, KV head) pairs corrected (freekv). */
-  headsCorrected: number;
-  /** (sequence, KV head) pairs checked for correction. */
-  headsChecked: number;
-  /** Milliseconds waiting for selection results on the critical path. */
-  selectionMs: number;
-  /** Milliseconds waiting for recalls on the critical path. */
-  recallWaitMs: number;
-  /** GPU milliseconds of attention (only with `profile`, from timestamp queries when available; else 0). */
-  attentionMs: number;
-  /** Wall milliseconds of the whole call. */
-  totalMs: number;
-}
-
-/** Running totals over all steps. */
-export interface EngineTotals {
-  /** Decode steps (layer steps / numLayers). */
-  steps: number;
-  /** Pages recalled. */
-  pagesRecalled: number;
-  /** Bytes recalled. */
-  bytesRecalled: number;
-  /** Pages offloaded to the host. */
-  pagesOffloaded: number;
-  /** Corrections per (layer, KV head), summed over sequences: `[layer * Hkv + head]`. */
-  correctionsPerHead: number[];
-  /** Checks per (layer, KV head), summed over sequences. */
-  checksPerHead: number[];
-  /** Share of checked head-steps that were corrected. */
-  correctedShare: number;
-}
-
-type LayerMode = "full" | "streaming" | "quest" | "offload";
-
-interface LayerState {
-  mode: LayerMode;
-  slotsPerSeq: number;
-  kCache: GPUBuffer;
-  vCache: GPUBuffer;
-  summaries?: GPUBuffer;
-  length: Int32Array;
-  prefilled: boolean[];
-  /** offload: residency of selection slots per (seq, head). */
-  slots?: SelectionSlots[];
-  /** freekv: previous step's q. */
-  qPrev?: GPUBuffer;
-  hasPrev: boolean;
-  /** freekv: speculative selection for the next step per seq (null: none), and its recall. */
-  speculative: (number[][] | null)[];
-  speculativeDone: Promise<void>;
-  plan?: AttentionPlan;
-  attended: number[][];
-  lastCorrections: Uint8Array;
+/** The answer of one step: every layer's selection, flags and hits, read back together. */
+interface PendingAnswer {
+  bytes: Promise<ArrayBuffer>;
+  settled: boolean;
+  layers: { layer: number; selects: boolean[]; checked: boolean[]; offset: number }[];
 }
 
 const ACTION_CREATE = "create a retrieval engine";
 
 /**
  * Creates a retrieval engine on `device`.
+ *
+ * @throws {TypeError} when an option has the wrong type or names an unknown value.
+ * @throws {RangeError} when a size is out of range or a buffer would not fit the device.
  *
  * @example
  * ```ts
@@ -221,96 +80,73 @@ export class RetrievalEngine {
   /** The device. */
   readonly device: GPUDevice;
   /** Resolved options. */
-  readonly options: Readonly<Required<EngineOptions>>;
+  readonly options: Readonly<ResolvedEngineOptions>;
   /** Page counts of the budget. */
   readonly budget: Readonly<PageBudget>;
   /** Pages per sequence in page-id space (`ceil(maxContext / pageSize)`). */
   readonly maxPages: number;
   #layers: LayerState[] = [];
   #attention: PagedAttention;
-  #summarizer?: PageSummarizer;
-  #selector?: PageSelector;
-  #similarity?: QuerySimilarity;
   #pool?: HostPagePool;
   #offloader?: Offloader;
   #recaller?: Recaller;
   #ring: ReadbackRing;
+  #answer?: GPUBuffer;
+  #answerLayerBytes = 0;
+  #pending: PendingAnswer | null = null;
+  #recording: PendingAnswer["layers"] = [];
+  #inStep = false;
   #nextLayer = 0;
-  #scratch: Map<string, GPUBuffer> = new Map();
-  #totals = { steps: 0, pagesRecalled: 0, bytesRecalled: 0, pagesOffloaded: 0 };
-  #corrections: number[];
-  #checks: number[];
+  #tick = 0;
+  #stepStart = 0;
+  #stats: StatsAccumulator;
   #disposed = false;
 
   /** Use {@linkcode createRetrievalEngine}. */
   constructor(device: GPUDevice, options: EngineOptions) {
-    const o = resolveOptions(options);
-    if (o.dtype === "f16" && (o.numKvHeads * o.headDim) % 2 !== 0) {
-      throw new RangeError(
-        `Cannot ${ACTION_CREATE} as numKvHeads * headDim must be even for "f16": received ${
-          o.numKvHeads * o.headDim
+    if (!(device instanceof GPUDevice)) {
+      throw new TypeError(
+        `Cannot ${ACTION_CREATE} as 'device' must be a GPUDevice (for example requestGpu()'s .device): received ${
+          describeValue(device)
         }`,
       );
     }
+    const o = resolveEngineOptions(options);
+    if (o.dtype === "f16" && o.headDim % 2 !== 0) {
+      throw new RangeError(
+        `Cannot ${ACTION_CREATE} as 'headDim' must be even for "f16": received ${o.headDim}`,
+      );
+    }
     this.device = device;
-    this.options = o;
-    const P = o.pageSize;
-    this.budget = {
-      pageSize: P,
-      sinkPages: o.sink / P,
-      windowPages: o.window / P,
-      selectPages: (o.budget - o.sink - o.window) / P,
-    };
-    this.maxPages = Math.ceil(o.maxContext / P);
-    const { numLayers: L, numKvHeads: hkv, headDim: d, batch: B } = o;
-    const rowBytes = hkv * d * bytesPerElement(o.dtype);
-    const modes: LayerMode[] = Array.from({ length: L }, (_, l) => layerMode(o, l));
+    this.options = Object.freeze(o);
+    this.budget = Object.freeze(modeBudget(o, "offload"));
+    this.maxPages = maxPagesOf(o);
+    const L = o.numLayers;
+    const modes = Array.from({ length: L }, (_, l) => layerMode(o, l));
     // Check every buffer fits a binding before allocating anything.
     const maxBinding = device.limits.maxStorageBufferBindingSize;
     for (const mode of new Set(modes)) {
-      const bytes = B * this.#slotsPerSeq(mode) * P * rowBytes;
-      if (bytes > maxBinding) {
-        throw new RangeError(
-          `Cannot ${ACTION_CREATE} as the ${mode} KV cache of one layer must fit one storage binding (${maxBinding} bytes): received ${bytes} bytes (batch ${B}, maxContext ${o.maxContext}); lower maxContext or batch`,
-        );
+      for (const { name, bytes } of layerBufferBytes(o, mode)) {
+        if (bytes > maxBinding) {
+          throw new RangeError(
+            `Cannot ${ACTION_CREATE} as the ${name} of one layer must fit one storage binding (${maxBinding} bytes): received ${bytes} bytes (batch ${o.batch}, maxContext ${o.maxContext}); lower maxContext or batch`,
+          );
+        }
       }
     }
     this.#attention = createPagedAttention(device, {
       numQueryHeads: o.numQueryHeads,
-      numKvHeads: hkv,
-      headDim: d,
-      pageSize: P,
+      numKvHeads: o.numKvHeads,
+      headDim: o.headDim,
+      pageSize: o.pageSize,
       dtype: o.dtype,
     });
-    const needSummaries = modes.some((m) => m === "quest" || m === "offload");
-    if (needSummaries) {
-      this.#summarizer = createPageSummarizer(device, {
-        numKvHeads: hkv,
-        headDim: d,
-        pageSize: P,
-        dtype: o.dtype,
-        summary: o.summary,
-      });
-      this.#selector = createPageSelector(device, {
-        numQueryHeads: o.numQueryHeads,
-        numKvHeads: hkv,
-        headDim: d,
-        pooling: o.pooling,
-      });
-    }
-    if (o.policy === "freekv") {
-      this.#similarity = createQuerySimilarity(device, {
-        numQueryHeads: o.numQueryHeads,
-        numKvHeads: hkv,
-        headDim: d,
-      });
-    }
     if (modes.includes("offload")) {
       this.#pool = new HostPagePool({
         layers: L,
-        kvHeads: hkv,
-        headDim: d,
-        pageSize: P,
+        kvHeads: o.numKvHeads,
+        headDim: o.headDim,
+        pageSize: o.pageSize,
         dtype: o.dtype,
         layout: o.hostLayout,
       });
@@ -325,75 +161,18 @@ export class RetrievalEngine {
       });
     }
     this.#ring = new ReadbackRing(device, "freekv engine");
-    for (let l = 0; l < L; l++) {
-      const mode = modes[l];
-      const slotsPerSeq = this.#slotsPerSeq(mode);
-      const cacheBytes = B * slotsPerSeq * P * rowBytes;
-      const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-      const layer: LayerState = {
-        mode,
-        slotsPerSeq,
-        kCache: createBuffer(device, `freekv layer ${l} K cache`, usage, cacheBytes),
-        vCache: createBuffer(device, `freekv layer ${l} V cache`, usage, cacheBytes),
-        length: new Int32Array(B),
-        prefilled: new Array(B).fill(false),
-        hasPrev: false,
-        speculative: new Array(B).fill(null),
-        speculativeDone: Promise.resolve(),
-        attended: Array.from({ length: B * hkv }, () => []),
-        lastCorrections: new Uint8Array(B * hkv),
-      };
-      if (mode === "quest" || mode === "offload") {
-        layer.summaries = createBuffer(
-          device,
-          `freekv layer ${l} page summaries`,
-          usage,
-          B * this.maxPages * hkv * 2 * d * 4,
-        );
-      }
-      if (mode === "offload") {
-        layer.slots = Array.from(
-          { length: B * hkv },
-          () => new SelectionSlots(this.budget.selectPages),
-        );
-      }
-      if (mode === "offload" && o.policy === "freekv") {
-        layer.qPrev = createBuffer(
-          device,
-          `freekv layer ${l} previous q`,
-          usage,
-          B * o.numQueryHeads * d * 4,
-        );
-      }
-      this.#layers.push(layer);
+    for (let l = 0; l < L; l++) this.#layers.push(new LayerState(device, o, l, modes[l]));
+    if (o.policy === "freekv" && modes.includes("offload")) {
+      const rows = o.batch * o.numKvHeads;
+      this.#answerLayerBytes = rows * (this.budget.selectPages + 2) * 4;
+      this.#answer = createBuffer(
+        device,
+        "freekv step answer",
+        GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+        L * this.#answerLayerBytes,
+      );
     }
-    this.profile = o.profile;
-    this.#corrections = new Array(L * hkv).fill(0);
-    this.#checks = new Array(L * hkv).fill(0);
-  }
-
-  /** Streaming spends the whole budget on sink + window (same memory as the others). */
-  #modeBudget(mode: LayerMode): PageBudget {
-    if (mode !== "streaming") return this.budget;
-    const { pageSize: P, sinkPages: S } = this.budget;
-    return { pageSize: P, sinkPages: S, windowPages: this.options.budget / P - S, selectPages: 0 };
-  }
-
-  #slotsPerSeq(mode: LayerMode): number {
-    const { sinkPages: S, windowPages: W, selectPages: K } = this.#modeBudget(mode);
-    if (mode === "full" || mode === "quest") return this.maxPages;
-    return mode === "streaming" ? S + W : S + W + K;
-  }
-
-  /** Local slot of logical page `p` in its home (sink/window ring, or identity). */
-  #homeSlot(mode: LayerMode, p: number): number {
-    const { sinkPages: S, windowPages: W } = this.#modeBudget(mode);
-    if (mode === "full" || mode === "quest") return p;
-    return p < S ? p : S + ((p - S) % W);
-  }
-
-  #selectSlot(i: number): number {
-    return this.budget.sinkPages + this.budget.windowPages + i;
+    this.#stats = new StatsAccumulator(L * o.numKvHeads);
   }
 
   /** Tokens stored for `seq` at `layer`. */
@@ -402,18 +181,32 @@ export class RetrievalEngine {
   }
 
   /**
-   * Logical pages attended by (`seq`, KV `head`) in the latest step of
-   * `layer`, ascending.
+   * Logical pages attended in the latest recorded step of `layer`, per
+   * (sequence, KV head) (`[seq * Hkv + head]`), ascending. Pages decided on
+   * the GPU are read back: call it after the step's work was submitted and
+   * before the next step of that layer.
    */
-  attendedPages(layer: number, seq: number, head: number): number[] {
-    return [...this.#layers[layer].attended[seq * this.options.numKvHeads + head]].sort((a, b) =>
-      a - b
-    );
+  async attendedPages(layer: number): Promise<number[][]> {
+    this.#checkAlive("read attended pages");
+    assertInteger("layer", layer, "read attended pages", 0, this.options.numLayers - 1);
+    const state = this.#layers[layer];
+    if (!state.pages) return state.cpuPages.map((p) => [...p].sort((a, b) => a - b));
+    const m = state.tableBuilder!.maxEntries;
+    const all = new Uint32Array(await readBuffer(this.device, state.pages, state.pages.size));
+    const entries = state.tablePlan?.entries ?? [];
+    return Array.from({ length: this.options.batch * this.options.numKvHeads }, (_, i) => {
+      const b = Math.floor(i / this.options.numKvHeads);
+      return [...all.subarray(i * m, i * m + (entries[b] ?? 0))]
+        .filter((p) => p !== 0xffffffff)
+        .sort((a, c) => a - c);
+    });
   }
 
   /**
-   * Per (sequence, KV head), 1 where the latest step of `layer` corrected the
-   * head (freekv: group-mean query cosine below `tau`), else 0.
+   * Per (sequence, KV head), 1 where the latest known correction check of
+   * `layer` corrected the head (freekv: group-mean query cosine below `tau`).
+   * Under `correction: "resident"` the outcome of a step is known one step
+   * later (it travels back with the step's answer).
    */
   lastCorrections(layer: number): Uint8Array {
     return this.#layers[layer].lastCorrections.slice();
@@ -421,14 +214,12 @@ export class RetrievalEngine {
 
   /** Running totals. */
   totals(): EngineTotals {
-    const checks = this.#checks.reduce((a, b) => a + b, 0);
-    const corrections = this.#corrections.reduce((a, b) => a + b, 0);
-    return {
-      ...this.#totals,
-      correctionsPerHead: [...this.#corrections],
-      checksPerHead: [...this.#checks],
-      correctedShare: checks ? corrections / checks : 0,
-    };
+    return this.#stats.totals();
+  }
+
+  /** Statistics of the latest ended step, or null before the first. */
+  lastStepStats(): StepStats | null {
+    return this.#stats.last;
   }
 
   /** The host page pool (offload policies only). */
@@ -441,77 +232,17 @@ export class RetrievalEngine {
     return this.#nextLayer;
   }
 
-  #scratchBuffer(name: string, bytes: number): GPUBuffer {
-    let b = this.#scratch.get(name);
-    if (!b || b.size < bytes) {
-      b?.destroy();
-      b = createBuffer(
-        this.device,
-        `freekv engine ${name}`,
-        GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-        Math.max(bytes, 256),
-      );
-      this.#scratch.set(name, b);
-    }
-    return b;
+  /** True between {@linkcode beginStep} and {@linkcode endStep}. */
+  get inStep(): boolean {
+    return this.#inStep;
   }
 
-  /** Records the f32 -> cache-dtype row copy: `rows` rows of `src` go to element offsets `dst`. */
-  #encodeRows(
-    encoder: GPUCommandEncoder,
-    k: GPUBuffer,
-    v: GPUBuffer,
-    kCache: GPUBuffer,
-    vCache: GPUBuffer,
-    dstOffsets: Uint32Array,
-  ): void {
-    const { numKvHeads: hkv, headDim: d, dtype } = this.options;
-    // f16 without shader-f16: pack pairs of halves into u32 words.
-    const packed = dtype === "f16" && !this.device.features.has("shader-f16");
-    const code = packed
-      ? appendPackedSource
-      : (dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") +
-        appendSource;
-    const pipeline = cachedPipeline(this.device, `kv_append_${packed ? "packed" : dtype}`, code);
-    const rowLen = packed ? (hkv * d) / 2 : hkv * d;
-    if (packed) dstOffsets = dstOffsets.map((x) => x / 2);
-    const rows = dstOffsets.length;
-    // Reused across steps: one encoder per submit records at most one append.
-    const offsets = this.#scratchBuffer("append offsets", dstOffsets.byteLength);
-    this.device.queue.writeBuffer(offsets, 0, dstOffsets as Uint32Array<ArrayBuffer>);
-    const maxY = this.device.limits.maxComputeWorkgroupsPerDimension;
-    for (let base = 0, chunk = 0; base < rows; base += maxY, chunk++) {
-      this.#appendParams[chunk] ??= createBuffer(
-        this.device,
-        `freekv append params ${chunk}`,
-        GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-        16,
+  #checkAlive(action: string): void {
+    if (this.#disposed) {
+      throw new TypeError(
+        `Cannot ${action} as the engine must not be disposed: received a disposed engine`,
       );
-      const params = this.#appendParams[chunk];
-      this.device.queue.writeBuffer(params, 0, new Uint32Array([rowLen, rows, base]));
-      const bind = this.device.createBindGroup({
-        label: "freekv append",
-        layout: pipeline.getBindGroupLayout(0),
-        entries: [params, k, v, offsets, kCache, vCache].map((buffer, binding) => ({
-          binding,
-          resource: { buffer },
-        })),
-      });
-      const pass = encoder.beginComputePass({ label: "freekv append" });
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind);
-      pass.dispatchWorkgroups(Math.ceil(rowLen / 64), Math.min(maxY, rows - base));
-      pass.end();
     }
-  }
-
-  #transient: GPUBuffer[] = [];
-  #appendParams: GPUBuffer[] = [];
-
-  #releaseTransient(): void {
-    // Destroying after submit is safe: WebGPU keeps them alive for submitted work.
-    for (const b of this.#transient) b.destroy();
-    this.#transient = [];
   }
 
   /**
@@ -529,156 +260,320 @@ export class RetrievalEngine {
     const o = this.options;
     assertInteger("seq", seq, action, 0, o.batch - 1);
     assertInteger("layer", layer, action, 0, o.numLayers - 1);
+    if (this.#inStep) {
+      throw new RangeError(
+        `Cannot ${action} as no decode step may be open: received a prefill between beginStep and endStep`,
+      );
+    }
     const state = this.#layers[layer];
     if (state.prefilled[seq]) {
       throw new RangeError(
-        `Cannot prefill as sequence ${seq} of layer ${layer} must not be prefilled twice: received a second prefill`,
+        `Cannot ${action} as sequence ${seq} of layer ${layer} must not be prefilled twice: received a second prefill`,
       );
     }
+    if (kv == null || typeof kv !== "object") {
+      throw new TypeError(`Cannot ${action} as 'kv' must be an object: received ${describeValue(kv)}`);
+    }
     const row = o.numKvHeads * o.headDim;
-    const n = kv.length ?? (kv.k instanceof Float32Array ? kv.k.length / row : NaN);
+    const n = kv.length ??
+      (kv.k instanceof Float32Array && kv.k.length % row === 0 ? kv.k.length / row : NaN);
+    if (kv.length === undefined && !Number.isInteger(n)) {
+      throw new RangeError(
+        `Cannot ${action} as 'k' must hold whole rows of numKvHeads * headDim = ${row} values: received ${
+          kv.k instanceof Float32Array ? `${kv.k.length} values` : describeValue(kv.k)
+        }`,
+      );
+    }
     assertInteger("length", n, action, 1, o.maxContext);
     for (const name of ["k", "v"] as const) {
       const x = kv[name];
       if (x instanceof Float32Array) {
         assertLength(name, x, n * row, action);
         assertAllFinite(name, x, action);
-      } else if (x.size < n * row * 4) {
+      } else if (!(x instanceof GPUBuffer) || x.size < n * row * 4) {
         throw new RangeError(
-          `Cannot prefill as '${name}' must hold ${
+          `Cannot ${action} as '${name}' must be a Float32Array or a GPUBuffer of at least ${
             n * row * 4
-          } bytes: received a buffer of ${x.size}`,
+          } bytes: received ${x instanceof GPUBuffer ? `a buffer of ${x.size}` : describeValue(x)}`,
         );
       }
     }
+    await this.#prefillValid(state, seq, n, kv.k, kv.v);
+  }
+
+  async #prefillValid(
+    state: LayerState,
+    seq: number,
+    n: number,
+    kIn: Float32Array | GPUBuffer,
+    vIn: Float32Array | GPUBuffer,
+  ): Promise<void> {
+    const o = this.options;
     const P = o.pageSize;
-    const { sinkPages: S, selectPages: K } = this.budget;
-    const regions = pageRegions(n, this.#modeBudget(state.mode));
-    const np = regions.numPages;
+    const row = o.numKvHeads * o.headDim;
+    const { sinkPages: S, selectPages: K } = state.budget;
+    const regions = pageRegions(n, state.budget);
     const fullPages = Math.floor(n / P);
     const device = this.device;
-    const k = this.#inputBuffer("prefill k", kv.k, n * row * 4);
-    const v = this.#inputBuffer("prefill v", kv.v, n * row * 4);
+    const k = state.input("prefill k", kIn, n * row * 4);
+    const v = state.input("prefill v", vIn, n * row * 4);
     const encoder = device.createCommandEncoder({ label: "freekv prefill" });
     const mode = state.mode;
     const seqBase = seq * state.slotsPerSeq;
     const slotBytes = P * row * bytesPerElement(o.dtype);
     const pageIds = (from: number, to: number) =>
       Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+    const transient: GPUBuffer[] = [];
     if (mode === "full" || mode === "quest") {
       const dst = new Uint32Array(n).map((_, t) => (seqBase * P + t) * row);
-      this.#encodeRows(encoder, k, v, state.kCache, state.vCache, dst);
+      state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "prefill");
       if (mode === "quest" && fullPages > S) {
-        this.#summarizer!.plan(
-          pageIds(S, fullPages).map((p) => ({
-            srcSlot: seqBase + p,
-            dstPage: seq * this.maxPages + p,
-            numTokens: P,
-          })),
-        );
-        this.#summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
+        state.summarizer!.plan(pageIds(S, fullPages).map((p) => ({
+          srcSlot: seqBase + p,
+          dstPage: seq * this.maxPages + p,
+          numTokens: P,
+        })));
+        state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
       }
     } else {
       // Stage the whole prompt as NHD pages (slot = page), then place sink and
       // window pages in their slots and back the full pages up to the host.
-      const bytes = np * slotBytes;
-      const tk = createBuffer(device, "freekv prefill staging K", usageAll, bytes);
-      const tv = createBuffer(device, "freekv prefill staging V", usageAll, bytes);
-      this.#transient.push(tk, tv);
+      const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+      const bytes = regions.numPages * slotBytes;
+      const tk = createBuffer(device, "freekv prefill staging K", usage, bytes);
+      const tv = createBuffer(device, "freekv prefill staging V", usage, bytes);
+      transient.push(tk, tv);
       const dst = new Uint32Array(n).map((_, t) => t * row);
-      this.#encodeRows(encoder, k, v, tk, tv, dst);
+      state.encodeRows(encoder, k, v, tk, tv, dst, "prefill");
       const place = (p: number, slot: number) => {
         const at = (seqBase + slot) * slotBytes;
         encoder.copyBufferToBuffer(tk, p * slotBytes, state.kCache, at, slotBytes);
         encoder.copyBufferToBuffer(tv, p * slotBytes, state.vCache, at, slotBytes);
       };
-      for (let p = 0; p < regions.sinkCount; p++) place(p, this.#homeSlot(mode, p));
-      for (let p = regions.windowStart; p < np; p++) place(p, this.#homeSlot(mode, p));
+      for (let p = 0; p < regions.sinkCount; p++) place(p, homeSlot(o, mode, p));
+      for (let p = regions.windowStart; p < regions.numPages; p++) {
+        place(p, homeSlot(o, mode, p));
+      }
       if (mode === "offload") {
         const offloaded = pageIds(S, fullPages);
         if (offloaded.length) {
-          this.#summarizer!.plan(offloaded.map((p) => ({
+          state.summarizer!.plan(offloaded.map((p) => ({
             srcSlot: p,
             dstPage: seq * this.maxPages + p,
             numTokens: P,
           })));
-          this.#summarizer!.encode(encoder, { kCache: tk, summaries: state.summaries! });
+          state.summarizer!.encode(encoder, { kCache: tk, summaries: state.summaries! });
           this.#offloader!.encode(encoder, {
-            layer,
+            layer: state.index,
             kCache: tk,
             vCache: tv,
             jobs: offloaded.map((p) => ({ slot: p, page: seq * this.maxPages + p })),
           });
-          this.#totals.pagesOffloaded += offloaded.length * o.numKvHeads;
+          this.#stats.pagesOffloaded += offloaded.length * o.numKvHeads;
         }
-        // While all candidates fit, they stay resident: candidate i in selection slot i.
-        if (regions.candidateCount <= K) {
-          for (let i = 0; i < regions.candidateCount; i++) {
-            place(S + i, this.#selectSlot(i));
-            for (let h = 0; h < o.numKvHeads; h++) {
-              state.slots![seq * o.numKvHeads + h].pages[i] = S + i;
-            }
-          }
+        // The newest candidates that fit the pool stay resident (every head alike).
+        const pool = K + o.cachePages;
+        const resident = pageIds(Math.max(S, regions.windowStart - pool), regions.windowStart);
+        resident.forEach((p, i) => place(p, poolSlot(o, i)));
+        for (let h = 0; h < o.numKvHeads; h++) {
+          const bh = seq * o.numKvHeads + h;
+          state.caches![bh].admit(resident, this.#tick);
+          state.caches![bh].pinned = new Set();
+          state.dirtyRows.add(bh);
         }
+        state.flushResidency();
       }
     }
     device.queue.submit([encoder.finish()]);
     this.#offloader?.flush();
-    this.#releaseTransient();
+    for (const b of transient) b.destroy();
     state.length[seq] = n;
     state.prefilled[seq] = true;
-    state.speculative[seq] = null;
+    state.hasPrev[seq] = false;
+    state.hasSpec[seq] = false;
     await Promise.resolve();
   }
 
-  #inputBuffer(name: string, x: Float32Array | GPUBuffer, bytes: number): GPUBuffer {
-    if (!(x instanceof Float32Array)) return x;
-    const b = this.#scratchBuffer(name, bytes);
-    this.device.queue.writeBuffer(b, 0, x as Float32Array<ArrayBuffer>);
-    return b;
-  }
-
-  #checkAlive(action: string): void {
-    if (this.#disposed) {
-      throw new TypeError(
-        `Cannot ${action} as the engine must not be disposed: received a disposed engine`,
+  /**
+   * Begins a decode step: takes the previous step's answer (awaiting it only
+   * if it has not arrived), recalls the pages its selections miss and
+   * updates the residency maps, in queue order before this step's work.
+   */
+  async beginStep(): Promise<void> {
+    const action = "begin a decode step";
+    this.#checkAlive(action);
+    if (this.#inStep) {
+      throw new RangeError(
+        `Cannot ${action} as the previous step must be ended first (endStep): received a second beginStep`,
       );
     }
+    for (let b = 0; b < this.options.batch; b++) {
+      for (const state of this.#layers) {
+        if (!state.prefilled[b]) {
+          throw new RangeError(
+            `Cannot ${action} as sequence ${b} must be prefilled at layer ${state.index} first: received a step before its prefill`,
+          );
+        }
+        if (state.length[b] >= this.options.maxContext) {
+          throw new RangeError(
+            `Cannot ${action} as sequence ${b} must stay within maxContext ${this.options.maxContext}: received a step at length ${
+              state.length[b]
+            }`,
+          );
+        }
+      }
+    }
+    this.#inStep = true;
+    this.#nextLayer = 0;
+    this.#recording = [];
+    this.#stepStart = performance.now();
+    this.#stats.begin(this.#stats.steps);
+    this.#tick++;
+    try {
+      await this.#takeAnswer();
+    } catch (error) {
+      this.#inStep = false;
+      throw error;
+    }
+  }
+
+  /** Admits the pending answer's selections and recalls what they miss. */
+  async #takeAnswer(): Promise<void> {
+    const pending = this.#pending;
+    if (!pending) return;
+    this.#pending = null;
+    const t0 = performance.now();
+    const wasReady = pending.settled;
+    const bytes = await pending.bytes;
+    if (!wasReady) this.#stats.wait(performance.now() - t0);
+    const o = this.options;
+    const hkv = o.numKvHeads;
+    const K = this.budget.selectPages;
+    const rows = o.batch * hkv;
+    const jobs: RecallJob[] = [];
+    for (const entry of pending.layers) {
+      const words = new Uint32Array(bytes, entry.offset, rows * (K + 2));
+      const fresh = words.subarray(0, rows * K);
+      const flags = words.subarray(rows * K, rows * K + rows);
+      const hits = words.subarray(rows * K + rows);
+      const state = this.#layers[entry.layer];
+      for (let b = 0; b < o.batch; b++) {
+        if (!entry.selects[b] || !state.prefilled[b]) {
+          state.hasSpec[b] = false;
+          continue;
+        }
+        for (let h = 0; h < hkv; h++) {
+          const bh = b * hkv + h;
+          if (entry.checked[b]) {
+            const corrected = flags[bh] !== 0;
+            state.lastCorrections[bh] = corrected ? 1 : 0;
+            this.#stats.checked(entry.layer * hkv + h, corrected, K, hits[bh]);
+          }
+          this.#admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), jobs);
+        }
+        state.hasSpec[b] = true;
+      }
+    }
+    for (const state of this.#layers) state.flushResidency();
+    await this.#recall(jobs);
+  }
+
+  #admit(state: LayerState, b: number, h: number, pages: ArrayLike<number>, jobs: RecallJob[]) {
+    const bh = b * this.options.numKvHeads + h;
+    const loads = state.caches![bh].admit(pages, this.#tick);
+    if (loads.length) state.dirtyRows.add(bh);
+    for (const { page, slot } of loads) {
+      jobs.push({
+        layer: state.index,
+        head: h,
+        page: b * this.maxPages + page,
+        slot: b * state.slotsPerSeq + poolSlot(this.options, slot),
+      });
+    }
+  }
+
+  async #recall(jobs: RecallJob[]): Promise<void> {
+    if (!jobs.length) return;
+    // A page's backup may still be on its way to the host.
+    if (jobs.some((j) => !this.#pool!.isOffloaded(j))) {
+      const t0 = performance.now();
+      await this.#offloader!.drain();
+      this.#stats.wait(performance.now() - t0);
+    }
+    const handle = this.#recaller!.recall(jobs);
+    // Once its copies are submitted, queue order puts later work after it.
+    await handle.submitted;
+    this.#stats.recalled(handle.pages, handle.bytes);
   }
 
   /**
-   * One decode step of `layer` for every sequence: appends k, v, runs the
-   * policy's selection / correction / recall, and attention. Layers are
-   * stepped in order 0..L-1 for each token. Returns the output as an array
-   * when `inputs.out` is absent.
+   * Records the decode step of `layer` for every sequence into `encoder`:
+   * append k, v; select; correct; build the page tables; attend; launch the
+   * speculation. Returns the encoder to keep recording into: the same one,
+   * at once, unless the policy must wait for the GPU inside the step
+   * (`sync-offload`, freekv `correction: "sync"`, a first step after
+   * prefill), in which case it submits `encoder`, waits, and returns a new
+   * one. Layers are recorded in order between `beginStep` and `endStep`.
    */
-  async step(layer: number, inputs: StepInputs): Promise<Float32Array | undefined> {
-    const t0 = performance.now();
-    const action = "run a decode step";
-    this.#checkAlive(action);
-    const o = this.options;
-    const { batch: B, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = o;
-    assertInteger("layer", layer, action, 0, o.numLayers - 1);
-    if (layer !== this.#nextLayer) {
+  async recordLayer(
+    encoder: GPUCommandEncoder,
+    layer: number,
+    inputs: StepInputs,
+  ): Promise<GPUCommandEncoder> {
+    const action = "record a decode step";
+    this.#validateLayer(action, layer, inputs);
+    if (!this.#inStep) {
       throw new RangeError(
-        `Cannot ${action} as 'layer' must be ${this.#nextLayer} (layers step in order): received ${layer}`,
+        `Cannot ${action} as a step must be begun first (beginStep): received layer ${layer} outside a step`,
       );
     }
-    const state = this.#layers[layer];
-    for (let b = 0; b < B; b++) {
-      if (!state.prefilled[b]) {
-        throw new RangeError(
-          `Cannot ${action} as sequence ${b} must be prefilled at layer ${layer} first: received a step before its prefill`,
-        );
-      }
-      if (state.length[b] >= o.maxContext) {
-        throw new RangeError(
-          `Cannot ${action} as sequence ${b} must stay within maxContext ${o.maxContext}: received a step at length ${
-            state.length[b]
-          }`,
-        );
-      }
+    if (!(encoder instanceof GPUCommandEncoder)) {
+      throw new TypeError(
+        `Cannot ${action} as 'encoder' must be a GPUCommandEncoder: received ${describeValue(encoder)}`,
+      );
     }
+    this.#nextLayer = layer + 1;
+    const o = this.options;
+    const { batch: B, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = o;
+    const state = this.#layers[layer];
+    const q = state.input("q", inputs.q, B * hq * d * 4);
+    const k = state.input("k", inputs.k, B * hkv * d * 4);
+    const v = state.input("v", inputs.v, B * hkv * d * 4);
+    const out = inputs.out ?? state.scratch("out", B * hq * d * 4);
+    this.#appendPhase(encoder, state, k, v);
+    const regions = Array.from({ length: B }, (_, b) => pageRegions(state.length[b], state.budget));
+    if (state.mode === "full" || state.mode === "streaming") {
+      this.#attendPhase(encoder, state, q, out, regions, false);
+      return encoder;
+    }
+    const plan = this.#selectPhase(encoder, state, q, regions);
+    if (plan.sync) encoder = await this.#correctPhase(encoder, state, plan);
+    this.#attendPhase(encoder, state, q, out, regions, plan.useFlags);
+    if (state.qPrev) this.#speculatePhase(encoder, state, q, plan);
+    return encoder;
+  }
+
+  #validateLayer(action: string, layer: number, inputs: StepInputs): void {
+    this.#checkAlive(action);
+    const o = this.options;
+    assertInteger("layer", layer, action, 0, o.numLayers - 1);
+    const expected = this.#inStep ? this.#nextLayer : 0;
+    if (layer !== expected) {
+      throw new RangeError(
+        `Cannot ${action} as 'layer' must be ${expected} (layers step in order): received ${layer}`,
+      );
+    }
+    if (this.#inStep && layer >= o.numLayers) {
+      throw new RangeError(
+        `Cannot ${action} as every layer of the step was recorded: received layer ${layer}`,
+      );
+    }
+    if (inputs == null || typeof inputs !== "object") {
+      throw new TypeError(
+        `Cannot ${action} as 'inputs' must be an object: received ${describeValue(inputs)}`,
+      );
+    }
+    const { batch: B, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = o;
     const sizes = { q: B * hq * d, k: B * hkv * d, v: B * hkv * d };
     for (const name of ["q", "k", "v"] as const) {
       const x = inputs[name];
@@ -689,474 +584,359 @@ export class RetrievalEngine {
         throw new RangeError(
           `Cannot ${action} as '${name}' must be a Float32Array or a GPUBuffer of at least ${
             sizes[name] * 4
-          } bytes: received ${x instanceof GPUBuffer ? `a buffer of ${x.size}` : typeof x}`,
+          } bytes: received ${x instanceof GPUBuffer ? `a buffer of ${x.size}` : describeValue(x)}`,
         );
       }
     }
-    if (inputs.out && inputs.out.size < sizes.q * 4) {
+    if (inputs.out !== undefined && (!(inputs.out instanceof GPUBuffer) || inputs.out.size < sizes.q * 4)) {
       throw new RangeError(
-        `Cannot ${action} as 'out' must hold ${
-          sizes.q * 4
-        } bytes: received a buffer of ${inputs.out.size}`,
+        `Cannot ${action} as 'out' must be a GPUBuffer of at least ${sizes.q * 4} bytes: received ${
+          inputs.out instanceof GPUBuffer ? `a buffer of ${inputs.out.size}` : describeValue(inputs.out)
+        }`,
       );
     }
-    // Validation done: from here on state changes.
-    this.#nextLayer = (layer + 1) % o.numLayers;
-    if (this.#nextLayer === 0) this.#totals.steps++;
-    const stats: StepStats = {
-      layer,
-      pagesAttended: 0,
-      pagesSelected: 0,
-      pagesRecalled: 0,
-      bytesRecalled: 0,
-      headsCorrected: 0,
-      headsChecked: 0,
-      selectionMs: 0,
-      recallWaitMs: 0,
-      attentionMs: 0,
-      totalMs: 0,
-    };
-    const device = this.device;
-    const q = this.#inputBuffer("q", inputs.q, sizes.q * 4);
-    const k = this.#inputBuffer("k", inputs.k, sizes.k * 4);
-    const v = this.#inputBuffer("v", inputs.v, sizes.v * 4);
-    const mode = state.mode;
-    const policy = mode === "offload" ? o.policy : mode;
-    // The previous step's speculative recall of this layer must have landed.
-    if (policy === "freekv") {
-      const w0 = performance.now();
-      await state.speculativeDone;
-      stats.recallWaitMs += performance.now() - w0;
-    }
-
-    const encoder = device.createCommandEncoder({ label: `freekv step layer ${layer}` });
-    this.#encodeAppend(encoder, layer, k, v);
-    const budget = this.#modeBudget(mode);
-    const regions = Array.from({ length: B }, (_, b) => pageRegions(state.length[b], budget));
-    const K = this.budget.selectPages;
-    const needsSelection = regions.map((r) => r.candidateCount > K);
-
-    let selection: Uint32Array | null = null; // [B][hkv][K] pages selected with this step's q
-    let flags: Uint32Array | null = null;
-    const selectedBy = new Array<boolean>(B).fill(false);
-    if ((policy === "quest" || policy === "sync-offload") && needsSelection.some(Boolean)) {
-      const read = this.#encodeSelection(encoder, state, q, regions);
-      device.queue.submit([encoder.finish()]);
-      this.#offloader?.flush();
-      const w0 = performance.now();
-      selection = new Uint32Array(await read.start());
-      stats.selectionMs += performance.now() - w0;
-      needsSelection.forEach((n, b) => selectedBy[b] = n);
-    } else if (policy === "freekv" && state.hasPrev && needsSelection.some(Boolean)) {
-      // (While every candidate fits the budget there is nothing to correct.)
-      const read = this.#encodeSimilarity(encoder, state, q);
-      // Fused: this step's selection (the next step's speculation) rides the
-      // same round trip as the flags, so a correction costs no second one.
-      const fused = o.fuseCorrection ? this.#encodeSelection(encoder, state, q, regions) : null;
-      device.queue.submit([encoder.finish()]);
-      this.#offloader?.flush();
-      const w0 = performance.now();
-      const [f, sel] = await Promise.all([read.start(), fused?.start()]);
-      flags = new Uint32Array(f);
-      if (sel) {
-        selection = new Uint32Array(sel);
-        needsSelection.forEach((n, b) => selectedBy[b] = n);
-      }
-      stats.selectionMs += performance.now() - w0;
-    } else {
-      device.queue.submit([encoder.finish()]);
-      this.#offloader?.flush();
-    }
-    this.#releaseTransient();
-
-    // freekv: which (seq, head) attend this step's selection instead of the speculative one.
-    const corrected: boolean[] = new Array(B * hkv).fill(false);
-    state.lastCorrections.fill(0);
-    if (policy === "freekv") {
-      let needNow = false;
-      for (let b = 0; b < B; b++) {
-        if (!needsSelection[b]) continue;
-        const spec = state.speculative[b];
-        for (let h = 0; h < hkv; h++) {
-          if (flags) {
-            stats.headsChecked++;
-            this.#checks[layer * hkv + h]++;
-          }
-          if (!spec) corrected[b * hkv + h] = true;
-          else if (flags && flags[b * hkv + h]) {
-            corrected[b * hkv + h] = true;
-            state.lastCorrections[b * hkv + h] = 1;
-            stats.headsCorrected++;
-            this.#corrections[layer * hkv + h]++;
-          }
-          needNow ||= corrected[b * hkv + h];
-        }
-      }
-      if (needNow && !selection) {
-        const enc = device.createCommandEncoder({ label: `freekv correction layer ${layer}` });
-        const read = this.#encodeSelection(enc, state, q, regions);
-        device.queue.submit([enc.finish()]);
-        const w0 = performance.now();
-        selection = new Uint32Array(await read.start());
-        stats.selectionMs += performance.now() - w0;
-        needsSelection.forEach((n, b) => selectedBy[b] = n);
-      }
-    }
-
-    // Residency: recall what the attended selection lacks (critical path).
-    if (mode === "offload") {
-      const jobs: RecallJob[] = [];
-      for (let b = 0; b < B; b++) {
-        if (!needsSelection[b]) continue;
-        for (let h = 0; h < hkv; h++) {
-          const i = b * hkv + h;
-          let pages: ArrayLike<number> | null = null;
-          if (policy === "sync-offload") pages = selection!.subarray(i * K, (i + 1) * K);
-          else if (corrected[i]) pages = selection!.subarray(i * K, (i + 1) * K);
-          if (pages) this.#loadsToJobs(layer, b, h, state.slots![i].assign(pages), jobs);
-        }
-      }
-      if (selection) stats.pagesSelected += selectedBy.filter(Boolean).length * hkv * K;
-      if (jobs.length) {
-        const w0 = performance.now();
-        const done = await this.#recall(jobs);
-        stats.recallWaitMs += performance.now() - w0;
-        stats.pagesRecalled += done.pages;
-        stats.bytesRecalled += done.bytes;
-      }
-    } else if (mode === "quest" && selection) {
-      stats.pagesSelected += selectedBy.filter(Boolean).length * hkv * K;
-    }
-
-    // Attention over sink + selected + window.
-    const out = inputs.out ?? this.#scratchBuffer("out", sizes.q * 4);
-    const attEncoder = device.createCommandEncoder({ label: `freekv attention layer ${layer}` });
-    stats.pagesAttended = this.#encodeAttention(attEncoder, layer, q, out, regions, selection);
-    if (state.qPrev) attEncoder.copyBufferToBuffer(q, 0, state.qPrev, 0, sizes.q * 4);
-    // freekv: launch next step's selection with this q (reused when it just ran).
-    let specRead: ReturnType<ReadbackRing["record"]> | null = null;
-    if (policy === "freekv" && needsSelection.some(Boolean) && !selection) {
-      specRead = this.#encodeSelection(attEncoder, state, q, regions);
-    }
-    device.queue.submit([attEncoder.finish()]);
-    this.#releaseTransient();
-    if (this.profile) {
-      // GPU timestamps when the device has them; else wall clock, which
-      // includes Deno's ~11 ms wait granularity.
-      const read = this.#timestampRead;
-      this.#timestampRead = null;
-      const w0 = performance.now();
-      if (read) {
-        const [begin, end] = new BigInt64Array(await read.start());
-        stats.attentionMs = Number(end - begin) / 1e6;
-      } else {
-        await device.queue.onSubmittedWorkDone();
-        stats.attentionMs = performance.now() - w0;
-      }
-    }
-    if (policy === "freekv") {
-      state.hasPrev = true;
-      if (specRead || selection) {
-        const known = selection;
-        const pending = specRead ? specRead.start().then((x) => new Uint32Array(x)) : null;
-        state.speculativeDone = this.#launchSpeculative(layer, needsSelection, known, pending);
-      }
-    }
-    stats.totalMs = performance.now() - t0;
-    this.#lastStats = stats;
-    if (inputs.out) return undefined;
-    return new Float32Array(await readBuffer(device, out, sizes.q * 4));
   }
 
-  #lastStats: StepStats | null = null;
-  #timestamps?: { querySet: GPUQuerySet; resolve: GPUBuffer };
-  #timestampRead: ReturnType<ReadbackRing["record"]> | null = null;
-
-  /** Wait for the GPU after attention to time it (see {@linkcode EngineOptions.profile}). */
-  profile = false;
-
-  /** Statistics of the latest step (of any layer). */
-  lastStepStats(): StepStats | null {
-    return this.#lastStats;
-  }
-
-  async #launchSpeculative(
-    layer: number,
-    needsSelection: boolean[],
-    known: Uint32Array | null,
-    pending: Promise<Uint32Array> | null,
-  ): Promise<void> {
-    const state = this.#layers[layer];
-    const { numKvHeads: hkv } = this.options;
-    const K = this.budget.selectPages;
-    const sel = known ?? await pending!;
-    const jobs: RecallJob[] = [];
-    for (let b = 0; b < needsSelection.length; b++) {
-      if (!needsSelection[b]) {
-        state.speculative[b] = null;
-        continue;
-      }
-      const perHead: number[][] = [];
-      for (let h = 0; h < hkv; h++) {
-        const i = b * hkv + h;
-        const pages = [...sel.subarray(i * K, (i + 1) * K)];
-        perHead.push(pages);
-        this.#loadsToJobs(layer, b, h, state.slots![i].assign(pages), jobs);
-      }
-      state.speculative[b] = perHead;
-    }
-    if (jobs.length) await this.#recall(jobs);
-  }
-
-  #loadsToJobs(layer: number, b: number, h: number, loads: SlotLoad[], jobs: RecallJob[]): void {
-    const state = this.#layers[layer];
-    for (const { page, slot } of loads) {
-      jobs.push({
-        layer,
-        head: h,
-        page: b * this.maxPages + page,
-        slot: b * state.slotsPerSeq + this.#selectSlot(slot),
-      });
-    }
-  }
-
-  async #recall(jobs: RecallJob[]): Promise<{ pages: number; bytes: number }> {
-    // A page's backup may still be on its way to the host.
-    if (jobs.some((j) => !this.#pool!.isOffloaded(j))) {
-      await this.#offloader!.drain();
-    }
-    const handle = this.#recaller!.recall(jobs);
-    // Once its copies are submitted, queue order puts later work after it.
-    await handle.submitted;
-    this.#totals.pagesRecalled += handle.pages;
-    this.#totals.bytesRecalled += handle.bytes;
-    return { pages: handle.pages, bytes: handle.bytes };
-  }
-
-  #encodeAppend(encoder: GPUCommandEncoder, layer: number, k: GPUBuffer, v: GPUBuffer): void {
+  /**
+   * Append phase: the token's K/V rows into the window page; a page leaving
+   * the window keeps a pool slot when one is free of pinned pages; a page
+   * that filled is summarized and backed up to the host.
+   */
+  #appendPhase(encoder: GPUCommandEncoder, state: LayerState, k: GPUBuffer, v: GPUBuffer): void {
     const o = this.options;
-    const state = this.#layers[layer];
     const P = o.pageSize;
     const row = o.numKvHeads * o.headDim;
-    const slotBytes = P * row * bytesPerElement(o.dtype);
-    const { sinkPages: S, windowPages: W, selectPages: K } = this.budget;
+    const { sinkPages: S, windowPages: W } = state.budget;
     const dst = new Uint32Array(o.batch);
     const fills: { b: number; p: number }[] = [];
+    const copies: number[][] = [];
     for (let b = 0; b < o.batch; b++) {
       const len = state.length[b];
       const p = Math.floor(len / P);
       const base = b * state.slotsPerSeq;
       if (len % P === 0 && state.mode === "offload" && p - W >= S) {
-        // Page p - W leaves the window; while candidates fit the selection
-        // slots it stays resident (copied before its ring slot is reused).
         const leaving = p - W;
-        const candidates = leaving - S + 1;
-        if (candidates <= K) {
-          const from = (base + this.#homeSlot("offload", leaving)) * slotBytes;
-          const to = (base + this.#selectSlot(candidates - 1)) * slotBytes;
-          // A buffer cannot be both source and destination of one copy: bounce.
-          const bounce = this.#scratchBuffer("promote", 2 * slotBytes);
-          encoder.copyBufferToBuffer(state.kCache, from, bounce, 0, slotBytes);
-          encoder.copyBufferToBuffer(state.vCache, from, bounce, slotBytes, slotBytes);
-          encoder.copyBufferToBuffer(bounce, 0, state.kCache, to, slotBytes);
-          encoder.copyBufferToBuffer(bounce, slotBytes, state.vCache, to, slotBytes);
-          for (let h = 0; h < o.numKvHeads; h++) {
-            state.slots![b * o.numKvHeads + h].pages[candidates - 1] = leaving;
-          }
+        for (let h = 0; h < o.numKvHeads; h++) {
+          const bh = b * o.numKvHeads + h;
+          const slot = state.caches![bh].promote(leaving, this.#tick);
+          if (slot < 0) continue;
+          state.dirtyRows.add(bh);
+          copies.push([base + homeSlot(o, "offload", leaving), base + poolSlot(o, slot), h]);
         }
       }
-      dst[b] = ((base + this.#homeSlot(state.mode, p)) * P + (len % P)) * row;
+      dst[b] = ((base + homeSlot(o, state.mode, p)) * P + (len % P)) * row;
       state.length[b] = len + 1;
       if ((len + 1) % P === 0 && p >= S) fills.push({ b, p });
     }
-    this.#encodeRows(encoder, k, v, state.kCache, state.vCache, dst);
+    // Before the append: the leaving page's home slot is the new page's.
+    state.encodeSlotCopies(encoder, copies);
+    state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "append");
     if (fills.length && (state.mode === "quest" || state.mode === "offload")) {
       const jobs = fills.map(({ b, p }) => ({
-        srcSlot: b * state.slotsPerSeq + this.#homeSlot(state.mode, p),
+        srcSlot: b * state.slotsPerSeq + homeSlot(o, state.mode, p),
         dstPage: b * this.maxPages + p,
         numTokens: P,
       }));
-      this.#summarizer!.plan(jobs);
-      this.#summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
+      state.summarizer!.plan(jobs);
+      state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
       if (state.mode === "offload") {
         this.#offloader!.encode(encoder, {
-          layer,
+          layer: state.index,
           kCache: state.kCache,
           vCache: state.vCache,
           jobs: jobs.map((j) => ({ slot: j.srcSlot, page: j.dstPage })),
         });
-        this.#totals.pagesOffloaded += jobs.length * o.numKvHeads;
+        this.#stats.pagesOffloaded += jobs.length * o.numKvHeads;
       }
     }
   }
 
-  #encodeSelection(
+  /**
+   * Select phase: top-k with this step's query for every sequence whose
+   * selection matters now or next step, and (freekv) the correction flags.
+   * Decides whether the layer must wait for the GPU.
+   */
+  #selectPhase(
     encoder: GPUCommandEncoder,
     state: LayerState,
     q: GPUBuffer,
-    regions: ReturnType<typeof pageRegions>[],
-  ): ReturnType<ReadbackRing["record"]> {
+    regions: PageRegions[],
+  ): { selects: boolean[]; needs: boolean[]; checked: boolean[]; sync: boolean; useFlags: boolean } {
     const o = this.options;
-    const K = this.budget.selectPages;
     const B = o.batch;
-    const out = this.#scratchBuffer("selection", B * o.numKvHeads * K * 4);
-    this.#selector!.plan({
-      pageOffset: Uint32Array.from({ length: B }, (_, b) => b * this.maxPages),
-      // Sequences whose candidates all fit get a dummy range; their result is ignored.
-      candidateStart: Uint32Array.from(regions, (r) => r.candidateCount > K ? r.sinkCount : 0),
-      candidateEnd: Uint32Array.from(regions, (r) => r.candidateCount > K ? r.windowStart : K),
-      k: K,
-    });
-    this.#selector!.encode(encoder, { q, summaries: state.summaries!, selected: out });
-    return this.#ring.record(encoder, out, 0, B * o.numKvHeads * K * 4);
+    const K = state.budget.selectPages;
+    const freekv = state.qPrev !== undefined;
+    // Selection changes attention only past K candidates; freekv also selects
+    // at exactly K so that the next step has a speculation.
+    const needs = regions.map((r) => r.candidateCount > K);
+    const selects = regions.map((r) => freekv ? r.candidateCount >= K : r.candidateCount > K);
+    const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
+    if (selects.some(Boolean)) {
+      state.selector!.plan({
+        pageOffset: Uint32Array.from({ length: B }, (_, b) => b * this.maxPages),
+        // Sequences that do not select get a dummy range; their result is ignored.
+        candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
+        candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
+        k: K,
+      });
+      state.selector!.encode(encoder, { q, summaries: state.summaries!, selected: state.fresh! });
+      this.#stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
+    }
+    if (freekv && checked.some(Boolean)) {
+      state.similarity!.encode(encoder, {
+        batch: B,
+        qNow: q,
+        qPrev: state.qPrev!,
+        cosine: state.cosine!,
+        groupMean: state.groupMean!,
+        flags: state.flags!,
+        tau: o.tau,
+      });
+    }
+    if (state.mode === "quest" || !needs.some(Boolean)) {
+      return { selects, needs, checked, sync: false, useFlags: false };
+    }
+    if (!freekv) return { selects, needs, checked, sync: true, useFlags: false };
+    // freekv: a sequence without a speculation yet (first step) selects synchronously.
+    const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
+    if (missingSpec) return { selects, needs, checked, sync: true, useFlags: false };
+    const sync = o.correction === "sync" && checked.some(Boolean);
+    return { selects, needs, checked, sync, useFlags: true };
   }
 
-  #encodeSimilarity(
+  /**
+   * Correct phase (waits): submits what was recorded, reads the selection
+   * (and flags) back, recalls what the attended selection lacks, then
+   * returns a fresh encoder.
+   */
+  async #correctPhase(
     encoder: GPUCommandEncoder,
     state: LayerState,
-    q: GPUBuffer,
-  ): ReturnType<ReadbackRing["record"]> {
+    plan: { needs: boolean[]; checked: boolean[]; useFlags: boolean },
+  ): Promise<GPUCommandEncoder> {
     const o = this.options;
-    const bytes = o.batch * o.numKvHeads * 4;
-    const flags = this.#scratchBuffer("flags", bytes);
-    this.#similarity!.encode(encoder, {
-      batch: o.batch,
-      qNow: q,
-      qPrev: state.qPrev!,
-      cosine: this.#scratchBuffer("cosine", o.batch * o.numQueryHeads * 4),
-      groupMean: this.#scratchBuffer("group mean", bytes),
-      flags,
-      tau: o.tau,
-    });
-    return this.#ring.record(encoder, flags, 0, bytes);
+    const hkv = o.numKvHeads;
+    const K = state.budget.selectPages;
+    const rows = o.batch * hkv;
+    const selRead = this.#ring.record(encoder, state.fresh!, 0, rows * K * 4);
+    const flagRead = plan.useFlags ? this.#ring.record(encoder, state.flags!, 0, rows * 4) : null;
+    this.device.queue.submit([encoder.finish()]);
+    this.#offloader?.flush();
+    const t0 = performance.now();
+    const [selBytes, flagBytes] = await Promise.all([selRead.start(), flagRead?.start()]);
+    this.#stats.wait(performance.now() - t0);
+    const fresh = new Uint32Array(selBytes);
+    const flags = flagBytes ? new Uint32Array(flagBytes) : null;
+    const jobs: RecallJob[] = [];
+    for (let b = 0; b < o.batch; b++) {
+      if (!plan.needs[b]) continue;
+      for (let h = 0; h < hkv; h++) {
+        const bh = b * hkv + h;
+        const pages = fresh.subarray(bh * K, (bh + 1) * K);
+        const corrected = !flags || !plan.checked[b] || flags[bh] !== 0;
+        if (flags && plan.checked[b]) {
+          let resident = 0;
+          for (const p of pages) if (state.caches![bh].has(p)) resident++;
+          state.lastCorrections[bh] = corrected ? 1 : 0;
+          this.#stats.checked(state.index * hkv + h, corrected, K, resident);
+        }
+        if (corrected) this.#admit(state, b, h, pages, jobs);
+      }
+    }
+    // Already counted: the step's answer must not count these checks again.
+    plan.checked.fill(false);
+    state.flushResidency();
+    await this.#recall(jobs);
+    return this.device.createCommandEncoder({ label: `freekv step layer ${state.index}` });
   }
 
-  /** Builds this step's page tables and records attention; returns pages attended. */
-  #encodeAttention(
+  /** Attend phase: page tables (built on the GPU where selection decides them) and attention. */
+  #attendPhase(
     encoder: GPUCommandEncoder,
-    layer: number,
+    state: LayerState,
     q: GPUBuffer,
     out: GPUBuffer,
-    regions: ReturnType<typeof pageRegions>[],
-    selection: Uint32Array | null,
-  ): number {
+    regions: PageRegions[],
+    useFlags: boolean,
+  ): void {
     const o = this.options;
-    const state = this.#layers[layer];
-    const { batch: B, numKvHeads: hkv } = o;
-    const K = this.budget.selectPages;
-    const mode = state.mode;
-    const maxPages = mode === "full" ? this.maxPages : this.#slotsPerSeq(mode);
-    const table = new Uint32Array(B * hkv * maxPages);
-    const numPages = new Uint32Array(B);
-    const lastPageLen = new Uint32Array(B);
-    let attended = 0;
-    for (let b = 0; b < B; b++) {
-      const r = regions[b];
-      const base = b * state.slotsPerSeq;
-      lastPageLen[b] = r.lastPageLen;
-      for (let h = 0; h < hkv; h++) {
-        const i = b * hkv + h;
+    const B = o.batch;
+    const hkv = o.numKvHeads;
+    const lastPageLen = regions.map((r) => r.lastPageLen);
+    let numPages: number[];
+    let maxPages: number;
+    let pageTable: Uint32Array | undefined;
+    if (state.mode === "full" || state.mode === "streaming") {
+      maxPages = state.mode === "full" ? this.maxPages : state.slotsPerSeq;
+      pageTable = new Uint32Array(B * hkv * maxPages);
+      numPages = [];
+      for (let b = 0; b < B; b++) {
+        const r = regions[b];
         const pages: number[] = [];
-        const slots: number[] = [];
-        const add = (page: number, slot: number) => {
-          pages.push(page);
-          slots.push(base + slot);
-        };
-        for (let p = 0; p < r.sinkCount; p++) add(p, this.#homeSlot(mode, p));
-        if (mode === "full") {
-          for (let p = r.sinkCount; p < r.windowStart; p++) add(p, p);
-        } else if (mode === "quest") {
-          if (r.candidateCount <= K) {
-            for (let p = r.sinkCount; p < r.windowStart; p++) add(p, p);
-          } else {
-            for (const p of selection!.subarray(i * K, (i + 1) * K)) add(p, p);
-          }
-        } else if (mode === "offload") {
-          const resident = state.slots![i].pages;
-          for (let s = 0; s < resident.length; s++) {
-            if (resident[s] >= 0) add(resident[s], this.#selectSlot(s));
-          }
+        for (let p = 0; p < r.numPages; p++) {
+          if (state.mode === "full" || p < r.sinkCount || p >= r.windowStart) pages.push(p);
         }
-        for (let p = r.windowStart; p < r.numPages; p++) add(p, this.#homeSlot(mode, p));
-        if (h === 0) numPages[b] = pages.length;
-        else if (pages.length !== numPages[b]) {
-          throw new Error(
-            `freekv internal error: heads of sequence ${b} attend different page counts`,
-          );
+        numPages.push(pages.length);
+        const slots = pages.map((p) => b * state.slotsPerSeq + homeSlot(o, state.mode, p));
+        for (let h = 0; h < hkv; h++) {
+          pageTable.set(slots, (b * hkv + h) * maxPages);
+          state.cpuPages[b * hkv + h] = pages;
         }
-        table.set(slots, i * maxPages);
-        state.attended[i] = pages;
-        attended += pages.length;
       }
+    } else {
+      const sequences = regions.map((r) => ({
+        sinkCount: r.sinkCount,
+        windowStart: r.windowStart,
+        numPages: r.numPages,
+        candidateCount: r.candidateCount,
+      }));
+      if (!state.tablePlan) state.tablePlan = state.tableBuilder!.plan({ sequences, useFlags });
+      else state.tablePlan.update({ sequences, useFlags });
+      state.flushResidency();
+      state.tablePlan.encode(encoder, {
+        fresh: state.fresh!,
+        spec: useFlags ? state.spec : undefined,
+        flags: useFlags ? state.flags : undefined,
+        residency: state.residency,
+        table: state.table!,
+        pages: state.pages!,
+        hits: state.hits!,
+      });
+      numPages = [...state.tablePlan.entries];
+      maxPages = state.tableBuilder!.maxEntries;
     }
-    const tables = {
-      batch: B,
-      pageTable: table,
-      numPages,
-      lastPageLen,
-      maxPages,
-      numSlots: B * state.slotsPerSeq,
-    };
-    if (!state.plan) state.plan = this.#attention.plan(tables);
-    else state.plan.update(tables);
-    const timed = this.profile && this.device.features.has("timestamp-query");
-    if (timed && !this.#timestamps) {
-      this.#timestamps = {
-        querySet: this.device.createQuerySet({
-          label: "freekv engine attention timestamps",
-          type: "timestamp",
-          count: 2,
-        }),
-        resolve: createBuffer(
-          this.device,
-          "freekv engine timestamp resolve",
-          GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-          16,
-        ),
-      };
+    this.#stats.current!.pagesAttended += numPages.reduce((a, n) => a + n, 0) * hkv;
+    const tables = { batch: B, pageTable, numPages, lastPageLen, maxPages, numSlots: B * state.slotsPerSeq };
+    if (!state.attentionPlan) state.attentionPlan = this.#attention.plan(tables);
+    else state.attentionPlan.update(tables);
+    state.attentionPlan.encode(encoder, {
+      q,
+      kCache: state.kCache,
+      vCache: state.vCache,
+      out,
+      ...(pageTable ? {} : { pageTable: state.table! }),
+    });
+  }
+
+  /**
+   * Speculate phase (freekv): keep q for the next correction check, make
+   * this step's selection the next step's speculation, and add it (with the
+   * flags and resident hits) to the step's answer.
+   */
+  #speculatePhase(
+    encoder: GPUCommandEncoder,
+    state: LayerState,
+    q: GPUBuffer,
+    plan: { selects: boolean[]; checked: boolean[] },
+  ): void {
+    const o = this.options;
+    encoder.copyBufferToBuffer(q, 0, state.qPrev!, 0, o.batch * o.numQueryHeads * o.headDim * 4);
+    state.hasPrev.fill(true);
+    if (!plan.selects.some(Boolean)) {
+      state.hasSpec.fill(false);
+      return;
     }
-    const ts = timed ? this.#timestamps! : undefined;
-    state.plan.encode(
-      encoder,
-      { q, kCache: state.kCache, vCache: state.vCache, out },
-      ts ? { timestampWrites: { querySet: ts.querySet, beginIndex: 0, endIndex: 1 } } : undefined,
-    );
-    if (ts) {
-      encoder.resolveQuerySet(ts.querySet, 0, 2, ts.resolve, 0);
-      this.#timestampRead = this.#ring.record(encoder, ts.resolve, 0, 16);
+    const rows = o.batch * o.numKvHeads;
+    const K = state.budget.selectPages;
+    const offset = state.index * this.#answerLayerBytes;
+    encoder.copyBufferToBuffer(state.fresh!, 0, state.spec!, 0, rows * K * 4);
+    encoder.copyBufferToBuffer(state.fresh!, 0, this.#answer!, offset, rows * K * 4);
+    encoder.copyBufferToBuffer(state.flags!, 0, this.#answer!, offset + rows * K * 4, rows * 4);
+    encoder.copyBufferToBuffer(state.hits!, 0, this.#answer!, offset + (rows * K + rows) * 4, rows * 4);
+    this.#recording.push({
+      layer: state.index,
+      selects: [...plan.selects],
+      checked: [...plan.checked],
+      offset,
+    });
+  }
+
+  /**
+   * Ends the step: records the read-back of the step's answer into
+   * `encoder`, submits it, and starts the answer's map. The next
+   * `beginStep` takes the answer.
+   */
+  endStep(encoder: GPUCommandEncoder): void {
+    const action = "end a decode step";
+    this.#checkAlive(action);
+    if (!this.#inStep || this.#nextLayer !== this.options.numLayers) {
+      throw new RangeError(
+        `Cannot ${action} as every layer must be recorded first: received endStep ${
+          this.#inStep ? `after ${this.#nextLayer} of ${this.options.numLayers} layers` : "outside a step"
+        }`,
+      );
     }
-    return attended;
+    if (!(encoder instanceof GPUCommandEncoder)) {
+      throw new TypeError(
+        `Cannot ${action} as 'encoder' must be a GPUCommandEncoder: received ${describeValue(encoder)}`,
+      );
+    }
+    const layers = this.#recording;
+    const read = layers.length
+      ? this.#ring.record(encoder, this.#answer!, 0, this.options.numLayers * this.#answerLayerBytes)
+      : null;
+    this.device.queue.submit([encoder.finish()]);
+    this.#offloader?.flush();
+    if (read) {
+      const pending: PendingAnswer = { bytes: read.start(), settled: false, layers };
+      pending.bytes.then(() => pending.settled = true, () => pending.settled = true);
+      this.#pending = pending;
+    }
+    this.#recording = [];
+    this.#inStep = false;
+    this.#nextLayer = 0;
+    const stats = this.#stats.current!;
+    stats.totalMs = performance.now() - this.#stepStart;
+    this.#stats.last = stats;
+    this.#stats.current = null;
+    this.#stats.steps++;
+  }
+
+  /**
+   * One decode step of `layer` as a convenience over `beginStep`,
+   * `recordLayer` and `endStep`: layer 0 begins the step, the last layer
+   * ends it, each layer is submitted on its own. Returns the output as an
+   * array when `inputs.out` is absent (which reads it back: a host wait).
+   */
+  async step(layer: number, inputs: StepInputs): Promise<Float32Array | undefined> {
+    this.#validateLayer("run a decode step", layer, inputs);
+    if (layer === 0) await this.beginStep();
+    const o = this.options;
+    const out = inputs.out ?? this.#layers[layer].scratch("out", o.batch * o.numQueryHeads * o.headDim * 4);
+    let encoder = this.device.createCommandEncoder({ label: `freekv step layer ${layer}` });
+    encoder = await this.recordLayer(encoder, layer, { ...inputs, out });
+    if (layer === o.numLayers - 1) this.endStep(encoder);
+    else this.device.queue.submit([encoder.finish()]);
+    if (inputs.out) return undefined;
+    return new Float32Array(await readBuffer(this.device, out, o.batch * o.numQueryHeads * o.headDim * 4));
   }
 
   /**
    * Forgets sequence `seq` on every layer (its pages, selection and host
    * backups) so that it can be prefilled with a new prompt. Call it between
-   * tokens (before the step of layer 0); it waits for background work first.
+   * steps; it waits for background work first.
    */
   async reset(seq: number): Promise<void> {
     const action = "reset a sequence";
     this.#checkAlive(action);
     assertInteger("seq", seq, action, 0, this.options.batch - 1);
-    if (this.#nextLayer !== 0) {
+    if (this.#inStep) {
       throw new RangeError(
-        `Cannot ${action} as the next step must be of layer 0 (between tokens): received a reset before layer ${this.#nextLayer}`,
+        `Cannot ${action} as no decode step may be open: received a reset between beginStep and endStep`,
       );
     }
     await this.drain();
-    const hkv = this.options.numKvHeads;
     for (const state of this.#layers) {
-      state.length[seq] = 0;
-      state.prefilled[seq] = false;
-      state.speculative[seq] = null;
-      state.lastCorrections.fill(0, seq * hkv, (seq + 1) * hkv);
-      for (let h = 0; h < hkv; h++) state.slots?.[seq * hkv + h].pages.fill(-1);
+      state.reset(seq);
+      state.flushResidency();
     }
     this.#pool?.releasePages(seq * this.maxPages, this.maxPages);
   }
 
-  /** Waits for all background work (speculative recalls, offloads). */
+  /** Waits for all background work (the pending answer and its recalls, offloads). */
   async drain(): Promise<void> {
-    await Promise.all(this.#layers.map((l) => l.speculativeDone));
+    this.#checkAlive("drain the engine");
+    if (!this.#inStep) await this.#takeAnswer();
     await this.#offloader?.drain();
     await this.device.queue.onSubmittedWorkDone();
   }
@@ -1165,107 +945,16 @@ export class RetrievalEngine {
   [Symbol.dispose](): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    for (const l of this.#layers) {
-      l.kCache.destroy();
-      l.vCache.destroy();
-      l.summaries?.destroy();
-      l.qPrev?.destroy();
-      l.plan?.[Symbol.dispose]();
-    }
-    for (const b of this.#scratch.values()) b.destroy();
-    for (const b of this.#appendParams) b.destroy();
-    this.#timestamps?.querySet.destroy();
-    this.#timestamps?.resolve.destroy();
-    this.#scratch.clear();
+    // Nobody will take the pending answer: keep its failure from going unhandled.
+    this.#pending?.bytes.catch(() => {});
+    this.#pending = null;
+    for (const l of this.#layers) l[Symbol.dispose]();
+    this.#answer?.destroy();
     this.#ring[Symbol.dispose]();
     this.#recaller?.[Symbol.dispose]();
     this.#offloader?.[Symbol.dispose]();
     this.#pool?.[Symbol.dispose]();
-    this.#selector?.[Symbol.dispose]?.();
-    this.#summarizer?.[Symbol.dispose]?.();
-    this.#similarity?.[Symbol.dispose]?.();
     this.#attention[Symbol.dispose]();
   }
 }
-
-const usageAll = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-
-function layerMode(o: Required<EngineOptions>, layer: number): LayerMode {
-  if (layer === 0 && o.fullFirstLayer) return "full";
-  switch (o.policy) {
-    case "full":
-      return "full";
-    case "streaming":
-      return "streaming";
-    case "quest":
-      return "quest";
-    default:
-      return "offload";
-  }
-}
-
-function resolveOptions(options: EngineOptions): Required<EngineOptions> {
-  const a = ACTION_CREATE;
-  if (options == null || typeof options !== "object") {
-    throw new TypeError(`Cannot ${a} as 'options' must be an object: received ${options}`);
-  }
-  const o: Required<EngineOptions> = {
-    batch: 1,
-    pageSize: 32,
-    dtype: "f32",
-    policy: "freekv",
-    budget: 2048,
-    sink: 512,
-    window: 512,
-    tau: 0.9,
-    pooling: "softmax-mean",
-    summary: "minmax",
-    hostLayout: "hnd",
-    fullFirstLayer: false,
-    recallBuffering: "double",
-    recallStaging: "write-buffer",
-    fuseCorrection: true,
-    profile: false,
-    ...options,
-  };
-  assertInteger("numLayers", o.numLayers, a, 1);
-  assertInteger("numQueryHeads", o.numQueryHeads, a, 1);
-  assertInteger("numKvHeads", o.numKvHeads, a, 1);
-  assertInteger("headDim", o.headDim, a, 1);
-  assertInteger("maxContext", o.maxContext, a, 1);
-  assertInteger("batch", o.batch, a, 1);
-  assertInteger("pageSize", o.pageSize, a, 1);
-  assertInteger("budget", o.budget, a, 1);
-  assertInteger("sink", o.sink, a, 0);
-  assertInteger("window", o.window, a, 1);
-  assertFinite("tau", o.tau, a);
-  assertOneOf("policy", o.policy, POLICIES, a);
-  assertOneOf("dtype", o.dtype, ["f32", "f16"] as const, a);
-  assertOneOf("pooling", o.pooling, ["softmax-mean", "mean", "max"] as const, a);
-  assertOneOf("summary", o.summary, ["minmax", "box"] as const, a);
-  assertOneOf("hostLayout", o.hostLayout, ["hnd", "nhd"] as const, a);
-  assertOneOf("recallBuffering", o.recallBuffering, ["double", "single"] as const, a);
-  assertOneOf("recallStaging", o.recallStaging, ["write-buffer", "mapped"] as const, a);
-  if (o.numQueryHeads % o.numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${a} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${o.numKvHeads}): received ${o.numQueryHeads}`,
-    );
-  }
-  for (const name of ["budget", "sink", "window"] as const) {
-    if (o[name] % o.pageSize !== 0) {
-      throw new RangeError(
-        `Cannot ${a} as '${name}' must be a multiple of 'pageSize' (${o.pageSize}): received ${
-          o[name]
-        }`,
-      );
-    }
-  }
-  if (o.budget < o.sink + o.window + o.pageSize) {
-    throw new RangeError(
-      `Cannot ${a} as 'budget' must be at least sink + window + one page (${
-        o.sink + o.window + o.pageSize
-      }): received ${o.budget}`,
-    );
-  }
-  return o;
-}
+export * from "./options.ts";
