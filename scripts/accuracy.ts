@@ -12,9 +12,13 @@ import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { createRetrievalEngine, type EngineOptions } from "../lib/engine/engine.ts";
 import { driveEngine } from "../lib/workloads/driver.ts";
-import { type AttentionSource, createSyntheticSource, type TokenQkv } from "../lib/workloads/synthetic.ts";
+import {
+  type AttentionSource,
+  createSyntheticSource,
+  type TokenQkv,
+} from "../lib/workloads/synthetic.ts";
 import { readTrace } from "../lib/workloads/trace.ts";
-import { resolveBudget } from "../lib/model/backends/engine.ts";
+import { resolveBudget } from "../lib/engine/options.ts";
 import type { PoolingMode } from "../lib/kernels/selection.ts";
 
 const flags = flagChecks("accuracy");
@@ -138,9 +142,9 @@ for (const v of variants) {
   await driveEngine(engine, [arraySource()], {
     promptLengths: [promptLength],
     steps,
-    onLayer: (_s, l, out) => {
+    onLayer: async (_s, l, out) => {
       outputs.push(out);
-      pages.push(Array.from({ length: hkv }, (_, h) => engine.attendedPages(l, 0, h)));
+      pages.push((await engine.attendedPages(l)).slice(0, hkv));
     },
   });
   results[v.name] = { outputs, pages, correctedShare: engine.totals().correctedShare };

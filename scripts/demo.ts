@@ -12,7 +12,8 @@ import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { generateText } from "../lib/model/generate.ts";
 import { argmax } from "../lib/model/sampling.ts";
-import { createEngineBackend, resolveBudget } from "../lib/model/backends/engine.ts";
+import { createEngineBackend } from "../lib/model/backends/engine.ts";
+import { resolveBudget } from "../lib/engine/options.ts";
 import type { PolicyName } from "../lib/engine/engine.ts";
 
 const HELP = `Usage: deno run -A scripts/demo.ts [options]

@@ -20,10 +20,10 @@ import { createPagedAttention, type PagedAttention } from "../kernels/attention.
 import { HostPagePool } from "../memory/host_pool.ts";
 import { createOffloader, type Offloader } from "../memory/offload.ts";
 import { createRecaller, type Recaller, type RecallJob } from "../memory/recall.ts";
-import { type PageBudget, pageRegions, type PageRegions } from "../memory/page_plan.ts";
+import { type PageBudget, type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import { homeSlot, layerMode, maxPagesOf, modeBudget, poolSlot } from "./geometry.ts";
 import { layerBufferBytes, LayerState } from "./layer.ts";
-import { type EngineOptions, resolveEngineOptions, type ResolvedEngineOptions } from "./options.ts";
+import { type EngineOptions, type ResolvedEngineOptions, resolveEngineOptions } from "./options.ts";
 import { type EngineTotals, StatsAccumulator, type StepStats } from "./stats.ts";
 
 export type { EngineTotals, StepStats } from "./stats.ts";
@@ -272,7 +272,9 @@ export class RetrievalEngine {
       );
     }
     if (kv == null || typeof kv !== "object") {
-      throw new TypeError(`Cannot ${action} as 'kv' must be an object: received ${describeValue(kv)}`);
+      throw new TypeError(
+        `Cannot ${action} as 'kv' must be an object: received ${describeValue(kv)}`,
+      );
     }
     const row = o.numKvHeads * o.headDim;
     const n = kv.length ??
@@ -328,11 +330,13 @@ export class RetrievalEngine {
       const dst = new Uint32Array(n).map((_, t) => (seqBase * P + t) * row);
       state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "prefill");
       if (mode === "quest" && fullPages > S) {
-        state.summarizer!.plan(pageIds(S, fullPages).map((p) => ({
-          srcSlot: seqBase + p,
-          dstPage: seq * this.maxPages + p,
-          numTokens: P,
-        })));
+        state.summarizer!.plan(
+          pageIds(S, fullPages).map((p) => ({
+            srcSlot: seqBase + p,
+            dstPage: seq * this.maxPages + p,
+            numTokens: P,
+          })),
+        );
         state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
       }
     } else {
@@ -529,7 +533,9 @@ export class RetrievalEngine {
     }
     if (!(encoder instanceof GPUCommandEncoder)) {
       throw new TypeError(
-        `Cannot ${action} as 'encoder' must be a GPUCommandEncoder: received ${describeValue(encoder)}`,
+        `Cannot ${action} as 'encoder' must be a GPUCommandEncoder: received ${
+          describeValue(encoder)
+        }`,
       );
     }
     this.#nextLayer = layer + 1;
@@ -588,10 +594,15 @@ export class RetrievalEngine {
         );
       }
     }
-    if (inputs.out !== undefined && (!(inputs.out instanceof GPUBuffer) || inputs.out.size < sizes.q * 4)) {
+    if (
+      inputs.out !== undefined &&
+      (!(inputs.out instanceof GPUBuffer) || inputs.out.size < sizes.q * 4)
+    ) {
       throw new RangeError(
         `Cannot ${action} as 'out' must be a GPUBuffer of at least ${sizes.q * 4} bytes: received ${
-          inputs.out instanceof GPUBuffer ? `a buffer of ${inputs.out.size}` : describeValue(inputs.out)
+          inputs.out instanceof GPUBuffer
+            ? `a buffer of ${inputs.out.size}`
+            : describeValue(inputs.out)
         }`,
       );
     }
@@ -661,7 +672,13 @@ export class RetrievalEngine {
     state: LayerState,
     q: GPUBuffer,
     regions: PageRegions[],
-  ): { selects: boolean[]; needs: boolean[]; checked: boolean[]; sync: boolean; useFlags: boolean } {
+  ): {
+    selects: boolean[];
+    needs: boolean[];
+    checked: boolean[];
+    sync: boolean;
+    useFlags: boolean;
+  } {
     const o = this.options;
     const B = o.batch;
     const K = state.budget.selectPages;
@@ -683,14 +700,13 @@ export class RetrievalEngine {
       this.#stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
     }
     if (freekv && checked.some(Boolean)) {
-      state.similarity!.encode(encoder, {
-        batch: B,
+      state.similarityPlan ??= state.similarity!.plan({ batch: B, tau: o.tau });
+      state.similarityPlan.encode(encoder, {
         qNow: q,
         qPrev: state.qPrev!,
         cosine: state.cosine!,
         groupMean: state.groupMean!,
         flags: state.flags!,
-        tau: o.tau,
       });
     }
     if (state.mode === "quest" || !needs.some(Boolean)) {
@@ -806,7 +822,14 @@ export class RetrievalEngine {
       maxPages = state.tableBuilder!.maxEntries;
     }
     this.#stats.current!.pagesAttended += numPages.reduce((a, n) => a + n, 0) * hkv;
-    const tables = { batch: B, pageTable, numPages, lastPageLen, maxPages, numSlots: B * state.slotsPerSeq };
+    const tables = {
+      batch: B,
+      pageTable,
+      numPages,
+      lastPageLen,
+      maxPages,
+      numSlots: B * state.slotsPerSeq,
+    };
     if (!state.attentionPlan) state.attentionPlan = this.#attention.plan(tables);
     else state.attentionPlan.update(tables);
     state.attentionPlan.encode(encoder, {
@@ -842,7 +865,13 @@ export class RetrievalEngine {
     encoder.copyBufferToBuffer(state.fresh!, 0, state.spec!, 0, rows * K * 4);
     encoder.copyBufferToBuffer(state.fresh!, 0, this.#answer!, offset, rows * K * 4);
     encoder.copyBufferToBuffer(state.flags!, 0, this.#answer!, offset + rows * K * 4, rows * 4);
-    encoder.copyBufferToBuffer(state.hits!, 0, this.#answer!, offset + (rows * K + rows) * 4, rows * 4);
+    encoder.copyBufferToBuffer(
+      state.hits!,
+      0,
+      this.#answer!,
+      offset + (rows * K + rows) * 4,
+      rows * 4,
+    );
     this.#recording.push({
       layer: state.index,
       selects: [...plan.selects],
@@ -862,18 +891,27 @@ export class RetrievalEngine {
     if (!this.#inStep || this.#nextLayer !== this.options.numLayers) {
       throw new RangeError(
         `Cannot ${action} as every layer must be recorded first: received endStep ${
-          this.#inStep ? `after ${this.#nextLayer} of ${this.options.numLayers} layers` : "outside a step"
+          this.#inStep
+            ? `after ${this.#nextLayer} of ${this.options.numLayers} layers`
+            : "outside a step"
         }`,
       );
     }
     if (!(encoder instanceof GPUCommandEncoder)) {
       throw new TypeError(
-        `Cannot ${action} as 'encoder' must be a GPUCommandEncoder: received ${describeValue(encoder)}`,
+        `Cannot ${action} as 'encoder' must be a GPUCommandEncoder: received ${
+          describeValue(encoder)
+        }`,
       );
     }
     const layers = this.#recording;
     const read = layers.length
-      ? this.#ring.record(encoder, this.#answer!, 0, this.options.numLayers * this.#answerLayerBytes)
+      ? this.#ring.record(
+        encoder,
+        this.#answer!,
+        0,
+        this.options.numLayers * this.#answerLayerBytes,
+      )
       : null;
     this.device.queue.submit([encoder.finish()]);
     this.#offloader?.flush();
@@ -902,13 +940,16 @@ export class RetrievalEngine {
     this.#validateLayer("run a decode step", layer, inputs);
     if (layer === 0) await this.beginStep();
     const o = this.options;
-    const out = inputs.out ?? this.#layers[layer].scratch("out", o.batch * o.numQueryHeads * o.headDim * 4);
+    const out = inputs.out ??
+      this.#layers[layer].scratch("out", o.batch * o.numQueryHeads * o.headDim * 4);
     let encoder = this.device.createCommandEncoder({ label: `freekv step layer ${layer}` });
     encoder = await this.recordLayer(encoder, layer, { ...inputs, out });
     if (layer === o.numLayers - 1) this.endStep(encoder);
     else this.device.queue.submit([encoder.finish()]);
     if (inputs.out) return undefined;
-    return new Float32Array(await readBuffer(this.device, out, o.batch * o.numQueryHeads * o.headDim * 4));
+    return new Float32Array(
+      await readBuffer(this.device, out, o.batch * o.numQueryHeads * o.headDim * 4),
+    );
   }
 
   /**

@@ -437,10 +437,14 @@ export function createGpuModel(
       busy = true;
     };
 
-    const finish = async (encoder: GPUCommandEncoder): Promise<Float32Array> => {
+    const finish = async (
+      encoder: GPUCommandEncoder,
+      submit?: (encoder: GPUCommandEncoder) => void,
+    ): Promise<Float32Array> => {
       recordPlans(encoder, finalPlans, "final norm and classifier");
       encoder.copyBufferToBuffer(logits, 0, readback, 0, vocab * 4);
-      device.queue.submit([encoder.finish()]);
+      if (submit) submit(encoder);
+      else device.queue.submit([encoder.finish()]);
       await readback.mapAsync(GPUMapMode.READ);
       const out = new Float32Array(readback.getMappedRange().slice(0));
       readback.unmap();
@@ -585,19 +589,30 @@ export function createGpuModel(
       try {
         device.queue.writeBuffer(tokenBuf, 0, new Uint32Array([token]));
         writeSeqStart(device, seq, pos);
+        // Backends that record let a whole token go in one encoder (one
+        // submit, unless the policy waits inside the step).
+        const recording = backend.recordStep !== undefined;
+        if (recording) await backend.beginStep?.(pos);
+        let enc = device.createCommandEncoder({ label: "decode step" });
         for (let l = 0; l < L; l++) {
-          const enc = device.createCommandEncoder({ label: `decode layer ${l}` });
           recordPlans(
             enc,
             l === 0 ? [decodeEmbed, ...decodePre[0]] : [...decodePost[l - 1], ...decodePre[l]],
             `decode layer ${l}`,
           );
-          device.queue.submit([enc.finish()]);
-          await backend.step(l, pos, { q, k, v, out: att });
+          const io = { q, k, v, out: att };
+          if (recording) enc = await backend.recordStep!(enc, l, pos, io);
+          else {
+            device.queue.submit([enc.finish()]);
+            await backend.step(l, pos, io);
+            enc = device.createCommandEncoder({ label: `decode layer ${l + 1}` });
+          }
         }
-        const enc = device.createCommandEncoder({ label: "decode classifier" });
         recordPlans(enc, decodePost[L - 1], `decode layer ${L - 1} mlp`);
-        const out = await finish(enc);
+        const out = await finish(
+          enc,
+          backend.endStep ? (e: GPUCommandEncoder) => backend.endStep!(e) : undefined,
+        );
         position = pos + 1;
         return out;
       } finally {

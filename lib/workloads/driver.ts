@@ -58,8 +58,16 @@ export interface DriveOptions {
   promptLengths: number[];
   /** Decode steps after the prompt. */
   steps: number;
-  /** Called after every layer's step with its output `[batch][Hq][d]` and statistics. */
-  onLayer?: (step: number, layer: number, out: Float32Array, stats: StepStats) => void;
+  /**
+   * Called (and awaited) after every layer's step with its output
+   * `[batch][Hq][d]`, and after the last layer with the step's statistics.
+   */
+  onLayer?: (
+    step: number,
+    layer: number,
+    out: Float32Array,
+    stats: StepStats | null,
+  ) => unknown;
 }
 
 /** What {@linkcode driveEngine} measured. */
@@ -117,7 +125,8 @@ export async function driveEngine(
         return x;
       };
       const out = (await engine.step(l, { q: cat("q"), k: cat("k"), v: cat("v") }))!;
-      options.onLayer?.(s, l, out, engine.lastStepStats()!);
+      const last = l === numLayers - 1;
+      await options.onLayer?.(s, l, out, last ? engine.lastStepStats() : null);
     }
     stepMs.push(performance.now() - t0);
   }

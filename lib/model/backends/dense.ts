@@ -65,6 +65,24 @@ export interface AttentionBackend {
    */
   step(layer: number, pos: number, io: AttentionStepIo): Promise<void>;
   /**
+   * Optional recording form of a decode step, so that a decoder records a
+   * whole token into one encoder: `beginStep` before layer 0 (it may await
+   * the previous step's answer), `recordStep` per layer (returns the encoder
+   * to continue with: the same one, unless the backend had to submit and
+   * wait), and `endStep`, which submits the encoder with whatever the
+   * backend must read back.
+   */
+  beginStep?(pos: number): Promise<void>;
+  /** See {@linkcode AttentionBackend.beginStep}. */
+  recordStep?(
+    encoder: GPUCommandEncoder,
+    layer: number,
+    pos: number,
+    io: AttentionStepIo,
+  ): GPUCommandEncoder | Promise<GPUCommandEncoder>;
+  /** See {@linkcode AttentionBackend.beginStep}. */
+  endStep?(encoder: GPUCommandEncoder): void;
+  /**
    * Whether `step` applies the model's sliding window
    * ({@linkcode ModelConfig.slidingWindow}), or never holds more tokens than
    * it. A decoder refuses a model whose window is shorter than its sequence
@@ -176,6 +194,25 @@ export function createDenseAttentionBackend(
     plans[layer] = { q, out, plan };
     return plan;
   };
+  const recordStep = (
+    enc: GPUCommandEncoder,
+    layer: number,
+    pos: number,
+    io: AttentionStepIo,
+  ): GPUCommandEncoder => {
+    const what = "run a dense attention step";
+    checkLayer(layer, what);
+    assertInteger("pos", pos, what, 0, Math.min(lengths[layer], maxSeqLen - 1));
+    const plan = planFor(layer, io.q, io.out);
+    writeSeqStart(device, seq[layer], pos);
+    enc.copyBufferToBuffer(io.k, 0, kCache[layer], pos * rowBytes, rowBytes);
+    enc.copyBufferToBuffer(io.v, 0, vCache[layer], pos * rowBytes, rowBytes);
+    const pass = enc.beginComputePass({ label: `dense attention layer ${layer}` });
+    plan.record(pass);
+    pass.end();
+    lengths[layer] = pos + 1;
+    return enc;
+  };
   return {
     maxSeqLen,
     appliesSlidingWindow: shape.slidingWindow !== undefined,
@@ -198,20 +235,14 @@ export function createDenseAttentionBackend(
       return Promise.resolve();
     },
     step(layer, pos, io) {
-      const what = "run a dense attention step";
-      checkLayer(layer, what);
-      assertInteger("pos", pos, what, 0, Math.min(lengths[layer], maxSeqLen - 1));
-      const plan = planFor(layer, io.q, io.out);
-      writeSeqStart(device, seq[layer], pos);
       const enc = device.createCommandEncoder({ label: `dense attention layer ${layer}` });
-      enc.copyBufferToBuffer(io.k, 0, kCache[layer], pos * rowBytes, rowBytes);
-      enc.copyBufferToBuffer(io.v, 0, vCache[layer], pos * rowBytes, rowBytes);
-      const pass = enc.beginComputePass({ label: `dense attention layer ${layer}` });
-      plan.record(pass);
-      pass.end();
+      recordStep(enc, layer, pos, io);
       device.queue.submit([enc.finish()]);
-      lengths[layer] = pos + 1;
       return Promise.resolve();
+    },
+    recordStep,
+    endStep(encoder) {
+      device.queue.submit([encoder.finish()]);
     },
     [Symbol.dispose]() {
       if (disposed) return;

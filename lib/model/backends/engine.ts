@@ -14,39 +14,7 @@ import { assertSlidingWindow, shortestAttentionWindow } from "../sliding_window.
 import type { ModelConfig } from "../types.ts";
 import type { AttentionBackend, AttentionStepIo } from "./dense.ts";
 
-/** Budget knobs as a user gives them; see {@linkcode resolveBudget}. */
-export interface BudgetInput {
-  /** Tokens attended per step (default 2048). */
-  budget?: number;
-  /** Tokens per page (default 32). */
-  pageSize?: number;
-  /** Sink tokens (default: a quarter of the budget, in whole pages). */
-  sink?: number;
-  /** Window tokens (default: a quarter of the budget, in whole pages, at least one page). */
-  window?: number;
-}
-
-/**
- * Fills in sink and window the way the reference defaults split the budget
- * (2048 = 512 sink + 512 window + 1024 selected), in whole pages.
- *
- * @example
- * ```ts
- * import { resolveBudget } from "./engine.ts";
- * console.log(resolveBudget({ budget: 128, pageSize: 8 })); // { budget: 128, pageSize: 8, sink: 32, window: 32 }
- * ```
- */
-export function resolveBudget(input: BudgetInput): Required<BudgetInput> {
-  const budget = input.budget ?? 2048;
-  const pageSize = input.pageSize ?? 32;
-  const quarter = Math.floor(budget / 4 / pageSize) * pageSize;
-  return {
-    budget,
-    pageSize,
-    sink: input.sink ?? quarter,
-    window: input.window ?? Math.max(pageSize, quarter),
-  };
-}
+export { type BudgetInput, resolveBudget } from "../../engine/options.ts";
 
 /**
  * Options of {@linkcode createEngineBackend}: the engine's options without
@@ -96,6 +64,14 @@ export function createEngineBackend(
   }
   const engine = createRetrievalEngine(device, { ...engineOptions, batch: 1 });
   let prefilled = 0;
+  const checkPos = (layer: number, pos: number) => {
+    const length = engine.length(layer, 0);
+    if (pos !== length) {
+      throw new RangeError(
+        `Cannot run a decode step as 'pos' must equal the tokens cached at layer ${layer} (${length}): received ${pos}`,
+      );
+    }
+  };
   return {
     engine,
     // Never holds more tokens than the window, so full attention is the window.
@@ -110,13 +86,18 @@ export function createEngineBackend(
       prefilled++;
     },
     async step(layer: number, pos: number, io: AttentionStepIo): Promise<void> {
-      const length = engine.length(layer, 0);
-      if (pos !== length) {
-        throw new RangeError(
-          `Cannot run a decode step as 'pos' must equal the tokens cached at layer ${layer} (${length}): received ${pos}`,
-        );
-      }
+      checkPos(layer, pos);
       await engine.step(layer, io);
+    },
+    beginStep(): Promise<void> {
+      return engine.beginStep();
+    },
+    recordStep(encoder, layer, pos, io): Promise<GPUCommandEncoder> {
+      checkPos(layer, pos);
+      return engine.recordLayer(encoder, layer, io);
+    },
+    endStep(encoder): void {
+      engine.endStep(encoder);
     },
     [Symbol.dispose](): void {
       engine[Symbol.dispose]();

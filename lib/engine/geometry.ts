@@ -1,0 +1,87 @@
+/**
+ * Where a layer keeps its pages on the GPU, as pure functions of the resolved
+ * options: which mode a layer runs, its page budget, its slots per sequence
+ * and the home slot of each sink and window page. Testable without a GPU.
+ *
+ * @module
+ */
+
+import type { PageBudget } from "../memory/page_plan.ts";
+import type { ResolvedEngineOptions } from "./options.ts";
+
+/**
+ * How a layer holds its KV: everything on the GPU (`full`, `quest`), sink and
+ * window only (`streaming`), or sink + window + selection slots with the rest
+ * offloaded to the host (`offload`: `sync-offload` and `freekv`).
+ */
+export type LayerMode = "full" | "streaming" | "quest" | "offload";
+
+/** The mode of `layer` under `options`. */
+export function layerMode(options: ResolvedEngineOptions, layer: number): LayerMode {
+  if (layer === 0 && options.fullFirstLayer) return "full";
+  switch (options.policy) {
+    case "full":
+    case "streaming":
+    case "quest":
+      return options.policy;
+    default:
+      return "offload";
+  }
+}
+
+/**
+ * The page budget of the policy: streaming spends the whole budget on sink +
+ * window (same memory as the others).
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { modeBudget } from "./geometry.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 1, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 256,
+ *   budget: 64, pageSize: 8, sink: 16, window: 16,
+ * });
+ * console.log(modeBudget(o, "offload").selectPages, modeBudget(o, "streaming").windowPages); // 4 6
+ * ```
+ */
+export function modeBudget(options: ResolvedEngineOptions, mode: LayerMode): PageBudget {
+  const P = options.pageSize;
+  const sinkPages = options.sink / P;
+  if (mode === "streaming") {
+    return { pageSize: P, sinkPages, windowPages: options.budget / P - sinkPages, selectPages: 0 };
+  }
+  return {
+    pageSize: P,
+    sinkPages,
+    windowPages: options.window / P,
+    selectPages: (options.budget - options.sink - options.window) / P,
+  };
+}
+
+/** Pages per sequence in page-id space. */
+export function maxPagesOf(options: ResolvedEngineOptions): number {
+  return Math.ceil(options.maxContext / options.pageSize);
+}
+
+/**
+ * GPU slots per sequence: every page for `full` and `quest`; sink + window
+ * for `streaming`; sink + window + selected + cache pages for `offload`.
+ */
+export function slotsPerSeq(options: ResolvedEngineOptions, mode: LayerMode): number {
+  const { sinkPages: S, windowPages: W, selectPages: K } = modeBudget(options, mode);
+  if (mode === "full" || mode === "quest") return maxPagesOf(options);
+  return mode === "streaming" ? S + W : S + W + K + options.cachePages;
+}
+
+/** Local slot of sink or window page `page` (identity where every page has a slot). */
+export function homeSlot(options: ResolvedEngineOptions, mode: LayerMode, page: number): number {
+  if (mode === "full" || mode === "quest") return page;
+  const { sinkPages: S, windowPages: W } = modeBudget(options, mode);
+  return page < S ? page : S + ((page - S) % W);
+}
+
+/** Local slot of pool slot `i` (selected and cache pages follow sink and window). */
+export function poolSlot(options: ResolvedEngineOptions, i: number): number {
+  const { sinkPages: S, windowPages: W } = modeBudget(options, "offload");
+  return S + W + i;
+}

@@ -1,0 +1,333 @@
+/**
+ * One layer's GPU state in the retrieval engine: its KV slot cache, the
+ * per-layer kernel plans (each layer owns its plans so that a whole decode
+ * step can be recorded before one submit), and the residency of its
+ * selection pool. Internal to the engine.
+ *
+ * @module
+ */
+
+import { bytesPerElement } from "../gpu/dtype.ts";
+import { createBuffer } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
+import type { AttentionPlan } from "../kernels/attention.ts";
+import { createPageSummarizer, type PageSummarizer } from "../kernels/summaries.ts";
+import { createPageSelector, type PageSelector } from "../kernels/selection.ts";
+import {
+  createQuerySimilarity,
+  type QuerySimilarity,
+  type QuerySimilarityPlan,
+} from "../kernels/similarity.ts";
+import {
+  createPageTableBuilder,
+  type PageTableBuilder,
+  type PageTablePlan,
+} from "../kernels/page_table.ts";
+import type { PageBudget } from "../memory/page_plan.ts";
+import { NOT_RESIDENT, SlotCache } from "../memory/slot_cache.ts";
+import { type LayerMode, maxPagesOf, modeBudget, slotsPerSeq } from "./geometry.ts";
+import type { ResolvedEngineOptions } from "./options.ts";
+import appendSource from "../../shaders/kv_append.wgsl" with { type: "text" };
+import appendPackedSource from "../../shaders/kv_append_packed.wgsl" with { type: "text" };
+import slotCopySource from "../../shaders/slot_copy.wgsl" with { type: "text" };
+
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+/** Bytes of one layer's buffers, checked against the device limits before allocating. */
+export function layerBufferBytes(
+  o: ResolvedEngineOptions,
+  mode: LayerMode,
+): { name: string; bytes: number }[] {
+  const P = o.pageSize;
+  const row = o.numKvHeads * o.headDim * bytesPerElement(o.dtype);
+  const maxPages = maxPagesOf(o);
+  const out = [{ name: `${mode} KV cache`, bytes: o.batch * slotsPerSeq(o, mode) * P * row }];
+  if (mode === "quest" || mode === "offload") {
+    out.push({
+      name: "page summaries",
+      bytes: o.batch * maxPages * o.numKvHeads * 2 * o.headDim * 4,
+    });
+  }
+  if (mode === "offload") {
+    out.push({ name: "residency map", bytes: o.batch * o.numKvHeads * maxPages * 4 });
+  }
+  return out;
+}
+
+/** The GPU state of one layer. */
+export class LayerState implements Disposable {
+  readonly index: number;
+  readonly mode: LayerMode;
+  readonly budget: PageBudget;
+  readonly slotsPerSeq: number;
+  readonly kCache: GPUBuffer;
+  readonly vCache: GPUBuffer;
+  /** Tokens stored per sequence. */
+  readonly length: Int32Array;
+  readonly prefilled: boolean[];
+  /** freekv: the previous step's q is in `qPrev`, per sequence. */
+  readonly hasPrev: boolean[];
+  /** freekv: `spec` holds a selection for the sequence whose pages were admitted. */
+  readonly hasSpec: boolean[];
+  /** Flags of the latest correction outcome known, per (sequence, KV head). */
+  readonly lastCorrections: Uint8Array;
+  summarizer?: PageSummarizer;
+  summaries?: GPUBuffer;
+  selector?: PageSelector;
+  similarity?: QuerySimilarity;
+  similarityPlan?: QuerySimilarityPlan;
+  /** `[B][Hkv][K]` this step's top-k. */
+  fresh?: GPUBuffer;
+  /** `[B][Hkv][K]` the previous step's top-k (freekv). */
+  spec?: GPUBuffer;
+  flags?: GPUBuffer;
+  cosine?: GPUBuffer;
+  groupMean?: GPUBuffer;
+  qPrev?: GPUBuffer;
+  /** offload: `[B][Hkv][maxPages]` page -> pool slot, GPU copy and CPU mirror. */
+  residency?: GPUBuffer;
+  residencyHost?: Uint32Array<ArrayBuffer>;
+  caches?: SlotCache[];
+  readonly dirtyRows = new Set<number>();
+  tableBuilder?: PageTableBuilder;
+  tablePlan?: PageTablePlan;
+  table?: GPUBuffer;
+  pages?: GPUBuffer;
+  hits?: GPUBuffer;
+  attentionPlan?: AttentionPlan;
+  /** full / streaming: pages attended per (sequence, KV head), known on the CPU. */
+  cpuPages: number[][];
+  #device: GPUDevice;
+  #o: ResolvedEngineOptions;
+  #scratch = new Map<string, GPUBuffer>();
+  #owned: GPUBuffer[] = [];
+
+  constructor(device: GPUDevice, o: ResolvedEngineOptions, index: number, mode: LayerMode) {
+    this.#device = device;
+    this.#o = o;
+    this.index = index;
+    this.mode = mode;
+    this.budget = modeBudget(o, mode);
+    this.slotsPerSeq = slotsPerSeq(o, mode);
+    const { batch: B, numKvHeads: hkv, headDim: d, numQueryHeads: hq } = o;
+    const P = o.pageSize;
+    const rowBytes = hkv * d * bytesPerElement(o.dtype);
+    const cacheBytes = B * this.slotsPerSeq * P * rowBytes;
+    this.kCache = this.#own(`layer ${index} K cache`, cacheBytes);
+    this.vCache = this.#own(`layer ${index} V cache`, cacheBytes);
+    this.length = new Int32Array(B);
+    this.prefilled = new Array(B).fill(false);
+    this.hasPrev = new Array(B).fill(false);
+    this.hasSpec = new Array(B).fill(false);
+    this.lastCorrections = new Uint8Array(B * hkv);
+    this.cpuPages = Array.from({ length: B * hkv }, () => []);
+    const maxPages = maxPagesOf(o);
+    const K = this.budget.selectPages;
+    if (mode === "quest" || mode === "offload") {
+      this.summarizer = createPageSummarizer(device, {
+        numKvHeads: hkv,
+        headDim: d,
+        pageSize: P,
+        dtype: o.dtype,
+        summary: o.summary,
+      });
+      this.summaries = this.#own(`layer ${index} page summaries`, B * maxPages * hkv * 2 * d * 4);
+      this.selector = createPageSelector(device, {
+        numQueryHeads: hq,
+        numKvHeads: hkv,
+        headDim: d,
+        pooling: o.pooling,
+      });
+      this.fresh = this.#own(`layer ${index} selection`, B * hkv * K * 4);
+      this.table = this.#own(
+        `layer ${index} page table`,
+        B * hkv * (this.budget.sinkPages + K + this.budget.windowPages) * 4,
+      );
+      this.pages = this.#own(`layer ${index} attended pages`, this.table.size);
+      this.hits = this.#own(`layer ${index} resident hits`, B * hkv * 4);
+      this.tableBuilder = createPageTableBuilder(device, {
+        numKvHeads: hkv,
+        selectPages: K,
+        maxPages,
+        sinkPages: this.budget.sinkPages,
+        windowPages: this.budget.windowPages,
+        slotsPerSeq: this.slotsPerSeq,
+        identity: mode === "quest",
+      });
+    }
+    if (mode === "offload") {
+      this.residency = this.#own(`layer ${index} residency map`, B * hkv * maxPages * 4);
+      this.residencyHost = new Uint32Array(B * hkv * maxPages).fill(NOT_RESIDENT);
+      device.queue.writeBuffer(this.residency, 0, this.residencyHost);
+      this.caches = Array.from(
+        { length: B * hkv },
+        (_, i) =>
+          new SlotCache(
+            K + o.cachePages,
+            this.residencyHost!.subarray(i * maxPages, (i + 1) * maxPages),
+          ),
+      );
+    }
+    if (mode === "offload" && o.policy === "freekv") {
+      this.spec = this.#own(`layer ${index} speculative selection`, B * hkv * K * 4);
+      this.flags = this.#own(`layer ${index} correction flags`, B * hkv * 4);
+      this.cosine = this.#own(`layer ${index} query cosines`, B * hq * 4);
+      this.groupMean = this.#own(`layer ${index} group-mean cosines`, B * hkv * 4);
+      this.qPrev = this.#own(`layer ${index} previous q`, B * hq * d * 4);
+      this.similarity = createQuerySimilarity(device, {
+        numQueryHeads: hq,
+        numKvHeads: hkv,
+        headDim: d,
+      });
+    }
+  }
+
+  #own(name: string, bytes: number): GPUBuffer {
+    const b = createBuffer(this.#device, `freekv ${name}`, USAGE, Math.max(16, bytes));
+    this.#owned.push(b);
+    return b;
+  }
+
+  /** A per-layer scratch buffer of at least `bytes` (grown by powers of two). */
+  scratch(name: string, bytes: number): GPUBuffer {
+    let b = this.#scratch.get(name);
+    if (!b || b.size < bytes) {
+      b?.destroy();
+      b = createBuffer(
+        this.#device,
+        `freekv layer ${this.index} ${name}`,
+        USAGE | GPUBufferUsage.UNIFORM,
+        2 ** Math.ceil(Math.log2(Math.max(bytes, 256))),
+      );
+      this.#scratch.set(name, b);
+    }
+    return b;
+  }
+
+  /** `x` as a GPU buffer: arrays go through this layer's scratch buffer `name`. */
+  input(name: string, x: Float32Array | GPUBuffer, bytes: number): GPUBuffer {
+    if (!(x instanceof Float32Array)) return x;
+    const b = this.scratch(name, bytes);
+    this.#device.queue.writeBuffer(b, 0, x as Float32Array<ArrayBuffer>);
+    return b;
+  }
+
+  /**
+   * Records the f32 -> cache-dtype copy of `rows` token rows of `k`, `v`
+   * into `kCache`/`vCache` at element offsets `dstOffsets`.
+   */
+  encodeRows(
+    encoder: GPUCommandEncoder,
+    k: GPUBuffer,
+    v: GPUBuffer,
+    kCache: GPUBuffer,
+    vCache: GPUBuffer,
+    dstOffsets: Uint32Array,
+    tag: string,
+  ): void {
+    const { numKvHeads: hkv, headDim: d, dtype } = this.#o;
+    const device = this.#device;
+    // f16 without shader-f16: pack pairs of halves into u32 words.
+    const packed = dtype === "f16" && !device.features.has("shader-f16");
+    const code = packed
+      ? appendPackedSource
+      : (dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") +
+        appendSource;
+    const pipeline = cachedPipeline(device, `kv_append_${packed ? "packed" : dtype}`, code);
+    const rowLen = packed ? (hkv * d) / 2 : hkv * d;
+    const offsets = packed ? dstOffsets.map((x) => x / 2) : dstOffsets;
+    const rows = offsets.length;
+    const offsetBuffer = this.scratch(`${tag} offsets`, offsets.byteLength);
+    device.queue.writeBuffer(offsetBuffer, 0, offsets as Uint32Array<ArrayBuffer>);
+    const maxY = device.limits.maxComputeWorkgroupsPerDimension;
+    for (let base = 0, chunk = 0; base < rows; base += maxY, chunk++) {
+      const params = this.scratch(`${tag} params ${chunk}`, 16);
+      device.queue.writeBuffer(params, 0, new Uint32Array([rowLen, rows, base]));
+      const bind = device.createBindGroup({
+        label: "freekv append",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [params, k, v, offsetBuffer, kCache, vCache].map((buffer, binding) => ({
+          binding,
+          resource: { buffer },
+        })),
+      });
+      const pass = encoder.beginComputePass({ label: "freekv append" });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind);
+      pass.dispatchWorkgroups(Math.ceil(rowLen / 64), Math.min(maxY, rows - base));
+      pass.end();
+    }
+  }
+
+  /** Records copies of one head's page rows between slots: `(src, dst, head)` per job. */
+  encodeSlotCopies(encoder: GPUCommandEncoder, jobs: number[][]): void {
+    if (!jobs.length) return;
+    const { numKvHeads: hkv, headDim: d, dtype, pageSize: P } = this.#o;
+    const device = this.#device;
+    const headWords = (d * bytesPerElement(dtype)) / 4;
+    const data = new Uint32Array(jobs.length * 4);
+    jobs.forEach((j, i) => data.set([j[0], j[1], j[2], 0], i * 4));
+    const jobBuffer = this.scratch("slot copy jobs", data.byteLength);
+    device.queue.writeBuffer(jobBuffer, 0, data);
+    const params = this.scratch("slot copy params", 16);
+    device.queue.writeBuffer(params, 0, new Uint32Array([P, hkv, headWords, jobs.length]));
+    const pipeline = cachedPipeline(device, "slot_copy", slotCopySource);
+    const bind = device.createBindGroup({
+      label: "freekv slot copy",
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [params, jobBuffer, this.kCache, this.vCache].map((buffer, binding) => ({
+        binding,
+        resource: { buffer },
+      })),
+    });
+    const pass = encoder.beginComputePass({ label: "freekv slot copy" });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(Math.ceil((P * headWords) / 64), jobs.length);
+    pass.end();
+  }
+
+  /** Writes the residency rows changed since the last flush to the GPU. */
+  flushResidency(): void {
+    if (!this.residency || this.dirtyRows.size === 0) return;
+    const maxPages = maxPagesOf(this.#o);
+    for (const row of this.dirtyRows) {
+      this.#device.queue.writeBuffer(
+        this.residency,
+        row * maxPages * 4,
+        this.residencyHost!,
+        row * maxPages,
+        maxPages,
+      );
+    }
+    this.dirtyRows.clear();
+  }
+
+  /** Forgets sequence `seq`. */
+  reset(seq: number): void {
+    const hkv = this.#o.numKvHeads;
+    this.length[seq] = 0;
+    this.prefilled[seq] = false;
+    this.hasPrev[seq] = false;
+    this.hasSpec[seq] = false;
+    this.lastCorrections.fill(0, seq * hkv, (seq + 1) * hkv);
+    for (let h = 0; h < hkv; h++) {
+      this.caches?.[seq * hkv + h].clear();
+      this.dirtyRows.add(seq * hkv + h);
+      this.cpuPages[seq * hkv + h] = [];
+    }
+  }
+
+  [Symbol.dispose](): void {
+    for (const b of this.#owned) b.destroy();
+    for (const b of this.#scratch.values()) b.destroy();
+    this.#owned = [];
+    this.#scratch.clear();
+    this.attentionPlan?.[Symbol.dispose]();
+    this.tablePlan?.[Symbol.dispose]();
+    this.similarityPlan?.[Symbol.dispose]();
+    this.summarizer?.[Symbol.dispose]?.();
+    this.selector?.[Symbol.dispose]?.();
+    this.similarity?.[Symbol.dispose]?.();
+  }
+}

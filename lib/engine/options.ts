@@ -1,0 +1,236 @@
+/**
+ * Options of the retrieval engine, their defaults (one source for the
+ * engine, the decoder backend and the scripts) and their validation.
+ *
+ * @module
+ */
+
+import { KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
+import { assertFinite, assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
+import { POOLING_MODES, type PoolingMode } from "../kernels/selection.ts";
+import { SUMMARY_KINDS, type SummaryKind } from "../kernels/summaries.ts";
+import { HOST_POOL_LAYOUTS, type HostPoolLayout } from "../memory/host_pool.ts";
+
+/** Retrieval policies (see the README's policy table). */
+export type PolicyName = "full" | "streaming" | "quest" | "sync-offload" | "freekv";
+
+/** Every {@linkcode PolicyName}. */
+export const POLICIES: readonly PolicyName[] = [
+  "full",
+  "streaming",
+  "quest",
+  "sync-offload",
+  "freekv",
+];
+
+/**
+ * How freekv corrects a head whose query moved (cosine below `tau`):
+ * `resident` attends over the pages of its fresh selection already on the
+ * GPU and recalls the rest for the next step (no host wait); `sync` waits,
+ * recalls, then attends (the paper's semantics, one host wait per layer).
+ */
+export type CorrectionMode = "resident" | "sync";
+
+/** Every {@linkcode CorrectionMode}. */
+export const CORRECTION_MODES: readonly CorrectionMode[] = ["resident", "sync"];
+
+/** Options of `createRetrievalEngine`. */
+export interface EngineOptions {
+  /** Decoder layers. */
+  numLayers: number;
+  /** Query heads. */
+  numQueryHeads: number;
+  /** KV heads (`numQueryHeads` must be a multiple). */
+  numKvHeads: number;
+  /** Per-head size. */
+  headDim: number;
+  /** Longest sequence, in tokens (sizes the GPU cache of resident policies and the page ids). */
+  maxContext: number;
+  /** Sequences decoded together (default 1). */
+  batch?: number;
+  /** Tokens per page (default 32). */
+  pageSize?: number;
+  /** KV element type (default `f32`). */
+  dtype?: KvDtype;
+  /** Policy (default `freekv`). */
+  policy?: PolicyName;
+  /** Tokens attended per step: sink + window + selected (default 2048). */
+  budget?: number;
+  /** Sink tokens (default: a quarter of the budget, in whole pages). */
+  sink?: number;
+  /** Window tokens, including the partial last page (default: a quarter of the budget, at least one page). */
+  window?: number;
+  /**
+   * Correction threshold on the group-mean query cosine, in [-1, 1]: a KV
+   * head whose mean cosine is below it is corrected (default 0.9; 1 corrects
+   * every head that moved at all, -1 never corrects).
+   */
+  tau?: number;
+  /** freekv's correction mode (default `resident`). */
+  correction?: CorrectionMode;
+  /**
+   * GPU slots per (sequence, KV head) beyond the selected pages, keeping
+   * recently deselected pages and pages that left the window (default: as
+   * many as the selected pages). Offload policies only.
+   */
+  cachePages?: number;
+  /** GQA pooling of page scores (default `softmax-mean`). */
+  pooling?: PoolingMode;
+  /** Page summary kind (default `minmax`). */
+  summary?: SummaryKind;
+  /** Host layout for the offload policies (default `hnd`; `nhd` is the fragmented baseline). */
+  hostLayout?: HostPoolLayout;
+  /** Keep layer 0 on full attention (default false). */
+  fullFirstLayer?: boolean;
+  /** Recall buffering (default `double`). */
+  recallBuffering?: "double" | "single";
+  /**
+   * Recall staging (default `write-buffer`: no map round trip, which costs
+   * ~11 ms in Deno; `mapped` has more bandwidth for big recalls).
+   */
+  recallStaging?: "write-buffer" | "mapped";
+  /**
+   * Time attention with GPU timestamps (one extra readback per layer; for
+   * breakdowns only). Default false.
+   */
+  profile?: boolean;
+}
+
+/** Engine options with every default filled in. */
+export type ResolvedEngineOptions = Required<EngineOptions>;
+
+/** Budget knobs as a user gives them; see {@linkcode resolveBudget}. */
+export interface BudgetInput {
+  /** Tokens attended per step (default 2048). */
+  budget?: number;
+  /** Tokens per page (default 32). */
+  pageSize?: number;
+  /** Sink tokens (default: a quarter of the budget, in whole pages). */
+  sink?: number;
+  /** Window tokens (default: a quarter of the budget, in whole pages, at least one page). */
+  window?: number;
+}
+
+/** Default budget in tokens. */
+export const DEFAULT_BUDGET = 2048;
+/** Default page size in tokens. */
+export const DEFAULT_PAGE_SIZE = 32;
+
+/**
+ * Fills in sink and window the way the reference defaults split the budget
+ * (2048 = 512 sink + 512 window + 1024 selected), in whole pages.
+ *
+ * @example
+ * ```ts
+ * import { resolveBudget } from "./options.ts";
+ * console.log(resolveBudget({ budget: 128, pageSize: 8 })); // { budget: 128, pageSize: 8, sink: 32, window: 32 }
+ * ```
+ */
+export function resolveBudget(input: BudgetInput): Required<BudgetInput> {
+  const budget = input.budget ?? DEFAULT_BUDGET;
+  const pageSize = input.pageSize ?? DEFAULT_PAGE_SIZE;
+  const quarter = Math.floor(budget / 4 / pageSize) * pageSize;
+  return {
+    budget,
+    pageSize,
+    sink: input.sink ?? quarter,
+    window: input.window ?? Math.max(pageSize, quarter),
+  };
+}
+
+const ACTION = "create a retrieval engine";
+
+/**
+ * Validates `options` and fills in the defaults.
+ *
+ * @throws {TypeError} when `options` is not an object or a name is unknown.
+ * @throws {RangeError} when a size or threshold is out of range.
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * const o = resolveEngineOptions({ numLayers: 1, numQueryHeads: 4, numKvHeads: 2, headDim: 8, maxContext: 64 });
+ * console.log(o.sink, o.window, o.cachePages); // 512 512 32
+ * ```
+ */
+export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOptions {
+  const a = ACTION;
+  if (options == null || typeof options !== "object") {
+    throw new TypeError(
+      `Cannot ${a} as 'options' must be an object: received ${describeValue(options)}`,
+    );
+  }
+  const budget = resolveBudget(options);
+  const o = {
+    batch: 1,
+    dtype: "f32",
+    policy: "freekv",
+    tau: 0.9,
+    correction: "resident",
+    cachePages: -1,
+    pooling: "softmax-mean",
+    summary: "minmax",
+    hostLayout: "hnd",
+    fullFirstLayer: false,
+    recallBuffering: "double",
+    recallStaging: "write-buffer",
+    profile: false,
+    ...options,
+    ...budget,
+  } as ResolvedEngineOptions;
+  for (const name of ["numLayers", "numQueryHeads", "numKvHeads", "headDim"] as const) {
+    assertInteger(name, o[name], a, 1);
+  }
+  assertInteger("maxContext", o.maxContext, a, 1);
+  assertInteger("batch", o.batch, a, 1);
+  assertInteger("pageSize", o.pageSize, a, 1);
+  assertInteger("budget", o.budget, a, 1);
+  assertInteger("sink", o.sink, a, 0);
+  assertInteger("window", o.window, a, 1);
+  assertFinite("tau", o.tau, a);
+  if (o.tau < -1 || o.tau > 1) {
+    throw new RangeError(
+      `Cannot ${a} as 'tau' must be in [-1, 1] (a cosine threshold; -1 never corrects, 1 corrects every head that moved): received ${o.tau}`,
+    );
+  }
+  assertOneOf("policy", o.policy, POLICIES, a);
+  assertOneOf("dtype", o.dtype, KV_DTYPES, a);
+  assertOneOf("correction", o.correction, CORRECTION_MODES, a);
+  assertOneOf("pooling", o.pooling, POOLING_MODES, a);
+  assertOneOf("summary", o.summary, SUMMARY_KINDS, a);
+  assertOneOf("hostLayout", o.hostLayout, HOST_POOL_LAYOUTS, a);
+  assertOneOf("recallBuffering", o.recallBuffering, ["double", "single"] as const, a);
+  assertOneOf("recallStaging", o.recallStaging, ["write-buffer", "mapped"] as const, a);
+  for (const name of ["fullFirstLayer", "profile"] as const) {
+    if (typeof o[name] !== "boolean") {
+      throw new TypeError(
+        `Cannot ${a} as '${name}' must be a boolean: received ${describeValue(o[name])}`,
+      );
+    }
+  }
+  if (o.numQueryHeads % o.numKvHeads !== 0) {
+    throw new RangeError(
+      `Cannot ${a} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${o.numKvHeads}): received ${o.numQueryHeads}`,
+    );
+  }
+  for (const name of ["budget", "sink", "window"] as const) {
+    if (o[name] % o.pageSize !== 0) {
+      throw new RangeError(
+        `Cannot ${a} as '${name}' must be a multiple of 'pageSize' (${o.pageSize}): received ${
+          o[name]
+        }`,
+      );
+    }
+  }
+  if (o.budget < o.sink + o.window + o.pageSize) {
+    throw new RangeError(
+      `Cannot ${a} as 'budget' must be at least sink + window + one page (${
+        o.sink + o.window + o.pageSize
+      }): received ${o.budget}`,
+    );
+  }
+  const selectPages = (o.budget - o.sink - o.window) / o.pageSize;
+  if (options.cachePages === undefined) o.cachePages = selectPages;
+  else assertInteger("cachePages", o.cachePages, a, 0);
+  return o;
+}
