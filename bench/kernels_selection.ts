@@ -21,7 +21,12 @@ import type { KvDtype } from "../lib/gpu/dtype.ts";
 import { createBuffer } from "../lib/gpu/buffers.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import { measureReadBandwidth } from "../lib/kernels/roofline.ts";
-import { type GpuTimestampWrites, timeGpuWork } from "../lib/gpu/timing.ts";
+import {
+  type GpuTimestampWrites,
+  passTimestampWrites,
+  timeGpuWork,
+  type TimestampWritesOption,
+} from "../lib/gpu/timing.ts";
 import { createPageSelector, type PoolingMode } from "../lib/kernels/selection.ts";
 import { createQuerySimilarity } from "../lib/kernels/similarity.ts";
 import { createPageSummarizer, type SummaryKind } from "../lib/kernels/summaries.ts";
@@ -70,11 +75,21 @@ function passTimestamps(
   i: number,
   n: number,
 ): GPUComputePassTimestampWrites | undefined {
-  if (!ts || (i !== 0 && i !== n - 1)) return undefined;
-  return {
+  return passTimestampWrites(
+    ts,
+    i === 0 ? ts?.beginIndex : undefined,
+    i === n - 1 ? ts?.endIndex : undefined,
+  );
+}
+
+/** The same timestamps in the shape of the kernel plans' `encode` option. */
+function encodeTimestamps(
+  ts: GPUComputePassTimestampWrites | undefined,
+): TimestampWritesOption | undefined {
+  return ts && {
     querySet: ts.querySet,
-    beginningOfPassWriteIndex: i === 0 ? ts.beginIndex : undefined,
-    endOfPassWriteIndex: i === n - 1 ? ts.endIndex : undefined,
+    beginIndex: ts.beginningOfPassWriteIndex,
+    endIndex: ts.endOfPassWriteIndex,
   };
 }
 
@@ -199,18 +214,12 @@ async function benchSimilarity(device: GPUDevice, batch: number, iterations: num
     numKvHeads: HKV,
     headDim: D,
   });
+  using plan = similarity.plan({ batch, tau: 0.9 });
   const layers = 32;
   try {
-    const ms = await timeLayers(device, layers, iterations, (encoder, _l, timestampWrites) => {
-      similarity.encode(encoder, {
-        batch,
-        qNow,
-        qPrev,
-        cosine,
-        groupMean,
-        flags,
-        tau: 0.9,
-        timestampWrites,
+    const ms = await timeLayers(device, layers, iterations, (encoder, _l, ts) => {
+      plan.encode(encoder, { qNow, qPrev, cosine, groupMean, flags }, {
+        timestampWrites: encodeTimestamps(ts),
       });
     });
     const bytes = 2 * n * 4 + batch * (HQ + 2 * HKV) * 4;

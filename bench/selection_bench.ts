@@ -88,12 +88,9 @@ if (gpu) {
     numKvHeads: HKV,
     headDim: D,
   });
+  const plan = similarity.plan({ batch: 1, tau: 0.9 });
   Deno.bench({
     name: "query_similarity batch 1",
-    fn: () =>
-      run(
-        device,
-        (e) => similarity.encode(e, { batch: 1, qNow, qPrev, cosine, groupMean, flags, tau: 0.9 }),
-      ),
+    fn: () => run(device, (e) => plan.encode(e, { qNow, qPrev, cosine, groupMean, flags })),
   });
 }

@@ -7,8 +7,8 @@ import {
   querySimilarity,
   type QuerySimilarityInputs,
   type QuerySimilarityOptions,
-  querySimilarityReference,
 } from "../lib/kernels/similarity.ts";
+import { querySimilarityReference } from "../lib/kernels/similarity_reference.ts";
 import { assertClose } from "./_assert.ts";
 
 /** q_prev = q_now + noise of random size per head, so cosines spread over (-1, 1]. */
@@ -67,7 +67,6 @@ gpuTest("query similarity: exact cases, tau per call, zero vectors", async (gpu)
   const storage = GPUBufferUsage.STORAGE;
   const out = storage | GPUBufferUsage.COPY_SRC;
   const buffers = {
-    batch: 1,
     qNow: createBuffer(device, "now", storage, qNow),
     qPrev: createBuffer(device, "prev", storage, qPrev),
     cosine: createBuffer(device, "cos", out, 16),
@@ -76,9 +75,11 @@ gpuTest("query similarity: exact cases, tau per call, zero vectors", async (gpu)
   };
   const flags2 = createBuffer(device, "flags2", out, 8);
   using similarity = createQuerySimilarity(device, options);
+  using low = similarity.plan({ batch: 1, tau: 0.499 });
+  using high = similarity.plan({ batch: 1, tau: 0.501 });
   const encoder = device.createCommandEncoder();
-  similarity.encode(encoder, { ...buffers, tau: 0.499 });
-  similarity.encode(encoder, { ...buffers, flags: flags2, tau: 0.501 });
+  low.encode(encoder, buffers);
+  high.encode(encoder, { ...buffers, flags: flags2 });
   device.queue.submit([encoder.finish()]);
   const close = (got: ArrayBuffer, want: number[]) =>
     assertClose(new Float32Array(got), new Float32Array(want), 1e-6, "exact case");
@@ -99,7 +100,7 @@ gpuTest("query similarity: bad input throws before GPU work", async (gpu) => {
   const ok = { qNow: new Float32Array(4), qPrev: new Float32Array(4), tau: 0.9 };
   type Override = [Partial<QuerySimilarityInputs>, Partial<QuerySimilarityOptions>?];
   const cases: Array<[string, Override, ErrorConstructor, RegExp]> = [
-    ["group", [{}, { numKvHeads: 3 }], RangeError, /multiple of 'numKvHeads' 3: received 2/],
+    ["group", [{}, { numKvHeads: 3 }], RangeError, /multiple of 'numKvHeads' \(3\): received 2/],
     ["head dim", [{}, { headDim: 0 }], RangeError, /'headDim' must be at least 1: received 0/],
     [
       "length",
@@ -139,26 +140,28 @@ gpuTest("query similarity: bad input throws before GPU work", async (gpu) => {
   const q = createBuffer(device, "q", storage, 16);
   const small = createBuffer(device, "small", storage, 4);
   const copy = createBuffer(device, "copy", GPUBufferUsage.COPY_SRC, 16);
-  const buffers = { batch: 1, qNow: q, qPrev: q, cosine: q, groupMean: q, flags: q, tau: 0.5 };
+  const buffers = { qNow: q, qPrev: q, cosine: q, groupMean: q, flags: q };
+  using plan = similarity.plan({ batch: 1, tau: 0.5 });
+  using plan2 = similarity.plan({ batch: 2, tau: 0.5 });
   const encoder = device.createCommandEncoder();
   assert.throws(
-    () => similarity.encode(encoder, { ...buffers, batch: 2 }),
+    () => plan2.encode(encoder, buffers),
     matches(RangeError, /'qNow' must hold at least 32 bytes: received 16 bytes/),
   );
   assert.throws(
-    () => similarity.encode(encoder, { ...buffers, cosine: small }),
+    () => plan.encode(encoder, { ...buffers, cosine: small }),
     matches(RangeError, /'cosine' must hold at least 8 bytes: received 4 bytes/),
   );
   assert.throws(
-    () => similarity.encode(encoder, { ...buffers, flags: copy }),
-    matches(TypeError, /'flags' must have STORAGE usage/),
+    () => plan.encode(encoder, { ...buffers, flags: copy }),
+    matches(TypeError, /'flags' must have usage 128/),
   );
   assert.throws(
-    () => similarity.encode(encoder, { ...buffers, tau: Infinity }),
+    () => similarity.plan({ batch: 1, tau: Infinity }),
     matches(TypeError, /'tau' must be a finite number: received Infinity/),
   );
   assert.throws(
-    () => similarity.encode(encoder, { ...buffers, batch: 0 }),
+    () => plan.update({ batch: 0, tau: 0.5 }),
     matches(RangeError, /'batch' must be between 1 and 65535: received 0/),
   );
   device.queue.submit([encoder.finish()]);

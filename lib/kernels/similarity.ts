@@ -16,12 +16,20 @@ import querySimilaritySource from "../../shaders/query_similarity.wgsl" with { t
 import {
   assertAllFinite,
   assertFinite,
+  assertHeadsDivide,
   assertInteger,
-  assertStorageBuffer,
   describeValue,
+  disposedError,
 } from "../gpu/errors.ts";
-import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import {
+  assertBufferSize,
+  BindGroupCache,
+  type BufferSlice,
+  createBuffer,
+  readBuffer,
+} from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { type EncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** Options of {@linkcode createQuerySimilarity} and the other similarity functions. */
 export interface QuerySimilarityOptions {
@@ -33,41 +41,64 @@ export interface QuerySimilarityOptions {
   headDim: number;
 }
 
-/** The GPU buffers and values {@linkcode QuerySimilarity.encode} works on. */
-export interface QuerySimilarityBuffers {
+/** The per-step values of {@linkcode QuerySimilarity.plan}. */
+export interface QuerySimilarityStep {
   /** Sequences in the batch. */
   batch: number;
-  /** Current queries `[batch][Hq][d]` f32 (STORAGE). */
-  qNow: GPUBuffer;
-  /** Previous queries `[batch][Hq][d]` f32 (STORAGE). */
-  qPrev: GPUBuffer;
-  /** Output cosine per query head `[batch][Hq]` f32 (STORAGE). */
-  cosine: GPUBuffer;
-  /** Output group mean per KV head `[batch][Hkv]` f32 (STORAGE). */
-  groupMean: GPUBuffer;
-  /** Output flags per KV head `[batch][Hkv]` u32, 1 when `mean < tau` (STORAGE). */
-  flags: GPUBuffer;
   /** Correction threshold (finite). */
   tau: number;
-  /** Optional timestamps around the similarity's one compute pass (profiling). */
-  timestampWrites?: GPUComputePassTimestampWrites;
 }
 
-/** Records query similarity into a caller's encoder. */
+/** The GPU buffers {@linkcode QuerySimilarityPlan.encode} works on. */
+export interface QuerySimilarityBuffers {
+  /** Current queries `[batch][Hq][d]` f32 (STORAGE). */
+  qNow: GPUBuffer | BufferSlice;
+  /** Previous queries `[batch][Hq][d]` f32 (STORAGE). */
+  qPrev: GPUBuffer | BufferSlice;
+  /** Output cosine per query head `[batch][Hq]` f32 (STORAGE). */
+  cosine: GPUBuffer | BufferSlice;
+  /** Output group mean per KV head `[batch][Hkv]` f32 (STORAGE). */
+  groupMean: GPUBuffer | BufferSlice;
+  /** Output flags per KV head `[batch][Hkv]` u32, 1 when `mean < tau` (STORAGE). */
+  flags: GPUBuffer | BufferSlice;
+}
+
+/** Query similarity for one head geometry, from {@linkcode createQuerySimilarity}. */
 export interface QuerySimilarity {
   /** The options. */
   readonly options: Readonly<QuerySimilarityOptions>;
   /**
-   * Records the similarity of `qNow` and `qPrev`; `tau` goes into a uniform
-   * buffer kept per distinct value, so several calls with different `tau`
-   * may share one submission.
+   * Validates `batch` and `tau` and uploads `tau` into the plan's uniform
+   * buffer; throws `TypeError`/`RangeError` before any GPU work.
    */
-  encode(encoder: GPUCommandEncoder, buffers: QuerySimilarityBuffers): void;
-  /** Destroys the uniform buffers. */
+  plan(step: QuerySimilarityStep): QuerySimilarityPlan;
+  /** Marks the similarity unusable; it owns no buffers (plans do). */
   [Symbol.dispose](): void;
 }
 
-/** Inputs of {@linkcode querySimilarity} and {@linkcode querySimilarityReference}. */
+/** One batch size and threshold on the GPU, from {@linkcode QuerySimilarity.plan}. */
+export interface QuerySimilarityPlan {
+  /** Sequences of the plan. */
+  readonly batch: number;
+  /** Threshold of the plan (as given; the GPU compares with it rounded to f32). */
+  readonly tau: number;
+  /**
+   * Replaces batch and threshold; written with `queue.writeBuffer`, so it
+   * applies to all work submitted afterwards (use one plan per threshold
+   * within a submission).
+   */
+  update(step: QuerySimilarityStep): void;
+  /** Records the similarity of `qNow` and `qPrev` (one compute pass); checks sizes first. */
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: QuerySimilarityBuffers,
+    options?: EncodeOptions,
+  ): void;
+  /** Destroys the plan's uniform buffer. */
+  [Symbol.dispose](): void;
+}
+
+/** Inputs of {@linkcode querySimilarity} and `querySimilarityReference`. */
 export interface QuerySimilarityInputs {
   /** Current queries `[batch][Hq][d]`. */
   qNow: Float32Array;
@@ -77,7 +108,7 @@ export interface QuerySimilarityInputs {
   tau: number;
 }
 
-/** Results of {@linkcode querySimilarity} and {@linkcode querySimilarityReference}. */
+/** Results of {@linkcode querySimilarity} and `querySimilarityReference`. */
 export interface QuerySimilarityResult {
   /** Cosine per query head `[batch][Hq]`. */
   cosine: Float32Array;
@@ -90,112 +121,150 @@ export interface QuerySimilarityResult {
 const ACTION = "compute query similarity";
 const MAX_DISPATCH = 65535;
 
-function checkOptions(options: QuerySimilarityOptions): QuerySimilarityOptions {
+/** Validates {@linkcode QuerySimilarityOptions}. */
+export function checkSimilarityOptions(options: QuerySimilarityOptions): QuerySimilarityOptions {
   if (options == null || typeof options !== "object") {
     throw new TypeError(
       `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
     );
   }
   const { numQueryHeads, numKvHeads, headDim } = options;
-  assertInteger("numQueryHeads", numQueryHeads, ACTION, 1);
+  assertHeadsDivide(numQueryHeads, numKvHeads, ACTION);
   assertInteger("numKvHeads", numKvHeads, ACTION, 1, MAX_DISPATCH);
   assertInteger("headDim", headDim, ACTION, 1);
-  if (numQueryHeads % numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${ACTION} as 'numQueryHeads' must be a multiple of 'numKvHeads' ${numKvHeads}: received ${numQueryHeads}`,
-    );
-  }
   return { numQueryHeads, numKvHeads, headDim };
-}
-
-function assertSize(name: string, buffer: GPUBuffer, bytes: number, action: string): void {
-  if (buffer.size < bytes) {
-    throw new RangeError(
-      `Cannot ${action} as '${name}' must hold at least ${bytes} bytes: received ${buffer.size} bytes`,
-    );
-  }
 }
 
 class Similarity implements QuerySimilarity {
   readonly options: Readonly<QuerySimilarityOptions>;
-  #device: GPUDevice;
-  #pipeline: GPUComputePipeline;
-  #tauBuffers = new Map<number, GPUBuffer>();
+  readonly device: GPUDevice;
+  readonly pipeline: GPUComputePipeline;
+  #disposed = false;
 
   constructor(device: GPUDevice, options: QuerySimilarityOptions) {
     this.options = Object.freeze({ ...options });
-    this.#device = device;
-    this.#pipeline = cachedPipeline(device, "query_similarity", querySimilaritySource, {
+    this.device = device;
+    this.pipeline = cachedPipeline(device, "query_similarity", querySimilaritySource, {
       HEAD_DIM: options.headDim,
       GROUP: options.numQueryHeads / options.numKvHeads,
     });
   }
 
-  #tau(tau: number): GPUBuffer {
-    const f32 = Math.fround(tau);
-    let buffer = this.#tauBuffers.get(f32);
-    if (!buffer) {
-      buffer = createBuffer(
-        this.#device,
-        `freekv query similarity tau ${f32}`,
-        GPUBufferUsage.UNIFORM,
-        new Float32Array([f32, 0, 0, 0]),
-      );
-      this.#tauBuffers.set(f32, buffer);
-    }
-    return buffer;
+  plan(step: QuerySimilarityStep): QuerySimilarityPlan {
+    if (this.#disposed) throw disposedError(ACTION, "query similarity");
+    checkStep(step);
+    return new SimilarityPlan(this, step);
   }
 
-  encode(encoder: GPUCommandEncoder, buffers: QuerySimilarityBuffers): void {
-    const action = "encode query similarity";
-    const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.options;
+  [Symbol.dispose](): void {
+    this.#disposed = true;
+  }
+}
+
+function checkStep(step: QuerySimilarityStep): void {
+  if (step == null || typeof step !== "object") {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'step' must be an object: received ${describeValue(step)}`,
+    );
+  }
+  assertInteger("batch", step.batch, ACTION, 1, MAX_DISPATCH);
+  assertFinite("tau", step.tau, ACTION);
+}
+
+class SimilarityPlan implements QuerySimilarityPlan {
+  #similarity: Similarity;
+  #tau: GPUBuffer;
+  #step!: QuerySimilarityStep;
+  #bindings = new BindGroupCache();
+  #disposed = false;
+
+  constructor(similarity: Similarity, step: QuerySimilarityStep) {
+    this.#similarity = similarity;
+    this.#tau = createBuffer(
+      similarity.device,
+      "freekv query similarity tau",
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      16,
+    );
+    this.#write(step);
+  }
+
+  get batch(): number {
+    return this.#step.batch;
+  }
+
+  get tau(): number {
+    return this.#step.tau;
+  }
+
+  #write(step: QuerySimilarityStep): void {
+    const tau = new Float32Array([Math.fround(step.tau), 0, 0, 0]);
+    this.#similarity.device.queue.writeBuffer(this.#tau, 0, tau);
+    this.#step = { batch: step.batch, tau: step.tau };
+  }
+
+  update(step: QuerySimilarityStep): void {
+    if (this.#disposed) throw disposedError(ACTION, "plan");
+    checkStep(step);
+    this.#write(step);
+  }
+
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: QuerySimilarityBuffers,
+    options: EncodeOptions = {},
+  ): void {
+    if (this.#disposed) throw disposedError(ACTION, "plan");
+    const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.#similarity.options;
     if (buffers == null || typeof buffers !== "object") {
       throw new TypeError(
-        `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
+        `Cannot ${ACTION} as 'buffers' must be an object: received ${describeValue(buffers)}`,
       );
     }
-    const { batch, tau } = buffers;
-    assertInteger("batch", batch, action, 1, MAX_DISPATCH);
-    assertFinite("tau", tau, action);
-    for (const name of ["qNow", "qPrev", "cosine", "groupMean", "flags"] as const) {
-      assertStorageBuffer(name, buffers[name], action);
-    }
-    assertSize("qNow", buffers.qNow, batch * hq * d * 4, action);
-    assertSize("qPrev", buffers.qPrev, batch * hq * d * 4, action);
-    assertSize("cosine", buffers.cosine, batch * hq * 4, action);
-    assertSize("groupMean", buffers.groupMean, batch * hkv * 4, action);
-    assertSize("flags", buffers.flags, batch * hkv * 4, action);
-    const bindGroup = this.#device.createBindGroup({
-      label: "freekv query similarity bind group",
-      layout: this.#pipeline.getBindGroupLayout(0),
-      entries: [
-        { binding: 0, resource: { buffer: this.#tau(tau) } },
-        { binding: 1, resource: { buffer: buffers.qNow } },
-        { binding: 2, resource: { buffer: buffers.qPrev } },
-        { binding: 3, resource: { buffer: buffers.cosine } },
-        { binding: 4, resource: { buffer: buffers.groupMean } },
-        { binding: 5, resource: { buffer: buffers.flags } },
-      ],
-    });
+    const batch = this.#step.batch;
+    const qNow = assertBufferSize("qNow", buffers.qNow, batch * hq * d * 4, ACTION);
+    const qPrev = assertBufferSize("qPrev", buffers.qPrev, batch * hq * d * 4, ACTION);
+    const cosine = assertBufferSize("cosine", buffers.cosine, batch * hq * 4, ACTION);
+    const groupMean = assertBufferSize("groupMean", buffers.groupMean, batch * hkv * 4, ACTION);
+    const flags = assertBufferSize("flags", buffers.flags, batch * hkv * 4, ACTION);
+    const slices = [qNow, qPrev, cosine, groupMean, flags];
+    const key = slices.flatMap((x) => [x.buffer, x.offset, x.size]);
+    const { device, pipeline } = this.#similarity;
+    const bindGroup = this.#bindings.get(key, () =>
+      device.createBindGroup({
+        label: "freekv query similarity bind group",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: this.#tau } },
+          ...slices.map((resource, i) => ({ binding: i + 1, resource })),
+        ],
+      }));
+    const ts = options.timestampWrites;
     const pass = encoder.beginComputePass({
       label: "freekv query similarity",
-      timestampWrites: buffers.timestampWrites,
+      timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
     });
-    pass.setPipeline(this.#pipeline);
+    pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(hkv, batch);
     pass.end();
   }
 
   [Symbol.dispose](): void {
-    for (const buffer of this.#tauBuffers.values()) buffer.destroy();
-    this.#tauBuffers.clear();
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#tau.destroy();
+    this.#bindings.clear();
   }
 }
 
 /**
  * Creates a {@linkcode QuerySimilarity} for one head geometry. The caller
  * owns `device`.
+ *
+ * @throws {TypeError} When an option is not an integer.
+ * @throws {RangeError} When a size is out of range or `numQueryHeads` is not
+ * a multiple of `numKvHeads`.
  *
  * @example
  * ```ts
@@ -213,8 +282,9 @@ class Similarity implements QuerySimilarity {
  * const groupMean = createBuffer(device, "mean", out, 4);
  * const flags = createBuffer(device, "flags", out, 4);
  * using similarity = createQuerySimilarity(device, { numQueryHeads: 2, numKvHeads: 1, headDim: 2 });
+ * using plan = similarity.plan({ batch: 1, tau: 0.9 });
  * const encoder = device.createCommandEncoder();
- * similarity.encode(encoder, { batch: 1, qNow, qPrev, cosine, groupMean, flags, tau: 0.9 });
+ * plan.encode(encoder, { qNow, qPrev, cosine, groupMean, flags });
  * device.queue.submit([encoder.finish()]);
  * console.log(new Uint32Array(await readBuffer(device, flags))); // [1]
  * ```
@@ -223,10 +293,14 @@ export function createQuerySimilarity(
   device: GPUDevice,
   options: QuerySimilarityOptions,
 ): QuerySimilarity {
-  return new Similarity(device, checkOptions(options));
+  return new Similarity(device, checkSimilarityOptions(options));
 }
 
-function checkInputs(inputs: QuerySimilarityInputs, options: QuerySimilarityOptions): number {
+/** Validates the host inputs; returns the batch. */
+export function checkSimilarityInputs(
+  inputs: QuerySimilarityInputs,
+  options: QuerySimilarityOptions,
+): number {
   if (inputs == null || typeof inputs !== "object") {
     throw new TypeError(
       `Cannot ${ACTION} as 'inputs' must be an object: received ${describeValue(inputs)}`,
@@ -282,15 +356,14 @@ export async function querySimilarity(
   inputs: QuerySimilarityInputs,
   options: QuerySimilarityOptions,
 ): Promise<QuerySimilarityResult> {
-  const opts = checkOptions(options);
-  const batch = checkInputs(inputs, opts);
+  const opts = checkSimilarityOptions(options);
+  const batch = checkSimilarityInputs(inputs, opts);
   using similarity = createQuerySimilarity(device, opts);
   const storage = GPUBufferUsage.STORAGE;
   const out = storage | GPUBufferUsage.COPY_SRC;
   const hq = opts.numQueryHeads, hkv = opts.numKvHeads;
+  using plan = similarity.plan({ batch, tau: inputs.tau });
   const buffers = {
-    batch,
-    tau: inputs.tau,
     qNow: createBuffer(device, "freekv querySimilarity qNow", storage, inputs.qNow),
     qPrev: createBuffer(device, "freekv querySimilarity qPrev", storage, inputs.qPrev),
     cosine: createBuffer(device, "freekv querySimilarity cosine", out, batch * hq * 4),
@@ -299,7 +372,7 @@ export async function querySimilarity(
   };
   try {
     const encoder = device.createCommandEncoder({ label: "freekv querySimilarity" });
-    similarity.encode(encoder, buffers);
+    plan.encode(encoder, buffers);
     device.queue.submit([encoder.finish()]);
     const [cosine, groupMean, flags] = await Promise.all([
       readBuffer(device, buffers.cosine, batch * hq * 4),
@@ -315,58 +388,4 @@ export async function querySimilarity(
     for (const b of [buffers.qNow, buffers.qPrev, buffers.cosine, buffers.groupMean]) b.destroy();
     buffers.flags.destroy();
   }
-}
-
-/**
- * CPU oracle of the query similarity (plain loops in f64, rounded to f32 on
- * store; flags compare the stored f32 mean with `tau` rounded to f32, as the
- * GPU does).
- *
- * @example
- * ```ts
- * import { querySimilarityReference } from "./similarity.ts";
- * const r = querySimilarityReference({
- *   qNow: new Float32Array([1, 0, 0, 0]),
- *   qPrev: new Float32Array([1, 1, 1, 0]),
- *   tau: 0.9,
- * }, { numQueryHeads: 2, numKvHeads: 1, headDim: 2 });
- * console.log(r.cosine, r.flags); // [0.7071..., 0] (the zero vector gives 0) [1]
- * ```
- */
-export function querySimilarityReference(
-  inputs: QuerySimilarityInputs,
-  options: QuerySimilarityOptions,
-): QuerySimilarityResult {
-  const opts = checkOptions(options);
-  const batch = checkInputs(inputs, opts);
-  const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = opts;
-  const group = hq / hkv;
-  const { qNow, qPrev } = inputs;
-  const cosine = new Float32Array(batch * hq);
-  const groupMean = new Float32Array(batch * hkv);
-  const flags = new Uint32Array(batch * hkv);
-  const tau = Math.fround(inputs.tau);
-  for (let b = 0; b < batch; b++) {
-    for (let h = 0; h < hkv; h++) {
-      let total = 0;
-      for (let g = 0; g < group; g++) {
-        const head = b * hq + h * group + g;
-        let dot = 0, nx = 0, ny = 0;
-        for (let c = 0; c < d; c++) {
-          const x = qNow[head * d + c], y = qPrev[head * d + c];
-          dot += x * y;
-          nx += x * x;
-          ny += y * y;
-        }
-        const cos = nx > 0 && ny > 0
-          ? Math.min(1, Math.max(-1, dot / (Math.sqrt(nx) * Math.sqrt(ny))))
-          : 0;
-        cosine[head] = cos;
-        total += cos;
-      }
-      groupMean[b * hkv + h] = total / group;
-      flags[b * hkv + h] = groupMean[b * hkv + h] >= tau ? 0 : 1;
-    }
-  }
-  return { cosine, groupMean, flags };
 }
