@@ -31,22 +31,9 @@
  * @module
  */
 
-export * from "./lib/gpu/device.ts";
-export * from "./lib/gpu/dtype.ts";
-export * from "./lib/gpu/errors.ts";
-export * from "./lib/gpu/buffers.ts";
-export * from "./lib/workloads/random.ts";
-export * from "./lib/kernels/attention.ts";
-export * from "./lib/kernels/roofline.ts";
-export * from "./lib/kernels/summaries.ts";
-export * from "./lib/kernels/selection.ts";
-export * from "./lib/kernels/similarity.ts";
-export * from "./lib/kernels/layout.ts";
-export * from "./lib/memory/host_pool.ts";
-export * from "./lib/memory/offload.ts";
-export * from "./lib/memory/recall.ts";
-export * from "./lib/gpu/readback.ts";
-export * from "./lib/memory/page_plan.ts";
+export * from "./lib/gpu/mod.ts";
+export * from "./lib/kernels/mod.ts";
+export * from "./lib/memory/mod.ts";
 export * from "./lib/engine/engine.ts";
 export * from "./lib/model/backends/engine.ts";
 export * from "./lib/workloads/synthetic.ts";

@@ -186,7 +186,7 @@ export function passTimestampWrites(
 export type TimestampWritesOption = Partial<GpuTimestampWrites> & { querySet: GPUQuerySet };
 
 /** The options of every kernel plan's `encode`. */
-export interface EncodeOptions {
+export interface KernelEncodeOptions {
   /** Timestamps around the recorded work (profiling). */
   timestampWrites?: TimestampWritesOption;
 }

@@ -29,7 +29,7 @@ import {
   readBuffer,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
-import { type EncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 import {
   ACTION,
   type AttentionShape,
@@ -82,7 +82,7 @@ export interface AttentionBuffers {
  * either may be left out, so that work spanning several encodes can be
  * timed as a whole.
  */
-export type AttentionEncodeOptions = EncodeOptions;
+export type AttentionEncodeOptions = KernelEncodeOptions;
 
 interface Kernels {
   main: GPUComputePipeline;

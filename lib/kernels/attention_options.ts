@@ -318,6 +318,7 @@ export function validateTables(shape: AttentionShape, tables: AttentionTables): 
   return { batch, pageTable, numPages, lastPageLen, maxPages, numSlots };
 }
 
+/** Inputs of `pagedAttention` and `pagedAttentionReference`. */
 export interface PagedAttentionInputs {
   /** Queries `[batch][Hq][d]`. */
   q: Float32Array;

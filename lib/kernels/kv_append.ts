@@ -24,7 +24,7 @@ import {
   GrowableBuffer,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
-import { type EncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** Options of {@linkcode createKvAppend}: the row geometry and the cache type. */
 export interface KvAppendOptions {
@@ -86,7 +86,7 @@ export interface KvAppendPlan {
    * rows). Throws before recording when a buffer is too small for the rows
    * or an offset.
    */
-  encode(encoder: GPUCommandEncoder, buffers: KvAppendBuffers, options?: EncodeOptions): void;
+  encode(encoder: GPUCommandEncoder, buffers: KvAppendBuffers, options?: KernelEncodeOptions): void;
   /** Destroys the plan's buffers. */
   [Symbol.dispose](): void;
 }
@@ -215,7 +215,11 @@ class AppendPlan implements KvAppendPlan {
     this.#maxOffset = max;
   }
 
-  encode(encoder: GPUCommandEncoder, buffers: KvAppendBuffers, options: EncodeOptions = {}): void {
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: KvAppendBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
     if (this.#disposed) throw disposedError(ACTION, "plan");
     const a = this.#append;
     const { numKvHeads: hkv, headDim: d, dtype } = a.options;

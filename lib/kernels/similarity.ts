@@ -29,7 +29,7 @@ import {
   readBuffer,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
-import { type EncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** Options of {@linkcode createQuerySimilarity} and the other similarity functions. */
 export interface QuerySimilarityOptions {
@@ -92,7 +92,7 @@ export interface QuerySimilarityPlan {
   encode(
     encoder: GPUCommandEncoder,
     buffers: QuerySimilarityBuffers,
-    options?: EncodeOptions,
+    options?: KernelEncodeOptions,
   ): void;
   /** Destroys the plan's uniform buffer. */
   [Symbol.dispose](): void;
@@ -212,7 +212,7 @@ class SimilarityPlan implements QuerySimilarityPlan {
   encode(
     encoder: GPUCommandEncoder,
     buffers: QuerySimilarityBuffers,
-    options: EncodeOptions = {},
+    options: KernelEncodeOptions = {},
   ): void {
     if (this.#disposed) throw disposedError(ACTION, "plan");
     const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.#similarity.options;

@@ -1,0 +1,55 @@
+/**
+ * The kernels, one file each with its CPU reference beside it in
+ * `*_reference.ts` and its WGSL in `shaders/`. Every kernel follows one
+ * contract: `createX(device, shape)` compiles nothing yet and validates the
+ * shape; `plan(...)` validates a step's sizes on the CPU and uploads them,
+ * returning a reusable plan (`update(...)`, `[Symbol.dispose]`); and
+ * `plan.encode(encoder, buffers, { timestampWrites })` only records into the
+ * caller's `GPUCommandEncoder`. Inputs the GPU produces (page tables, flags)
+ * are passed as buffers.
+ *
+ * @module
+ */
+
+export {
+  type AttentionBuffers,
+  type AttentionEncodeOptions,
+  type AttentionPlan,
+  type AttentionShape,
+  type AttentionTables,
+  createPagedAttention,
+  EMPTY_SLOT,
+  type PagedAttention,
+  pagedAttention,
+  type PagedAttentionInputs,
+  type PagedAttentionOptions,
+  type PagedAttentionResult,
+} from "./attention.ts";
+export { pagedAttentionReference } from "./attention_reference.ts";
+export {
+  createKvAppend,
+  type KvAppend,
+  type KvAppendBuffers,
+  type KvAppendOptions,
+  type KvAppendPlan,
+  type KvAppendRows,
+} from "./kv_append.ts";
+export { type KvAppendInputs, kvAppendReference } from "./kv_append_reference.ts";
+export * from "./summaries.ts";
+export * from "./selection.ts";
+export {
+  createQuerySimilarity,
+  type QuerySimilarity,
+  querySimilarity,
+  type QuerySimilarityBuffers,
+  type QuerySimilarityInputs,
+  type QuerySimilarityOptions,
+  type QuerySimilarityPlan,
+  type QuerySimilarityResult,
+  type QuerySimilarityStep,
+} from "./similarity.ts";
+export { querySimilarityReference } from "./similarity_reference.ts";
+export * from "./layout.ts";
+export * from "./page_table.ts";
+export * from "./page_table_reference.ts";
+export * from "./roofline.ts";
