@@ -304,7 +304,7 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
       TypeError,
       /'pooling' must be one of "softmax-mean", "mean", "max": received "sum"/,
     ],
-    ["group", [{}, { numKvHeads: 3 }], RangeError, /multiple of 'numKvHeads' 3: received 2/],
+    ["group", [{}, { numKvHeads: 3 }], RangeError, /multiple of 'numKvHeads' \(3\): received 2/],
     ["head dim", [{}, { headDim: 6 }], RangeError, /'headDim' must be a multiple of 4: received 6/],
     ["scale", [{}, { scale: -1 }], RangeError, /'scale' must be positive: received -1/],
     [

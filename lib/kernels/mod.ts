@@ -1,8 +1,9 @@
 /**
  * The kernels, one file each with its CPU reference beside it in
- * `*_reference.ts` and its WGSL in `shaders/`. Every kernel follows one
- * contract: `createX(device, shape)` compiles nothing yet and validates the
- * shape; `plan(...)` validates a step's sizes on the CPU and uploads them,
+ * `*_reference.ts` and its WGSL in `shaders/`. The kernel contract
+ * (attention, KV append, query similarity and the page-table builder follow
+ * it; summaries, selection, layout and the roofline are moving to it):
+ * `createX(device, shape)` validates the shape; `plan(...)` validates a step's sizes on the CPU and uploads them,
  * returning a reusable plan (`update(...)`, `[Symbol.dispose]`); and
  * `plan.encode(encoder, buffers, { timestampWrites })` only records into the
  * caller's `GPUCommandEncoder`. Inputs the GPU produces (page tables, flags)

@@ -33,6 +33,7 @@ import pageTopkSource from "../../shaders/page_topk.wgsl" with { type: "text" };
 import {
   assertAllFinite,
   assertFinite,
+  assertHeadsDivide,
   assertInteger,
   assertLength,
   assertOneOf,
@@ -160,14 +161,8 @@ function checkOptions(
   }
   const { numQueryHeads, numKvHeads, headDim } = options;
   const pooling = options.pooling ?? "softmax-mean";
-  assertInteger("numQueryHeads", numQueryHeads, ACTION, 1);
-  assertInteger("numKvHeads", numKvHeads, ACTION, 1);
+  assertHeadsDivide(numQueryHeads, numKvHeads, ACTION);
   assertInteger("headDim", headDim, ACTION, 4);
-  if (numQueryHeads % numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${ACTION} as 'numQueryHeads' must be a multiple of 'numKvHeads' ${numKvHeads}: received ${numQueryHeads}`,
-    );
-  }
   if (headDim % 4 !== 0) {
     throw new RangeError(
       `Cannot ${ACTION} as 'headDim' must be a multiple of 4: received ${headDim}`,

@@ -14,7 +14,7 @@
  * @module
  */
 
-import { assertInteger, assertLength } from "../gpu/errors.ts";
+import { assertHeadsDivide, assertInteger, assertLength } from "../gpu/errors.ts";
 
 const MAGIC = "FKVTRACE";
 const VERSION = 1;
@@ -65,15 +65,9 @@ function recordFloats(h: TraceHeader): number {
 
 function checkHeader(h: TraceHeader, action: string): void {
   assertInteger("numLayers", h.numLayers, action, 1);
-  assertInteger("numQueryHeads", h.numQueryHeads, action, 1);
-  assertInteger("numKvHeads", h.numKvHeads, action, 1);
+  assertHeadsDivide(h.numQueryHeads, h.numKvHeads, action);
   assertInteger("headDim", h.headDim, action, 1);
   assertInteger("promptLength", h.promptLength, action, 0);
-  if (h.numQueryHeads % h.numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${action} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${h.numKvHeads}): received ${h.numQueryHeads}`,
-    );
-  }
 }
 
 /**
