@@ -11,6 +11,7 @@ import { bytesPerElement } from "../gpu/dtype.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan } from "../kernels/attention.ts";
+import { createKvAppend, type KvAppend, type KvAppendPlan } from "../kernels/kv_append.ts";
 import { createPageSummarizer, type PageSummarizer } from "../kernels/summaries.ts";
 import { createPageSelector, type PageSelector } from "../kernels/selection.ts";
 import {
@@ -27,8 +28,6 @@ import type { PageBudget } from "../memory/page_plan.ts";
 import { NOT_RESIDENT, SlotCache } from "../memory/slot_cache.ts";
 import { type LayerMode, maxPagesOf, modeBudget, slotsPerSeq } from "./geometry.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
-import appendSource from "../../shaders/kv_append.wgsl" with { type: "text" };
-import appendPackedSource from "../../shaders/kv_append_packed.wgsl" with { type: "text" };
 import slotCopySource from "../../shaders/slot_copy.wgsl" with { type: "text" };
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -100,6 +99,8 @@ export class LayerState implements Disposable {
   #device: GPUDevice;
   #o: ResolvedEngineOptions;
   #scratch = new Map<string, GPUBuffer>();
+  #append: KvAppend;
+  #appendPlans = new Map<string, KvAppendPlan>();
   #owned: GPUBuffer[] = [];
 
   constructor(device: GPUDevice, o: ResolvedEngineOptions, index: number, mode: LayerMode) {
@@ -113,6 +114,7 @@ export class LayerState implements Disposable {
     const P = o.pageSize;
     const rowBytes = hkv * d * bytesPerElement(o.dtype);
     const cacheBytes = B * this.slotsPerSeq * P * rowBytes;
+    this.#append = createKvAppend(device, { numKvHeads: hkv, headDim: d, dtype: o.dtype });
     this.kCache = this.#own(`layer ${index} K cache`, cacheBytes);
     this.vCache = this.#own(`layer ${index} V cache`, cacheBytes);
     this.length = new Int32Array(B);
@@ -213,8 +215,9 @@ export class LayerState implements Disposable {
   }
 
   /**
-   * Records the f32 -> cache-dtype copy of `rows` token rows of `k`, `v`
-   * into `kCache`/`vCache` at element offsets `dstOffsets`.
+   * Records the f32 -> cache-dtype copy of token rows of `k`, `v` into
+   * `kCache`/`vCache` at element offsets `dstOffsets`, through this layer's
+   * append plan `tag` (prefill and decode keep separate plans).
    */
   encodeRows(
     encoder: GPUCommandEncoder,
@@ -225,38 +228,10 @@ export class LayerState implements Disposable {
     dstOffsets: Uint32Array,
     tag: string,
   ): void {
-    const { numKvHeads: hkv, headDim: d, dtype } = this.#o;
-    const device = this.#device;
-    // f16 without shader-f16: pack pairs of halves into u32 words.
-    const packed = dtype === "f16" && !device.features.has("shader-f16");
-    const code = packed
-      ? appendPackedSource
-      : (dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") +
-        appendSource;
-    const pipeline = cachedPipeline(device, `kv_append_${packed ? "packed" : dtype}`, code);
-    const rowLen = packed ? (hkv * d) / 2 : hkv * d;
-    const offsets = packed ? dstOffsets.map((x) => x / 2) : dstOffsets;
-    const rows = offsets.length;
-    const offsetBuffer = this.scratch(`${tag} offsets`, offsets.byteLength);
-    device.queue.writeBuffer(offsetBuffer, 0, offsets as Uint32Array<ArrayBuffer>);
-    const maxY = device.limits.maxComputeWorkgroupsPerDimension;
-    for (let base = 0, chunk = 0; base < rows; base += maxY, chunk++) {
-      const params = this.scratch(`${tag} params ${chunk}`, 16);
-      device.queue.writeBuffer(params, 0, new Uint32Array([rowLen, rows, base]));
-      const bind = device.createBindGroup({
-        label: "freekv append",
-        layout: pipeline.getBindGroupLayout(0),
-        entries: [params, k, v, offsetBuffer, kCache, vCache].map((buffer, binding) => ({
-          binding,
-          resource: { buffer },
-        })),
-      });
-      const pass = encoder.beginComputePass({ label: "freekv append" });
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind);
-      pass.dispatchWorkgroups(Math.ceil(rowLen / 64), Math.min(maxY, rows - base));
-      pass.end();
-    }
+    let plan = this.#appendPlans.get(tag);
+    if (!plan) this.#appendPlans.set(tag, plan = this.#append.plan({ dstOffsets }));
+    else plan.update({ dstOffsets });
+    plan.encode(encoder, { k, v, kCache, vCache });
   }
 
   /** Records copies of one head's page rows between slots: `(src, dst, head)` per job. */
@@ -323,6 +298,7 @@ export class LayerState implements Disposable {
     for (const b of this.#scratch.values()) b.destroy();
     this.#owned = [];
     this.#scratch.clear();
+    for (const p of this.#appendPlans.values()) p[Symbol.dispose]();
     this.attentionPlan?.[Symbol.dispose]();
     this.tablePlan?.[Symbol.dispose]();
     this.similarityPlan?.[Symbol.dispose]();

@@ -178,7 +178,7 @@ class Plan implements PageTablePlan {
       const name = `sequences[${b}]`;
       assertInteger(`${name}.numPages`, s.numPages, ACTION, 1, maxPages);
       assertInteger(`${name}.sinkCount`, s.sinkCount, ACTION, 0, Math.min(S, s.numPages));
-      assertInteger(`${name}.windowStart`, s.windowStart, ACTION, s.sinkCount, s.numPages - 1);
+      assertInteger(`${name}.windowStart`, s.windowStart, ACTION, s.sinkCount, s.numPages);
       if (s.numPages - s.windowStart > W || s.candidateCount !== s.windowStart - s.sinkCount) {
         throw new RangeError(
           `Cannot ${ACTION} as '${name}' must have at most ${W} window pages and candidateCount = windowStart - sinkCount: received ${
