@@ -4,7 +4,7 @@
 // the CPU reference; the llama3 frequency formula checked by hand; configs
 // this module does not implement refused by name.
 import assert from "node:assert/strict";
-import { gpuTest } from "./_gpu.ts";
+import { gpuTest, testGpu } from "./_gpu.ts";
 import { createBuffer } from "../lib/gpu/buffers.ts";
 import { createDenseAttentionBackend } from "../lib/model/backends/dense.ts";
 import { createEngineBackend } from "../lib/model/backends/engine.ts";
@@ -445,3 +445,50 @@ gpuTest(
     assert.ok(maxAbsDiff(got, want) < 1e-3);
   },
 );
+
+Deno.test({
+  name: "generate.ts: --ignore-rope-scaling runs a yarn config, without it the type is named",
+  ignore: testGpu === null,
+  sanitizeResources: false,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "freekv_checkpoints_" });
+    try {
+      await writeHfCheckpoint(dir, base.weights);
+      const json = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+      json.rope_scaling = { rope_type: "yarn", factor: 4, original_max_position_embeddings: 128 };
+      await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(json));
+      const generate = async (...args: string[]) => {
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", "scripts/generate.ts", ...args],
+          cwd: new URL("..", import.meta.url).pathname,
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        const text = (b: Uint8Array) => new TextDecoder().decode(b);
+        return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+      };
+      const common = [
+        "--model",
+        dir,
+        "--tokenizer",
+        "models/stories260K/tok512.bin",
+        "--max-tokens",
+        "12",
+        "--policy",
+        "dense",
+      ];
+      const refused = await generate(...common);
+      assert.equal(refused.code, 2, refused.stderr);
+      assert.match(
+        refused.stderr,
+        /'rope_scaling\.rope_type' must be one of default, linear, dynamic, llama3: received "yarn" \(.*--ignore-rope-scaling/,
+      );
+      const plain = await generate(...common, "--ignore-rope-scaling");
+      assert.equal(plain.code, 0, plain.stderr);
+      assert.match(plain.stdout, /^Once upon a time, there was a little girl/);
+      assert.match((await generate("--help")).stdout, /--ignore-rope-scaling load a config's/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
