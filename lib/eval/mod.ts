@@ -1,0 +1,24 @@
+/**
+ * The evaluation layer: how close each retrieval policy comes to full
+ * attention on a real model (teacher forcing, KL, attention-mass recall,
+ * greedy agreement, freekv's corrections and query similarity), sweeps of
+ * policy configurations, tables and plots. `scripts/eval.ts` is its
+ * command line; notebooks call these functions directly.
+ *
+ * @example
+ * ```ts
+ * import { buildSweep, formatTable, klDivergence } from "./mod.ts";
+ * console.log(klDivergence([0, 1], [0, 1]), buildSweep({}).configs.length); // 0 6
+ * console.log(typeof formatTable); // function
+ * ```
+ *
+ * @module
+ */
+
+export * from "./config.ts";
+export * from "./metrics.ts";
+export * from "./plot.ts";
+export * from "./report.ts";
+export * from "./run.ts";
+export * from "./sweep.ts";
+export * from "./tap.ts";
