@@ -446,6 +446,9 @@ export class RetrievalEngine {
     const pending = this.#pending;
     if (!pending) return;
     this.#pending = null;
+    // Let callbacks of an answer that already arrived run (the decoder's own
+    // wait for its logits usually brings it): only a real wait counts.
+    if (!pending.settled) await new Promise((resolve) => setTimeout(resolve, 0));
     const t0 = performance.now();
     const wasReady = pending.settled;
     const bytes = await pending.bytes;

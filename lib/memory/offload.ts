@@ -240,6 +240,8 @@ export class Offloader {
       resolve = res;
       reject = rej;
     });
+    // A disposed or lost device rejects it; callers that keep the handle see that.
+    done.catch(() => {});
     if (parts.length === 0) resolve({ pages: 0, bytes: 0, ms: 0 });
     else this.#encoded.push({ parts, bytes, resolve, reject });
     return { done, pages: work.length, bytes };
@@ -322,7 +324,8 @@ export class Offloader {
           pending.resolve(stats);
         } catch (error) {
           for (const part of pending.parts) {
-            if (part.entry.read.mapState === "mapped") part.entry.read.unmap();
+            // A destroyed buffer (disposed offloader) throws on unmap.
+            if (!this.#disposed && part.entry.read.mapState === "mapped") part.entry.read.unmap();
           }
           pending.reject(error);
         }

@@ -1,0 +1,232 @@
+// End-to-end oracle of the engine at budgets below the context: every step
+// of every layer, the pages each head attends follow the policy's rule
+// (computed on the CPU from summaries of every full page), and the output
+// equals the CPU reference attention over exactly those pages. Also the host
+// waits per step of every policy and misuse of the recording API.
+import assert from "node:assert/strict";
+import { gpuTest } from "./_gpu.ts";
+import {
+  createRetrievalEngine,
+  type EngineOptions,
+  type PolicyName,
+} from "../lib/engine/engine.ts";
+import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
+import { pagedAttentionReference } from "../lib/kernels/attention_reference.ts";
+import { pageSummariesReference } from "../lib/kernels/summaries.ts";
+import { selectPagesReference } from "../lib/kernels/selection.ts";
+import { EMPTY_SLOT } from "../lib/kernels/attention.ts";
+import { pageRegions } from "../lib/memory/page_plan.ts";
+import { assertClose } from "./_assert.ts";
+
+const SHAPE = { numLayers: 2, numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
+// 1 sink page, 2 window pages, 3 selected pages of 4 tokens.
+const SMALL = { pageSize: 4, sink: 4, window: 8, budget: 24, maxContext: 160 };
+const BUDGET = { pageSize: 4, sinkPages: 1, windowPages: 2, selectPages: 3 };
+const PROMPT = 10;
+const STEPS = 36; // candidates grow from 0 past K = 3
+
+type Config = Partial<EngineOptions> & { policy: PolicyName };
+
+/** Top-k pages per KV head of `q` over the full pages of `keys` (CPU oracle). */
+function oracleTopK(keys: Float32Array, tokens: number, q: Float32Array): number[][] {
+  const { numKvHeads: hkv, headDim: d } = SHAPE;
+  const r = pageRegions(tokens, BUDGET);
+  const fullPages = Math.floor(tokens / BUDGET.pageSize);
+  const summaries = pageSummariesReference({
+    kCache: keys.subarray(0, fullPages * BUDGET.pageSize * hkv * d),
+    jobs: Array.from({ length: fullPages }, (_, p) => ({
+      srcSlot: p,
+      dstPage: p,
+      numTokens: BUDGET.pageSize,
+    })),
+    numPages: fullPages,
+  }, { numKvHeads: hkv, headDim: d, pageSize: BUDGET.pageSize });
+  const sel = selectPagesReference({
+    q,
+    summaries,
+    pageOffset: [0],
+    candidateStart: [r.sinkCount],
+    candidateEnd: [r.windowStart],
+    k: BUDGET.selectPages,
+  }, { numQueryHeads: SHAPE.numQueryHeads, numKvHeads: hkv, headDim: d });
+  const K = BUDGET.selectPages;
+  return Array.from({ length: hkv }, (_, h) => [...sel.selected.subarray(h * K, (h + 1) * K)]);
+}
+
+/** Pages every policy attends besides its selection. */
+function sinkAndWindow(tokens: number): number[] {
+  const r = pageRegions(tokens, BUDGET);
+  const pages: number[] = [];
+  for (let p = 0; p < r.sinkCount; p++) pages.push(p);
+  for (let p = r.windowStart; p < r.numPages; p++) pages.push(p);
+  return pages;
+}
+
+/** CPU attention of q over `pagesPerHead` of the whole cache (slot = page). */
+function referenceOver(
+  keys: Float32Array,
+  values: Float32Array,
+  tokens: number,
+  q: Float32Array,
+  pagesPerHead: number[][],
+): Float32Array {
+  const n = Math.max(...pagesPerHead.map((p) => p.length));
+  const table = new Uint32Array(SHAPE.numKvHeads * n).fill(EMPTY_SLOT);
+  // Holes first, so that every head's last entry is the sequence's last page.
+  pagesPerHead.forEach((pages, h) => table.set(pages, h * n + n - pages.length));
+  const r = pageRegions(tokens, BUDGET);
+  return pagedAttentionReference({
+    q,
+    kCache: keys,
+    vCache: values,
+    pageTable: table,
+    numPages: [n],
+    lastPageLen: [r.lastPageLen],
+  }, { ...SHAPE, pageSize: BUDGET.pageSize }).out;
+}
+
+async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
+  const { numLayers: L, numKvHeads: hkv, headDim: d } = SHAPE;
+  const row = hkv * d;
+  using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, ...config });
+  const src = createSyntheticSource({ ...SHAPE, seed: 21, shiftProbability: 0.3 });
+  const prompt = takePrompt(src, PROMPT, { queries: false });
+  const cap = SMALL.maxContext * row;
+  const keys = Array.from({ length: L }, () => new Float32Array(cap));
+  const values = Array.from({ length: L }, () => new Float32Array(cap));
+  for (let l = 0; l < L; l++) {
+    keys[l].set(prompt[l].k);
+    values[l].set(prompt[l].v);
+    await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
+  }
+  const previous: (number[][] | null)[] = new Array(L).fill(null);
+  let crossed = false;
+  for (let s = 0; s < STEPS; s++) {
+    const token = src.next();
+    const tokens = PROMPT + s + 1;
+    for (let l = 0; l < L; l++) {
+      keys[l].set(token[l].k, (tokens - 1) * row);
+      values[l].set(token[l].v, (tokens - 1) * row);
+      const out = (await engine.step(l, token[l]))!;
+      const attended = await engine.attendedPages(l);
+      const where = `${config.policy} ${config.correction ?? ""} step ${s} layer ${l}`;
+      // The output is attention over exactly the pages reported.
+      const want = referenceOver(keys[l], values[l], tokens, token[l].q, attended);
+      assertClose(out, want, 1e-4, where);
+      const r = pageRegions(tokens, BUDGET);
+      const base = sinkAndWindow(tokens);
+      const fresh = r.candidateCount >= BUDGET.selectPages
+        ? oracleTopK(keys[l], tokens, token[l].q)
+        : null;
+      for (let h = 0; h < hkv; h++) {
+        const got = attended[h];
+        for (const p of base) {
+          assert.ok(got.includes(p), `${where} head ${h}: sink/window page ${p}`);
+        }
+        const selected = got.filter((p) => !base.includes(p));
+        let expected: number[] | null = null;
+        if (r.candidateCount <= BUDGET.selectPages) {
+          expected = Array.from({ length: r.candidateCount }, (_, i) => r.sinkCount + i);
+        } else if (config.policy !== "freekv" || config.tau === 1) {
+          expected = fresh![h];
+        } else if (config.tau === -1) {
+          expected = previous[l]![h]; // the speculation, recalled one step behind
+        } else {
+          const allowed = new Set([...fresh![h], ...previous[l]![h]]);
+          for (const p of selected) assert.ok(allowed.has(p), `${where} head ${h}: page ${p}`);
+        }
+        if (expected) {
+          assert.deepEqual(selected, [...expected].sort((a, b) => a - b), `${where} head ${h}`);
+        }
+      }
+      if (r.candidateCount > BUDGET.selectPages) crossed = true;
+      previous[l] = fresh;
+    }
+  }
+  assert.ok(crossed, "the decode must cross the point where candidates stop fitting");
+  await engine.drain();
+}
+
+const CONFIGS: Config[] = [
+  { policy: "quest" },
+  { policy: "sync-offload" },
+  { policy: "sync-offload", hostLayout: "nhd" },
+  { policy: "freekv", correction: "sync", tau: 1 },
+  { policy: "freekv", correction: "resident", tau: -1 },
+  { policy: "freekv", correction: "resident", tau: -1, cachePages: 0 },
+  { policy: "freekv", correction: "resident", tau: 0.9 },
+  { policy: "freekv", correction: "sync", tau: 0.9, cachePages: 0 },
+];
+for (const config of CONFIGS) {
+  gpuTest(
+    `oracle: ${JSON.stringify(config)} attends the rule's pages, output equals the reference`,
+    ({ device }) => checkPolicy(device, config),
+  );
+}
+
+gpuTest(
+  "host waits per step: none for full, streaming, quest and freekv resident; one per layer for sync-offload",
+  async ({ device }) => {
+    const expected: [Config, number][] = [
+      [{ policy: "full" }, 0],
+      [{ policy: "streaming" }, 0],
+      [{ policy: "quest" }, 0],
+      [{ policy: "freekv" }, 0], // the answer of step i arrives while step i+1 is recorded
+      [{ policy: "sync-offload" }, SHAPE.numLayers],
+    ];
+    for (const [config, waits] of expected) {
+      using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, ...config });
+      const src = createSyntheticSource({ ...SHAPE, seed: 3 });
+      const prompt = takePrompt(src, 60, { queries: false });
+      for (let l = 0; l < SHAPE.numLayers; l++) {
+        await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
+      }
+      const perStep: number[] = [];
+      for (let s = 0; s < 8; s++) {
+        const token = src.next();
+        await engine.beginStep();
+        let encoder = device.createCommandEncoder();
+        for (let l = 0; l < SHAPE.numLayers; l++) {
+          encoder = await engine.recordLayer(encoder, l, token[l]);
+        }
+        engine.endStep(encoder);
+        // Like a decoder waiting for its logits: the step's answer rides the same wait.
+        await device.queue.onSubmittedWorkDone();
+        perStep.push(engine.lastStepStats()!.hostWaits);
+      }
+      // The first step after prefill may select synchronously.
+      assert.deepEqual(perStep.slice(2), new Array(6).fill(waits), config.policy);
+      assert.equal(engine.lastStepStats()!.step, 7);
+    }
+  },
+);
+
+gpuTest("the recording API refuses misuse without changing state", async ({ device }) => {
+  using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, policy: "freekv" });
+  const src = createSyntheticSource({ ...SHAPE, seed: 4 });
+  const prompt = takePrompt(src, 20, { queries: false });
+  for (let l = 0; l < SHAPE.numLayers; l++) {
+    await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
+  }
+  const token = src.next();
+  const enc = device.createCommandEncoder();
+  await assert.rejects(() => engine.recordLayer(enc, 0, token[0]), /must be begun first/);
+  assert.throws(() => engine.endStep(enc), /every layer must be recorded first/);
+  await engine.beginStep();
+  await assert.rejects(() => engine.beginStep(), /previous step must be ended first/);
+  await assert.rejects(() => engine.recordLayer(enc, 1, token[1]), /'layer' must be 0/);
+  await assert.rejects(
+    () => engine.recordLayer({} as GPUCommandEncoder, 0, token[0]),
+    /'encoder' must be a GPUCommandEncoder/,
+  );
+  assert.equal(engine.length(0, 0), 20);
+  let encoder = await engine.recordLayer(enc, 0, token[0]);
+  assert.throws(() => engine.endStep(encoder), /after 1 of 2 layers/);
+  await assert.rejects(() => engine.prefill(0, 0, prompt[0]), /no decode step may be open/);
+  encoder = await engine.recordLayer(encoder, 1, token[1]);
+  engine.endStep(encoder);
+  assert.equal(engine.length(1, 0), 21);
+  engine[Symbol.dispose]();
+  await assert.rejects(() => engine.beginStep(), /must not be disposed/);
+  await assert.rejects(() => engine.recordLayer(enc, 0, token[0]), /must not be disposed/);
+});
