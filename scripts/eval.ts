@@ -49,6 +49,7 @@ Options:
   --contexts LIST       context lengths in tokens (default 512,1024)
   --prefix X            tokens prefilled before scoring: share of the context
                         below 1, a fraction (1/2) or tokens (default 1/2)
+  --score-last N        instead of --prefix: score the last N positions of each context
   --greedy-tokens N     greedy tokens generated after the prefix, 0 = none (default 64)
   --policies LIST       ${
   POLICIES.filter((p) => p !== "full").join(", ")
@@ -66,6 +67,8 @@ Options:
   --cache-pages LIST    pages freekv caches for corrections (default: the engine's)
   --sweep-contexts LIST contexts the knob sweeps run at (default: all)
   --sweep-budgets LIST  budgets the knob sweeps run at (default: all)
+  --sweep-policies LIST policies the knob sweeps run for (default: all of --policies)
+  --sweep-texts N       texts the knob sweeps run on, the first N (default: all)
   --concurrency N       sequences in flight at once (default 6)
   --mass-stride N       attention-mass recall every N-th scored step (default 1: all;
                         engines that pick pages on the GPU pay a readback per read)
@@ -100,6 +103,9 @@ try {
       "cache-pages": { type: "string" },
       "sweep-contexts": { type: "string" },
       "sweep-budgets": { type: "string" },
+      "sweep-policies": { type: "string" },
+      "sweep-texts": { type: "string" },
+      "score-last": { type: "string" },
       concurrency: { type: "string" },
       "mass-stride": { type: "string" },
       trace: { type: "string" },
@@ -177,7 +183,11 @@ function share(name: string, value: string | undefined): number | undefined {
 const texts = flags.intFlag("texts", values.texts, 1) ?? 3;
 const seed = flags.intFlag("seed", values.seed, 0) ?? 1;
 const contexts = intList("contexts", values.contexts, 3) ?? [512, 1024];
-const prefix = share("prefix", values.prefix);
+const scoreLast = flags.intFlag("score-last", values["score-last"], 1);
+if (scoreLast !== undefined && values.prefix !== undefined) {
+  fail("--prefix and --score-last must not be given together");
+}
+const prefix = scoreLast !== undefined ? -scoreLast : share("prefix", values.prefix);
 const greedyTokens = flags.intFlag("greedy-tokens", values["greedy-tokens"], 0) ?? 64;
 const concurrency = flags.intFlag("concurrency", values.concurrency, 1) ?? 6;
 const massStride = flags.intFlag("mass-stride", values["mass-stride"], 1) ?? 1;
@@ -204,6 +214,19 @@ const spec: SweepSpec = {
   sweepBudgets: budgetList("sweep-budgets", values["sweep-budgets"]),
 };
 const sweepContexts = intList("sweep-contexts", values["sweep-contexts"], 3);
+const sweepTexts = flags.intFlag("sweep-texts", values["sweep-texts"], 1);
+const sweepPolicies = enumList(
+  "sweep-policies",
+  values["sweep-policies"],
+  POLICIES.filter((p) => p !== "full") as PolicyName[],
+);
+if (scoreLast !== undefined) {
+  for (const c of contexts) {
+    if (scoreLast > c - 2) {
+      fail(`--score-last must be at most context - 2 (${c - 2}): received ${scoreLast}`);
+    }
+  }
+}
 for (const c of sweepContexts ?? []) {
   if (!contexts.includes(c)) {
     fail(`--sweep-contexts items must be among --contexts (${contexts}): received ${c}`);
@@ -216,8 +239,12 @@ try {
   fail((error as Error).message);
 }
 const baseSet = new Set(plan.base);
-const include = (k: number, context: number) =>
-  baseSet.has(k) || sweepContexts === undefined || sweepContexts.includes(context);
+const include = (k: number, context: number, textIndex = 0) =>
+  baseSet.has(k) || (
+    (sweepContexts === undefined || sweepContexts.includes(context)) &&
+    (sweepTexts === undefined || textIndex < sweepTexts) &&
+    (sweepPolicies === undefined || sweepPolicies.includes(plan.configs[k].policy ?? "freekv"))
+  );
 // Budgets too small for a context fail here, not after an hour of runs.
 if (!values.trace) {
   for (let k = 0; k < plan.configs.length; k++) {
@@ -252,6 +279,8 @@ let source: Record<string, unknown>;
     const n = trace.numTokens;
     const prefixTokens = prefix === undefined
       ? trace.header.promptLength
+      : prefix < 0
+      ? n + prefix
       : prefix < 1
       ? Math.floor(n * prefix)
       : prefix;

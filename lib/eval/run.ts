@@ -115,7 +115,8 @@ export interface EvalOptions {
   /**
    * Prompt prefilled before scoring, a share of the context below 1 or a
    * token count (default 0.5): teacher forcing scores the positions after it,
-   * greedy generation continues from it.
+   * greedy generation continues from it. A negative token count `-n`
+   * scores the last `n` positions of each context.
    */
   prefix?: TokensOrShare;
   /** Greedy tokens generated after the prefix (default 128; 0 skips free generation). */
@@ -127,8 +128,11 @@ export interface EvalOptions {
    * see `TapOptions.massStride`.
    */
   massStride?: number;
-  /** Only these (config index, context) pairs run; default all. */
-  include?: (configIndex: number, context: number) => boolean;
+  /**
+   * Only these (config index, context, text index) jobs run; default all.
+   * A (config, context) with no text left gets no row.
+   */
+  include?: (configIndex: number, context: number, textIndex: number) => boolean;
   /** Progress lines. */
   onProgress?: (message: string) => void;
 }
@@ -234,7 +238,7 @@ interface JobResult {
 }
 
 function resolvePrefix(prefix: TokensOrShare, context: number): number {
-  const p = prefix < 1 ? Math.floor(context * prefix) : prefix;
+  const p = prefix < 0 ? context - 1 + prefix : prefix < 1 ? Math.floor(context * prefix) : prefix;
   if (!Number.isInteger(p) || p < 1 || p > context - 2) {
     throw new RangeError(
       `Cannot evaluate as the prefix must leave at least one scored step in a context of ${context}: received ${prefix} (${p} tokens)`,
@@ -463,11 +467,12 @@ export async function evaluateModel(
   for (let ci = 0; ci < contexts.length; ci++) {
     for (let ti = 0; ti < texts.length; ti++) jobs.push({ kind: "ref", ci, ti });
   }
-  const wanted = (k: number, ci: number) => options.include?.(k, contexts[ci]) ?? true;
+  const wanted = (k: number, ci: number, ti: number) =>
+    options.include?.(k, contexts[ci], ti) ?? true;
   for (let ti = 0; ti < texts.length; ti++) {
     for (let ci = contexts.length - 1; ci >= 0; ci--) {
       for (let k = 0; k < options.configs.length; k++) {
-        if (wanted(k, ci)) jobs.push({ kind: "policy", k, ci, ti });
+        if (wanted(k, ci, ti)) jobs.push({ kind: "policy", k, ci, ti });
       }
     }
   }
@@ -508,10 +513,11 @@ export async function evaluateModel(
   const rows: EvalRow[] = [];
   for (let k = 0; k < options.configs.length; k++) {
     for (let ci = 0; ci < contexts.length; ci++) {
-      if (!wanted(k, ci)) continue;
+      const used = texts.map((_, ti) => ti).filter((ti) => wanted(k, ci, ti));
+      if (used.length === 0) continue;
       const rc = resolved[k][ci];
-      const parts = texts.map((_, ti) => results.get(`${k}:${ci}:${ti}`)!);
-      const refs = await Promise.all(texts.map((_, ti) => references.get(`${ci}:${ti}`)!));
+      const parts = used.map((ti) => results.get(`${k}:${ci}:${ti}`)!);
+      const refs = await Promise.all(used.map((ti) => references.get(`${ci}:${ti}`)!));
       const steps = parts.reduce((a, p) => a + p.steps, 0);
       const kls = parts.flatMap((p) => p.kl);
       const massSum = new Float64Array(L * hkv);
@@ -552,7 +558,7 @@ export async function evaluateModel(
         cache_pages: typeof eo.cachePages === "number" && eo.cachePages >= 0 ? eo.cachePages : null,
         pooling: String(eo.pooling ?? "softmax-mean"),
         summary: String(eo.summary ?? "minmax"),
-        texts: texts.length,
+        texts: used.length,
         prefix: prefixes[ci],
         steps,
         agreement: parts.reduce((a, p) => a + p.agree, 0) / steps,
