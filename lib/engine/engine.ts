@@ -12,33 +12,29 @@
  * @module
  */
 
-import { bytesPerElement } from "../gpu/dtype.ts";
-import { assertAllFinite, assertInteger, assertLength, describeValue } from "../gpu/errors.ts";
+import { assertInteger, describeValue } from "../gpu/errors.ts";
 import { createBuffer, readBuffer } from "../gpu/buffers.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
 import { createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
-import { HostPagePool } from "../memory/host_pool.ts";
-import { createOffloader, type Offloader } from "../memory/offload.ts";
-import { createRecaller, type Recaller, type RecallJob } from "../memory/recall.ts";
+import type { HostPagePool } from "../memory/host_pool.ts";
+import type { RecallJob } from "../memory/recall.ts";
+import { OffloadMemory } from "./offload_memory.ts";
+import { recordPrefill } from "./prefill.ts";
+import { appendPhase, type PhaseContext, selectPhase } from "./phases.ts";
 import { type PageBudget, type PageRegions, pageRegions } from "../memory/page_plan.ts";
-import { homeSlot, layerMode, maxPagesOf, modeBudget, poolSlot } from "./geometry.ts";
+import { layerMode, maxPagesOf, modeBudget, residentPageTable } from "./geometry.ts";
 import { layerBufferBytes, LayerState } from "./layer.ts";
 import { type EngineOptions, type ResolvedEngineOptions, resolveEngineOptions } from "./options.ts";
 import { type EngineTotals, StatsAccumulator, type StepStats } from "./stats.ts";
+import {
+  checkPrefillInputs,
+  checkStepInputs,
+  type PrefillInputs,
+  type StepInputs,
+} from "./validate.ts";
 
 export type { EngineTotals, StepStats } from "./stats.ts";
-
-/** q, k, v of one decode step of one layer, for the whole batch. */
-export interface StepInputs {
-  /** `[batch][Hq][d]` f32: a GPU buffer (STORAGE | COPY_SRC) or an array. */
-  q: GPUBuffer | Float32Array;
-  /** `[batch][Hkv][d]` f32. */
-  k: GPUBuffer | Float32Array;
-  /** `[batch][Hkv][d]` f32. */
-  v: GPUBuffer | Float32Array;
-  /** Where to write the output `[batch][Hq][d]` f32; `step` reads it back and returns it when absent. */
-  out?: GPUBuffer;
-}
+export type { PrefillInputs, StepInputs } from "./validate.ts";
 
 /** The answer of one step: every layer's selection, flags and hits, read back together. */
 interface PendingAnswer {
@@ -87,9 +83,7 @@ export class RetrievalEngine {
   readonly maxPages: number;
   #layers: LayerState[] = [];
   #attention: PagedAttention;
-  #pool?: HostPagePool;
-  #offloader?: Offloader;
-  #recaller?: Recaller;
+  #memory?: OffloadMemory;
   #ring: ReadbackRing;
   #answer?: GPUBuffer;
   #answerLayerBytes = 0;
@@ -141,27 +135,12 @@ export class RetrievalEngine {
       pageSize: o.pageSize,
       dtype: o.dtype,
     });
-    if (modes.includes("offload")) {
-      this.#pool = new HostPagePool({
-        layers: L,
-        kvHeads: o.numKvHeads,
-        headDim: o.headDim,
-        pageSize: o.pageSize,
-        dtype: o.dtype,
-        layout: o.hostLayout,
-      });
-      this.#offloader = createOffloader(device, this.#pool);
-      this.#recaller = createRecaller(device, this.#pool, {
-        buffering: o.recallBuffering,
-        staging: o.recallStaging,
-        caches: (layer: number) => ({
-          kCache: this.#layers[layer].kCache,
-          vCache: this.#layers[layer].vCache,
-        }),
-      });
-    }
     this.#ring = new ReadbackRing(device, "freekv engine");
     for (let l = 0; l < L; l++) this.#layers.push(new LayerState(device, o, l, modes[l]));
+    this.#stats = new StatsAccumulator(L * o.numKvHeads);
+    if (modes.includes("offload")) {
+      this.#memory = new OffloadMemory(device, o, this.#layers, this.#stats, this.maxPages);
+    }
     if (o.policy === "freekv" && modes.includes("offload")) {
       const rows = o.batch * o.numKvHeads;
       this.#answerLayerBytes = rows * (this.budget.selectPages + 2) * 4;
@@ -172,7 +151,6 @@ export class RetrievalEngine {
         L * this.#answerLayerBytes,
       );
     }
-    this.#stats = new StatsAccumulator(L * o.numKvHeads);
   }
 
   /** Tokens stored for `seq` at `layer`. */
@@ -224,7 +202,7 @@ export class RetrievalEngine {
 
   /** The host page pool (offload policies only). */
   get hostPool(): HostPagePool | undefined {
-    return this.#pool;
+    return this.#memory?.pool;
   }
 
   /** The layer whose step comes next. */
@@ -253,7 +231,7 @@ export class RetrievalEngine {
   async prefill(
     seq: number,
     layer: number,
-    kv: { k: Float32Array | GPUBuffer; v: Float32Array | GPUBuffer; length?: number },
+    kv: PrefillInputs,
   ): Promise<void> {
     const action = "prefill";
     this.#checkAlive(action);
@@ -271,130 +249,21 @@ export class RetrievalEngine {
         `Cannot ${action} as sequence ${seq} of layer ${layer} must not be prefilled twice: received a second prefill`,
       );
     }
-    if (kv == null || typeof kv !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'kv' must be an object: received ${describeValue(kv)}`,
-      );
-    }
-    const row = o.numKvHeads * o.headDim;
-    const n = kv.length ??
-      (kv.k instanceof Float32Array && kv.k.length % row === 0 ? kv.k.length / row : NaN);
-    if (kv.length === undefined && !Number.isInteger(n)) {
-      throw new RangeError(
-        `Cannot ${action} as 'k' must hold whole rows of numKvHeads * headDim = ${row} values: received ${
-          kv.k instanceof Float32Array ? `${kv.k.length} values` : describeValue(kv.k)
-        }`,
-      );
-    }
-    assertInteger("length", n, action, 1, o.maxContext);
-    for (const name of ["k", "v"] as const) {
-      const x = kv[name];
-      if (x instanceof Float32Array) {
-        assertLength(name, x, n * row, action);
-        assertAllFinite(name, x, action);
-      } else if (!(x instanceof GPUBuffer) || x.size < n * row * 4) {
-        throw new RangeError(
-          `Cannot ${action} as '${name}' must be a Float32Array or a GPUBuffer of at least ${
-            n * row * 4
-          } bytes: received ${x instanceof GPUBuffer ? `a buffer of ${x.size}` : describeValue(x)}`,
-        );
-      }
-    }
-    await this.#prefillValid(state, seq, n, kv.k, kv.v);
-  }
-
-  async #prefillValid(
-    state: LayerState,
-    seq: number,
-    n: number,
-    kIn: Float32Array | GPUBuffer,
-    vIn: Float32Array | GPUBuffer,
-  ): Promise<void> {
-    const o = this.options;
-    const P = o.pageSize;
-    const row = o.numKvHeads * o.headDim;
-    const { sinkPages: S, selectPages: K } = state.budget;
-    const regions = pageRegions(n, state.budget);
-    const fullPages = Math.floor(n / P);
-    const device = this.device;
-    const k = state.input("prefill k", kIn, n * row * 4);
-    const v = state.input("prefill v", vIn, n * row * 4);
-    const encoder = device.createCommandEncoder({ label: "freekv prefill" });
-    const mode = state.mode;
-    const seqBase = seq * state.slotsPerSeq;
-    const slotBytes = P * row * bytesPerElement(o.dtype);
-    const pageIds = (from: number, to: number) =>
-      Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
-    const transient: GPUBuffer[] = [];
-    if (mode === "full" || mode === "quest") {
-      const dst = new Uint32Array(n).map((_, t) => (seqBase * P + t) * row);
-      state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "prefill");
-      if (mode === "quest" && fullPages > S) {
-        state.summarizer!.plan(
-          pageIds(S, fullPages).map((p) => ({
-            srcSlot: seqBase + p,
-            dstPage: seq * this.maxPages + p,
-            numTokens: P,
-          })),
-        );
-        state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
-      }
-    } else {
-      // Stage the whole prompt as NHD pages (slot = page), then place sink and
-      // window pages in their slots and back the full pages up to the host.
-      const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-      const bytes = regions.numPages * slotBytes;
-      const tk = createBuffer(device, "freekv prefill staging K", usage, bytes);
-      const tv = createBuffer(device, "freekv prefill staging V", usage, bytes);
-      transient.push(tk, tv);
-      const dst = new Uint32Array(n).map((_, t) => t * row);
-      state.encodeRows(encoder, k, v, tk, tv, dst, "prefill");
-      const place = (p: number, slot: number) => {
-        const at = (seqBase + slot) * slotBytes;
-        encoder.copyBufferToBuffer(tk, p * slotBytes, state.kCache, at, slotBytes);
-        encoder.copyBufferToBuffer(tv, p * slotBytes, state.vCache, at, slotBytes);
-      };
-      for (let p = 0; p < regions.sinkCount; p++) place(p, homeSlot(o, mode, p));
-      for (let p = regions.windowStart; p < regions.numPages; p++) {
-        place(p, homeSlot(o, mode, p));
-      }
-      if (mode === "offload") {
-        const offloaded = pageIds(S, fullPages);
-        if (offloaded.length) {
-          state.summarizer!.plan(offloaded.map((p) => ({
-            srcSlot: p,
-            dstPage: seq * this.maxPages + p,
-            numTokens: P,
-          })));
-          state.summarizer!.encode(encoder, { kCache: tk, summaries: state.summaries! });
-          this.#offloader!.encode(encoder, {
-            layer: state.index,
-            kCache: tk,
-            vCache: tv,
-            jobs: offloaded.map((p) => ({ slot: p, page: seq * this.maxPages + p })),
-          });
-          this.#stats.pagesOffloaded += offloaded.length * o.numKvHeads;
-        }
-        // The newest candidates that fit the pool stay resident (every head alike).
-        const pool = K + o.cachePages;
-        const resident = pageIds(Math.max(S, regions.windowStart - pool), regions.windowStart);
-        resident.forEach((p, i) => place(p, poolSlot(o, i)));
-        for (let h = 0; h < o.numKvHeads; h++) {
-          const bh = seq * o.numKvHeads + h;
-          state.caches![bh].admit(resident, this.#tick);
-          state.caches![bh].pinned = new Set();
-          state.dirtyRows.add(bh);
-        }
-        state.flushResidency();
-      }
-    }
-    device.queue.submit([encoder.finish()]);
-    this.#offloader?.flush();
-    for (const b of transient) b.destroy();
-    state.length[seq] = n;
-    state.prefilled[seq] = true;
-    state.hasPrev[seq] = false;
-    state.hasSpec[seq] = false;
+    const n = checkPrefillInputs(o, action, kv);
+    recordPrefill(
+      {
+        device: this.device,
+        options: o,
+        maxPages: this.maxPages,
+        memory: this.#memory,
+        tick: this.#tick,
+      },
+      state,
+      seq,
+      n,
+      kv.k,
+      kv.v,
+    );
     await Promise.resolve();
   }
 
@@ -476,41 +345,23 @@ export class RetrievalEngine {
             state.lastCorrections[bh] = corrected ? 1 : 0;
             this.#stats.checked(entry.layer * hkv + h, corrected, K, hits[bh]);
           }
-          this.#admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), jobs);
+          this.#memory!.admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), this.#tick, jobs);
         }
         state.hasSpec[b] = true;
       }
     }
     for (const state of this.#layers) state.flushResidency();
-    await this.#recall(jobs);
+    await this.#memory?.recall(jobs);
   }
 
-  #admit(state: LayerState, b: number, h: number, pages: ArrayLike<number>, jobs: RecallJob[]) {
-    const bh = b * this.options.numKvHeads + h;
-    const loads = state.caches![bh].admit(pages, this.#tick);
-    if (loads.length) state.dirtyRows.add(bh);
-    for (const { page, slot } of loads) {
-      jobs.push({
-        layer: state.index,
-        head: h,
-        page: b * this.maxPages + page,
-        slot: b * state.slotsPerSeq + poolSlot(this.options, slot),
-      });
-    }
-  }
-
-  async #recall(jobs: RecallJob[]): Promise<void> {
-    if (!jobs.length) return;
-    // A page's backup may still be on its way to the host.
-    if (jobs.some((j) => !this.#pool!.isOffloaded(j))) {
-      const t0 = performance.now();
-      await this.#offloader!.drain();
-      this.#stats.wait(performance.now() - t0);
-    }
-    const handle = this.#recaller!.recall(jobs);
-    // Once its copies are submitted, queue order puts later work after it.
-    await handle.submitted;
-    this.#stats.recalled(handle.pages, handle.bytes);
+  #context(): PhaseContext {
+    return {
+      options: this.options,
+      maxPages: this.maxPages,
+      memory: this.#memory,
+      tick: this.#tick,
+      stats: this.#stats,
+    };
   }
 
   /**
@@ -549,13 +400,13 @@ export class RetrievalEngine {
     const k = state.input("k", inputs.k, B * hkv * d * 4);
     const v = state.input("v", inputs.v, B * hkv * d * 4);
     const out = inputs.out ?? state.scratch("out", B * hq * d * 4);
-    this.#appendPhase(encoder, state, k, v);
+    appendPhase(this.#context(), encoder, state, k, v);
     const regions = Array.from({ length: B }, (_, b) => pageRegions(state.length[b], state.budget));
     if (state.mode === "full" || state.mode === "streaming") {
       this.#attendPhase(encoder, state, q, out, regions, false);
       return encoder;
     }
-    const plan = this.#selectPhase(encoder, state, q, regions);
+    const plan = selectPhase(this.#context(), encoder, state, q, regions);
     if (plan.sync) encoder = await this.#correctPhase(encoder, state, plan);
     this.#attendPhase(encoder, state, q, out, regions, plan.useFlags);
     if (state.qPrev) this.#speculatePhase(encoder, state, q, plan);
@@ -577,150 +428,7 @@ export class RetrievalEngine {
         `Cannot ${action} as every layer of the step was recorded: received layer ${layer}`,
       );
     }
-    if (inputs == null || typeof inputs !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'inputs' must be an object: received ${describeValue(inputs)}`,
-      );
-    }
-    const { batch: B, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = o;
-    const sizes = { q: B * hq * d, k: B * hkv * d, v: B * hkv * d };
-    for (const name of ["q", "k", "v"] as const) {
-      const x = inputs[name];
-      if (x instanceof Float32Array) {
-        assertLength(name, x, sizes[name], action);
-        assertAllFinite(name, x, action);
-      } else if (!(x instanceof GPUBuffer) || x.size < sizes[name] * 4) {
-        throw new RangeError(
-          `Cannot ${action} as '${name}' must be a Float32Array or a GPUBuffer of at least ${
-            sizes[name] * 4
-          } bytes: received ${x instanceof GPUBuffer ? `a buffer of ${x.size}` : describeValue(x)}`,
-        );
-      }
-    }
-    if (
-      inputs.out !== undefined &&
-      (!(inputs.out instanceof GPUBuffer) || inputs.out.size < sizes.q * 4)
-    ) {
-      throw new RangeError(
-        `Cannot ${action} as 'out' must be a GPUBuffer of at least ${sizes.q * 4} bytes: received ${
-          inputs.out instanceof GPUBuffer
-            ? `a buffer of ${inputs.out.size}`
-            : describeValue(inputs.out)
-        }`,
-      );
-    }
-  }
-
-  /**
-   * Append phase: the token's K/V rows into the window page; a page leaving
-   * the window keeps a pool slot when one is free of pinned pages; a page
-   * that filled is summarized and backed up to the host.
-   */
-  #appendPhase(encoder: GPUCommandEncoder, state: LayerState, k: GPUBuffer, v: GPUBuffer): void {
-    const o = this.options;
-    const P = o.pageSize;
-    const row = o.numKvHeads * o.headDim;
-    const { sinkPages: S, windowPages: W } = state.budget;
-    const dst = new Uint32Array(o.batch);
-    const fills: { b: number; p: number }[] = [];
-    const copies: number[][] = [];
-    for (let b = 0; b < o.batch; b++) {
-      const len = state.length[b];
-      const p = Math.floor(len / P);
-      const base = b * state.slotsPerSeq;
-      if (len % P === 0 && state.mode === "offload" && p - W >= S) {
-        const leaving = p - W;
-        for (let h = 0; h < o.numKvHeads; h++) {
-          const bh = b * o.numKvHeads + h;
-          const slot = state.caches![bh].promote(leaving, this.#tick);
-          if (slot < 0) continue;
-          state.dirtyRows.add(bh);
-          copies.push([base + homeSlot(o, "offload", leaving), base + poolSlot(o, slot), h]);
-        }
-      }
-      dst[b] = ((base + homeSlot(o, state.mode, p)) * P + (len % P)) * row;
-      state.length[b] = len + 1;
-      if ((len + 1) % P === 0 && p >= S) fills.push({ b, p });
-    }
-    // Before the append: the leaving page's home slot is the new page's.
-    state.encodeSlotCopies(encoder, copies);
-    state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "append");
-    if (fills.length && (state.mode === "quest" || state.mode === "offload")) {
-      const jobs = fills.map(({ b, p }) => ({
-        srcSlot: b * state.slotsPerSeq + homeSlot(o, state.mode, p),
-        dstPage: b * this.maxPages + p,
-        numTokens: P,
-      }));
-      state.summarizer!.plan(jobs);
-      state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
-      if (state.mode === "offload") {
-        this.#offloader!.encode(encoder, {
-          layer: state.index,
-          kCache: state.kCache,
-          vCache: state.vCache,
-          jobs: jobs.map((j) => ({ slot: j.srcSlot, page: j.dstPage })),
-        });
-        this.#stats.pagesOffloaded += jobs.length * o.numKvHeads;
-      }
-    }
-  }
-
-  /**
-   * Select phase: top-k with this step's query for every sequence whose
-   * selection matters now or next step, and (freekv) the correction flags.
-   * Decides whether the layer must wait for the GPU.
-   */
-  #selectPhase(
-    encoder: GPUCommandEncoder,
-    state: LayerState,
-    q: GPUBuffer,
-    regions: PageRegions[],
-  ): {
-    selects: boolean[];
-    needs: boolean[];
-    checked: boolean[];
-    sync: boolean;
-    useFlags: boolean;
-  } {
-    const o = this.options;
-    const B = o.batch;
-    const K = state.budget.selectPages;
-    const freekv = state.qPrev !== undefined;
-    // Selection changes attention only past K candidates; freekv also selects
-    // at exactly K so that the next step has a speculation.
-    const needs = regions.map((r) => r.candidateCount > K);
-    const selects = regions.map((r) => freekv ? r.candidateCount >= K : r.candidateCount > K);
-    const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
-    if (selects.some(Boolean)) {
-      state.selector!.plan({
-        pageOffset: Uint32Array.from({ length: B }, (_, b) => b * this.maxPages),
-        // Sequences that do not select get a dummy range; their result is ignored.
-        candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
-        candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
-        k: K,
-      });
-      state.selector!.encode(encoder, { q, summaries: state.summaries!, selected: state.fresh! });
-      this.#stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
-    }
-    if (freekv && checked.some(Boolean)) {
-      state.similarityPlan ??= state.similarity!.plan({ batch: B, tau: o.tau });
-      state.similarityPlan.encode(encoder, {
-        qNow: q,
-        qPrev: state.qPrev!,
-        cosine: state.cosine!,
-        groupMean: state.groupMean!,
-        flags: state.flags!,
-      });
-    }
-    if (state.mode === "quest" || !needs.some(Boolean)) {
-      return { selects, needs, checked, sync: false, useFlags: false };
-    }
-    if (!freekv) return { selects, needs, checked, sync: true, useFlags: false };
-    // freekv: a sequence without a speculation yet (first step) selects synchronously.
-    const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
-    if (missingSpec) return { selects, needs, checked, sync: true, useFlags: false };
-    const sync = o.correction === "sync" && checked.some(Boolean);
-    return { selects, needs, checked, sync, useFlags: true };
+    checkStepInputs(o, action, inputs);
   }
 
   /**
@@ -740,7 +448,7 @@ export class RetrievalEngine {
     const selRead = this.#ring.record(encoder, state.fresh!, 0, rows * K * 4);
     const flagRead = plan.useFlags ? this.#ring.record(encoder, state.flags!, 0, rows * 4) : null;
     this.device.queue.submit([encoder.finish()]);
-    this.#offloader?.flush();
+    this.#memory?.flush();
     const t0 = performance.now();
     const [selBytes, flagBytes] = await Promise.all([selRead.start(), flagRead?.start()]);
     this.#stats.wait(performance.now() - t0);
@@ -759,13 +467,13 @@ export class RetrievalEngine {
           state.lastCorrections[bh] = corrected ? 1 : 0;
           this.#stats.checked(state.index * hkv + h, corrected, K, resident);
         }
-        if (corrected) this.#admit(state, b, h, pages, jobs);
+        if (corrected) this.#memory!.admit(state, b, h, pages, this.#tick, jobs);
       }
     }
     // Already counted: the step's answer must not count these checks again.
     plan.checked.fill(false);
     state.flushResidency();
-    await this.#recall(jobs);
+    await this.#memory?.recall(jobs);
     return this.device.createCommandEncoder({ label: `freekv step layer ${state.index}` });
   }
 
@@ -787,21 +495,10 @@ export class RetrievalEngine {
     let pageTable: Uint32Array | undefined;
     if (state.mode === "full" || state.mode === "streaming") {
       maxPages = state.mode === "full" ? this.maxPages : state.slotsPerSeq;
-      pageTable = new Uint32Array(B * hkv * maxPages);
-      numPages = [];
-      for (let b = 0; b < B; b++) {
-        const r = regions[b];
-        const pages: number[] = [];
-        for (let p = 0; p < r.numPages; p++) {
-          if (state.mode === "full" || p < r.sinkCount || p >= r.windowStart) pages.push(p);
-        }
-        numPages.push(pages.length);
-        const slots = pages.map((p) => b * state.slotsPerSeq + homeSlot(o, state.mode, p));
-        for (let h = 0; h < hkv; h++) {
-          pageTable.set(slots, (b * hkv + h) * maxPages);
-          state.cpuPages[b * hkv + h] = pages;
-        }
-      }
+      const built = residentPageTable(o, state.mode, regions, state.slotsPerSeq, maxPages);
+      pageTable = built.pageTable;
+      numPages = built.numPages;
+      built.pages.forEach((pages, b) => state.cpuPages.fill(pages, b * hkv, (b + 1) * hkv));
     } else {
       const sequences = regions.map((r) => ({
         sinkCount: r.sinkCount,
@@ -917,7 +614,7 @@ export class RetrievalEngine {
       )
       : null;
     this.device.queue.submit([encoder.finish()]);
-    this.#offloader?.flush();
+    this.#memory?.flush();
     if (read) {
       const pending: PendingAnswer = { bytes: read.start(), settled: false, layers };
       pending.bytes.then(() => pending.settled = true, () => pending.settled = true);
@@ -974,14 +671,14 @@ export class RetrievalEngine {
       state.reset(seq);
       state.flushResidency();
     }
-    this.#pool?.releasePages(seq * this.maxPages, this.maxPages);
+    this.#memory?.release(seq);
   }
 
   /** Waits for all background work (the pending answer and its recalls, offloads). */
   async drain(): Promise<void> {
     this.#checkAlive("drain the engine");
     if (!this.#inStep) await this.#takeAnswer();
-    await this.#offloader?.drain();
+    await this.#memory?.drain();
     await this.device.queue.onSubmittedWorkDone();
   }
 
@@ -995,9 +692,7 @@ export class RetrievalEngine {
     for (const l of this.#layers) l[Symbol.dispose]();
     this.#answer?.destroy();
     this.#ring[Symbol.dispose]();
-    this.#recaller?.[Symbol.dispose]();
-    this.#offloader?.[Symbol.dispose]();
-    this.#pool?.[Symbol.dispose]();
+    this.#memory?.[Symbol.dispose]();
     this.#attention[Symbol.dispose]();
   }
 }

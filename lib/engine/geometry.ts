@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { PageBudget } from "../memory/page_plan.ts";
+import type { PageBudget, PageRegions } from "../memory/page_plan.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
 
 /**
@@ -84,4 +84,45 @@ export function homeSlot(options: ResolvedEngineOptions, mode: LayerMode, page: 
 export function poolSlot(options: ResolvedEngineOptions, i: number): number {
   const { sinkPages: S, windowPages: W } = modeBudget(options, "offload");
   return S + W + i;
+}
+
+/**
+ * The page table of a layer whose attended pages are known on the CPU
+ * (`full`: every page; `streaming`: sink + window), rows of `maxPages`
+ * slots per (sequence, KV head), with the pages per sequence.
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { residentPageTable } from "./geometry.ts";
+ * import { pageRegions } from "../memory/page_plan.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 1, numQueryHeads: 1, numKvHeads: 1, headDim: 8, maxContext: 64,
+ *   budget: 16, pageSize: 4, sink: 4, window: 4, policy: "streaming",
+ * });
+ * const r = pageRegions(30, { pageSize: 4, sinkPages: 1, windowPages: 3, selectPages: 0 });
+ * console.log(residentPageTable(o, "streaming", [r], 4, 4).pages); // [ [ 0, 5, 6, 7 ] ]
+ * ```
+ */
+export function residentPageTable(
+  options: ResolvedEngineOptions,
+  mode: "full" | "streaming",
+  regions: readonly PageRegions[],
+  slotsPerSequence: number,
+  maxPages: number,
+): { pageTable: Uint32Array; numPages: number[]; pages: number[][] } {
+  const hkv = options.numKvHeads;
+  const pageTable = new Uint32Array(regions.length * hkv * maxPages);
+  const numPages: number[] = [];
+  const pages = regions.map((r, b) => {
+    const list: number[] = [];
+    for (let p = 0; p < r.numPages; p++) {
+      if (mode === "full" || p < r.sinkCount || p >= r.windowStart) list.push(p);
+    }
+    numPages.push(list.length);
+    const slots = list.map((p) => b * slotsPerSequence + homeSlot(options, mode, p));
+    for (let h = 0; h < hkv; h++) pageTable.set(slots, (b * hkv + h) * maxPages);
+    return list;
+  });
+  return { pageTable, numPages, pages };
 }

@@ -1,0 +1,149 @@
+/**
+ * The append and select phases of a decode step, as functions of the layer
+ * state and the engine's context. Internal to the engine.
+ *
+ * @module
+ */
+
+import type { PageRegions } from "../memory/page_plan.ts";
+import { homeSlot, poolSlot } from "./geometry.ts";
+import type { LayerState } from "./layer.ts";
+import type { OffloadMemory } from "./offload_memory.ts";
+import type { ResolvedEngineOptions } from "./options.ts";
+import type { StatsAccumulator } from "./stats.ts";
+
+/** What the phases need from their engine. */
+export interface PhaseContext {
+  options: ResolvedEngineOptions;
+  maxPages: number;
+  memory?: OffloadMemory;
+  tick: number;
+  stats: StatsAccumulator;
+}
+
+/** What the select phase decided for a layer's step. */
+export interface SelectionPlan {
+  /** Sequences whose top-k ran this step. */
+  selects: boolean[];
+  /** Sequences whose attention depends on the selection (more candidates than K). */
+  needs: boolean[];
+  /** Sequences whose correction check counts this step (freekv). */
+  checked: boolean[];
+  /** The layer must wait for the GPU before attending. */
+  sync: boolean;
+  /** Page tables pick fresh or speculative selections by the flags. */
+  useFlags: boolean;
+}
+
+/**
+ * Append phase: the token's K/V rows into the window page; a page leaving
+ * the window keeps a pool slot when one is free of pinned pages; a page
+ * that filled is summarized and backed up to the host.
+ */
+export function appendPhase(
+  ctx: PhaseContext,
+  encoder: GPUCommandEncoder,
+  state: LayerState,
+  k: GPUBuffer,
+  v: GPUBuffer,
+): void {
+  const o = ctx.options;
+  const P = o.pageSize;
+  const row = o.numKvHeads * o.headDim;
+  const { sinkPages: S, windowPages: W } = state.budget;
+  const dst = new Uint32Array(o.batch);
+  const fills: { b: number; p: number }[] = [];
+  const copies: number[][] = [];
+  for (let b = 0; b < o.batch; b++) {
+    const len = state.length[b];
+    const p = Math.floor(len / P);
+    const base = b * state.slotsPerSeq;
+    if (len % P === 0 && state.mode === "offload" && p - W >= S) {
+      const leaving = p - W;
+      for (let h = 0; h < o.numKvHeads; h++) {
+        const bh = b * o.numKvHeads + h;
+        const slot = state.caches![bh].promote(leaving, ctx.tick);
+        if (slot < 0) continue;
+        state.dirtyRows.add(bh);
+        copies.push([base + homeSlot(o, "offload", leaving), base + poolSlot(o, slot), h]);
+      }
+    }
+    dst[b] = ((base + homeSlot(o, state.mode, p)) * P + (len % P)) * row;
+    state.length[b] = len + 1;
+    if ((len + 1) % P === 0 && p >= S) fills.push({ b, p });
+  }
+  // Before the append: the leaving page's home slot is the new page's.
+  state.encodeSlotCopies(encoder, copies);
+  state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "append");
+  if (fills.length && (state.mode === "quest" || state.mode === "offload")) {
+    const jobs = fills.map(({ b, p }) => ({
+      srcSlot: b * state.slotsPerSeq + homeSlot(o, state.mode, p),
+      dstPage: b * ctx.maxPages + p,
+      numTokens: P,
+    }));
+    state.summarizer!.plan(jobs);
+    state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
+    if (state.mode === "offload") {
+      ctx.memory!.backup(
+        encoder,
+        state.index,
+        state.kCache,
+        state.vCache,
+        jobs.map((j) => ({ slot: j.srcSlot, page: j.dstPage })),
+      );
+    }
+  }
+}
+
+/**
+ * Select phase: top-k with this step's query for every sequence whose
+ * selection matters now or next step, and (freekv) the correction flags.
+ * Decides whether the layer must wait for the GPU.
+ */
+export function selectPhase(
+  ctx: PhaseContext,
+  encoder: GPUCommandEncoder,
+  state: LayerState,
+  q: GPUBuffer,
+  regions: PageRegions[],
+): SelectionPlan {
+  const o = ctx.options;
+  const B = o.batch;
+  const K = state.budget.selectPages;
+  const freekv = state.qPrev !== undefined;
+  // Selection changes attention only past K candidates; freekv also selects
+  // at exactly K so that the next step has a speculation.
+  const needs = regions.map((r) => r.candidateCount > K);
+  const selects = regions.map((r) => freekv ? r.candidateCount >= K : r.candidateCount > K);
+  const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
+  if (selects.some(Boolean)) {
+    state.selector!.plan({
+      pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
+      // Sequences that do not select get a dummy range; their result is ignored.
+      candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
+      candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
+      k: K,
+    });
+    state.selector!.encode(encoder, { q, summaries: state.summaries!, selected: state.fresh! });
+    ctx.stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
+  }
+  if (freekv && checked.some(Boolean)) {
+    state.similarityPlan ??= state.similarity!.plan({ batch: B, tau: o.tau });
+    state.similarityPlan.encode(encoder, {
+      qNow: q,
+      qPrev: state.qPrev!,
+      cosine: state.cosine!,
+      groupMean: state.groupMean!,
+      flags: state.flags!,
+    });
+  }
+  if (state.mode === "quest" || !needs.some(Boolean)) {
+    return { selects, needs, checked, sync: false, useFlags: false };
+  }
+  if (!freekv) return { selects, needs, checked, sync: true, useFlags: false };
+  // freekv: a sequence without a speculation yet (first step) selects synchronously.
+  const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
+  if (missingSpec) return { selects, needs, checked, sync: true, useFlags: false };
+  const sync = o.correction === "sync" && checked.some(Boolean);
+  return { selects, needs, checked, sync, useFlags: true };
+}
