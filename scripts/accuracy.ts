@@ -28,8 +28,9 @@ const HELP = `Usage: deno run -A scripts/accuracy.ts [options]
 Replays one attention trace through every policy and compares with full
 attention: relative L2 error of the attention output, attention-mass recall
 (share of full attention's probability on the attended pages), corrected
-share. Variants: streaming, quest and freekv with each GQA pooling mode,
-and with box summaries.
+share and the resident-hit rate of corrected heads. Variants: streaming,
+quest and freekv with each GQA pooling mode, with box summaries, and freekv
+with correction "sync" and with cachePages 0.
 
 Options:
   --trace FILE     a trace from scripts/generate.ts --record-trace (default: a
@@ -120,6 +121,13 @@ for (const pooling of ["softmax-mean", "mean", "max"] as PoolingMode[]) {
 // The box summary (center ± mean deviation) instead of min/max.
 variants.push({ name: "quest/box", options: { policy: "quest", summary: "box" } });
 variants.push({ name: "freekv/box", options: { policy: "freekv", summary: "box", tau } });
+// Correction modes and the extra GPU slots (default: as many as the selected pages).
+variants.push({ name: "freekv-sync", options: { policy: "freekv", correction: "sync", tau } });
+variants.push({ name: "freekv/cache0", options: { policy: "freekv", cachePages: 0, tau } });
+variants.push({
+  name: "freekv-sync/cache0",
+  options: { policy: "freekv", correction: "sync", cachePages: 0, tau },
+});
 
 using gpu = await requestGpu();
 const { numLayers: L, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = shape;
@@ -129,6 +137,7 @@ const results: Record<string, {
   outputs: Float32Array[];
   pages: number[][][];
   correctedShare: number;
+  residentHitRate: number;
 }> = {};
 for (const v of variants) {
   console.error(`accuracy: ${v.name}`);
@@ -147,7 +156,13 @@ for (const v of variants) {
       pages.push((await engine.attendedPages(l)).slice(0, hkv));
     },
   });
-  results[v.name] = { outputs, pages, correctedShare: engine.totals().correctedShare };
+  const totals = engine.totals();
+  results[v.name] = {
+    outputs,
+    pages,
+    correctedShare: totals.correctedShare,
+    residentHitRate: totals.residentHitRate,
+  };
 }
 
 // Full attention's probabilities per (step, layer, query head), by page.
@@ -198,6 +213,7 @@ const rows = variants.map((v) => {
     output_rel_error: err / n,
     attention_mass_recall: recall / (n * hq),
     corrected_share: r.correctedShare,
+    resident_hit_rate: r.residentHitRate,
   };
 });
 const report = {
@@ -214,12 +230,16 @@ else {
     `${report.source}: prompt ${promptLength} tokens, ${steps} steps, budget ${budget.budget} ` +
       `(sink ${budget.sink}, window ${budget.window}, page ${P}), tau ${tau}`,
   );
-  console.log("variant              output rel. error   attention mass recall   corrected");
+  console.log(
+    "variant              output rel. error   attention mass recall   corrected  hit rate",
+  );
   for (const r of rows) {
     console.log(
       `${r.variant.padEnd(20)} ${r.output_rel_error.toExponential(2).padStart(17)} ${
         (100 * r.attention_mass_recall).toFixed(2).padStart(22)
-      }% ${(100 * r.corrected_share).toFixed(1).padStart(10)}%`,
+      }% ${(100 * r.corrected_share).toFixed(1).padStart(10)}% ${
+        (100 * r.resident_hit_rate).toFixed(1).padStart(8)
+      }%`,
     );
   }
 }
