@@ -228,8 +228,14 @@ class Attention implements PagedAttention {
 }
 
 /**
- * Creates a {@linkcode PagedAttention}; throws `TypeError`/`RangeError` on a
- * bad shape or option. Pipelines are compiled on the first plan.
+ * Creates a {@linkcode PagedAttention}. Pipelines are compiled on the
+ * first plan.
+ *
+ * @throws {TypeError} When an option has the wrong type (not an integer, an
+ * unknown `dtype`, a non-boolean `prefetchValues`).
+ * @throws {RangeError} When a size is out of range, `numQueryHeads` is not a
+ * multiple of `numKvHeads`, or the shape needs more workgroup memory than
+ * the device has.
  *
  * @example
  * ```ts

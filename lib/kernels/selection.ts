@@ -434,6 +434,11 @@ class Selector implements PageSelector {
  * Creates a {@linkcode PageSelector} for one head geometry and pooling mode.
  * The caller owns `device`.
  *
+ * @throws {TypeError} When an option has the wrong type or `pooling` is
+ * unknown.
+ * @throws {RangeError} When a size is out of range, `numQueryHeads` is not a
+ * multiple of `numKvHeads`, or `lanesPerPage` does not divide `headDim / 4`.
+ *
  * @example
  * ```ts
  * import { requestGpu } from "../gpu/device.ts";

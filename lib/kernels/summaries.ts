@@ -324,6 +324,10 @@ class Summarizer implements PageSummarizer {
  * owns `device`; `"f16"` with an odd `numKvHeads * headDim` needs the
  * `shader-f16` feature on it.
  *
+ * @throws {TypeError} When an option has the wrong type or value set, or
+ * f16 with an odd `numKvHeads * headDim` lacks `shader-f16`.
+ * @throws {RangeError} When a size is out of range.
+ *
  * @example
  * ```ts
  * import { requestGpu } from "../gpu/device.ts";
