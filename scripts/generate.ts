@@ -24,7 +24,12 @@ import {
   type EngineBackend,
   resolveBudget,
 } from "../lib/model/backends/engine.ts";
-import { POLICIES, type PolicyName } from "../lib/engine/engine.ts";
+import {
+  CORRECTION_MODES,
+  type CorrectionMode,
+  POLICIES,
+  type PolicyName,
+} from "../lib/engine/engine.ts";
 import type { WeightDtype } from "../lib/model/types.ts";
 
 const DEFAULT_MODEL = "models/stories260K/stories260K.bin";
@@ -67,7 +72,12 @@ Options:
                         (not the model's own sliding_window: Mistral/Qwen2 windows
                         from config.json are applied by --policy dense; the engine
                         policies need --max-seq-len at most the model's window)
-  --tau X               correction threshold of freekv (default 0.9)
+  --tau X               correction threshold of freekv, in [-1, 1] (default 0.9)
+  --correction MODE     freekv's correction: resident (attend the corrected head's
+                        pages already on the GPU, no host wait) or sync (wait and
+                        recall first) (default resident)
+  --cache-pages N       extra GPU slots per KV head for recently used pages
+                        (default: as many as the selected pages)
   --json                print one JSON object (text, tokens, statistics) on stdout
   --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
   --help                this text`;
@@ -91,6 +101,8 @@ try {
       budget: { type: "string" },
       "page-size": { type: "string" },
       tau: { type: "string" },
+      correction: { type: "string" },
+      "cache-pages": { type: "string" },
       sink: { type: "string" },
       window: { type: "string" },
       json: { type: "boolean", default: false },
@@ -131,6 +143,16 @@ const retrieval = resolveBudget({
   window: intFlag("window", values.window, 1),
 });
 const tau = numFlag("tau", values.tau) ?? 0.9;
+if (!(tau >= -1 && tau <= 1)) fail(`--tau must be in [-1, 1]: received ${tau}`);
+const correction = values.correction ?? "resident";
+if (!CORRECTION_MODES.includes(correction as CorrectionMode)) {
+  fail(
+    `--correction must be one of ${CORRECTION_MODES.join(", ")}: received ${
+      JSON.stringify(correction)
+    }`,
+  );
+}
+const cachePages = intFlag("cache-pages", values["cache-pages"], 0);
 
 const modelPath = values.model ?? DEFAULT_MODEL;
 const tokenizerPath = values.tokenizer ??
@@ -170,6 +192,8 @@ try {
       maxContext: maxSeqLen,
       policy: policy as PolicyName,
       tau,
+      correction: correction as CorrectionMode,
+      ...(cachePages === undefined ? {} : { cachePages }),
     });
 } catch (error) {
   fail((error as Error).message);
