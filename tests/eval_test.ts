@@ -220,6 +220,7 @@ Deno.test("tables and plots", () => {
     cosine_p10: 0.7,
     per_head: { mass_recall: [], corrected_share: [], cosine_mean: [], cosine_p10: [] },
     ms_per_step: 1,
+    per_text: [],
   };
   const md = formatTable([row], { markdown: true }).split("\n");
   assert.equal(md.length, 3);

@@ -32,6 +32,7 @@ import {
   shareIdentical,
 } from "./metrics.ts";
 import { createTapBackend, readAttendedPages, type TapRecord, type TapShape } from "./tap.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** A text to evaluate on: token ids, BOS first. */
 export interface EvalText {
@@ -210,6 +211,19 @@ export interface EvalRow {
   };
   /** Teacher-forced ms per step (wall, one sequence among several in flight). */
   ms_per_step: number;
+  /**
+   * The main metrics per text (in text order), so that rows can be compared
+   * on a common subset of texts.
+   */
+  per_text: Array<{
+    id: string;
+    steps: number;
+    agreement: number | null;
+    kl: number | null;
+    mass_recall: number;
+    greedy_match_len: number | null;
+    corrected_share: number;
+  }>;
 }
 
 interface Reference {
@@ -585,6 +599,18 @@ export async function evaluateModel(
           cosine_p10: perHead((i) => percentile(cos[i], 10)),
         },
         ms_per_step: mean(parts.map((p) => p.ms)),
+        per_text: parts.map((p, i) => {
+          const checked = p.checks.reduce((a, b) => a + b, 0);
+          return {
+            id: texts[used[i]].id,
+            steps: p.steps,
+            agreement: p.agree / p.steps,
+            kl: mean(p.kl),
+            mass_recall: p.massSum.reduce((a, b) => a + b, 0) / (p.massSteps * L * hkv),
+            greedy_match_len: g ? matchLength(p.greedy, refs[i].greedy) : null,
+            corrected_share: checked ? p.corrections.reduce((a, b) => a + b, 0) / checked : 0,
+          };
+        }),
       });
     }
   }
@@ -650,7 +676,7 @@ export async function evaluateTrace(
           maxContext: context,
         } as Parameters<typeof createRetrievalEngine>[1],
       );
-      const out = device.createBuffer({
+      const out = createTrackedBuffer(device, {
         label: "eval trace output",
         size: hq * d * 4,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
@@ -742,6 +768,7 @@ export async function evaluateTrace(
           cosine_p10: perHead((i) => percentile(cosines[i], 10)),
         },
         ms_per_step: 0,
+        per_text: [],
       };
     }),
     options.concurrency ?? 6,
