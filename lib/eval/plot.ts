@@ -84,10 +84,13 @@ export function plotSweep<Row>(rows: readonly Row[], options: SweepPlotOptions<R
     ),
   ];
   if (options.title) {
+    // Above the frame and the y-axis label, from the chart's left edge.
     marks.push(
       Plot.text([options.title], {
         frameAnchor: "top-left",
-        dy: -22,
+        dx: -50,
+        dy: -38,
+        textAnchor: "start",
         fontWeight: "bold",
         fontSize: 12,
       }),
@@ -97,7 +100,7 @@ export function plotSweep<Row>(rows: readonly Row[], options: SweepPlotOptions<R
     document: dom.document,
     width: options.width ?? 640,
     height: options.height ?? 360,
-    marginTop: options.title ? 40 : 20,
+    marginTop: options.title ? 50 : 20,
     marginRight: 130,
     marginLeft: 55,
     style: { background: "white" },
