@@ -128,7 +128,15 @@ function upload(device: GPUDevice, label: string, data: Float32Array | number): 
     size: typeof data === "number" ? data : data.byteLength,
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
   });
-  if (typeof data !== "number") device.queue.writeBuffer(buffer, 0, data);
+  if (typeof data !== "number") {
+    device.queue.writeBuffer(
+      buffer,
+      0,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      data.byteLength,
+    );
+  }
   return buffer;
 }
 
