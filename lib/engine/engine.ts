@@ -12,7 +12,7 @@
  * @module
  */
 
-import { assertInteger, describeValue } from "../gpu/errors.ts";
+import { assertDevice, assertInteger, describeValue, lostOr } from "../gpu/errors.ts";
 import { createBuffer, readBuffer } from "../gpu/buffers.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
 import { createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
@@ -98,13 +98,7 @@ export class RetrievalEngine {
 
   /** Use {@linkcode createRetrievalEngine}. */
   constructor(device: GPUDevice, options: EngineOptions) {
-    if (!(device instanceof GPUDevice)) {
-      throw new TypeError(
-        `Cannot ${ACTION_CREATE} as 'device' must be a GPUDevice (for example requestGpu()'s .device): received ${
-          describeValue(device)
-        }`,
-      );
-    }
+    assertDevice(device, ACTION_CREATE);
     const o = resolveEngineOptions(options);
     if (o.dtype === "f16" && o.headDim % 2 !== 0) {
       throw new RangeError(
@@ -164,7 +158,11 @@ export class RetrievalEngine {
    * the GPU are read back: call it after the step's work was submitted and
    * before the next step of that layer.
    */
-  async attendedPages(layer: number): Promise<number[][]> {
+  attendedPages(layer: number): Promise<number[][]> {
+    return this.#guard("read attended pages", () => this.#attendedPages(layer));
+  }
+
+  async #attendedPages(layer: number): Promise<number[][]> {
     this.#checkAlive("read attended pages");
     assertInteger("layer", layer, "read attended pages", 0, this.options.numLayers - 1);
     const state = this.#layers[layer];
@@ -215,12 +213,22 @@ export class RetrievalEngine {
     return this.#inStep;
   }
 
+  /** Runs `fn`; an error raised because the device was lost becomes a {@linkcode DeviceLostError}. */
+  async #guard<T>(action: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (error) {
+      throw await lostOr(this.device, action, error);
+    }
+  }
+
   #checkAlive(action: string): void {
     if (this.#disposed) {
       throw new TypeError(
         `Cannot ${action} as the engine must not be disposed: received a disposed engine`,
       );
     }
+    assertDevice(this.device, action);
   }
 
   /**
@@ -228,7 +236,15 @@ export class RetrievalEngine {
    * `[tokens][Hkv][d]` f32): pages are written, summarized and offloaded as
    * the policy requires.
    */
-  async prefill(
+  prefill(
+    seq: number,
+    layer: number,
+    kv: PrefillInputs,
+  ): Promise<void> {
+    return this.#guard("prefill", () => this.#prefill(seq, layer, kv));
+  }
+
+  async #prefill(
     seq: number,
     layer: number,
     kv: PrefillInputs,
@@ -272,7 +288,11 @@ export class RetrievalEngine {
    * if it has not arrived), recalls the pages its selections miss and
    * updates the residency maps, in queue order before this step's work.
    */
-  async beginStep(): Promise<void> {
+  beginStep(): Promise<void> {
+    return this.#guard("begin a decode step", () => this.#beginStep());
+  }
+
+  async #beginStep(): Promise<void> {
     const action = "begin a decode step";
     this.#checkAlive(action);
     if (this.#inStep) {
@@ -373,7 +393,15 @@ export class RetrievalEngine {
    * prefill), in which case it submits `encoder`, waits, and returns a new
    * one. Layers are recorded in order between `beginStep` and `endStep`.
    */
-  async recordLayer(
+  recordLayer(
+    encoder: GPUCommandEncoder,
+    layer: number,
+    inputs: StepInputs,
+  ): Promise<GPUCommandEncoder> {
+    return this.#guard("record a decode step", () => this.#recordLayer(encoder, layer, inputs));
+  }
+
+  async #recordLayer(
     encoder: GPUCommandEncoder,
     layer: number,
     inputs: StepInputs,
@@ -636,7 +664,11 @@ export class RetrievalEngine {
    * ends it, each layer is submitted on its own. Returns the output as an
    * array when `inputs.out` is absent (which reads it back: a host wait).
    */
-  async step(layer: number, inputs: StepInputs): Promise<Float32Array | undefined> {
+  step(layer: number, inputs: StepInputs): Promise<Float32Array | undefined> {
+    return this.#guard("run a decode step", () => this.#step(layer, inputs));
+  }
+
+  async #step(layer: number, inputs: StepInputs): Promise<Float32Array | undefined> {
     this.#validateLayer("run a decode step", layer, inputs);
     if (layer === 0) await this.beginStep();
     const o = this.options;
@@ -657,7 +689,11 @@ export class RetrievalEngine {
    * backups) so that it can be prefilled with a new prompt. Call it between
    * steps; it waits for background work first.
    */
-  async reset(seq: number): Promise<void> {
+  reset(seq: number): Promise<void> {
+    return this.#guard("reset a sequence", () => this.#reset(seq));
+  }
+
+  async #reset(seq: number): Promise<void> {
     const action = "reset a sequence";
     this.#checkAlive(action);
     assertInteger("seq", seq, action, 0, this.options.batch - 1);
@@ -675,7 +711,11 @@ export class RetrievalEngine {
   }
 
   /** Waits for all background work (the pending answer and its recalls, offloads). */
-  async drain(): Promise<void> {
+  drain(): Promise<void> {
+    return this.#guard("drain the engine", () => this.#drain());
+  }
+
+  async #drain(): Promise<void> {
     this.#checkAlive("drain the engine");
     if (!this.#inStep) await this.#takeAnswer();
     await this.#memory?.drain();

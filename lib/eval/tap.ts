@@ -14,6 +14,7 @@ import type {
   AttentionStepIo,
 } from "../model/backends/dense.ts";
 import type { EngineBackend } from "../model/backends/engine.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** The attention shape the tap needs. */
 export interface TapShape {
@@ -126,10 +127,18 @@ export function createTapBackend(
   const qLog: GPUBuffer[] = [], kLog: GPUBuffer[] = [];
   for (let l = 0; l < L; l++) {
     qLog.push(
-      device.createBuffer({ label: `eval tap q layer ${l}`, size: maxContext * qRow, usage }),
+      createTrackedBuffer(device, {
+        label: `eval tap q layer ${l}`,
+        size: maxContext * qRow,
+        usage,
+      }),
     );
     kLog.push(
-      device.createBuffer({ label: `eval tap k layer ${l}`, size: maxContext * kRow, usage }),
+      createTrackedBuffer(device, {
+        label: `eval tap k layer ${l}`,
+        size: maxContext * kRow,
+        usage,
+      }),
     );
   }
   let armed = false;
@@ -198,7 +207,7 @@ export function createTapBackend(
     async read(): Promise<TapRecord> {
       const n = steps[0];
       const total = (prefillLength + n) * kRow + n * qRow;
-      const staging = device.createBuffer({
+      const staging = createTrackedBuffer(device, {
         label: "eval tap readback",
         size: Math.max(4, L * total),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,

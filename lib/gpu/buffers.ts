@@ -6,7 +6,8 @@
  * @module
  */
 
-import { describeValue } from "./errors.ts";
+import { assertDevice, describeValue, lostOr } from "./errors.ts";
+import { createTrackedBuffer } from "./tracking.ts";
 
 /**
  * Creates a labelled buffer, optionally initialised with `data` (padded to a
@@ -26,10 +27,10 @@ export function createBuffer(
 ): GPUBuffer {
   if (typeof data === "number" || data === undefined) {
     const size = Math.max(4, Math.ceil((data ?? 4) / 4) * 4);
-    return device.createBuffer({ label, size, usage });
+    return createTrackedBuffer(device, { label, size, usage });
   }
   const size = Math.max(4, Math.ceil(data.byteLength / 4) * 4);
-  const buffer = device.createBuffer({ label, size, usage, mappedAtCreation: true });
+  const buffer = createTrackedBuffer(device, { label, size, usage, mappedAtCreation: true });
   new Uint8Array(buffer.getMappedRange()).set(
     new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
   );
@@ -54,8 +55,9 @@ export async function readBuffer(
   byteLength: number = source.size,
   offset = 0,
 ): Promise<ArrayBuffer> {
+  assertDevice(device, "read a GPU buffer");
   const size = Math.ceil(byteLength / 4) * 4;
-  const staging = device.createBuffer({
+  const staging = createTrackedBuffer(device, {
     label: `freekv readback of ${source.label}`,
     size,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -66,6 +68,8 @@ export async function readBuffer(
     device.queue.submit([encoder.finish()]);
     await staging.mapAsync(GPUMapMode.READ);
     return staging.getMappedRange().slice(0, byteLength);
+  } catch (error) {
+    throw await lostOr(device, "read a GPU buffer", error);
   } finally {
     staging.destroy();
   }
@@ -186,7 +190,11 @@ export class GrowableBuffer {
     if (this.#buffer && this.#buffer.size >= bytes) return false;
     this.#buffer?.destroy();
     const size = 2 ** Math.ceil(Math.log2(Math.max(256, bytes)));
-    this.#buffer = this.#device.createBuffer({ label: this.#label, size, usage: this.#usage });
+    this.#buffer = createTrackedBuffer(this.#device, {
+      label: this.#label,
+      size,
+      usage: this.#usage,
+    });
     return true;
   }
 

@@ -5,6 +5,10 @@
  * @module
  */
 
+import { watchDevice } from "./errors.ts";
+
+export { DeviceLostError, isDeviceLost } from "./errors.ts";
+
 /** Options of {@linkcode requestGpu}. */
 export interface RequestGpuOptions {
   /** Ask for `shader-f16` when the adapter has it (default true). */
@@ -88,6 +92,7 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
     },
   });
+  watchDevice(device);
   const onLost = options.onLost ??
     ((info: GPUDeviceLostInfo) => console.error(`freekv: GPU device lost: ${info.message}`));
   const lost = device.lost.then((info) => {

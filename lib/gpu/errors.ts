@@ -15,6 +15,14 @@ export function describeValue(value: unknown): string {
     return `${value.constructor.name} of length ${(value as unknown as ArrayLike<number>).length}`;
   }
   if (Array.isArray(value)) return `array of length ${value.length}`;
+  if (typeof value === "object") {
+    const name = (value as object).constructor?.name;
+    if (name && name !== "Object") return `a ${name}`;
+    const keys = Object.keys(value as object);
+    return keys.length
+      ? `an object with keys ${keys.slice(0, 6).join(", ")}${keys.length > 6 ? ", ..." : ""}`
+      : "an empty object";
+  }
   return typeof value;
 }
 
@@ -210,4 +218,126 @@ export function assertHeadsDivide(
  */
 export function disposedError(action: string, what: string): TypeError {
   return new TypeError(`Cannot ${action} as the ${what} was disposed`);
+}
+
+const lostDevices = new WeakMap<GPUDevice, GPUDeviceLostInfo>();
+const watchedDevices = new WeakSet<GPUDevice>();
+
+/**
+ * Starts following `device.lost` so that later checks know, without
+ * waiting, that the device was lost (or destroyed). `requestGpu` and every
+ * `create*` call it; a device lost before its first call is known one
+ * macrotask later.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { isDeviceLost, watchDevice } from "./errors.ts";
+ * const gpu = await requestGpu();
+ * watchDevice(gpu.device);
+ * gpu.device.destroy();
+ * await gpu.lost;
+ * console.log(isDeviceLost(gpu.device)); // true
+ * ```
+ */
+export function watchDevice(device: GPUDevice): void {
+  if (watchedDevices.has(device)) return;
+  watchedDevices.add(device);
+  device.lost.then((info) => lostDevices.set(device, info), () => {});
+}
+
+/**
+ * Whether `device` is known to be lost (destroyed included).
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { isDeviceLost } from "./errors.ts";
+ * using gpu = await requestGpu();
+ * console.log(isDeviceLost(gpu.device)); // false
+ * ```
+ */
+export function isDeviceLost(device: GPUDevice): boolean {
+  return lostDevices.has(device);
+}
+
+/**
+ * The error of every operation on a lost (or destroyed) device:
+ * `Cannot <action> as the GPU device was lost (<reason>: <message>)`. Work
+ * already submitted is gone; make a new device and new engines.
+ *
+ * @example
+ * ```ts
+ * import { DeviceLostError } from "./errors.ts";
+ * const e = new DeviceLostError("run a decode step", { reason: "destroyed", message: "" });
+ * console.log(e.message); // Cannot run a decode step as the GPU device was lost (destroyed) ...
+ * ```
+ */
+export class DeviceLostError extends Error {
+  /** `"destroyed"` or `"unknown"`. */
+  readonly reason: string;
+  /** Creates the error for `action` from the device's lost info. */
+  constructor(action: string, info: { reason: string; message: string }, options?: ErrorOptions) {
+    super(
+      `Cannot ${action} as the GPU device was lost (${info.reason}${
+        info.message ? `: ${info.message}` : ""
+      }); request a new device and create new objects on it`,
+      options,
+    );
+    this.name = "DeviceLostError";
+    this.reason = info.reason;
+  }
+}
+
+/**
+ * Throws a `TypeError` unless `device` is a `GPUDevice` (a hint is added
+ * when `requestGpu()`'s result was passed instead of its `.device`), and a
+ * {@linkcode DeviceLostError} when the device is known to be lost.
+ *
+ * @example
+ * ```ts
+ * import { assertDevice } from "./errors.ts";
+ * try {
+ *   assertDevice(undefined, "create a kernel");
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cannot create a kernel as 'device' must be a GPUDevice ...
+ * }
+ * ```
+ */
+export function assertDevice(device: unknown, action: string): asserts device is GPUDevice {
+  if (typeof GPUDevice === "undefined" || !(device instanceof GPUDevice)) {
+    const inner = device != null && typeof device === "object" &&
+      (device as { device?: unknown }).device;
+    const hint = typeof GPUDevice !== "undefined" && inner instanceof GPUDevice
+      ? " (pass requestGpu()'s .device, not its result)"
+      : "";
+    throw new TypeError(
+      `Cannot ${action} as 'device' must be a GPUDevice${hint}: received ${describeValue(device)}`,
+    );
+  }
+  watchDevice(device);
+  const info = lostDevices.get(device);
+  if (info) throw new DeviceLostError(action, info);
+}
+
+/**
+ * For an error raised by GPU work on `device`: a {@linkcode DeviceLostError}
+ * (with the error as its cause) when the device is lost or turns out lost
+ * within one macrotask, else `error` itself.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { lostOr } from "./errors.ts";
+ * using gpu = await requestGpu();
+ * const e = await lostOr(gpu.device, "read", new Error("x"));
+ * console.log((e as Error).message); // x
+ * ```
+ */
+export async function lostOr(device: GPUDevice, action: string, error: unknown): Promise<unknown> {
+  if (error instanceof DeviceLostError) return error;
+  watchDevice(device);
+  if (!lostDevices.has(device)) await new Promise((resolve) => setTimeout(resolve, 0));
+  const info = lostDevices.get(device);
+  return info ? new DeviceLostError(action, info, { cause: error }) : error;
 }

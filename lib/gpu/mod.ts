@@ -12,4 +12,5 @@ export * from "./device.ts";
 export * from "./dtype.ts";
 export * from "./readback.ts";
 export * from "./timing.ts";
+export { type LiveBuffers, liveBuffers } from "./tracking.ts";
 export type { BufferSlice } from "./buffers.ts";

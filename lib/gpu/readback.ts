@@ -5,6 +5,9 @@
  * @module
  */
 
+import { createTrackedBuffer } from "./tracking.ts";
+import { assertDevice } from "./errors.ts";
+
 /** A read recorded into an encoder; call `start()` after submitting it. */
 export interface PendingRead {
   /** Starts mapping (call after the encoder was submitted); resolves to a copy of the bytes. */
@@ -37,6 +40,7 @@ export class ReadbackRing {
 
   /** Creates an empty ring on `device`. */
   constructor(device: GPUDevice, label: string) {
+    assertDevice(device, "create a readback ring");
     this.#device = device;
     this.#label = label;
   }
@@ -46,7 +50,7 @@ export class ReadbackRing {
     const padded = Math.max(4, Math.ceil(size / 4) * 4);
     let index = this.#free.findIndex((b) => b.size >= padded);
     if (index < 0) {
-      const buffer = this.#device.createBuffer({
+      const buffer = createTrackedBuffer(this.#device, {
         label: `${this.#label} readback ${this.#all.length}`,
         size: Math.max(256, 2 ** Math.ceil(Math.log2(padded))),
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,

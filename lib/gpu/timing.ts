@@ -6,7 +6,8 @@
  * @module
  */
 
-import { assertInteger } from "./errors.ts";
+import { assertDevice, assertInteger } from "./errors.ts";
+import { createTrackedBuffer } from "./tracking.ts";
 
 /** Where a recorded piece of GPU work writes its begin and end timestamps. */
 export interface GpuTimestampWrites {
@@ -83,6 +84,7 @@ export async function timeGpuWork(
   record: RecordGpuWork,
   options: TimeGpuWorkOptions = {},
 ): Promise<GpuTiming> {
+  assertDevice(device, "time GPU work");
   const iterations = options.iterations ?? 5;
   const warmup = options.warmup ?? 1;
   const repeats = options.repeats ?? 1;
@@ -110,12 +112,12 @@ export async function timeGpuWork(
     return { medianMs: median(samplesMs), samplesMs, method: "wall" };
   }
   const querySet = device.createQuerySet({ label: "freekv timing", type: "timestamp", count: 2 });
-  const resolve = device.createBuffer({
+  const resolve = createTrackedBuffer(device, {
     label: "freekv timing resolve",
     size: 16,
     usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
   });
-  const readback = device.createBuffer({
+  const readback = createTrackedBuffer(device, {
     label: "freekv timing readback",
     size: 16,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,

@@ -18,7 +18,7 @@ import attentionSource from "../../shaders/paged_attention.wgsl" with { type: "t
 import mergeSource from "../../shaders/attention_merge.wgsl" with { type: "text" };
 import f32WordSource from "../../shaders/kv_word_f32.wgsl" with { type: "text" };
 import f16WordSource from "../../shaders/kv_word_f16.wgsl" with { type: "text" };
-import { disposedError } from "../gpu/errors.ts";
+import { assertDevice, disposedError } from "../gpu/errors.ts";
 import { bytesPerElement, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertBufferSize,
@@ -270,6 +270,7 @@ export function createPagedAttention(
   device: GPUDevice,
   options: PagedAttentionOptions,
 ): PagedAttention {
+  assertDevice(device, ACTION);
   return new Attention(device, validateOptions(options, deviceTraits(device)));
 }
 
@@ -522,6 +523,7 @@ export async function pagedAttention(
   inputs: PagedAttentionInputs,
   options: PagedAttentionOptions,
 ): Promise<PagedAttentionResult> {
+  assertDevice(device, ACTION);
   const dtype: KvDtype = inputs?.kCache instanceof Float16Array ? "f16" : "f32";
   if (options?.dtype !== undefined && options.dtype !== dtype) {
     throw new TypeError(

@@ -15,7 +15,13 @@
 import appendSource from "../../shaders/kv_append.wgsl" with { type: "text" };
 import appendPackedSource from "../../shaders/kv_append_packed.wgsl" with { type: "text" };
 import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
-import { assertInteger, assertOneOf, describeValue, disposedError } from "../gpu/errors.ts";
+import {
+  assertDevice,
+  assertInteger,
+  assertOneOf,
+  describeValue,
+  disposedError,
+} from "../gpu/errors.ts";
 import {
   assertBufferSize,
   BindGroupCache,
@@ -306,5 +312,6 @@ class AppendPlan implements KvAppendPlan {
  * ```
  */
 export function createKvAppend(device: GPUDevice, options: KvAppendOptions): KvAppend {
+  assertDevice(device, ACTION);
   return new Append(device, checkKvAppendOptions(options));
 }

@@ -17,8 +17,15 @@
 import nhdToHndSource from "../../shaders/layout_nhd_to_hnd.wgsl" with { type: "text" };
 import hndToNhdSource from "../../shaders/layout_hnd_to_nhd.wgsl" with { type: "text" };
 import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
-import { assertInteger, assertOneOf, assertStorageBuffer, describeValue } from "../gpu/errors.ts";
+import {
+  assertDevice,
+  assertInteger,
+  assertOneOf,
+  assertStorageBuffer,
+  describeValue,
+} from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** Page geometry and element type shared by the NHD cache and HND runs. */
 export interface KvLayoutShape {
@@ -202,6 +209,7 @@ class PlanCore {
     source: string,
     jobWords: number,
   ) {
+    assertDevice(device, "convert the KV layout");
     const action = `create a ${kind} plan`;
     this.sizes = kvLayoutSizes(options, action);
     this.shape = {
@@ -229,7 +237,7 @@ class PlanCore {
         UNROLL: this.unroll,
       },
     );
-    this.#uniform = device.createBuffer({
+    this.#uniform = createTrackedBuffer(device, {
       label: `${this.#label} uniforms`,
       size: 32,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -270,7 +278,7 @@ class PlanCore {
     if (count > this.#jobCapacity) {
       this.#jobs?.destroy();
       this.#jobCapacity = Math.max(64, 2 ** Math.ceil(Math.log2(count)));
-      this.#jobs = device.createBuffer({
+      this.#jobs = createTrackedBuffer(device, {
         label: `${this.#label} jobs`,
         size: this.#jobCapacity * this.#jobWords * 4,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,

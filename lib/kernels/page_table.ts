@@ -7,7 +7,7 @@
  */
 
 import pageTableSource from "../../shaders/page_table.wgsl" with { type: "text" };
-import { assertInteger } from "../gpu/errors.ts";
+import { assertDevice, assertInteger } from "../gpu/errors.ts";
 import { cachedPipeline, createBuffer } from "../gpu/buffers.ts";
 
 /** Marks "no page" in residency maps, page lists and page tables. */
@@ -116,6 +116,7 @@ export function createPageTableBuilder(
   device: GPUDevice,
   shape: PageTableShape,
 ): PageTableBuilder {
+  assertDevice(device, ACTION);
   assertInteger("numKvHeads", shape.numKvHeads, ACTION, 1);
   assertInteger("selectPages", shape.selectPages, ACTION, 1);
   assertInteger("maxPages", shape.maxPages, ACTION, 1);

@@ -7,10 +7,11 @@
  */
 
 import streamReadSource from "../../shaders/stream_read.wgsl" with { type: "text" };
-import { assertInteger } from "../gpu/errors.ts";
+import { assertDevice, assertInteger } from "../gpu/errors.ts";
 import { timeGpuWork } from "../gpu/timing.ts";
 import { createBuffer, packUniforms } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** Options of {@linkcode measureReadBandwidth}. */
 export interface ReadBandwidthOptions {
@@ -62,6 +63,7 @@ export async function measureReadBandwidth(
   device: GPUDevice,
   options: ReadBandwidthOptions = {},
 ): Promise<ReadBandwidth> {
+  assertDevice(device, "measure read bandwidth");
   const action = "measure read bandwidth";
   const limit = device.limits.maxStorageBufferBindingSize;
   const bytes = options.bytes ?? Math.min(64 << 20, Math.floor(limit / 16) * 16);
@@ -98,7 +100,7 @@ export async function measureReadBandwidth(
     device.limits.maxComputeWorkgroupsPerDimension,
   );
   const stride = workgroups * workgroupSize;
-  const src = device.createBuffer({
+  const src = createTrackedBuffer(device, {
     label: "freekv stream_read source",
     size: bytes,
     usage: GPUBufferUsage.STORAGE,

@@ -15,6 +15,7 @@
 import querySimilaritySource from "../../shaders/query_similarity.wgsl" with { type: "text" };
 import {
   assertAllFinite,
+  assertDevice,
   assertFinite,
   assertHeadsDivide,
   assertInteger,
@@ -293,6 +294,7 @@ export function createQuerySimilarity(
   device: GPUDevice,
   options: QuerySimilarityOptions,
 ): QuerySimilarity {
+  assertDevice(device, ACTION);
   return new Similarity(device, checkSimilarityOptions(options));
 }
 
@@ -356,6 +358,7 @@ export async function querySimilarity(
   inputs: QuerySimilarityInputs,
   options: QuerySimilarityOptions,
 ): Promise<QuerySimilarityResult> {
+  assertDevice(device, ACTION);
   const opts = checkSimilarityOptions(options);
   const batch = checkSimilarityInputs(inputs, opts);
   using similarity = createQuerySimilarity(device, opts);

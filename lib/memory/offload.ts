@@ -17,7 +17,8 @@
  */
 import type { HostPagePool, PageKey } from "./host_pool.ts";
 import { type KvLayoutSizes, kvLayoutSizes, NhdToHndPlan } from "../kernels/layout.ts";
-import { assertInteger, describeValue } from "../gpu/errors.ts";
+import { assertDevice, assertInteger, describeValue } from "../gpu/errors.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** One page to offload: `page` (global index) sits in `slot` of the cache. */
 export interface OffloadJob {
@@ -144,6 +145,7 @@ export class Offloader {
 
   /** Use {@linkcode createOffloader}. */
   constructor(device: GPUDevice, pool: HostPagePool, options: OffloaderOptions = {}) {
+    assertDevice(device, "create an offloader");
     const action = "create an offloader";
     this.#device = device;
     this.#pool = pool;
@@ -259,12 +261,12 @@ export class Offloader {
     const n = this.#all.length;
     const entry: RingEntry = {
       capacity,
-      runs: this.#device.createBuffer({
+      runs: createTrackedBuffer(this.#device, {
         label: `${this.#label} runs ${n}`,
         size,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
       }),
-      read: this.#device.createBuffer({
+      read: createTrackedBuffer(this.#device, {
         label: `${this.#label} readback ${n}`,
         size,
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,

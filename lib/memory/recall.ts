@@ -32,7 +32,8 @@ import {
   type NhdCacheBuffers,
   type RunSlotHeadJob,
 } from "../kernels/layout.ts";
-import { assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
+import { assertDevice, assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** One page to recall: (layer, head, page) of the pool into `slot` of the layer's cache. */
 export interface RecallJob {
@@ -228,6 +229,7 @@ export class Recaller {
 
   /** Use {@linkcode createRecaller}. */
   constructor(device: GPUDevice, pool: HostPagePool, options: RecallerOptions) {
+    assertDevice(device, "create a recaller");
     const action = "create a recaller";
     if (options === null || typeof options !== "object") {
       throw new TypeError(
@@ -631,13 +633,13 @@ export class Recaller {
     const size = capacity * this.#sizes.runBytes;
     slot.gpu?.destroy();
     slot.map?.destroy();
-    slot.gpu = this.#device.createBuffer({
+    slot.gpu = createTrackedBuffer(this.#device, {
       label: `${this.#label} staging ${slot.index}`,
       size,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
     });
     slot.map = this.#staging === "mapped"
-      ? this.#device.createBuffer({
+      ? createTrackedBuffer(this.#device, {
         label: `${this.#label} upload ${slot.index}`,
         size,
         usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC,

@@ -8,7 +8,7 @@
  */
 
 import { createBuffer } from "../gpu/buffers.ts";
-import { assertInteger, assertOneOf } from "../gpu/errors.ts";
+import { assertDevice, assertInteger, assertOneOf } from "../gpu/errors.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
@@ -196,6 +196,7 @@ export function createGpuModel(
   weights: ModelWeights,
   options: GpuModelOptions = {},
 ): GpuModel {
+  assertDevice(device, "create a GPU model");
   const action = "create a GPU model";
   const config = weights.config;
   checkConfig(config, action);

@@ -8,7 +8,7 @@
  */
 
 import { createBuffer } from "../../gpu/buffers.ts";
-import { assertInteger } from "../../gpu/errors.ts";
+import { assertDevice, assertInteger } from "../../gpu/errors.ts";
 import {
   createSeqUniform,
   type KernelPlan,
@@ -18,6 +18,7 @@ import {
 } from "../kernels.ts";
 import { assertSlidingWindow, attentionWindow } from "../sliding_window.ts";
 import type { ModelConfig } from "../types.ts";
+import { createTrackedBuffer } from "../../gpu/tracking.ts";
 
 /** The buffers of one decode step of one layer, all f32. */
 export interface AttentionStepIo {
@@ -154,6 +155,7 @@ export function createDenseAttentionBackend(
   shape: AttentionBackendShape,
   options: DenseAttentionBackendOptions,
 ): DenseAttentionBackend {
+  assertDevice(device, "create a dense attention backend");
   const action = "create a dense attention backend";
   checkShape(shape, action);
   const { numLayers, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = shape;
@@ -296,6 +298,7 @@ export function createRecordingBackend(
   inner: AttentionBackend,
   options: RecordingBackendOptions,
 ): AttentionBackend {
+  assertDevice(device, "create a recording backend");
   const { shape, onRecord } = options;
   checkShape(shape, "create a recording backend");
   const qLen = shape.numQueryHeads * shape.headDim;
@@ -303,7 +306,7 @@ export function createRecordingBackend(
   let prompt: Array<{ q: Float32Array; k: Float32Array; v: Float32Array } | undefined> = [];
   const readAll = async (parts: Array<[GPUBuffer, number]>): Promise<Float32Array[]> => {
     const total = parts.reduce((s, [, n]) => s + n, 0);
-    const staging = device.createBuffer({
+    const staging = createTrackedBuffer(device, {
       label: "recording backend readback",
       size: Math.max(4, total * 4),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,

@@ -13,6 +13,7 @@ import {
 import { assertSlidingWindow, shortestAttentionWindow } from "../sliding_window.ts";
 import type { ModelConfig } from "../types.ts";
 import type { AttentionBackend, AttentionStepIo } from "./dense.ts";
+import { assertDevice } from "../../gpu/errors.ts";
 
 export { type BudgetInput, resolveBudget } from "../../engine/options.ts";
 
@@ -52,6 +53,7 @@ export function createEngineBackend(
   device: GPUDevice,
   options: EngineBackendOptions,
 ): EngineBackend {
+  assertDevice(device, "create an engine attention backend");
   const { slidingWindow, slidingWindowLayers, ...engineOptions } = options;
   const action = "create an engine attention backend";
   const windowed = { numLayers: options.numLayers, slidingWindow, slidingWindowLayers };
