@@ -7,7 +7,6 @@
  * Usage: deno run -A scripts/accuracy.ts [--trace FILE] [--context N] [--steps N]
  *        [--budget N] [--page-size N] [--tau X] [--json]
  */
-import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { createRetrievalEngine, type EngineOptions } from "../lib/engine/engine.ts";
@@ -18,7 +17,6 @@ import {
   type TokenQkv,
 } from "../lib/workloads/synthetic.ts";
 import { readTrace } from "../lib/workloads/trace.ts";
-import { resolveBudget } from "../lib/engine/options.ts";
 import type { PoolingMode } from "../lib/kernels/selection.ts";
 
 const flags = flagChecks("accuracy");
@@ -44,40 +42,40 @@ Options:
   --json           one JSON object on stdout
   --help           this text`;
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    trace: { type: "string" },
-    context: { type: "string", default: "4096" },
-    steps: { type: "string", default: "24" },
-    budget: { type: "string", default: "512" },
-    "page-size": { type: "string", default: "32" },
-    tau: { type: "string", default: "0.9" },
-    json: { type: "boolean", default: false },
-    help: { type: "boolean", short: "h", default: false },
-  },
+const values = flags.parse(Deno.args, {
+  trace: { type: "string" },
+  context: { type: "string", default: "4096" },
+  steps: { type: "string", default: "24" },
+  budget: { type: "string", default: "512" },
+  "page-size": { type: "string", default: "32" },
+  tau: { type: "string", default: "0.9" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
 });
 if (values.help) {
   console.log(HELP);
   Deno.exit(0);
 }
 const positive = (name: string, text: string) => flags.intFlag(name, text, 1)!;
-const tau = flags.numFlag("tau", values.tau)!;
-const budget = resolveBudget({
+const tau = flags.tauFlag("tau", values.tau)!;
+const budget = flags.retrieval({
   budget: positive("budget", values.budget!),
   pageSize: positive("page-size", values["page-size"]!),
+  tau,
 });
+const contextFlag = positive("context", values.context!);
+const stepsFlag = positive("steps", values.steps!);
 
 // Materialize every token so the policies and the mass oracle see the same data.
 let shape: { numLayers: number; numQueryHeads: number; numKvHeads: number; headDim: number };
 let promptLength: number;
 let tokens: TokenQkv[][];
 if (values.trace) {
-  const trace = await readTrace(values.trace);
+  const trace = await readTrace(values.trace).catch((error: Error) =>
+    flags.fail(`--trace could not be read: ${error.message}`)
+  );
   shape = trace.header;
-  promptLength = Deno.args.includes("--context")
-    ? positive("context", values.context!)
-    : trace.header.promptLength;
+  promptLength = Deno.args.includes("--context") ? contextFlag : trace.header.promptLength;
   tokens = Array.from(
     { length: trace.numTokens },
     (_, t) =>
@@ -89,16 +87,19 @@ if (values.trace) {
   );
 } else {
   shape = { numLayers: 2, numQueryHeads: 32, numKvHeads: 8, headDim: 128 };
-  promptLength = positive("context", values.context!);
+  promptLength = contextFlag;
   const source = createSyntheticSource({ ...shape, seed: 3, shiftProbability: 0.15 });
-  const total = promptLength + positive("steps", values.steps!);
+  const total = promptLength + stepsFlag;
   console.error(`accuracy: generating ${total} synthetic tokens`);
   tokens = Array.from({ length: total }, () => source.next());
 }
 const steps = tokens.length - promptLength;
 if (steps < 1) {
-  console.error("accuracy: the trace has no generated tokens to decode");
-  Deno.exit(2);
+  flags.fail(
+    `--context must leave generated tokens of the trace to decode (at most ${
+      tokens.length - 1
+    }): received ${promptLength}`,
+  );
 }
 
 function arraySource(): AttentionSource {

@@ -4,18 +4,16 @@
  *
  * Usage: deno run -A scripts/bench.ts --suite NAME [--quick] [--json]
  */
-import { parseArgs } from "node:util";
+import { flagChecks } from "./_flags.ts";
 
 const SUITES = ["kernels", "recall", "decode"];
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    suite: { type: "string", default: "kernels" },
-    quick: { type: "boolean", default: false },
-    json: { type: "boolean", default: false },
-    help: { type: "boolean", short: "h", default: false },
-  },
+const flags = flagChecks("bench");
+const values = flags.parse(Deno.args, {
+  suite: { type: "string", default: "kernels" },
+  quick: { type: "boolean", default: false },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
 });
 
 if (values.help) {
@@ -29,10 +27,9 @@ Progress goes to stderr.`);
   Deno.exit(0);
 }
 if (!SUITES.includes(values.suite!)) {
-  console.error(
-    `Unknown suite ${JSON.stringify(values.suite)}; expected one of ${SUITES.join(", ")}`,
+  flags.fail(
+    `--suite must be one of ${SUITES.join(", ")}: received ${JSON.stringify(values.suite)}`,
   );
-  Deno.exit(2);
 }
 const suite = await import(`../bench/suite_${values.suite}.ts`);
 const result = await suite.runSuite({ quick: values.quick, json: values.json });

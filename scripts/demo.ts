@@ -5,7 +5,6 @@
  *
  * Usage: deno run -A scripts/demo.ts [--max-tokens N] [--budget N] [--page-size N] [--tau X] [--json]
  */
-import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
@@ -13,7 +12,6 @@ import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { generateText } from "../lib/model/generate.ts";
 import { argmax } from "../lib/model/sampling.ts";
 import { createEngineBackend } from "../lib/model/backends/engine.ts";
-import { resolveBudget } from "../lib/engine/options.ts";
 import type { PolicyName } from "../lib/engine/engine.ts";
 
 const HELP = `Usage: deno run -A scripts/demo.ts [options]
@@ -32,27 +30,26 @@ Options:
   --json           print one JSON object instead of the report
   --help           this text`;
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
-    "max-tokens": { type: "string", default: "400" },
-    budget: { type: "string", default: "96" },
-    "page-size": { type: "string", default: "8" },
-    tau: { type: "string", default: "0.9" },
-    json: { type: "boolean", default: false },
-    help: { type: "boolean", short: "h", default: false },
-  },
+const flags = flagChecks("demo");
+const { intFlag } = flags;
+const values = flags.parse(Deno.args, {
+  "max-tokens": { type: "string", default: "400" },
+  budget: { type: "string", default: "96" },
+  "page-size": { type: "string", default: "8" },
+  tau: { type: "string", default: "0.9" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
 });
 if (values.help) {
   console.log(HELP);
   Deno.exit(0);
 }
-const { intFlag, numFlag } = flagChecks("demo");
 const maxTokens = intFlag("max-tokens", values["max-tokens"], 1)!;
-const tau = numFlag("tau", values.tau)!;
-const retrieval = resolveBudget({
+const tau = flags.tauFlag("tau", values.tau)!;
+const retrieval = flags.retrieval({
   budget: intFlag("budget", values.budget, 1),
   pageSize: intFlag("page-size", values["page-size"], 1),
+  tau,
 });
 
 const root = new URL("../models/stories260K/", import.meta.url);

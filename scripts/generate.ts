@@ -19,11 +19,7 @@ import {
 } from "../lib/model/backends/dense.ts";
 import { generate, type GenerationResult } from "../lib/model/generate.ts";
 import { createTraceWriter, type TraceWriter } from "../lib/workloads/trace.ts";
-import {
-  createEngineBackend,
-  type EngineBackend,
-  resolveBudget,
-} from "../lib/model/backends/engine.ts";
+import { createEngineBackend, type EngineBackend } from "../lib/model/backends/engine.ts";
 import {
   CORRECTION_MODES,
   type CorrectionMode,
@@ -136,14 +132,14 @@ if (policy !== "dense" && !POLICIES.includes(policy as PolicyName)) {
     `--policy must be one of ${POLICIES.join(", ")}, dense: received ${JSON.stringify(policy)}`,
   );
 }
-const retrieval = resolveBudget({
+const tau = flags.tauFlag("tau", values.tau) ?? 0.9;
+const retrieval = flags.retrieval({
   budget: intFlag("budget", values.budget, 1),
   pageSize: intFlag("page-size", values["page-size"], 1),
   sink: intFlag("sink", values.sink, 0),
   window: intFlag("window", values.window, 1),
+  tau,
 });
-const tau = numFlag("tau", values.tau) ?? 0.9;
-if (!(tau >= -1 && tau <= 1)) fail(`--tau must be in [-1, 1]: received ${tau}`);
 const correction = values.correction ?? "resident";
 if (!CORRECTION_MODES.includes(correction as CorrectionMode)) {
   fail(
