@@ -71,7 +71,37 @@ export function createRetrievalEngine(device: GPUDevice, options: EngineOptions)
   return new RetrievalEngine(device, options);
 }
 
-/** See {@linkcode createRetrievalEngine}. */
+/**
+ * A retrieval engine; see {@linkcode createRetrievalEngine}. A decode step is
+ * either recorded into the caller's encoder (`beginStep`, `recordLayer` per
+ * layer in order, `endStep`) or run layer by layer with `step`.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "../gpu/device.ts";
+ * import { createRetrievalEngine } from "./engine.ts";
+ * using gpu = await requestGpu();
+ * using engine = createRetrievalEngine(gpu.device, {
+ *   numLayers: 2, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 64,
+ *   pageSize: 4, budget: 16, sink: 4, window: 4, policy: "freekv",
+ * });
+ * for (let l = 0; l < 2; l++) {
+ *   await engine.prefill(0, l, { k: new Float32Array(20 * 8), v: new Float32Array(20 * 8) });
+ * }
+ * const out = gpu.device.createBuffer({ size: 2 * 8 * 4, usage: GPUBufferUsage.STORAGE });
+ * for (let t = 0; t < 3; t++) {
+ *   await engine.beginStep();
+ *   let encoder = gpu.device.createCommandEncoder();
+ *   for (let l = 0; l < 2; l++) {
+ *     const q = new Float32Array(16).fill(t + 1), k = new Float32Array(8).fill(1);
+ *     encoder = await engine.recordLayer(encoder, l, { q, k, v: k, out });
+ *   }
+ *   engine.endStep(encoder);
+ * }
+ * console.log(engine.totals().steps, engine.lastStepStats()?.hostWaits); // 3 0
+ * out.destroy();
+ * ```
+ */
 export class RetrievalEngine {
   /** The device. */
   readonly device: GPUDevice;

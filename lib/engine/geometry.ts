@@ -16,7 +16,20 @@ import type { ResolvedEngineOptions } from "./options.ts";
  */
 export type LayerMode = "full" | "streaming" | "quest" | "offload";
 
-/** The mode of `layer` under `options`. */
+/**
+ * The mode of `layer` under `options`.
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { layerMode } from "./geometry.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 2, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 256,
+ *   budget: 64, pageSize: 8, sink: 16, window: 16, policy: "freekv",
+ * });
+ * console.log(layerMode(o, 0)); // offload
+ * ```
+ */
 export function layerMode(options: ResolvedEngineOptions, layer: number): LayerMode {
   if (layer === 0 && options.fullFirstLayer) return "full";
   switch (options.policy) {
@@ -58,7 +71,20 @@ export function modeBudget(options: ResolvedEngineOptions, mode: LayerMode): Pag
   };
 }
 
-/** Pages per sequence in page-id space. */
+/**
+ * Pages per sequence in page-id space.
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { maxPagesOf } from "./geometry.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 2, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 256,
+ *   budget: 64, pageSize: 8, sink: 16, window: 16, policy: "freekv",
+ * });
+ * console.log(maxPagesOf(o)); // 32
+ * ```
+ */
 export function maxPagesOf(options: ResolvedEngineOptions): number {
   return Math.ceil(options.maxContext / options.pageSize);
 }
@@ -66,6 +92,17 @@ export function maxPagesOf(options: ResolvedEngineOptions): number {
 /**
  * GPU slots per sequence: every page for `full` and `quest`; sink + window
  * for `streaming`; sink + window + selected + cache pages for `offload`.
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { slotsPerSeq } from "./geometry.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 2, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 256,
+ *   budget: 64, pageSize: 8, sink: 16, window: 16, policy: "freekv",
+ * });
+ * console.log(slotsPerSeq(o, "offload"), slotsPerSeq(o, "streaming")); // 12 8
+ * ```
  */
 export function slotsPerSeq(options: ResolvedEngineOptions, mode: LayerMode): number {
   const { sinkPages: S, windowPages: W, selectPages: K } = modeBudget(options, mode);
@@ -73,14 +110,40 @@ export function slotsPerSeq(options: ResolvedEngineOptions, mode: LayerMode): nu
   return mode === "streaming" ? S + W : S + W + K + options.cachePages;
 }
 
-/** Local slot of sink or window page `page` (identity where every page has a slot). */
+/**
+ * Local slot of sink or window page `page` (identity where every page has a slot).
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { homeSlot } from "./geometry.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 2, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 256,
+ *   budget: 64, pageSize: 8, sink: 16, window: 16, policy: "freekv",
+ * });
+ * console.log(homeSlot(o, "offload", 1), homeSlot(o, "offload", 5)); // 1 3
+ * ```
+ */
 export function homeSlot(options: ResolvedEngineOptions, mode: LayerMode, page: number): number {
   if (mode === "full" || mode === "quest") return page;
   const { sinkPages: S, windowPages: W } = modeBudget(options, mode);
   return page < S ? page : S + ((page - S) % W);
 }
 
-/** Local slot of pool slot `i` (selected and cache pages follow sink and window). */
+/**
+ * Local slot of pool slot `i` (selected and cache pages follow sink and window).
+ *
+ * @example
+ * ```ts
+ * import { resolveEngineOptions } from "./options.ts";
+ * import { poolSlot } from "./geometry.ts";
+ * const o = resolveEngineOptions({
+ *   numLayers: 2, numQueryHeads: 2, numKvHeads: 1, headDim: 8, maxContext: 256,
+ *   budget: 64, pageSize: 8, sink: 16, window: 16, policy: "freekv",
+ * });
+ * console.log(poolSlot(o, 0)); // 4
+ * ```
+ */
 export function poolSlot(options: ResolvedEngineOptions, i: number): number {
   const { sinkPages: S, windowPages: W } = modeBudget(options, "offload");
   return S + W + i;

@@ -16,14 +16,15 @@ export interface TableOptions {
   columns?: string[];
 }
 
-type Cell = (r: EvalRow) => string;
+/** A table cell: formats one field of a row. */
+export type TableCell = (r: EvalRow) => string;
 const pct = (x: number | null, digits = 1) =>
   x === null || !Number.isFinite(x) ? "-" : (100 * x).toFixed(digits);
 const num = (x: number | null, digits: number) =>
   x === null || !Number.isFinite(x) ? "-" : x.toFixed(digits);
 
 /** The columns {@linkcode formatTable} knows, in order: header and cell. */
-export const TABLE_COLUMNS: ReadonlyArray<[string, Cell]> = [
+export const TABLE_COLUMNS: ReadonlyArray<[string, TableCell]> = [
   ["policy", (r) => r.policy],
   ["context", (r) => String(r.context)],
   [

@@ -42,7 +42,21 @@ export interface Gpu {
   [Symbol.dispose](): void;
 }
 
-/** Thrown by {@linkcode requestGpu} when no WebGPU adapter exists. */
+/**
+ * Thrown by {@linkcode requestGpu} when no WebGPU adapter exists.
+ *
+ * @example
+ * ```ts
+ * import { NoAdapterError, requestGpu } from "./device.ts";
+ * try {
+ *   using gpu = await requestGpu();
+ *   console.log(gpu.description);
+ * } catch (error) {
+ *   if (!(error instanceof NoAdapterError)) throw error;
+ *   console.log("no WebGPU here:", error.message);
+ * }
+ * ```
+ */
 export class NoAdapterError extends Error {
   /** Creates the error with advice on how to get an adapter. */
   constructor() {

@@ -73,6 +73,15 @@ export interface SlotLoad {
  * The selection slots of one (layer, sequence, KV head): which logical page
  * each slot holds. Pages that stay selected keep their slot; missing pages
  * take the slots of pages that left the selection.
+ *
+ * @example
+ * ```ts
+ * import { SelectionSlots } from "./page_plan.ts";
+ * const slots = new SelectionSlots(3);
+ * slots.assign([4, 9, 12]);
+ * slots.assign([9, 12, 20]); // 20 takes the slot 4 left
+ * console.log(slots.resident(), slots.slotOf(20)); // [ 20, 9, 12 ] 0
+ * ```
  */
 export class SelectionSlots {
   /** Logical page per slot, -1 when empty. */
