@@ -135,7 +135,7 @@ async function benchSelection(
     headDim: D,
     pooling,
   });
-  selector.plan({
+  using plan = selector.plan({
     pageOffset: Array.from({ length: batch }, (_, b) => b * pages),
     candidateStart: new Array(batch).fill(0),
     candidateEnd: new Array(batch).fill(pages),
@@ -143,7 +143,9 @@ async function benchSelection(
   });
   try {
     const ms = await timeLayers(device, layers, iterations, (encoder, l, timestampWrites) => {
-      selector.encode(encoder, { q, summaries: summaries[l], selected, timestampWrites });
+      plan.encode(encoder, { q, summaries: summaries[l], selected }, {
+        timestampWrites: encodeTimestamps(timestampWrites),
+      });
     });
     return row(
       `page_select ${pooling}`,
@@ -183,12 +185,14 @@ async function benchSummaries(
     dtype,
     summary,
   });
-  summarizer.plan(
+  using plan = summarizer.plan(
     Array.from({ length: numJobs }, (_, i) => ({ srcSlot: i, dstPage: i, numTokens: P })),
   );
   try {
     const ms = await timeLayers(device, layers, iterations, (encoder, l, timestampWrites) => {
-      summarizer.encode(encoder, { kCache: kCaches[l], summaries: summaries[l], timestampWrites });
+      plan.encode(encoder, { kCache: kCaches[l], summaries: summaries[l] }, {
+        timestampWrites: encodeTimestamps(timestampWrites),
+      });
     });
     return row(
       `page_summary ${summary} ${dtype}`,

@@ -43,12 +43,17 @@ if (gpu) {
     );
     const selected = createBuffer(device, "bench selected", STORAGE, HKV * K * 4);
     const selector = createPageSelector(device, { numQueryHeads: HQ, numKvHeads: HKV, headDim: D });
-    selector.plan({ pageOffset: [0], candidateStart: [0], candidateEnd: [pages], k: K });
+    const plan = selector.plan({
+      pageOffset: [0],
+      candidateStart: [0],
+      candidateEnd: [pages],
+      k: K,
+    });
     Deno.bench({
       name: `page_select softmax-mean ${tokens} tokens (${pages} pages), k ${K}`,
       group: "selection",
       baseline: tokens === 4096,
-      fn: () => run(device, (e) => selector.encode(e, { q, summaries, selected })),
+      fn: () => run(device, (e) => plan.encode(e, { q, summaries, selected })),
     });
   }
 
@@ -66,14 +71,14 @@ if (gpu) {
       pageSize: P,
       dtype: "f16",
     });
-    summarizer.plan(
+    const plan = summarizer.plan(
       Array.from({ length: numJobs }, (_, i) => ({ srcSlot: i, dstPage: i, numTokens: P })),
     );
     Deno.bench({
       name: `page_summary minmax f16, ${numJobs} page${numJobs > 1 ? "s" : ""}`,
       group: "summaries",
       baseline: numJobs === 1,
-      fn: () => run(device, (e) => summarizer.encode(e, { kCache, summaries })),
+      fn: () => run(device, (e) => plan.encode(e, { kCache, summaries })),
     });
   }
 

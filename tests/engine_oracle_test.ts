@@ -12,8 +12,8 @@ import {
 } from "../lib/engine/engine.ts";
 import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
 import { pagedAttentionReference } from "../lib/kernels/attention_reference.ts";
-import { pageSummariesReference } from "../lib/kernels/summaries.ts";
-import { selectPagesReference } from "../lib/kernels/selection.ts";
+import { pageSummariesReference } from "../lib/kernels/summaries_reference.ts";
+import { selectPagesReference } from "../lib/kernels/selection_reference.ts";
 import { EMPTY_SLOT } from "../lib/kernels/attention.ts";
 import { pageRegions } from "../lib/memory/page_plan.ts";
 import { assertClose } from "./_assert.ts";

@@ -9,8 +9,8 @@ import {
   POOLING_MODES,
   type PoolingMode,
   selectPages,
-  selectPagesReference,
 } from "../lib/kernels/selection.ts";
+import { selectPagesReference } from "../lib/kernels/selection_reference.ts";
 
 interface Shape {
   numKvHeads: number;
@@ -233,9 +233,9 @@ gpuTest("selector: one plan, two layers, reused and re-planned", async (gpu) => 
     summaries: createBuffer(device, `s${l}`, storage, inputs.summaries),
     selected: createBuffer(device, `sel${l}`, out, 2 * 2 * 4 * 4),
   }));
-  selector.plan(layers[0].inputs);
+  using plan = selector.plan(layers[0].inputs);
   const encoder = device.createCommandEncoder();
-  for (const b of buffers) selector.encode(encoder, b);
+  for (const b of buffers) plan.encode(encoder, b);
   device.queue.submit([encoder.finish()]);
   for (const [l, { want }] of layers.entries()) {
     const got = new Uint32Array(await readBuffer(device, buffers[l].selected));
@@ -252,9 +252,10 @@ gpuTest("selector: one plan, two layers, reused and re-planned", async (gpu) => 
     summaries: createBuffer(device, "s big", storage, bigger.summaries),
     selected: createBuffer(device, "sel big", out, 2 * 2 * 9 * 4),
   };
-  selector.plan(bigger);
+  plan.update(bigger);
+  assert.equal(plan.k, 9);
   const encoder2 = device.createCommandEncoder();
-  selector.encode(encoder2, big);
+  plan.encode(encoder2, big);
   device.queue.submit([encoder2.finish()]);
   assert.deepEqual(new Uint32Array(await readBuffer(device, big.selected)), want);
   for (const b of [...buffers, big]) for (const x of Object.values(b)) x.destroy();
@@ -273,9 +274,9 @@ gpuTest("NaN queries on the GPU path still give k distinct valid pages", async (
     selected: createBuffer(device, "sel", storage | GPUBufferUsage.COPY_SRC, 40),
   };
   using selector = createPageSelector(device, { numQueryHeads: 2, numKvHeads: 1, headDim: 8 });
-  selector.plan(inputs);
+  using plan = selector.plan(inputs);
   const encoder = device.createCommandEncoder();
-  selector.encode(encoder, buffers);
+  plan.encode(encoder, buffers);
   device.queue.submit([encoder.finish()]);
   const got = [...new Uint32Array(await readBuffer(device, buffers.selected))];
   const start = inputs.candidateStart[0];
@@ -397,7 +398,7 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
     await assert.rejects(() => selectPages(device, ...args), matches(type, message), name);
   }
 
-  // The selector: encode before plan, buffer checks, a failed plan keeps the old one.
+  // The plan: buffer checks, a failed update keeps the old step, disposal.
   using selector = createPageSelector(device, options);
   const storage = GPUBufferUsage.STORAGE;
   const q = createBuffer(device, "q", storage, ok.q);
@@ -407,32 +408,36 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
   const selected = createBuffer(device, "sel", storage | GPUBufferUsage.COPY_SRC, 8);
   const noStorage = createBuffer(device, "sel copy", GPUBufferUsage.COPY_SRC, 8);
   const encoder = device.createCommandEncoder();
-  assert.throws(
-    () => selector.encode(encoder, { q, summaries, selected }),
-    matches(TypeError, /has no plan: call plan\(\) first/),
-  );
   // Candidate counts beyond the scratch binding limit: a RangeError naming it.
   const huge = device.limits.maxStorageBufferBindingSize / (2 * 4) + 1;
   assert.throws(
     () => selector.plan({ pageOffset: [0], candidateStart: [0], candidateEnd: [huge], k: 1 }),
     matches(RangeError, /must fit the device's maxStorageBufferBindingSize/),
   );
-  selector.plan(ok);
-  assert.throws(() => selector.plan({ ...ok, k: 9 }), RangeError);
+  const plan = selector.plan(ok);
+  assert.throws(() => plan.update({ ...ok, k: 9 }), RangeError);
+  assert.equal(plan.k, 2);
   assert.throws(
-    () => selector.encode(encoder, { q, summaries: small, selected }),
+    () => plan.encode(encoder, { q, summaries: small, selected }),
     matches(RangeError, /below the 4 pages of 'summaries': received page 4/),
   );
   assert.throws(
-    () => selector.encode(encoder, { q, summaries, selected: tiny }),
+    () => plan.encode(encoder, { q, summaries, selected: tiny }),
     matches(RangeError, /'selected' must hold batch \* numKvHeads \* k u32 \(8 bytes\)/),
   );
   assert.throws(
-    () => selector.encode(encoder, { q, summaries, selected: noStorage }),
-    matches(TypeError, /'selected' must have STORAGE usage/),
+    () => plan.encode(encoder, { q, summaries, selected: noStorage }),
+    matches(TypeError, /'selected' must have usage 128/),
   );
-  selector.encode(encoder, { q, summaries, selected });
+  plan.encode(encoder, { q, summaries, selected });
   device.queue.submit([encoder.finish()]);
   assert.deepEqual([...new Uint32Array(await readBuffer(device, selected))], [0, 1]);
+  plan[Symbol.dispose]();
+  assert.throws(
+    () => plan.encode(device.createCommandEncoder(), { q, summaries, selected }),
+    matches(TypeError, /the plan was disposed/),
+  );
+  selector[Symbol.dispose]();
+  assert.throws(() => selector.plan(ok), matches(TypeError, /the page selector was disposed/));
   for (const b of [q, summaries, small, tiny, selected, noStorage]) b.destroy();
 });

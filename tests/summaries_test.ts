@@ -6,12 +6,12 @@ import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import {
   createPageSummarizer,
-  pageSummariesReference,
   type PageSummaryJob,
   summarizePages,
   summaryFloatsPerPage,
   type SummaryKind,
 } from "../lib/kernels/summaries.ts";
+import { pageSummariesReference } from "../lib/kernels/summaries_reference.ts";
 import { assertArraysEqual, assertClose } from "./_assert.ts";
 
 interface Case {
@@ -124,11 +124,11 @@ gpuTest(
       createBuffer(device, `s${l}`, storage | GPUBufferUsage.COPY_SRC, sentinel)
     );
     using summarizer = createPageSummarizer(device, options);
-    summarizer.plan(jobs);
-    assert.equal(summarizer.numJobs, 40);
+    using plan = summarizer.plan(jobs);
+    assert.equal(plan.numJobs, 40);
     const encoder = device.createCommandEncoder();
     for (let l = 0; l < 2; l++) {
-      summarizer.encode(encoder, { kCache: kBuffers[l], summaries: sBuffers[l] });
+      plan.encode(encoder, { kCache: kBuffers[l], summaries: sBuffers[l] });
     }
     device.queue.submit([encoder.finish()]);
     for (let l = 0; l < 2; l++) {
@@ -150,11 +150,44 @@ gpuTest(
       }
     }
     // Zero jobs encode nothing.
-    summarizer.plan([]);
+    plan.update([]);
     const empty = device.createCommandEncoder();
-    summarizer.encode(empty, { kCache: kBuffers[0], summaries: sBuffers[0] });
+    plan.encode(empty, { kCache: kBuffers[0], summaries: sBuffers[0] });
     device.queue.submit([empty.finish()]);
     for (const b of [...kBuffers, ...sBuffers]) b.destroy();
+  },
+);
+
+gpuTest(
+  "two plans of one summarizer recorded into one submission keep their own jobs",
+  async (gpu) => {
+    const { device } = gpu;
+    const options = { numKvHeads: 1, headDim: 2, pageSize: 2 };
+    // Slot 0: tokens (1, 4), (3, -2); slot 1: tokens (5, 0), (-1, 2).
+    const keys = new Float32Array([1, 4, 3, -2, 5, 0, -1, 2]);
+    const kCache = createBuffer(device, "k", GPUBufferUsage.STORAGE, keys);
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
+    const a = createBuffer(device, "summaries a", usage, 2 * 16);
+    const b = createBuffer(device, "summaries b", usage, 2 * 16);
+    using summarizer = createPageSummarizer(device, options);
+    using first = summarizer.plan([{ srcSlot: 0, dstPage: 1, numTokens: 2 }]);
+    using second = summarizer.plan([{ srcSlot: 1, dstPage: 0, numTokens: 2 }]);
+    const encoder = device.createCommandEncoder();
+    first.encode(encoder, { kCache, summaries: a });
+    second.encode(encoder, { kCache, summaries: b });
+    device.queue.submit([encoder.finish()]);
+    const inputs = (jobs: PageSummaryJob[]) => ({ kCache: keys, jobs, numPages: 2 });
+    assertArraysEqual(
+      new Float32Array(await readBuffer(device, a)),
+      pageSummariesReference(inputs([{ srcSlot: 0, dstPage: 1, numTokens: 2 }]), options),
+      "first plan",
+    );
+    assertArraysEqual(
+      new Float32Array(await readBuffer(device, b)),
+      pageSummariesReference(inputs([{ srcSlot: 1, dstPage: 0, numTokens: 2 }]), options),
+      "second plan",
+    );
+    for (const x of [kCache, a, b]) x.destroy();
   },
 );
 
@@ -175,9 +208,9 @@ gpuTest("f16 keys convert exactly: every half bit pattern", async (gpu) => {
     count * 4 * 4,
   );
   using summarizer = createPageSummarizer(device, options);
-  summarizer.plan(jobs);
+  using plan = summarizer.plan(jobs);
   const encoder = device.createCommandEncoder();
-  summarizer.encode(encoder, { kCache, summaries });
+  plan.encode(encoder, { kCache, summaries });
   device.queue.submit([encoder.finish()]);
   const got = new Float32Array(await readBuffer(device, summaries));
   for (let i = 0; i < 65536; i++) {
@@ -347,9 +380,10 @@ gpuTest("summaries: bad input throws before GPU work", async (gpu) => {
 
   // Encode checks the buffers; a failed plan keeps the previous one.
   using summarizer = createPageSummarizer(device, options);
-  summarizer.plan(ok.jobs);
+  const plan = summarizer.plan(ok.jobs);
+  assert.throws(() => plan.update([{ srcSlot: 0, dstPage: 0, numTokens: 9 }]), RangeError);
   assert.throws(() => summarizer.plan([{ srcSlot: 0, dstPage: 0, numTokens: 9 }]), RangeError);
-  assert.equal(summarizer.numJobs, 1);
+  assert.equal(plan.numJobs, 1);
   const storage = GPUBufferUsage.STORAGE;
   const oneSlot = createBuffer(device, "k one slot", storage, 16);
   const twoSlots = createBuffer(device, "k two slots", storage, 32);
@@ -358,16 +392,31 @@ gpuTest("summaries: bad input throws before GPU work", async (gpu) => {
   const notStorage = createBuffer(device, "s copy", GPUBufferUsage.COPY_DST, 16);
   const encoder = device.createCommandEncoder();
   assert.throws(
-    () => summarizer.encode(encoder, { kCache: oneSlot, summaries: onePage }),
+    () => plan.encode(encoder, { kCache: oneSlot, summaries: onePage }),
     /'srcSlot' must be below the 1 slots of 'kCache': received 1/,
   );
   assert.throws(
-    () => summarizer.encode(encoder, { kCache: twoSlots, summaries: noPages }),
+    () => plan.encode(encoder, { kCache: twoSlots, summaries: noPages }),
     /'dstPage' must be below the 0 pages of 'summaries': received 0/,
   );
   assert.throws(
-    () => summarizer.encode(encoder, { kCache: twoSlots, summaries: notStorage }),
-    (e: unknown) => e instanceof TypeError && /'summaries' must have STORAGE usage/.test(String(e)),
+    () => plan.encode(encoder, { kCache: twoSlots, summaries: notStorage }),
+    (e: unknown) => e instanceof TypeError && /'summaries' must have usage 128/.test(String(e)),
+  );
+  // A slice of the key cache: its slots count from the slice's start.
+  assert.throws(
+    () => plan.encode(encoder, { kCache: { buffer: twoSlots, offset: 16 }, summaries: onePage }),
+    /'srcSlot' must be below the 1 slots of 'kCache': received 1/,
+  );
+  plan[Symbol.dispose]();
+  assert.throws(
+    () => plan.encode(encoder, { kCache: twoSlots, summaries: onePage }),
+    (e: unknown) => e instanceof TypeError && /the plan was disposed/.test(String(e)),
+  );
+  summarizer[Symbol.dispose]();
+  assert.throws(
+    () => summarizer.plan(ok.jobs),
+    (e: unknown) => e instanceof TypeError && /the page summarizer was disposed/.test(String(e)),
   );
   device.queue.submit([encoder.finish()]);
   for (const b of [oneSlot, twoSlots, noPages, onePage, notStorage]) b.destroy();

@@ -12,8 +12,18 @@ import { createBuffer } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan } from "../kernels/attention.ts";
 import { createKvAppend, type KvAppend, type KvAppendPlan } from "../kernels/kv_append.ts";
-import { createPageSummarizer, type PageSummarizer } from "../kernels/summaries.ts";
-import { createPageSelector, type PageSelector } from "../kernels/selection.ts";
+import {
+  createPageSummarizer,
+  type PageSummarizer,
+  type PageSummaryJobs,
+  type PageSummaryPlan,
+} from "../kernels/summaries.ts";
+import {
+  createPageSelector,
+  type PageSelectionPlan,
+  type PageSelectionStep,
+  type PageSelector,
+} from "../kernels/selection.ts";
 import {
   createQuerySimilarity,
   type QuerySimilarity,
@@ -71,8 +81,12 @@ export class LayerState implements Disposable {
   /** Flags of the latest correction outcome known, per (sequence, KV head). */
   readonly lastCorrections: Uint8Array;
   summarizer?: PageSummarizer;
+  /** The layer's summary plan, created on first use and updated after. */
+  summaryPlan?: PageSummaryPlan;
   summaries?: GPUBuffer;
   selector?: PageSelector;
+  /** The layer's selection plan, created on first use and updated after. */
+  selectionPlan?: PageSelectionPlan;
   similarity?: QuerySimilarity;
   similarityPlan?: QuerySimilarityPlan;
   /** `[B][Hkv][K]` this step's top-k. */
@@ -293,6 +307,20 @@ export class LayerState implements Disposable {
     }
   }
 
+  /** The layer's summary plan for `jobs` (created on first use, updated after). */
+  planSummaries(jobs: PageSummaryJobs): PageSummaryPlan {
+    if (this.summaryPlan) this.summaryPlan.update(jobs);
+    else this.summaryPlan = this.summarizer!.plan(jobs);
+    return this.summaryPlan;
+  }
+
+  /** The layer's selection plan for `step` (created on first use, updated after). */
+  planSelection(step: PageSelectionStep): PageSelectionPlan {
+    if (this.selectionPlan) this.selectionPlan.update(step);
+    else this.selectionPlan = this.selector!.plan(step);
+    return this.selectionPlan;
+  }
+
   [Symbol.dispose](): void {
     for (const b of this.#owned) b.destroy();
     for (const b of this.#scratch.values()) b.destroy();
@@ -302,6 +330,8 @@ export class LayerState implements Disposable {
     this.attentionPlan?.[Symbol.dispose]();
     this.tablePlan?.[Symbol.dispose]();
     this.similarityPlan?.[Symbol.dispose]();
+    this.summaryPlan?.[Symbol.dispose]();
+    this.selectionPlan?.[Symbol.dispose]();
     this.summarizer?.[Symbol.dispose]?.();
     this.selector?.[Symbol.dispose]?.();
     this.similarity?.[Symbol.dispose]?.();

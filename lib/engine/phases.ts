@@ -81,8 +81,10 @@ export function appendPhase(
       dstPage: b * ctx.maxPages + p,
       numTokens: P,
     }));
-    state.summarizer!.plan(jobs);
-    state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
+    state.planSummaries(jobs).encode(encoder, {
+      kCache: state.kCache,
+      summaries: state.summaries!,
+    });
     if (state.mode === "offload") {
       ctx.memory!.backup(
         encoder,
@@ -117,14 +119,13 @@ export function selectPhase(
   const selects = regions.map((r) => freekv ? r.candidateCount >= K : r.candidateCount > K);
   const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
   if (selects.some(Boolean)) {
-    state.selector!.plan({
+    state.planSelection({
       pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
       // Sequences that do not select get a dummy range; their result is ignored.
       candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
       candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
       k: K,
-    });
-    state.selector!.encode(encoder, { q, summaries: state.summaries!, selected: state.fresh! });
+    }).encode(encoder, { q, summaries: state.summaries!, selected: state.fresh! });
     ctx.stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
   }
   if (freekv && checked.some(Boolean)) {

@@ -52,14 +52,13 @@ export function recordPrefill(
     const dst = new Uint32Array(n).map((_, t) => (seqBase * P + t) * row);
     state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "prefill");
     if (mode === "quest" && fullPages > S) {
-      state.summarizer!.plan(
+      state.planSummaries(
         pageIds(S, fullPages).map((p) => ({
           srcSlot: seqBase + p,
           dstPage: seq * ctx.maxPages + p,
           numTokens: P,
         })),
-      );
-      state.summarizer!.encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
+      ).encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
     }
   } else {
     // Stage the whole prompt as NHD pages (slot = page), then place sink and
@@ -83,12 +82,11 @@ export function recordPrefill(
     if (mode === "offload") {
       const offloaded = pageIds(S, fullPages);
       if (offloaded.length) {
-        state.summarizer!.plan(offloaded.map((p) => ({
+        state.planSummaries(offloaded.map((p) => ({
           srcSlot: p,
           dstPage: seq * ctx.maxPages + p,
           numTokens: P,
-        })));
-        state.summarizer!.encode(encoder, { kCache: tk, summaries: state.summaries! });
+        }))).encode(encoder, { kCache: tk, summaries: state.summaries! });
         ctx.memory!.backup(
           encoder,
           state.index,

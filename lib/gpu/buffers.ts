@@ -107,6 +107,53 @@ export interface BufferSlice {
 
 /**
  * Checks that `ref` (a buffer or a {@linkcode BufferSlice}) is a GPU buffer
+ * with `usage` (default `STORAGE`) whose range lies inside it, and returns
+ * the whole range (`size`: the bytes from `offset` to the range's end).
+ * Throws `TypeError` (not a buffer, missing usage) or `RangeError` (a range
+ * past the end) with the message convention.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { bufferRange, createBuffer } from "./buffers.ts";
+ * using gpu = await requestGpu();
+ * const b = createBuffer(gpu.device, "x", GPUBufferUsage.STORAGE, 64);
+ * console.log(bufferRange("x", { buffer: b, offset: 16 }, "run a kernel").size); // 48
+ * b.destroy();
+ * ```
+ */
+export function bufferRange(
+  name: string,
+  ref: GPUBuffer | BufferSlice,
+  action: string,
+  usage: GPUBufferUsageFlags = GPUBufferUsage.STORAGE,
+): Required<BufferSlice> {
+  const whole = typeof GPUBuffer !== "undefined" && ref instanceof GPUBuffer;
+  const buffer = whole ? ref : (ref as BufferSlice | undefined)?.buffer;
+  if (typeof GPUBuffer === "undefined" || !(buffer instanceof GPUBuffer)) {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must be a GPUBuffer or a buffer slice: received ${
+        describeValue(ref)
+      }`,
+    );
+  }
+  if ((buffer.usage & usage) !== usage) {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must have usage ${usage}: received buffer '${buffer.label}' with usage ${buffer.usage}`,
+    );
+  }
+  const offset = whole ? 0 : (ref as BufferSlice).offset ?? 0;
+  const size = whole ? buffer.size : (ref as BufferSlice).size ?? buffer.size - offset;
+  if (offset < 0 || size < 0 || offset + size > buffer.size) {
+    throw new RangeError(
+      `Cannot ${action} as '${name}' must lie inside its buffer: received ${size} bytes at offset ${offset} of a ${buffer.size}-byte buffer`,
+    );
+  }
+  return { buffer, offset, size };
+}
+
+/**
+ * Checks that `ref` (a buffer or a {@linkcode BufferSlice}) is a GPU buffer
  * with `usage` (default `STORAGE`) whose range holds at least `bytes` bytes,
  * and returns the binding of exactly those bytes. Throws `TypeError` (not a
  * buffer, missing usage) or `RangeError` (too small, or a range past the
@@ -133,28 +180,31 @@ export function assertBufferSize(
   action: string,
   usage: GPUBufferUsageFlags = GPUBufferUsage.STORAGE,
 ): Required<BufferSlice> {
-  const whole = typeof GPUBuffer !== "undefined" && ref instanceof GPUBuffer;
-  const buffer = whole ? ref : (ref as BufferSlice | undefined)?.buffer;
-  if (typeof GPUBuffer === "undefined" || !(buffer instanceof GPUBuffer)) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must be a GPUBuffer or a buffer slice: received ${
-        describeValue(ref)
-      }`,
-    );
-  }
-  if ((buffer.usage & usage) !== usage) {
-    throw new TypeError(
-      `Cannot ${action} as '${name}' must have usage ${usage}: received buffer '${buffer.label}' with usage ${buffer.usage}`,
-    );
-  }
-  const offset = whole ? 0 : (ref as BufferSlice).offset ?? 0;
-  const size = whole ? buffer.size : (ref as BufferSlice).size ?? buffer.size - offset;
-  if (size < bytes || offset + size > buffer.size) {
+  const { buffer, offset, size } = bufferRange(name, ref, action, usage);
+  if (size < bytes) {
     throw new RangeError(
       `Cannot ${action} as '${name}' must hold at least ${bytes} bytes: received ${size} bytes at offset ${offset} of a ${buffer.size}-byte buffer`,
     );
   }
   return { buffer, offset, size: bytes };
+}
+
+/**
+ * Throws a `RangeError` unless the range `slice` fits one storage binding
+ * of `device` (`maxStorageBufferBindingSize`).
+ */
+export function assertBindable(
+  name: string,
+  slice: Required<BufferSlice>,
+  device: GPUDevice,
+  action: string,
+): void {
+  const limit = device.limits.maxStorageBufferBindingSize;
+  if (slice.size > limit) {
+    throw new RangeError(
+      `Cannot ${action} as '${name}' must fit the device's maxStorageBufferBindingSize ${limit}: received ${slice.size} bytes`,
+    );
+  }
 }
 
 /**
@@ -260,6 +310,3 @@ export class BindGroupCache<T = GPUBindGroup> {
     this.#entries = [];
   }
 }
-
-// Kept for modules that still import the pipeline cache from here.
-export { cachedPipeline } from "./pipelines.ts";

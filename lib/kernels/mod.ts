@@ -36,8 +36,34 @@ export {
   type KvAppendRows,
 } from "./kv_append.ts";
 export { type KvAppendInputs, kvAppendReference } from "./kv_append_reference.ts";
-export * from "./summaries.ts";
-export * from "./selection.ts";
+export {
+  createPageSummarizer,
+  type PageSummarizer,
+  type PageSummaryBuffers,
+  type PageSummaryInputs,
+  type PageSummaryJob,
+  type PageSummaryJobs,
+  type PageSummaryOptions,
+  type PageSummaryPlan,
+  summarizePages,
+  SUMMARY_KINDS,
+  summaryFloatsPerPage,
+  type SummaryKind,
+} from "./summaries.ts";
+export { pageSummariesReference } from "./summaries_reference.ts";
+export {
+  createPageSelector,
+  type PageSelectionBuffers,
+  type PageSelectionInputs,
+  type PageSelectionPlan,
+  type PageSelectionStep,
+  type PageSelector,
+  type PageSelectorOptions,
+  POOLING_MODES,
+  type PoolingMode,
+  selectPages,
+} from "./selection.ts";
+export { type PageSelectionReference, selectPagesReference } from "./selection_reference.ts";
 export {
   createQuerySimilarity,
   type QuerySimilarity,

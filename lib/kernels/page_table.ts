@@ -7,8 +7,10 @@
  */
 
 import pageTableSource from "../../shaders/page_table.wgsl" with { type: "text" };
-import { assertDevice, assertInteger } from "../gpu/errors.ts";
-import { cachedPipeline, createBuffer } from "../gpu/buffers.ts";
+import { assertDevice, assertInteger, disposedError } from "../gpu/errors.ts";
+import { createBuffer } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** Marks "no page" in residency maps, page lists and page tables. */
 export const EMPTY_PAGE = 0xffffffff;
@@ -75,8 +77,12 @@ export interface PageTablePlan extends Disposable {
   readonly entries: readonly number[];
   /** Re-plans for the next step (same batch), reusing GPU buffers. */
   update(step: PageTableStep): void;
-  /** Records the build into `encoder`. */
-  encode(encoder: GPUCommandEncoder, buffers: PageTableBuffers): void;
+  /** Records the build into `encoder` (one compute pass). */
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageTableBuffers,
+    options?: KernelEncodeOptions,
+  ): void;
 }
 
 /** A page-table builder for one shape. */
@@ -158,11 +164,7 @@ class Plan implements PageTablePlan {
   }
 
   update(step: PageTableStep): void {
-    if (this.#disposed) {
-      throw new TypeError(
-        `Cannot ${ACTION} as the plan must not be disposed: received a disposed plan`,
-      );
-    }
+    if (this.#disposed) throw disposedError(ACTION, "plan");
     const { sequences } = step;
     if (!Array.isArray(sequences) || sequences.length === 0) {
       throw new TypeError(
@@ -224,12 +226,12 @@ class Plan implements PageTablePlan {
     this.entries = entries;
   }
 
-  encode(encoder: GPUCommandEncoder, buffers: PageTableBuffers): void {
-    if (this.#disposed) {
-      throw new TypeError(
-        `Cannot ${ACTION} as the plan must not be disposed: received a disposed plan`,
-      );
-    }
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageTableBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
+    if (this.#disposed) throw disposedError(ACTION, "plan");
     const { numKvHeads: hkv, selectPages: k, maxPages } = this.#shape;
     const rows = this.#batch * hkv;
     const need: [string, GPUBuffer | undefined, number][] = [
@@ -274,7 +276,11 @@ class Plan implements PageTablePlan {
       layout: pipeline.getBindGroupLayout(0),
       entries: resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
     });
-    const pass = encoder.beginComputePass({ label: "freekv page table" });
+    const ts = options.timestampWrites;
+    const pass = encoder.beginComputePass({
+      label: "freekv page table",
+      timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
+    });
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bind);
     pass.dispatchWorkgroups(Math.ceil(rows / 64));

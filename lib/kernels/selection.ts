@@ -21,7 +21,7 @@
  * below every number; the typed-array functions reject non-finite input.
  *
  * Workgroup storage does not bound the candidate count: scores and pooled
- * keys live in scratch buffers of the selector, sized by `plan`; the limit is
+ * keys live in scratch buffers of each plan, sized by `plan` and `update`; the limit is
  * the device's `maxStorageBufferBindingSize` for `batch * Hq * maxCandidates`
  * f32 scores.
  *
@@ -32,16 +32,26 @@ import pageScoreSource from "../../shaders/page_score.wgsl" with { type: "text" 
 import pageTopkSource from "../../shaders/page_topk.wgsl" with { type: "text" };
 import {
   assertAllFinite,
+  assertDevice,
   assertFinite,
   assertHeadsDivide,
   assertInteger,
   assertLength,
   assertOneOf,
-  assertStorageBuffer,
   describeValue,
+  disposedError,
 } from "../gpu/errors.ts";
-import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import {
+  assertBindable,
+  BindGroupCache,
+  bufferRange,
+  type BufferSlice,
+  createBuffer,
+  GrowableBuffer,
+  readBuffer,
+} from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** How the scores of a GQA group's query heads pool to one score per KV head. */
 export type PoolingMode = "softmax-mean" | "mean" | "max";
@@ -71,8 +81,8 @@ export interface PageSelectorOptions {
   lanesPerPage?: number;
 }
 
-/** What to select: one entry per sequence of the batch, and `k`. */
-export interface PageSelectionPlan {
+/** What to select, the input of {@linkcode PageSelector.plan}: one entry per sequence of the batch, and `k`. */
+export interface PageSelectionStep {
   /** Sequences (default: `pageOffset.length`; the arrays must have this length). */
   batch?: number;
   /** Global page index of each sequence's logical page 0 in the summaries buffer. */
@@ -85,54 +95,66 @@ export interface PageSelectionPlan {
   k: number;
 }
 
-/** The GPU buffers {@linkcode PageSelector.encode} works on. */
+/** The GPU buffers {@linkcode PageSelectionPlan.encode} works on. */
 export interface PageSelectionBuffers {
   /** Queries `[batch][Hq][d]` f32 (STORAGE). */
-  q: GPUBuffer;
+  q: GPUBuffer | BufferSlice;
   /** Page summaries `[pageIndex][Hkv][2][d]` f32 (STORAGE). */
-  summaries: GPUBuffer;
+  summaries: GPUBuffer | BufferSlice;
   /** Output `[batch][Hkv][k]` u32 logical page ids (STORAGE; add COPY_SRC to read it back). */
-  selected: GPUBuffer;
-  /** Optional timestamps around the selection's one compute pass (profiling). */
-  timestampWrites?: GPUComputePassTimestampWrites;
+  selected: GPUBuffer | BufferSlice;
 }
 
 /**
- * Selects pages on the GPU. `plan` validates the batch description, sizes
- * the scratch buffers and uploads the per-sequence table (through
- * `queue.writeBuffer`: it takes effect at the next submit); `encode` records
- * scoring, pooling and top-k for one layer's buffers into the caller's
- * encoder and may be called for several layers under one plan. Submit the
- * work encoded under a plan before planning again.
+ * The page selection kernels for one head geometry and pooling mode, from
+ * {@linkcode createPageSelector}.
  */
 export interface PageSelector {
   /** The options, with defaults filled in. */
   readonly options: Readonly<Required<PageSelectorOptions>>;
-  /** Validates and uploads a batch description; replaces the previous plan. */
-  plan(plan: PageSelectionPlan): void;
-  /** Records the selection of the current plan; checks buffer sizes first. */
-  encode(encoder: GPUCommandEncoder, buffers: PageSelectionBuffers): void;
-  /** Destroys the selector's buffers. */
+  /**
+   * Validates a batch description, sizes the scratch buffers and uploads
+   * the per-sequence table into a new plan; throws `TypeError`/`RangeError`
+   * before any GPU work.
+   */
+  plan(step: PageSelectionStep): PageSelectionPlan;
+  /** Marks the selector unusable; it owns no buffers (plans do). */
   [Symbol.dispose](): void;
 }
 
-/** Inputs of {@linkcode selectPages} and {@linkcode selectPagesReference}. */
-export interface PageSelectionInputs extends PageSelectionPlan {
+/**
+ * One batch description on the GPU, from {@linkcode PageSelector.plan}. It
+ * owns its uniforms, sequence table and scratch buffers, so plans of one
+ * selector may be encoded into one submission; one plan may be encoded for
+ * several layers' buffers.
+ */
+export interface PageSelectionPlan {
+  /** Sequences of the plan. */
+  readonly batch: number;
+  /** Pages selected per (sequence, KV head). */
+  readonly k: number;
+  /**
+   * Replaces the batch description (a failed update keeps the old one);
+   * written with `queue.writeBuffer`, so submit the work encoded under the
+   * old one first.
+   */
+  update(step: PageSelectionStep): void;
+  /** Records scoring, pooling and top-k (one compute pass); checks buffer sizes first. */
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageSelectionBuffers,
+    options?: KernelEncodeOptions,
+  ): void;
+  /** Destroys the plan's buffers. */
+  [Symbol.dispose](): void;
+}
+
+/** Inputs of {@linkcode selectPages} and `selectPagesReference`. */
+export interface PageSelectionInputs extends PageSelectionStep {
   /** Queries `[batch][Hq][d]`. */
   q: Float32Array;
   /** Page summaries `[pageIndex][Hkv][2][d]`. */
   summaries: Float32Array;
-}
-
-/** What {@linkcode selectPagesReference} returns. */
-export interface PageSelectionReference {
-  /** `[batch][Hkv][k]` logical page ids, best first. */
-  selected: Uint32Array;
-  /**
-   * Pooled scores (f64) per `b * Hkv + kvHead`, indexed by candidate
-   * (`page - candidateStart[b]`): for checking margins around the k-th page.
-   */
-  pooled: Float64Array[];
 }
 
 const ACTION = "select pages";
@@ -140,9 +162,13 @@ const ACTION = "select pages";
 const WG = 64;
 const MAX_DISPATCH = 65535;
 
-interface CheckedPlan {
+/** A validated {@linkcode PageSelectionStep}. */
+export interface CheckedSelectionStep {
+  /** Sequences. */
   batch: number;
+  /** Pages selected per (sequence, KV head). */
   k: number;
+  /** Largest candidate count. */
   maxCount: number;
   /** Pages the summaries buffer must hold: max of pageOffset + candidateEnd. */
   pagesNeeded: number;
@@ -150,7 +176,8 @@ interface CheckedPlan {
   seqs: Uint32Array<ArrayBuffer>;
 }
 
-function checkOptions(
+/** Validates {@linkcode PageSelectorOptions} and fills the defaults (`device` picks `lanesPerPage`). */
+export function checkSelectorOptions(
   options: PageSelectorOptions,
   device?: GPUDevice,
 ): Required<PageSelectorOptions> {
@@ -195,19 +222,20 @@ function checkOptions(
   return { numQueryHeads, numKvHeads, headDim, pooling, scale, lanesPerPage };
 }
 
-function checkPlan(plan: PageSelectionPlan): CheckedPlan {
-  if (plan == null || typeof plan !== "object") {
+/** Validates a {@linkcode PageSelectionStep} (without buffer bounds). */
+export function checkSelectionStep(step: PageSelectionStep): CheckedSelectionStep {
+  if (step == null || typeof step !== "object") {
     throw new TypeError(
-      `Cannot ${ACTION} as 'plan' must be an object: received ${describeValue(plan)}`,
+      `Cannot ${ACTION} as 'step' must be an object: received ${describeValue(step)}`,
     );
   }
-  const { pageOffset, candidateStart, candidateEnd, k } = plan;
+  const { pageOffset, candidateStart, candidateEnd, k } = step;
   if (pageOffset == null || typeof pageOffset.length !== "number") {
     throw new TypeError(
       `Cannot ${ACTION} as 'pageOffset' must be an array: received ${describeValue(pageOffset)}`,
     );
   }
-  const batch = plan.batch ?? pageOffset.length;
+  const batch = step.batch ?? pageOffset.length;
   assertInteger("batch", batch, ACTION, 1, MAX_DISPATCH);
   assertLength("pageOffset", pageOffset, batch, ACTION);
   assertLength("candidateStart", candidateStart, batch, ACTION);
@@ -238,195 +266,227 @@ function checkPlan(plan: PageSelectionPlan): CheckedPlan {
   return { batch, k, maxCount, pagesNeeded, seqs };
 }
 
+// Throws unless `pages` summaries hold every page the step reads.
+function checkPagesNeeded(step: CheckedSelectionStep, pages: number, action: string): void {
+  if (step.pagesNeeded > pages) {
+    throw new RangeError(
+      `Cannot ${action} as every page index (pageOffset + candidate page) must be below the ${pages} pages of 'summaries': received page ${
+        step.pagesNeeded - 1
+      }`,
+    );
+  }
+}
+
+// A buffer range of at least `bytes`, bound to exactly those bytes.
+function sized(
+  name: string,
+  ref: GPUBuffer | BufferSlice,
+  bytes: number,
+  what: string,
+  action: string,
+): Required<BufferSlice> {
+  const range = bufferRange(name, ref, action);
+  if (range.size < bytes) {
+    throw new RangeError(
+      `Cannot ${action} as '${name}' must hold ${what} (${bytes} bytes): received ${range.size} bytes`,
+    );
+  }
+  return { ...range, size: bytes };
+}
+
 class Selector implements PageSelector {
   readonly options: Readonly<Required<PageSelectorOptions>>;
-  #device: GPUDevice;
-  #scorePipeline: GPUComputePipeline;
-  #topkPipeline: GPUComputePipeline;
-  #lanes: number;
-  #scoreParams: GPUBuffer;
-  #topkParams: GPUBuffer;
-  #seqs: GPUBuffer | null = null;
-  #scores: GPUBuffer | null = null;
-  #keys: GPUBuffer | null = null;
-  #winners: GPUBuffer | null = null;
-  #plan: CheckedPlan | null = null;
-  #bindGroups = new Map<string, [GPUBindGroup, GPUBindGroup]>();
-  #ids = new WeakMap<GPUBuffer, number>();
-  #nextId = 0;
+  readonly device: GPUDevice;
+  readonly scorePipeline: GPUComputePipeline;
+  readonly topkPipeline: GPUComputePipeline;
+  #disposed = false;
 
   constructor(device: GPUDevice, options: Required<PageSelectorOptions>) {
     this.options = Object.freeze({ ...options });
-    this.#device = device;
+    this.device = device;
     const group = options.numQueryHeads / options.numKvHeads;
-    this.#lanes = options.lanesPerPage;
-    this.#scorePipeline = cachedPipeline(device, "page_score", pageScoreSource, {
+    this.scorePipeline = cachedPipeline(device, "page_score", pageScoreSource, {
       HEAD_DIM: options.headDim,
       GROUP: group,
-      LANES: this.#lanes,
+      LANES: options.lanesPerPage,
       WG,
     });
-    this.#topkPipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
+    this.topkPipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
       GROUP: group,
       POOLING: POOLING_MODES.indexOf(options.pooling),
     });
+  }
+
+  plan(step: PageSelectionStep): PageSelectionPlan {
+    if (this.#disposed) throw disposedError(ACTION, "page selector");
+    return new SelectionPlan(this, step);
+  }
+
+  [Symbol.dispose](): void {
+    this.#disposed = true;
+  }
+}
+
+class SelectionPlan implements PageSelectionPlan {
+  #selector: Selector;
+  #scoreParams: GPUBuffer;
+  #topkParams: GPUBuffer;
+  #seqs: GrowableBuffer;
+  #scores: GrowableBuffer;
+  #keys: GrowableBuffer;
+  #winners: GrowableBuffer;
+  #step!: CheckedSelectionStep;
+  // Bounded: the engine cycles through a few buffers per layer.
+  #bindings = new BindGroupCache<[GPUBindGroup, GPUBindGroup]>(16);
+  #disposed = false;
+
+  constructor(selector: Selector, step: PageSelectionStep) {
+    const checked = this.#check(selector, step);
+    this.#selector = selector;
+    const device = selector.device;
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     this.#scoreParams = createBuffer(device, "freekv page score params", uniform, 16);
     this.#topkParams = createBuffer(device, "freekv page top-k params", uniform, 16);
+    const scratch = (name: string) =>
+      new GrowableBuffer(
+        device,
+        `freekv page selection ${name}`,
+        GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      );
+    this.#seqs = scratch("sequences");
+    this.#scores = scratch("scores");
+    this.#keys = scratch("keys");
+    this.#winners = scratch("winners");
+    this.#write(checked);
   }
 
-  #ensure(buffer: GPUBuffer | null, label: string, bytes: number): GPUBuffer {
-    if (buffer && buffer.size >= bytes) return buffer;
-    buffer?.destroy();
-    this.#bindGroups.clear();
-    return createBuffer(
-      this.#device,
-      label,
-      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      Math.max(256, 2 ** Math.ceil(Math.log2(bytes))),
-    );
+  get batch(): number {
+    return this.#step.batch;
   }
 
-  plan(plan: PageSelectionPlan): void {
-    const checked = checkPlan(plan);
-    const { numQueryHeads: hq, numKvHeads: hkv } = this.options;
-    const { batch, k, maxCount } = checked;
-    const limit = this.#device.limits.maxStorageBufferBindingSize;
+  get k(): number {
+    return this.#step.k;
+  }
+
+  #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
+    const checked = checkSelectionStep(step);
+    const { numQueryHeads: hq, lanesPerPage: lanes } = selector.options;
+    const { batch, maxCount } = checked;
+    const limit = selector.device.limits.maxStorageBufferBindingSize;
     const scoreBytes = batch * hq * maxCount * 4;
     if (scoreBytes > limit) {
       throw new RangeError(
         `Cannot ${ACTION} as the scratch scores (batch * numQueryHeads * candidates * 4 bytes) must fit the device's maxStorageBufferBindingSize ${limit}: received ${scoreBytes} bytes for ${maxCount} candidates`,
       );
     }
-    const chunks = Math.ceil(maxCount / (WG / this.#lanes));
-    if (chunks > MAX_DISPATCH) {
+    if (Math.ceil(maxCount / (WG / lanes)) > MAX_DISPATCH) {
       throw new RangeError(
         `Cannot ${ACTION} as the candidate count must be at most ${
-          MAX_DISPATCH * (WG / this.#lanes)
+          MAX_DISPATCH * (WG / lanes)
         }: received ${maxCount}`,
       );
     }
-    this.#seqs = this.#ensure(this.#seqs, "freekv page selection sequences", batch * 16);
-    this.#scores = this.#ensure(this.#scores, "freekv page selection scores", scoreBytes);
-    this.#keys = this.#ensure(
-      this.#keys,
-      "freekv page selection keys",
-      batch * hkv * maxCount * 4,
-    );
-    this.#winners = this.#ensure(
-      this.#winners,
-      "freekv page selection winners",
-      batch * hkv * k * 4,
-    );
-    const queue = this.#device.queue;
-    queue.writeBuffer(this.#seqs, 0, checked.seqs);
+    return checked;
+  }
+
+  #write(checked: CheckedSelectionStep): void {
+    const { numQueryHeads: hq, numKvHeads: hkv, scale } = this.#selector.options;
+    const { batch, k, maxCount } = checked;
+    let grown = this.#seqs.ensure(batch * 16);
+    grown = this.#scores.ensure(batch * hq * maxCount * 4) || grown;
+    grown = this.#keys.ensure(batch * hkv * maxCount * 4) || grown;
+    grown = this.#winners.ensure(batch * hkv * k * 4) || grown;
+    if (grown) this.#bindings.clear();
+    const queue = this.#selector.device.queue;
+    queue.writeBuffer(this.#seqs.buffer, 0, checked.seqs);
     queue.writeBuffer(this.#scoreParams, 0, new Uint32Array([hkv, maxCount, 0, 0]));
     const topk = new Uint32Array([hkv, maxCount, k, 0]);
-    new Float32Array(topk.buffer)[3] = this.options.scale;
+    new Float32Array(topk.buffer)[3] = scale;
     queue.writeBuffer(this.#topkParams, 0, topk);
-    this.#plan = checked;
+    this.#step = checked;
   }
 
-  #id(buffer: GPUBuffer): number {
-    let id = this.#ids.get(buffer);
-    if (id === undefined) this.#ids.set(buffer, id = this.#nextId++);
-    return id;
+  update(step: PageSelectionStep): void {
+    if (this.#disposed) throw disposedError(ACTION, "plan");
+    this.#write(this.#check(this.#selector, step));
   }
 
-  #groups(buffers: PageSelectionBuffers): [GPUBindGroup, GPUBindGroup] {
-    const key = `${this.#id(buffers.q)},${this.#id(buffers.summaries)},${
-      this.#id(buffers.selected)
-    }`;
-    let groups = this.#bindGroups.get(key);
-    if (groups) return groups;
-    const device = this.#device;
-    groups = [
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageSelectionBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
+    const action = "encode page selection";
+    if (this.#disposed) throw disposedError(action, "plan");
+    if (buffers == null || typeof buffers !== "object") {
+      throw new TypeError(
+        `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
+      );
+    }
+    const { device, scorePipeline, topkPipeline } = this.#selector;
+    const { numQueryHeads: hq, numKvHeads: hkv, headDim: d, lanesPerPage } = this.#selector.options;
+    const step = this.#step;
+    const qBytes = step.batch * hq * d * 4;
+    const q = sized("q", buffers.q, qBytes, "batch * numQueryHeads * headDim f32", action);
+    const summaries = bufferRange("summaries", buffers.summaries, action);
+    summaries.size -= summaries.size % 4;
+    checkPagesNeeded(step, Math.floor(summaries.size / (hkv * 2 * d * 4)), action);
+    assertBindable("summaries", summaries, device, action);
+    const outBytes = step.batch * hkv * step.k * 4;
+    const selected = sized(
+      "selected",
+      buffers.selected,
+      outBytes,
+      "batch * numKvHeads * k u32",
+      action,
+    );
+    const key = [q, summaries, selected].flatMap((x) => [x.buffer, x.offset, x.size]);
+    const [scoreGroup, topkGroup] = this.#bindings.get(key, () => [
       device.createBindGroup({
         label: "freekv page score bind group",
-        layout: this.#scorePipeline.getBindGroupLayout(0),
+        layout: scorePipeline.getBindGroupLayout(0),
         entries: [
           { binding: 0, resource: { buffer: this.#scoreParams } },
-          { binding: 1, resource: { buffer: this.#seqs! } },
-          { binding: 2, resource: { buffer: buffers.q } },
-          { binding: 3, resource: { buffer: buffers.summaries } },
-          { binding: 4, resource: { buffer: this.#scores! } },
+          { binding: 1, resource: { buffer: this.#seqs.buffer } },
+          { binding: 2, resource: q },
+          { binding: 3, resource: summaries },
+          { binding: 4, resource: { buffer: this.#scores.buffer } },
         ],
       }),
       device.createBindGroup({
         label: "freekv page top-k bind group",
-        layout: this.#topkPipeline.getBindGroupLayout(0),
+        layout: topkPipeline.getBindGroupLayout(0),
         entries: [
           { binding: 0, resource: { buffer: this.#topkParams } },
-          { binding: 1, resource: { buffer: this.#seqs! } },
-          { binding: 2, resource: { buffer: this.#scores! } },
-          { binding: 3, resource: { buffer: this.#keys! } },
-          { binding: 4, resource: { buffer: this.#winners! } },
-          { binding: 5, resource: { buffer: buffers.selected } },
+          { binding: 1, resource: { buffer: this.#seqs.buffer } },
+          { binding: 2, resource: { buffer: this.#scores.buffer } },
+          { binding: 3, resource: { buffer: this.#keys.buffer } },
+          { binding: 4, resource: { buffer: this.#winners.buffer } },
+          { binding: 5, resource: selected },
         ],
       }),
-    ];
-    // Bounded: the engine cycles through a few buffers per layer.
-    if (this.#bindGroups.size >= 256) this.#bindGroups.clear();
-    this.#bindGroups.set(key, groups);
-    return groups;
-  }
-
-  encode(encoder: GPUCommandEncoder, buffers: PageSelectionBuffers): void {
-    const action = "encode page selection";
-    const plan = this.#plan;
-    if (!plan) {
-      throw new TypeError(`Cannot ${action} as the selector has no plan: call plan() first`);
-    }
-    const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.options;
-    assertStorageBuffer("q", buffers?.q, action);
-    assertStorageBuffer("summaries", buffers?.summaries, action);
-    assertStorageBuffer("selected", buffers?.selected, action);
-    const qBytes = plan.batch * hq * d * 4;
-    if (buffers.q.size < qBytes) {
-      throw new RangeError(
-        `Cannot ${action} as 'q' must hold batch * numQueryHeads * headDim f32 (${qBytes} bytes): received ${buffers.q.size} bytes`,
-      );
-    }
-    const pageBytes = hkv * 2 * d * 4;
-    const pages = Math.floor(buffers.summaries.size / pageBytes);
-    if (plan.pagesNeeded > pages) {
-      throw new RangeError(
-        `Cannot ${action} as every page index (pageOffset + candidate page) must be below the ${pages} pages of 'summaries': received page ${
-          plan.pagesNeeded - 1
-        }`,
-      );
-    }
-    const limit = this.#device.limits.maxStorageBufferBindingSize;
-    if (buffers.summaries.size > limit) {
-      throw new RangeError(
-        `Cannot ${action} as 'summaries' must fit the device's maxStorageBufferBindingSize ${limit}: received ${buffers.summaries.size} bytes`,
-      );
-    }
-    const outBytes = plan.batch * hkv * plan.k * 4;
-    if (buffers.selected.size < outBytes) {
-      throw new RangeError(
-        `Cannot ${action} as 'selected' must hold batch * numKvHeads * k u32 (${outBytes} bytes): received ${buffers.selected.size} bytes`,
-      );
-    }
-    const [scoreGroup, topkGroup] = this.#groups(buffers);
+    ]);
+    const ts = options.timestampWrites;
     const pass = encoder.beginComputePass({
       label: "freekv page selection",
-      timestampWrites: buffers.timestampWrites,
+      timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
     });
-    pass.setPipeline(this.#scorePipeline);
+    pass.setPipeline(scorePipeline);
     pass.setBindGroup(0, scoreGroup);
-    pass.dispatchWorkgroups(Math.ceil(plan.maxCount / (WG / this.#lanes)), hkv, plan.batch);
-    pass.setPipeline(this.#topkPipeline);
+    pass.dispatchWorkgroups(Math.ceil(step.maxCount / (WG / lanesPerPage)), hkv, step.batch);
+    pass.setPipeline(topkPipeline);
     pass.setBindGroup(0, topkGroup);
-    pass.dispatchWorkgroups(hkv, plan.batch);
+    pass.dispatchWorkgroups(hkv, step.batch);
     pass.end();
   }
 
   [Symbol.dispose](): void {
-    for (const b of [this.#scoreParams, this.#topkParams, this.#seqs, this.#scores]) b?.destroy();
-    for (const b of [this.#keys, this.#winners]) b?.destroy();
-    this.#bindGroups.clear();
-    this.#plan = null;
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#scoreParams.destroy();
+    this.#topkParams.destroy();
+    for (const b of [this.#seqs, this.#scores, this.#keys, this.#winners]) b[Symbol.dispose]();
+    this.#bindings.clear();
   }
 }
 
@@ -456,54 +516,44 @@ class Selector implements PageSelector {
  * ]));
  * const selected = createBuffer(device, "sel", storage | GPUBufferUsage.COPY_SRC, 8);
  * using selector = createPageSelector(device, { numQueryHeads: 1, numKvHeads: 1, headDim: 4 });
- * selector.plan({ pageOffset: [0], candidateStart: [0], candidateEnd: [3], k: 2 });
+ * using plan = selector.plan({ pageOffset: [0], candidateStart: [0], candidateEnd: [3], k: 2 });
  * const encoder = device.createCommandEncoder();
- * selector.encode(encoder, { q, summaries, selected });
+ * plan.encode(encoder, { q, summaries, selected });
  * device.queue.submit([encoder.finish()]);
  * console.log(new Uint32Array(await readBuffer(device, selected))); // [1, 2]
  * ```
  */
 export function createPageSelector(device: GPUDevice, options: PageSelectorOptions): PageSelector {
-  return new Selector(device, checkOptions(options, device));
+  assertDevice(device, ACTION);
+  return new Selector(device, checkSelectorOptions(options, device));
 }
 
-function checkInputs(
+/** Validates the host inputs of {@linkcode selectPages} and its CPU reference. */
+export function checkSelectionInputs(
   inputs: PageSelectionInputs,
   options: Required<PageSelectorOptions>,
-): CheckedPlan {
-  const plan = checkPlan(inputs);
+): CheckedSelectionStep {
+  const step = checkSelectionStep(inputs);
   const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = options;
   const { q, summaries } = inputs;
-  if (!(q instanceof Float32Array)) {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'q' must be a Float32Array: received ${describeValue(q)}`,
-    );
+  for (const [name, value] of [["q", q], ["summaries", summaries]] as const) {
+    if (!(value instanceof Float32Array)) {
+      throw new TypeError(
+        `Cannot ${ACTION} as '${name}' must be a Float32Array: received ${describeValue(value)}`,
+      );
+    }
   }
-  if (!(summaries instanceof Float32Array)) {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'summaries' must be a Float32Array: received ${
-        describeValue(summaries)
-      }`,
-    );
-  }
-  assertLength("q", q, plan.batch * hq * d, ACTION);
+  assertLength("q", q, step.batch * hq * d, ACTION);
   const pageFloats = hkv * 2 * d;
   if (summaries.length % pageFloats !== 0) {
     throw new RangeError(
       `Cannot ${ACTION} as 'summaries' must have a length that is a multiple of numKvHeads * 2 * headDim = ${pageFloats}: received length ${summaries.length}`,
     );
   }
-  const pages = summaries.length / pageFloats;
-  if (plan.pagesNeeded > pages) {
-    throw new RangeError(
-      `Cannot ${ACTION} as every page index (pageOffset + candidate page) must be below the ${pages} pages of 'summaries': received page ${
-        plan.pagesNeeded - 1
-      }`,
-    );
-  }
+  checkPagesNeeded(step, summaries.length / pageFloats, ACTION);
   assertAllFinite("q", q, ACTION);
   assertAllFinite("summaries", summaries, ACTION);
-  return plan;
+  return step;
 }
 
 /**
@@ -533,12 +583,12 @@ export async function selectPages(
   inputs: PageSelectionInputs,
   options: PageSelectorOptions,
 ): Promise<Uint32Array> {
-  const checkedOptions = checkOptions(options, device);
-  const plan = checkInputs(inputs, checkedOptions);
+  const checkedOptions = checkSelectorOptions(options, device);
+  const step = checkSelectionInputs(inputs, checkedOptions);
   using selector = createPageSelector(device, checkedOptions);
-  selector.plan(inputs);
+  using plan = selector.plan(inputs);
   const storage = GPUBufferUsage.STORAGE;
-  const outBytes = plan.batch * checkedOptions.numKvHeads * plan.k * 4;
+  const outBytes = step.batch * checkedOptions.numKvHeads * step.k * 4;
   const q = createBuffer(device, "freekv selectPages q", storage, inputs.q);
   const summaries = createBuffer(device, "freekv selectPages summaries", storage, inputs.summaries);
   const selected = createBuffer(
@@ -549,7 +599,7 @@ export async function selectPages(
   );
   try {
     const encoder = device.createCommandEncoder({ label: "freekv selectPages" });
-    selector.encode(encoder, { q, summaries, selected });
+    plan.encode(encoder, { q, summaries, selected });
     device.queue.submit([encoder.finish()]);
     return new Uint32Array(await readBuffer(device, selected, outBytes));
   } finally {
@@ -557,78 +607,4 @@ export async function selectPages(
     summaries.destroy();
     selected.destroy();
   }
-}
-
-/**
- * CPU oracle of the selection: plain loops in f64, the same pooling and the
- * same tie rule (higher pooled score first, then the lower page index).
- * Returns the selection and the pooled scores.
- *
- * @example
- * ```ts
- * import { selectPagesReference } from "./selection.ts";
- * const { selected } = selectPagesReference({
- *   q: new Float32Array([1, 0, 0, 0]),
- *   summaries: new Float32Array([1, 3, 2, 3].flatMap((v) => Array(8).fill(v))),
- *   pageOffset: [0],
- *   candidateStart: [0],
- *   candidateEnd: [4],
- *   k: 3,
- * }, { numQueryHeads: 1, numKvHeads: 1, headDim: 4 });
- * console.log(selected); // [1, 3, 2]
- * ```
- */
-export function selectPagesReference(
-  inputs: PageSelectionInputs,
-  options: PageSelectorOptions,
-): PageSelectionReference {
-  const opts = checkOptions(options);
-  const plan = checkInputs(inputs, opts);
-  const { numQueryHeads: hq, numKvHeads: hkv, headDim: d, pooling, scale } = opts;
-  const group = hq / hkv;
-  const { q, summaries } = inputs;
-  const selected = new Uint32Array(plan.batch * hkv * plan.k);
-  const pooledAll: Float64Array[] = [];
-  for (let b = 0; b < plan.batch; b++) {
-    const offset = plan.seqs[4 * b], start = plan.seqs[4 * b + 1], count = plan.seqs[4 * b + 2];
-    for (let h = 0; h < hkv; h++) {
-      // Raw scores per query head of the group.
-      const raw: Float64Array[] = [];
-      for (let g = 0; g < group; g++) {
-        const qb = (b * hq + h * group + g) * d;
-        const row = new Float64Array(count);
-        for (let n = 0; n < count; n++) {
-          const sb = ((offset + start + n) * hkv + h) * 2 * d;
-          let s = 0;
-          for (let c = 0; c < d; c++) {
-            s += Math.max(q[qb + c] * summaries[sb + c], q[qb + c] * summaries[sb + d + c]);
-          }
-          row[n] = s;
-        }
-        raw.push(row);
-      }
-      const pooled = new Float64Array(count);
-      if (pooling === "softmax-mean") {
-        for (const row of raw) {
-          let m = -Infinity;
-          for (let n = 0; n < count; n++) m = Math.max(m, row[n] * scale);
-          let sum = 0;
-          for (let n = 0; n < count; n++) sum += Math.exp(row[n] * scale - m);
-          for (let n = 0; n < count; n++) pooled[n] += Math.exp(row[n] * scale - m) / sum / group;
-        }
-      } else if (pooling === "mean") {
-        for (const row of raw) for (let n = 0; n < count; n++) pooled[n] += row[n] / group;
-      } else {
-        pooled.fill(-Infinity);
-        for (const row of raw) {
-          for (let n = 0; n < count; n++) pooled[n] = Math.max(pooled[n], row[n]);
-        }
-      }
-      const order = Array.from({ length: count }, (_, n) => n);
-      order.sort((x, y) => pooled[y] - pooled[x] || x - y);
-      for (let i = 0; i < plan.k; i++) selected[(b * hkv + h) * plan.k + i] = start + order[i];
-      pooledAll.push(pooled);
-    }
-  }
-  return { selected, pooled: pooledAll };
 }

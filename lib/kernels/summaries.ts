@@ -14,16 +14,25 @@
  */
 
 import pageSummarySource from "../../shaders/page_summary.wgsl" with { type: "text" };
-import { KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
+import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertAllFinite,
+  assertDevice,
   assertInteger,
   assertOneOf,
-  assertStorageBuffer,
   describeValue,
+  disposedError,
 } from "../gpu/errors.ts";
-import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import {
+  BindGroupCache,
+  bufferRange,
+  type BufferSlice,
+  createBuffer,
+  GrowableBuffer,
+  readBuffer,
+} from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** How a page's keys are summarized. */
 export type SummaryKind = "minmax" | "box";
@@ -64,37 +73,59 @@ export interface PageSummaryJob {
  */
 export type PageSummaryJobs = readonly PageSummaryJob[] | Uint32Array;
 
-/** The GPU buffers {@linkcode PageSummarizer.encode} works on. */
+/** The GPU buffers {@linkcode PageSummaryPlan.encode} works on. */
 export interface PageSummaryBuffers {
   /** Key cache of the layer, NHD slots `[slot][P][Hkv][d]` of the dtype (STORAGE). */
-  kCache: GPUBuffer;
+  kCache: GPUBuffer | BufferSlice;
   /** Summaries of the layer, `[pageIndex][Hkv][2][d]` f32 (STORAGE); only the jobs' pages are written. */
-  summaries: GPUBuffer;
-  /** Optional timestamps around the summaries' one compute pass (profiling; none when no jobs). */
-  timestampWrites?: GPUComputePassTimestampWrites;
+  summaries: GPUBuffer | BufferSlice;
 }
 
 /**
- * Summarizes pages on the GPU. `plan(jobs)` validates and uploads a job list
- * (through `queue.writeBuffer`, so it takes effect at the next submit);
- * `encode` records the summaries of the planned jobs for one layer's
- * buffers into the caller's encoder and may be called for several layers
- * with one plan. Submit the work encoded under a plan before planning again.
+ * The page summary kernel for one cache geometry, from
+ * {@linkcode createPageSummarizer}: `plan(jobs)` validates and uploads a job
+ * list into a plan of its own.
  */
 export interface PageSummarizer {
   /** The options, with defaults filled in. */
   readonly options: Readonly<Required<PageSummaryOptions>>;
-  /** Jobs of the current plan. */
-  readonly numJobs: number;
-  /** Validates and uploads `jobs` (duplicate `dstPage`s are rejected); replaces the previous plan. */
-  plan(jobs: PageSummaryJobs): void;
-  /** Records the summaries of the planned jobs; checks slot and page indices against the buffers. */
-  encode(encoder: GPUCommandEncoder, buffers: PageSummaryBuffers): void;
-  /** Destroys the summarizer's buffers. */
+  /**
+   * Validates `jobs` (duplicate `dstPage`s are rejected) and uploads them
+   * into a new plan; throws `TypeError`/`RangeError` before any GPU work.
+   */
+  plan(jobs: PageSummaryJobs): PageSummaryPlan;
+  /** Marks the summarizer unusable; it owns no buffers (plans do). */
   [Symbol.dispose](): void;
 }
 
-/** Inputs of {@linkcode summarizePages} and {@linkcode pageSummariesReference}. */
+/**
+ * One job list on the GPU, from {@linkcode PageSummarizer.plan}; owns its
+ * job table and uniforms, so plans of one summarizer may be encoded into
+ * one submission. One plan may be encoded for several layers' buffers.
+ */
+export interface PageSummaryPlan {
+  /** Jobs of the plan. */
+  readonly numJobs: number;
+  /**
+   * Replaces the jobs (a failed update keeps the old ones); written with
+   * `queue.writeBuffer`, so submit the work encoded under the old jobs first.
+   */
+  update(jobs: PageSummaryJobs): void;
+  /**
+   * Records the summaries of the jobs (one compute pass; nothing, and no
+   * timestamps, when there are none); checks slot and page indices against
+   * the buffers first.
+   */
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageSummaryBuffers,
+    options?: KernelEncodeOptions,
+  ): void;
+  /** Destroys the plan's buffers. */
+  [Symbol.dispose](): void;
+}
+
+/** Inputs of {@linkcode summarizePages} and `pageSummariesReference`. */
 export interface PageSummaryInputs {
   /** Key cache `[slot][P][Hkv][d]`; a `Float16Array` means dtype `"f16"`. */
   kCache: KvArray;
@@ -123,7 +154,8 @@ export function summaryFloatsPerPage(options: { numKvHeads: number; headDim: num
   return options.numKvHeads * 2 * options.headDim;
 }
 
-function checkOptions(options: PageSummaryOptions): Required<PageSummaryOptions> {
+/** Validates {@linkcode PageSummaryOptions} and fills the defaults. */
+export function checkSummaryOptions(options: PageSummaryOptions): Required<PageSummaryOptions> {
   if (options == null || typeof options !== "object") {
     throw new TypeError(
       `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
@@ -140,11 +172,18 @@ function checkOptions(options: PageSummaryOptions): Required<PageSummaryOptions>
   return { numKvHeads, headDim, pageSize, dtype, summary };
 }
 
+/** Validated jobs: `(slot, page, tokens, 0)` quads and the largest slot and page. */
+export interface PackedSummaryJobs {
+  /** `(srcSlot, dstPage, numTokens, 0)` per job. */
+  packed: Uint32Array<ArrayBuffer>;
+  /** Largest `srcSlot` (-1 without jobs). */
+  maxSlot: number;
+  /** Largest `dstPage` (-1 without jobs). */
+  maxPage: number;
+}
+
 /** Validates jobs (without buffer bounds) into `(slot, page, tokens, 0)` quads. */
-function packJobs(
-  jobs: PageSummaryJobs,
-  pageSize: number,
-): { packed: Uint32Array<ArrayBuffer>; maxSlot: number; maxPage: number } {
+export function packSummaryJobs(jobs: PageSummaryJobs, pageSize: number): PackedSummaryJobs {
   let count: number;
   let get: (i: number) => [unknown, unknown, unknown];
   if (jobs instanceof Uint32Array) {
@@ -194,26 +233,42 @@ function packJobs(
   return { packed: packed.subarray(0, count * 4), maxSlot, maxPage };
 }
 
+// Throws unless the jobs' largest slot and page fit `slots` and `pages`.
+function checkJobBounds(
+  jobs: PackedSummaryJobs,
+  slots: number,
+  pages: number,
+  pagesOf: string,
+  action: string,
+): void {
+  if (jobs.maxSlot >= slots) {
+    throw new RangeError(
+      `Cannot ${action} as every job's 'srcSlot' must be below the ${slots} slots of 'kCache': received ${jobs.maxSlot}`,
+    );
+  }
+  if (jobs.maxPage >= pages) {
+    throw new RangeError(
+      `Cannot ${action} as every job's 'dstPage' must be below ${pagesOf}: received ${jobs.maxPage}`,
+    );
+  }
+}
+
 class Summarizer implements PageSummarizer {
   readonly options: Readonly<Required<PageSummaryOptions>>;
-  #device: GPUDevice;
-  #pipeline: GPUComputePipeline;
-  #params: GPUBuffer;
-  #jobs: GPUBuffer;
-  #numJobs = 0;
-  #maxSlot = -1;
-  #maxPage = -1;
+  readonly device: GPUDevice;
+  readonly pipeline: GPUComputePipeline;
+  #disposed = false;
 
   constructor(device: GPUDevice, options: Required<PageSummaryOptions>) {
     this.options = Object.freeze({ ...options });
-    this.#device = device;
+    this.device = device;
     const { numKvHeads, headDim, pageSize, dtype, summary } = options;
     // f16 rows of even length are read as u32 pairs: no shader-f16 needed,
     // and half the loads.
     const rowLength = numKvHeads * headDim;
     const variant = dtype === "f32" ? "f32" : rowLength % 2 === 0 ? "f16x2" : "f16";
     const per = variant === "f16x2" ? 2 : 1;
-    this.#pipeline = cachedPipeline(
+    this.pipeline = cachedPipeline(
       device,
       `page_summary_${variant}`,
       SUMMARY_PRELUDES[variant] + pageSummarySource,
@@ -225,31 +280,51 @@ class Summarizer implements PageSummarizer {
         SUMMARY: summary === "box" ? 1 : 0,
       },
     );
+  }
+
+  plan(jobs: PageSummaryJobs): PageSummaryPlan {
+    if (this.#disposed) throw disposedError(ACTION, "page summarizer");
+    return new SummaryPlan(this, jobs);
+  }
+
+  [Symbol.dispose](): void {
+    this.#disposed = true;
+  }
+}
+
+class SummaryPlan implements PageSummaryPlan {
+  #summarizer: Summarizer;
+  #params: GPUBuffer;
+  #jobs: GrowableBuffer;
+  #checked!: PackedSummaryJobs;
+  #bindings = new BindGroupCache();
+  #disposed = false;
+
+  constructor(summarizer: Summarizer, jobs: PageSummaryJobs) {
+    const checked = this.#check(summarizer, jobs);
+    this.#summarizer = summarizer;
+    const device = summarizer.device;
     this.#params = createBuffer(
       device,
       "freekv page summary params",
       GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
       16,
     );
-    this.#jobs = this.#jobsBuffer(64);
+    this.#jobs = new GrowableBuffer(
+      device,
+      "freekv page summary jobs",
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    );
+    this.#write(checked);
   }
 
   get numJobs(): number {
-    return this.#numJobs;
+    return this.#checked.packed.length / 4;
   }
 
-  #jobsBuffer(count: number): GPUBuffer {
-    return createBuffer(
-      this.#device,
-      "freekv page summary jobs",
-      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      count * 16,
-    );
-  }
-
-  plan(jobs: PageSummaryJobs): void {
-    const { packed, maxSlot, maxPage } = packJobs(jobs, this.options.pageSize);
-    const count = packed.length / 4;
+  #check(summarizer: Summarizer, jobs: PageSummaryJobs): PackedSummaryJobs {
+    const checked = packSummaryJobs(jobs, summarizer.options.pageSize);
+    const count = checked.packed.length / 4;
     if (count > MAX_DISPATCH * MAX_DISPATCH) {
       throw new RangeError(
         `Cannot ${ACTION} as 'jobs' must hold at most ${
@@ -257,65 +332,80 @@ class Summarizer implements PageSummarizer {
         } jobs: received ${count}`,
       );
     }
-    if (count * 16 > this.#jobs.size) {
-      this.#jobs.destroy();
-      this.#jobs = this.#jobsBuffer(2 ** Math.ceil(Math.log2(count)));
-    }
-    const perZ = Math.min(count, MAX_DISPATCH);
-    if (count > 0) this.#device.queue.writeBuffer(this.#jobs, 0, packed);
-    this.#device.queue.writeBuffer(this.#params, 0, new Uint32Array([count, perZ, 0, 0]));
-    this.#numJobs = count;
-    this.#maxSlot = maxSlot;
-    this.#maxPage = maxPage;
+    return checked;
   }
 
-  encode(encoder: GPUCommandEncoder, buffers: PageSummaryBuffers): void {
+  #write(checked: PackedSummaryJobs): void {
+    const queue = this.#summarizer.device.queue;
+    const count = checked.packed.length / 4;
+    if (this.#jobs.ensure(Math.max(1, count) * 16)) this.#bindings.clear();
+    if (count > 0) queue.writeBuffer(this.#jobs.buffer, 0, checked.packed);
+    const perZ = Math.min(count, MAX_DISPATCH);
+    queue.writeBuffer(this.#params, 0, new Uint32Array([count, perZ, 0, 0]));
+    this.#checked = checked;
+  }
+
+  update(jobs: PageSummaryJobs): void {
+    if (this.#disposed) throw disposedError(ACTION, "plan");
+    this.#write(this.#check(this.#summarizer, jobs));
+  }
+
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageSummaryBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
     const action = "encode page summaries";
-    const { numKvHeads, headDim, pageSize, dtype } = this.options;
-    assertStorageBuffer("kCache", buffers?.kCache, action);
-    assertStorageBuffer("summaries", buffers?.summaries, action);
-    const slotBytes = pageSize * numKvHeads * headDim * (dtype === "f16" ? 2 : 4);
-    const slots = Math.floor(buffers.kCache.size / slotBytes);
-    if (this.#maxSlot >= slots) {
-      throw new RangeError(
-        `Cannot ${action} as every job's 'srcSlot' must be below the ${slots} slots of 'kCache': received ${this.#maxSlot}`,
+    if (this.#disposed) throw disposedError(action, "plan");
+    const { device, pipeline } = this.#summarizer;
+    const opts = this.#summarizer.options;
+    const { numKvHeads, headDim, pageSize, dtype } = opts;
+    if (buffers == null || typeof buffers !== "object") {
+      throw new TypeError(
+        `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
       );
     }
-    const pages = Math.floor(buffers.summaries.size / (summaryFloatsPerPage(this.options) * 4));
-    if (this.#maxPage >= pages) {
-      throw new RangeError(
-        `Cannot ${action} as every job's 'dstPage' must be below the ${pages} pages of 'summaries': received ${this.#maxPage}`,
-      );
-    }
-    if (this.#numJobs === 0) return;
-    const bindGroup = this.#device.createBindGroup({
-      label: "freekv page summary bind group",
-      layout: this.#pipeline.getBindGroupLayout(0),
-      entries: [
-        { binding: 0, resource: { buffer: this.#params } },
-        { binding: 1, resource: { buffer: this.#jobs } },
-        { binding: 2, resource: { buffer: buffers.kCache } },
-        { binding: 3, resource: { buffer: buffers.summaries } },
-      ],
-    });
+    const kCache = bufferRange("kCache", buffers.kCache, action);
+    const summaries = bufferRange("summaries", buffers.summaries, action);
+    const slotBytes = pageSize * numKvHeads * headDim * bytesPerElement(dtype);
+    const pageBytes = summaryFloatsPerPage(opts) * 4;
+    const pages = Math.floor(summaries.size / pageBytes);
+    const slots = Math.floor(kCache.size / slotBytes);
+    checkJobBounds(this.#checked, slots, pages, `the ${pages} pages of 'summaries'`, action);
+    const count = this.numJobs;
+    if (count === 0) return;
+    // Storage bindings are whole 4-byte words.
+    kCache.size -= kCache.size % 4;
+    const key = [kCache, summaries].flatMap((x) => [x.buffer, x.offset, x.size]);
+    const bindGroup = this.#bindings.get(key, () =>
+      device.createBindGroup({
+        label: "freekv page summary bind group",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: this.#params } },
+          { binding: 1, resource: { buffer: this.#jobs.buffer } },
+          { binding: 2, resource: kCache },
+          { binding: 3, resource: summaries },
+        ],
+      }));
+    const ts = options.timestampWrites;
     const pass = encoder.beginComputePass({
       label: "freekv page summaries",
-      timestampWrites: buffers.timestampWrites,
+      timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
     });
-    pass.setPipeline(this.#pipeline);
+    pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
-    const perZ = Math.min(this.#numJobs, MAX_DISPATCH);
-    pass.dispatchWorkgroups(
-      Math.ceil((numKvHeads * headDim) / 64),
-      perZ,
-      Math.ceil(this.#numJobs / perZ),
-    );
+    const perZ = Math.min(count, MAX_DISPATCH);
+    pass.dispatchWorkgroups(Math.ceil((numKvHeads * headDim) / 64), perZ, Math.ceil(count / perZ));
     pass.end();
   }
 
   [Symbol.dispose](): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
     this.#params.destroy();
-    this.#jobs.destroy();
+    this.#jobs[Symbol.dispose]();
+    this.#bindings.clear();
   }
 }
 
@@ -340,9 +430,9 @@ class Summarizer implements PageSummarizer {
  * const kCache = createBuffer(device, "k", GPUBufferUsage.STORAGE, new Float32Array([1, 4, 3, -2]));
  * const summaries = createBuffer(device, "s", GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC, 16);
  * using summarizer = createPageSummarizer(device, { numKvHeads: 1, headDim: 2, pageSize: 2 });
- * summarizer.plan([{ srcSlot: 0, dstPage: 0, numTokens: 2 }]);
+ * using plan = summarizer.plan([{ srcSlot: 0, dstPage: 0, numTokens: 2 }]);
  * const encoder = device.createCommandEncoder();
- * summarizer.encode(encoder, { kCache, summaries });
+ * plan.encode(encoder, { kCache, summaries });
  * device.queue.submit([encoder.finish()]);
  * console.log(new Float32Array(await readBuffer(device, summaries))); // [1, -2, 3, 4]
  * ```
@@ -351,7 +441,8 @@ export function createPageSummarizer(
   device: GPUDevice,
   options: PageSummaryOptions,
 ): PageSummarizer {
-  const checked = checkOptions(options);
+  assertDevice(device, ACTION);
+  const checked = checkSummaryOptions(options);
   const odd = (checked.numKvHeads * checked.headDim) % 2 === 1;
   if (checked.dtype === "f16" && odd && !device.features.has("shader-f16")) {
     throw new TypeError(
@@ -361,47 +452,47 @@ export function createPageSummarizer(
   return new Summarizer(device, checked);
 }
 
-function checkInputs(inputs: PageSummaryInputs, options: Required<PageSummaryOptions>): number {
+/** Host inputs checked against their options: the jobs and the dtype-resolved options. */
+export interface CheckedSummaryInputs extends PackedSummaryJobs {
+  /** The options with the dtype of `kCache` filled in. */
+  options: Required<PageSummaryOptions>;
+}
+
+/**
+ * Validates the typed-array inputs of {@linkcode summarizePages} and its
+ * CPU reference (everything but finiteness); the dtype follows `kCache`
+ * unless `options.dtype` says otherwise (then they must agree).
+ */
+export function checkSummaryInputs(
+  inputs: PageSummaryInputs,
+  options: PageSummaryOptions,
+): CheckedSummaryInputs {
+  const dtype = options?.dtype ?? (inputs?.kCache instanceof Float16Array ? "f16" : "f32");
+  const checked = checkSummaryOptions({ ...options, dtype });
   if (inputs == null || typeof inputs !== "object") {
     throw new TypeError(
       `Cannot ${ACTION} as 'inputs' must be an object: received ${describeValue(inputs)}`,
     );
   }
   const { kCache, numPages } = inputs;
-  const expected = options.dtype === "f16" ? Float16Array : Float32Array;
+  const expected = checked.dtype === "f16" ? Float16Array : Float32Array;
   if (!(kCache instanceof expected)) {
     throw new TypeError(
-      `Cannot ${ACTION} as 'kCache' must be a ${expected.name} for dtype "${options.dtype}": received ${
+      `Cannot ${ACTION} as 'kCache' must be a ${expected.name} for dtype "${checked.dtype}": received ${
         describeValue(kCache)
       }`,
     );
   }
-  const slotLength = options.pageSize * options.numKvHeads * options.headDim;
+  const slotLength = checked.pageSize * checked.numKvHeads * checked.headDim;
   if (kCache.length === 0 || kCache.length % slotLength !== 0) {
     throw new RangeError(
       `Cannot ${ACTION} as 'kCache' must have a length that is a positive multiple of the slot length ${slotLength}: received length ${kCache.length}`,
     );
   }
   assertInteger("numPages", numPages, ACTION, 1);
-  return kCache.length / slotLength;
-}
-
-function checkJobBounds(
-  maxSlot: number,
-  maxPage: number,
-  slots: number,
-  numPages: number,
-): void {
-  if (maxSlot >= slots) {
-    throw new RangeError(
-      `Cannot ${ACTION} as every job's 'srcSlot' must be below the ${slots} slots of 'kCache': received ${maxSlot}`,
-    );
-  }
-  if (maxPage >= numPages) {
-    throw new RangeError(
-      `Cannot ${ACTION} as every job's 'dstPage' must be below 'numPages' ${numPages}: received ${maxPage}`,
-    );
-  }
+  const jobs = packSummaryJobs(inputs.jobs, checked.pageSize);
+  checkJobBounds(jobs, kCache.length / slotLength, numPages, `'numPages' ${numPages}`, ACTION);
+  return { ...jobs, options: checked };
 }
 
 /**
@@ -430,13 +521,11 @@ export async function summarizePages(
   inputs: PageSummaryInputs,
   options: PageSummaryOptions,
 ): Promise<Float32Array> {
-  const dtype = options?.dtype ?? (inputs?.kCache instanceof Float16Array ? "f16" : "f32");
-  const checked = checkOptions({ ...options, dtype });
-  const slots = checkInputs(inputs, checked);
+  assertDevice(device, ACTION);
+  const { options: checked } = checkSummaryInputs(inputs, options);
   assertAllFinite("kCache", inputs.kCache, ACTION);
-  const { maxSlot, maxPage } = packJobs(inputs.jobs, checked.pageSize);
-  checkJobBounds(maxSlot, maxPage, slots, inputs.numPages);
   using summarizer = createPageSummarizer(device, checked);
+  using plan = summarizer.plan(inputs.jobs);
   const outBytes = inputs.numPages * summaryFloatsPerPage(checked) * 4;
   const kCache = createBuffer(
     device,
@@ -451,68 +540,12 @@ export async function summarizePages(
     outBytes,
   );
   try {
-    summarizer.plan(inputs.jobs);
     const encoder = device.createCommandEncoder({ label: "freekv summarizePages" });
-    summarizer.encode(encoder, { kCache, summaries });
+    plan.encode(encoder, { kCache, summaries });
     device.queue.submit([encoder.finish()]);
     return new Float32Array(await readBuffer(device, summaries, outBytes));
   } finally {
     kCache.destroy();
     summaries.destroy();
   }
-}
-
-/**
- * CPU oracle of the summaries (plain loops, f64 arithmetic rounded to f32 on
- * store): returns `[numPages][Hkv][2][d]` with the jobs' pages filled and the
- * other pages 0.
- *
- * @example
- * ```ts
- * import { pageSummariesReference } from "./summaries.ts";
- * const s = pageSummariesReference({
- *   kCache: new Float32Array([1, -2, 3, 4]),
- *   jobs: [{ srcSlot: 0, dstPage: 0, numTokens: 2 }],
- *   numPages: 1,
- * }, { numKvHeads: 1, headDim: 2, pageSize: 2 });
- * console.log(s); // [1, -2, 3, 4]
- * ```
- */
-export function pageSummariesReference(
-  inputs: PageSummaryInputs,
-  options: PageSummaryOptions,
-): Float32Array {
-  const dtype = options?.dtype ?? (inputs?.kCache instanceof Float16Array ? "f16" : "f32");
-  const checked = checkOptions({ ...options, dtype });
-  const slots = checkInputs(inputs, checked);
-  const { packed, maxSlot, maxPage } = packJobs(inputs.jobs, checked.pageSize);
-  checkJobBounds(maxSlot, maxPage, slots, inputs.numPages);
-  const { numKvHeads: hkv, headDim: d, pageSize: p, summary } = checked;
-  const k = inputs.kCache;
-  const out = new Float32Array(inputs.numPages * summaryFloatsPerPage(checked));
-  for (let j = 0; j < packed.length / 4; j++) {
-    const slot = packed[4 * j], page = packed[4 * j + 1], n = packed[4 * j + 2];
-    for (let h = 0; h < hkv; h++) {
-      for (let c = 0; c < d; c++) {
-        const at = (t: number) => k[((slot * p + t) * hkv + h) * d + c];
-        let lo = Infinity, hi = -Infinity;
-        for (let t = 0; t < n; t++) {
-          lo = Math.min(lo, at(t));
-          hi = Math.max(hi, at(t));
-        }
-        if (summary === "box") {
-          const center = (lo + hi) / 2;
-          let dev = 0;
-          for (let t = 0; t < n; t++) dev += Math.abs(at(t) - center);
-          const spread = dev / n;
-          lo = center - spread;
-          hi = center + spread;
-        }
-        const o = ((page * hkv + h) * 2) * d + c;
-        out[o] = lo;
-        out[o + d] = hi;
-      }
-    }
-  }
-  return out;
 }

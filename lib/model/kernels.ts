@@ -20,20 +20,13 @@ import swigluSrc from "../../shaders/swiglu.wgsl" with { type: "text" };
 import residualAddSrc from "../../shaders/residual_add.wgsl" with { type: "text" };
 import causalAttentionSrc from "../../shaders/causal_attention.wgsl" with { type: "text" };
 import weightLoadSrc from "../../shaders/weight_load.wgsl" with { type: "text" };
-import { cachedPipeline, createBuffer, packUniforms } from "../gpu/buffers.ts";
+import { type BufferSlice, createBuffer, packUniforms } from "../gpu/buffers.ts";
+import { cachedPipeline } from "../gpu/pipelines.ts";
 import { assertFinite, assertInteger, assertOneOf } from "../gpu/errors.ts";
 import type { RopeStyle, Tensor, WeightDtype } from "./types.ts";
 import { convertTensor } from "./weight_convert.ts";
 
-/** A storage buffer, or a byte range of one, bound to a kernel. */
-export interface BufferSlice {
-  /** The buffer. */
-  buffer: GPUBuffer;
-  /** First byte (a multiple of the device's `minStorageBufferOffsetAlignment`); default 0. */
-  offset?: number;
-  /** Bytes bound; default: the rest of the buffer. */
-  size?: number;
-}
+export type { BufferSlice } from "../gpu/buffers.ts";
 
 /** Recorded work of one kernel (or several), planned once, recorded many times. */
 export interface KernelPlan {
