@@ -179,6 +179,8 @@ export class RetrievalEngine {
 
   /** Tokens stored for `seq` at `layer`. */
   length(layer: number, seq: number): number {
+    assertInteger("layer", layer, "read a sequence length", 0, this.options.numLayers - 1);
+    assertInteger("seq", seq, "read a sequence length", 0, this.options.batch - 1);
     return this.#layers[layer].length[seq];
   }
 
@@ -215,6 +217,7 @@ export class RetrievalEngine {
    * later (it travels back with the step's answer).
    */
   lastCorrections(layer: number): Uint8Array {
+    assertInteger("layer", layer, "read corrections", 0, this.options.numLayers - 1);
     return this.#layers[layer].lastCorrections.slice();
   }
 

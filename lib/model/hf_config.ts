@@ -33,6 +33,7 @@ import type {
   WeightDtype,
 } from "./types.ts";
 import { convertTensor } from "./weight_convert.ts";
+import { describeValue } from "../gpu/errors.ts";
 
 /** `architectures` entries this module runs, with their family name. */
 export const HF_ARCHITECTURES: Readonly<Record<string, string>> = {
@@ -72,7 +73,9 @@ export function modelConfigFromHf(json: unknown, options: HfConfigOptions = {}):
   const where = JSON.stringify(options.name ?? "config.json");
   const action = `load model config ${where}`;
   if (json === null || typeof json !== "object" || Array.isArray(json)) {
-    throw new TypeError(`Cannot ${action} as it must be a JSON object: received ${typeof json}`);
+    throw new TypeError(
+      `Cannot ${action} as 'json' must be a JSON object: received ${describeValue(json)}`,
+    );
   }
   const j = json as Record<string, unknown>;
   const archs = j.architectures;

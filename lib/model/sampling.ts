@@ -20,7 +20,7 @@ export interface UniformSource {
 export interface SamplerOptions {
   /** 0 means greedy (default 1). */
   temperature?: number;
-  /** Nucleus probability in (0, 1); values ≤ 0 or ≥ 1 disable top-p (default 1). */
+  /** Nucleus probability in (0, 1]; 1 disables top-p (default 1). */
   topP?: number;
   /** Keep only the `topK` most likely tokens first (default: all). */
   topK?: number;
@@ -70,6 +70,11 @@ export function createSampler(options: SamplerOptions = {}): Sampler {
   const topP = options.topP ?? 1;
   assertFinite("temperature", temperature, "create a sampler");
   assertFinite("topP", topP, "create a sampler");
+  if (!(topP > 0 && topP <= 1)) {
+    throw new RangeError(
+      `Cannot create a sampler as 'topP' must be in (0, 1] (1 keeps every token): received ${topP}`,
+    );
+  }
   if (temperature < 0) {
     throw new RangeError(
       `Cannot create a sampler as 'temperature' must be at least 0: received ${temperature}`,
@@ -107,7 +112,7 @@ export function createSampler(options: SamplerOptions = {}): Sampler {
         for (let i = 0; i < n; i++) probs[i] /= kept;
       }
       const coin = rng.next();
-      if (topP <= 0 || topP >= 1) {
+      if (topP >= 1) {
         let cdf = 0;
         for (let i = 0; i < n; i++) {
           cdf += probs[i];
