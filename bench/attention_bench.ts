@@ -9,10 +9,9 @@
 import { type AttentionPlan, createPagedAttention } from "../lib/kernels/attention.ts";
 import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
 import type { KvDtype } from "../lib/gpu/dtype.ts";
-import { createBuffer, packUniforms } from "../lib/gpu/buffers.ts";
-import { cachedPipeline } from "../lib/gpu/pipelines.ts";
+import { createBuffer } from "../lib/gpu/buffers.ts";
+import { createStreamRead } from "../lib/kernels/roofline.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
-import streamReadSource from "../shaders/stream_read.wgsl" with { type: "text" };
 
 const HQ = 32, HKV = 8, D = 128, P = 32, LAYERS = 8;
 // Layers per iteration: ~8 MiB to 64 MiB of K/V each, at most ~512 MiB in all.
@@ -96,39 +95,20 @@ if (gpu) {
 
   // The roofline: the same streaming-read kernel as measureReadBandwidth,
   // over 8 x 16 MiB, the K/V bytes of the 2048-token f32 case.
-  const bytes = 16 << 20, workgroups = 1024, wg = 256;
-  const pipeline = cachedPipeline(device, "stream_read", streamReadSource, { WORKGROUP_SIZE: wg });
-  const params = createBuffer(
-    device,
-    "bench stream params",
-    GPUBufferUsage.UNIFORM,
-    new Uint32Array(packUniforms([bytes / 16, workgroups * wg])),
-  );
+  const bytes = 16 << 20;
+  const stream = createStreamRead(device, { workgroupSize: 256 });
+  const plan = stream.plan({ bytes, workgroups: 1024 });
   const sink = createBuffer(device, "bench stream sink", STORAGE, 256);
-  const groups = Array.from({ length: LAYERS }, (_, i) => {
-    const src = createBuffer(device, `bench stream src ${i}`, STORAGE, bytes);
-    return device.createBindGroup({
-      label: `bench stream ${i}`,
-      layout: pipeline.getBindGroupLayout(0),
-      entries: [
-        { binding: 0, resource: { buffer: params } },
-        { binding: 1, resource: { buffer: src } },
-        { binding: 2, resource: { buffer: sink } },
-      ],
-    });
-  });
+  const sources = Array.from(
+    { length: LAYERS },
+    (_, i) => createBuffer(device, `bench stream src ${i}`, STORAGE, bytes),
+  );
   Deno.bench({
     name: `stream_read roofline ${LAYERS} x 16 MiB`,
     group: "attention 2048",
     fn: () =>
       run(device, (encoder) => {
-        const pass = encoder.beginComputePass({ label: "bench stream_read" });
-        pass.setPipeline(pipeline);
-        for (const g of groups) {
-          pass.setBindGroup(0, g);
-          pass.dispatchWorkgroups(workgroups);
-        }
-        pass.end();
+        for (const source of sources) plan.encode(encoder, { source, sink });
       }),
   });
 }

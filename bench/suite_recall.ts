@@ -7,7 +7,7 @@ import type { KvDtype } from "../lib/gpu/dtype.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { median } from "../lib/gpu/timing.ts";
 import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
-import { HndToNhdPlan, type NhdCacheBuffers } from "../lib/kernels/layout.ts";
+import { createHndToNhd, type NhdCacheBuffers } from "../lib/kernels/layout.ts";
 import { createRandom } from "../lib/workloads/random.ts";
 import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
 
@@ -173,7 +173,7 @@ export async function runSuite(
     );
     // The floor of any HND recall here: the same big write plus the scatter.
     log(`${dtype}: big-write+scatter`);
-    using plan = new HndToNhdPlan(device, {
+    using scatter = createHndToNhd(device, {
       pageSize: P,
       kvHeads: H,
       headDim: d,
@@ -182,27 +182,25 @@ export async function runSuite(
     });
     const perLayer = jobs.length / L;
     const scatterPlans = Array.from({ length: L }, (_, l) => {
-      const p = l === 0
-        ? plan
-        : new HndToNhdPlan(device, { pageSize: P, kvHeads: H, headDim: d, dtype });
       const layerJobs = jobs.slice(l * perLayer, (l + 1) * perLayer);
-      p.set(
-        { ...caches[l], runs: target },
-        layerJobs.map((j, i) => ({ run: l * perLayer + i, slot: j.slot, head: j.head })),
-      );
-      return p;
+      return {
+        plan: scatter.plan(
+          layerJobs.map((j, i) => ({ run: l * perLayer + i, slot: j.slot, head: j.head })),
+        ),
+        buffers: { ...caches[l], runs: target },
+      };
     });
     results.set(
       "big-write+scatter",
       await measure(reps, warmup, async () => {
         device.queue.writeBuffer(target, 0, big);
         const encoder = device.createCommandEncoder({ label: "bench scatter" });
-        for (const p of scatterPlans) p.encode(encoder);
+        for (const { plan, buffers } of scatterPlans) plan.encode(encoder, buffers);
         device.queue.submit([encoder.finish()]);
         await device.queue.onSubmittedWorkDone();
       }),
     );
-    for (const p of scatterPlans.slice(1)) p[Symbol.dispose]();
+    for (const { plan } of scatterPlans) plan[Symbol.dispose]();
 
     // (b), (c) and the mapped-staging variant of (b).
     const variants: Array<[string, Partial<RecallerOptions>]> = [

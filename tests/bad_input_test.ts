@@ -18,7 +18,7 @@ import { createQuerySimilarity } from "../lib/kernels/similarity.ts";
 import { createKvAppend } from "../lib/kernels/kv_append.ts";
 import { createPageTableBuilder } from "../lib/kernels/page_table.ts";
 import { measureReadBandwidth } from "../lib/kernels/roofline.ts";
-import { NhdToHndPlan } from "../lib/kernels/layout.ts";
+import { createNhdToHnd } from "../lib/kernels/layout.ts";
 import { createOffloader } from "../lib/memory/offload.ts";
 import { createRecaller } from "../lib/memory/recall.ts";
 import { HostPagePool } from "../lib/memory/host_pool.ts";
@@ -145,7 +145,7 @@ const CASES: Case[] = [
   ...noDevice("ReadbackRing", (d) => new ReadbackRing(d as GPUDevice, "x")),
   ...noDevice("measureReadBandwidth", (d) => measureReadBandwidth(d as GPUDevice)),
   ...noDevice("timeGpuWork", (d) => timeGpuWork(d as GPUDevice, () => {})),
-  ...noDevice("NhdToHndPlan", (d) => new NhdToHndPlan(d as GPUDevice, {} as Any)),
+  ...noDevice("createNhdToHnd", (d) => createNhdToHnd(d as GPUDevice, {} as Any)),
 
   // ---- Engine options ----
   engineOption(

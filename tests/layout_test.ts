@@ -2,15 +2,14 @@ import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import {
-  HndToNhdPlan,
-  hndToNhdReference,
+  createHndToNhd,
+  createNhdToHnd,
   type KvLayoutShape,
   kvLayoutSizes,
-  NhdToHndPlan,
-  nhdToHndReference,
   type RunSlotHeadJob,
   type SlotHeadJob,
 } from "../lib/kernels/layout.ts";
+import { hndToNhdReference, nhdToHndReference } from "../lib/kernels/layout_reference.ts";
 import { createRandom, type Random } from "../lib/workloads/random.ts";
 import type { KvArray } from "../lib/gpu/dtype.ts";
 import { assertArraysEqual } from "./_assert.ts";
@@ -129,10 +128,10 @@ gpuTest(
       const count = all.length - 1 + shape.kvHeads;
       const runBase = 2;
       const runsBuf = createBuffer(device, "runs", USAGE, (runBase + count + 1) * sizes.runBytes);
-      using gather = new NhdToHndPlan(device, shape);
-      gather.set({ kCache: kBuf, vCache: vBuf, runs: runsBuf }, all, { runBase });
+      using gather = createNhdToHnd(device, shape).plan(all, { runBase });
+      assert.equal(gather.numJobs, count);
       let enc = device.createCommandEncoder();
-      gather.encode(enc);
+      gather.encode(enc, { kCache: kBuf, vCache: vBuf, runs: runsBuf });
       device.queue.submit([enc.finish()]);
       const got = new Uint8Array(
         await readBuffer(device, runsBuf, count * sizes.runBytes, runBase * sizes.runBytes),
@@ -150,10 +149,9 @@ gpuTest(
         slot: Math.floor(targets[j] / shape.kvHeads),
         head: targets[j] % shape.kvHeads,
       }));
-      using plan = new HndToNhdPlan(device, shape);
-      plan.set({ kCache: k2Buf, vCache: v2Buf, runs: runsBuf }, scatter);
+      using plan = createHndToNhd(device, shape).plan(scatter);
       enc = device.createCommandEncoder();
-      plan.encode(enc);
+      plan.encode(enc, { kCache: k2Buf, vCache: v2Buf, runs: runsBuf });
       device.queue.submit([enc.finish()]);
       const runsAll = shape.dtype === "f16"
         ? new Float16Array(await readBuffer(device, runsBuf))
@@ -172,23 +170,14 @@ gpuTest("layout plans reject bad jobs and buffers before any GPU work", async ({
   const k = createBuffer(device, "k", USAGE, new Float32Array(3 * sizes.slotBytes / 4).fill(1));
   const v = createBuffer(device, "v", USAGE, 3 * sizes.slotBytes);
   const runs = createBuffer(device, "runs", USAGE, 2 * sizes.runBytes);
-  using plan = new HndToNhdPlan(device, shape);
+  using scatter = createHndToNhd(device, shape);
   const buffers = { kCache: k, vCache: v, runs };
-  plan.set(buffers, [{ run: 0, slot: 1, head: 0 }]);
-  const bad: Array<[RunSlotHeadJob[], RegExp, ErrorConstructor]> = [
-    [
-      [{ run: 0, slot: 3, head: 0 }],
-      /'jobs\[0\]\.slot' must be between 0 and 2: received 3/,
-      RangeError,
-    ],
+  const plan = scatter.plan([{ run: 0, slot: 1, head: 0 }]);
+  // Plan checks the jobs on their own.
+  const badJobs: Array<[RunSlotHeadJob[], RegExp, ErrorConstructor]> = [
     [
       [{ run: 0, slot: 0, head: 2 }],
       /'jobs\[0\]\.head' must be between 0 and 1: received 2/,
-      RangeError,
-    ],
-    [
-      [{ run: 2, slot: 0, head: 0 }],
-      /'jobs\[0\]\.run' must be between 0 and 1: received 2/,
       RangeError,
     ],
     [
@@ -198,10 +187,24 @@ gpuTest("layout plans reject bad jobs and buffers before any GPU work", async ({
     ],
     [[{ run: 0, slot: 0.5, head: 1 }], /'jobs\[0\]\.slot' must be an integer/, TypeError],
   ];
-  for (const [jobs, message, cls] of bad) {
+  for (const [jobs, message, cls] of badJobs) {
+    const matches = (e: Error) => e instanceof cls && message.test(e.message);
+    assert.throws(() => scatter.plan(jobs), matches);
+    assert.throws(() => plan.update(jobs), matches);
+  }
+  // Encode checks the jobs against the buffers before recording.
+  const badBuffers: Array<[RunSlotHeadJob[], RegExp]> = [
+    [
+      [{ run: 0, slot: 3, head: 0 }],
+      /'slot' must be below the 3 slots of 'kCache' and 'vCache': received 3/,
+    ],
+    [[{ run: 2, slot: 0, head: 0 }], /'runs' must hold runs up to 2/],
+  ];
+  for (const [jobs, message] of badBuffers) {
+    using bad = scatter.plan(jobs);
     assert.throws(
-      () => plan.set(buffers, jobs),
-      (e: Error) => e instanceof cls && message.test(e.message),
+      () => bad.encode(device.createCommandEncoder(), buffers),
+      (e: Error) => e instanceof RangeError && message.test(e.message),
     );
   }
   const mapOnly = device.createBuffer({
@@ -209,20 +212,30 @@ gpuTest("layout plans reject bad jobs and buffers before any GPU work", async ({
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
   assert.throws(
-    () => plan.set({ ...buffers, runs: mapOnly }, []),
+    () => plan.encode(device.createCommandEncoder(), { ...buffers, runs: mapOnly }),
     (e: Error) => e instanceof TypeError && /'runs' must have STORAGE usage/.test(e.message),
   );
-  using gather = new NhdToHndPlan(device, shape);
+  using gather = createNhdToHnd(device, shape).plan([{ slot: 0, head: 0 }], { runBase: 2 });
   assert.throws(
-    () => gather.set(buffers, [{ slot: 0, head: 0 }], { runBase: 2 }),
-    (e: Error) => e instanceof RangeError && /'runs' must hold runBase \+ 1 runs/.test(e.message),
+    () => gather.encode(device.createCommandEncoder(), buffers),
+    (e: Error) => e instanceof RangeError && /'runs' must hold runs up to 2/.test(e.message),
   );
-  // The failed sets changed nothing: the first job list still runs.
+  // The failed updates changed nothing: the first job list still runs.
   const enc = device.createCommandEncoder();
-  plan.encode(enc);
+  plan.encode(enc, buffers);
   device.queue.submit([enc.finish()]);
   const got = new Float32Array(await readBuffer(device, k));
   assert.equal(got[sizes.slotBytes / 4], 0); // slot 1 head 0 token 0 overwritten by zero run
   assert.equal(got[0], 1);
+  plan[Symbol.dispose]();
+  assert.throws(
+    () => plan.encode(device.createCommandEncoder(), buffers),
+    (e: Error) => e instanceof TypeError && /the plan was disposed/.test(e.message),
+  );
+  scatter[Symbol.dispose]();
+  assert.throws(
+    () => scatter.plan([]),
+    (e: Error) => e instanceof TypeError && /the layout kernel was disposed/.test(e.message),
+  );
   for (const b of [k, v, runs, mapOnly]) b.destroy();
 });

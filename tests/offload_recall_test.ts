@@ -3,13 +3,8 @@ import { gpuTest } from "./_gpu.ts";
 import { createPagedAttention } from "../lib/kernels/attention.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
-import {
-  hndToNhdReference,
-  type KvLayoutShape,
-  kvLayoutSizes,
-  type NhdCacheBuffers,
-  nhdToHndReference,
-} from "../lib/kernels/layout.ts";
+import { type KvLayoutShape, kvLayoutSizes, type NhdCacheBuffers } from "../lib/kernels/layout.ts";
+import { hndToNhdReference, nhdToHndReference } from "../lib/kernels/layout_reference.ts";
 import { createOffloader } from "../lib/memory/offload.ts";
 import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
 import { createRandom, type Random } from "../lib/workloads/random.ts";

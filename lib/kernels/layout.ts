@@ -8,24 +8,28 @@
  * so f32 and f16 come out bit for bit.
  * For f16 `headDim` must therefore be even.
  *
- * Plan/run split: {@linkcode NhdToHndPlan.set} / {@linkcode HndToNhdPlan.set}
- * write the job table and uniforms and pick the bind group;
- * `encode(encoder)` only records one dispatch into the caller's encoder.
+ * The kernel contract: {@linkcode createNhdToHnd} / {@linkcode createHndToNhd}
+ * then `plan(jobs)` (validates the jobs and uploads the job table into a
+ * plan of its own) then `plan.encode(encoder, buffers)` (checks the buffers
+ * against the jobs and records one dispatch). The CPU references are in
+ * `layout_reference.ts`.
  *
  * @module
  */
 import nhdToHndSource from "../../shaders/layout_nhd_to_hnd.wgsl" with { type: "text" };
 import hndToNhdSource from "../../shaders/layout_hnd_to_nhd.wgsl" with { type: "text" };
-import { bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
+import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertDevice,
   assertInteger,
   assertOneOf,
   assertStorageBuffer,
   describeValue,
+  disposedError,
 } from "../gpu/errors.ts";
+import { BindGroupCache, createBuffer, GrowableBuffer } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
-import { createTrackedBuffer } from "../gpu/tracking.ts";
+import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
 /** Page geometry and element type shared by the NHD cache and HND runs. */
 export interface KvLayoutShape {
@@ -102,15 +106,9 @@ export interface NhdCacheBuffers {
   vCache: GPUBuffer;
 }
 
-/** Buffers of an NHD -> HND conversion. */
-export interface NhdToHndBuffers extends NhdCacheBuffers {
-  /** Destination of the runs (STORAGE). */
-  runs: GPUBuffer;
-}
-
-/** Buffers of an HND -> NHD scatter. */
-export interface HndToNhdBuffers extends NhdCacheBuffers {
-  /** Source of the runs (STORAGE). */
+/** Buffers of an NHD -> HND conversion and of an HND -> NHD scatter (all STORAGE). */
+export interface LayoutBuffers extends NhdCacheBuffers {
+  /** The HND runs: written by the conversion, read by the scatter. */
   runs: GPUBuffer;
 }
 
@@ -125,27 +123,6 @@ export interface SlotHeadJob {
   head?: number;
 }
 
-// Expands head-less jobs to one (slot, head) pair per head.
-function expandJobs(
-  jobs: readonly SlotHeadJob[],
-  kvHeads: number,
-  slots: number,
-  action: string,
-): Array<{ slot: number; head: number }> {
-  const out: Array<{ slot: number; head: number }> = [];
-  for (let j = 0; j < jobs.length; j++) {
-    const job = jobs[j];
-    assertInteger(`jobs[${j}].slot`, job?.slot, action, 0, slots - 1);
-    if (job.head === undefined) {
-      for (let head = 0; head < kvHeads; head++) out.push({ slot: job.slot, head });
-    } else {
-      assertInteger(`jobs[${j}].head`, job.head, action, 0, kvHeads - 1);
-      out.push({ slot: job.slot, head: job.head });
-    }
-  }
-  return out;
-}
-
 /** One HND -> NHD job: copy run `run` into kvHead `head` of slot `slot`. */
 export interface RunSlotHeadJob {
   /** Run index in the runs buffer. */
@@ -156,76 +133,192 @@ export interface RunSlotHeadJob {
   head: number;
 }
 
-/** Options of the plan constructors. */
-export interface LayoutPlanOptions extends KvLayoutShape {
+/** Options of {@linkcode createNhdToHnd} and {@linkcode createHndToNhd}. */
+export interface KvLayoutOptions extends KvLayoutShape {
   /** Label prefix of the GPU resources. */
   label?: string;
 }
 
-/** Options of {@linkcode NhdToHndPlan.set}. */
-export interface NhdToHndSetOptions {
+/** Options of {@linkcode NhdToHnd.plan} and {@linkcode NhdToHndPlan.update}. */
+export interface NhdToHndPlanOptions {
   /** Run index of the first job's output (default 0). */
   runBase?: number;
 }
 
-const WORKGROUP = 256;
-
-// Number of whole slots `buffer` holds.
-function slotsIn(buffer: GPUBuffer, slotBytes: number): number {
-  return Math.floor(buffer.size / slotBytes);
+/** What both layout kernels share: the shape and the sizes derived from it. */
+export interface KvLayoutKernel {
+  /** The shape this kernel converts. */
+  readonly shape: Readonly<KvLayoutShape>;
+  /** Sizes derived from the shape. */
+  readonly sizes: Readonly<KvLayoutSizes>;
+  /** 32-bit words moved per invocation: 4 when a row is a multiple of 16 bytes, else 1. */
+  readonly lanes: number;
+  /** Marks the kernel unusable; it owns no buffers (plans do). */
+  [Symbol.dispose](): void;
 }
 
-function assertBindableStorage(name: string, buffer: unknown, action: string, limit: number) {
-  assertStorageBuffer(name, buffer, action);
-  if (buffer.size > limit) {
-    throw new RangeError(
-      `Cannot ${action} as '${name}' must be at most maxStorageBufferBindingSize (${limit} bytes): received ${buffer.size} bytes`,
+/** What both layout plans share. */
+export interface KvLayoutPlan {
+  /** (slot, head) pairs the plan moves, one run each. */
+  readonly numJobs: number;
+  /**
+   * Records the dispatch into `encoder` (nothing, and no timestamps, when
+   * there are no jobs); throws before recording when a buffer is not a
+   * bindable STORAGE buffer or does not hold a job's slot or run.
+   */
+  encode(encoder: GPUCommandEncoder, buffers: LayoutBuffers, options?: KernelEncodeOptions): void;
+  /** Destroys the plan's own buffers (not the caller's). */
+  [Symbol.dispose](): void;
+}
+
+/** The NHD -> HND conversion for one shape, from {@linkcode createNhdToHnd}. */
+export interface NhdToHnd extends KvLayoutKernel {
+  /**
+   * Validates `jobs` (a job without `head` moves every head of its slot)
+   * and uploads them into a new plan: job `j` writes run `runBase + j`.
+   */
+  plan(jobs: readonly SlotHeadJob[], options?: NhdToHndPlanOptions): NhdToHndPlan;
+}
+
+/** A planned NHD -> HND conversion, from {@linkcode NhdToHnd.plan}. */
+export interface NhdToHndPlan extends KvLayoutPlan {
+  /**
+   * Replaces the jobs (a failed update keeps the old ones); written with
+   * `queue.writeBuffer`, so submit the work encoded under the old jobs first.
+   */
+  update(jobs: readonly SlotHeadJob[], options?: NhdToHndPlanOptions): void;
+}
+
+/** The HND -> NHD scatter for one shape, from {@linkcode createHndToNhd}. */
+export interface HndToNhd extends KvLayoutKernel {
+  /** Validates `jobs` (no (slot, head) twice) and uploads them into a new plan. */
+  plan(jobs: readonly RunSlotHeadJob[]): HndToNhdPlan;
+}
+
+/** A planned HND -> NHD scatter, from {@linkcode HndToNhd.plan}. */
+export interface HndToNhdPlan extends KvLayoutPlan {
+  /**
+   * Replaces the jobs (a failed update keeps the old ones); written with
+   * `queue.writeBuffer`, so submit the work encoded under the old jobs first.
+   */
+  update(jobs: readonly RunSlotHeadJob[]): void;
+}
+
+const WORKGROUP = 256;
+
+/** A validated job table: `words` u32 per job, the run base and the largest slot and run. */
+interface JobTable {
+  table: Uint32Array<ArrayBuffer>;
+  count: number;
+  runBase: number;
+  maxSlot: number;
+  /** Largest run read or written, -1 without jobs. */
+  maxRun: number;
+}
+
+function assertJobArray(jobs: unknown, action: string): asserts jobs is ArrayLike<unknown> {
+  if (!Array.isArray(jobs)) {
+    throw new TypeError(
+      `Cannot ${action} as 'jobs' must be an array: received ${describeValue(jobs)}`,
     );
   }
 }
 
-// Shared state of both plan classes (composition keeps it out of the public API).
-class PlanCore {
-  readonly #device: GPUDevice;
-  readonly #label: string;
-  readonly #pipeline: GPUComputePipeline;
-  readonly #uniform: GPUBuffer;
-  readonly #jobWords: number;
-  #jobs: GPUBuffer | null = null;
-  #jobCapacity = 0;
-  #numJobs = 0;
-  #bindGroup: GPUBindGroup | null = null;
-  #bindGroups = new Map<GPUBuffer, { v: GPUBuffer; runs: GPUBuffer; group: GPUBindGroup }>();
-  #disposed = false;
-  readonly shape: KvLayoutShape;
-  readonly sizes: KvLayoutSizes;
+const GATHER_ACTION = "plan an NHD to HND conversion";
+const SCATTER_ACTION = "plan an HND to NHD scatter";
+
+// Expands head-less jobs to one (slot, head) pair per head: (slot, head) words per job.
+function gatherTable(
+  jobs: readonly SlotHeadJob[],
+  kvHeads: number,
+  options: NhdToHndPlanOptions = {},
+): JobTable {
+  const action = GATHER_ACTION;
+  assertJobArray(jobs, action);
+  const runBase = options.runBase ?? 0;
+  assertInteger("runBase", runBase, action, 0);
+  const words: number[] = [];
+  let maxSlot = -1;
+  for (let j = 0; j < jobs.length; j++) {
+    const job = jobs[j];
+    assertInteger(`jobs[${j}].slot`, job?.slot, action, 0, 0xffffffff);
+    if (job.head === undefined) {
+      for (let head = 0; head < kvHeads; head++) words.push(job.slot, head);
+    } else {
+      assertInteger(`jobs[${j}].head`, job.head, action, 0, kvHeads - 1);
+      words.push(job.slot, job.head);
+    }
+    maxSlot = Math.max(maxSlot, job.slot);
+  }
+  const count = words.length / 2;
+  return { table: new Uint32Array(words), count, runBase, maxSlot, maxRun: runBase + count - 1 };
+}
+
+// (run, slot, head, 0) words per job; no (slot, head) twice.
+function scatterTable(jobs: readonly RunSlotHeadJob[], kvHeads: number): JobTable {
+  const action = SCATTER_ACTION;
+  assertJobArray(jobs, action);
+  const table = new Uint32Array(jobs.length * 4);
+  const seen = new Set<number>();
+  let maxSlot = -1, maxRun = -1;
+  for (let j = 0; j < jobs.length; j++) {
+    const job = jobs[j];
+    assertInteger(`jobs[${j}].run`, job?.run, action, 0, 0xffffffff);
+    assertInteger(`jobs[${j}].slot`, job.slot, action, 0, 0xffffffff);
+    assertInteger(`jobs[${j}].head`, job.head, action, 0, kvHeads - 1);
+    const key = job.slot * kvHeads + job.head;
+    if (seen.has(key)) {
+      throw new RangeError(
+        `Cannot ${action} as each (slot, head) may be written once: received slot ${job.slot} head ${job.head} twice`,
+      );
+    }
+    seen.add(key);
+    table.set([job.run, job.slot, job.head, 0], 4 * j);
+    maxSlot = Math.max(maxSlot, job.slot);
+    maxRun = Math.max(maxRun, job.run);
+  }
+  return { table, count: jobs.length, runBase: 0, maxSlot, maxRun };
+}
+
+// The kernel of one direction: pipeline and shape, shared by its plans.
+class LayoutKernel<J> implements KvLayoutKernel {
+  readonly device: GPUDevice;
+  readonly label: string;
+  readonly pipeline: GPUComputePipeline;
+  readonly shape: Readonly<KvLayoutShape>;
+  readonly sizes: Readonly<KvLayoutSizes>;
   readonly lanes: number;
   readonly unroll: number;
+  /** Verb of encode errors. */
+  readonly action: string;
+  /** Builds the job table of a job list. */
+  readonly tableOf: (jobs: readonly J[], options?: NhdToHndPlanOptions) => JobTable;
+  #disposed = false;
 
   constructor(
     device: GPUDevice,
-    options: LayoutPlanOptions,
+    options: KvLayoutOptions,
     kind: string,
     source: string,
-    jobWords: number,
+    tableOf: (jobs: readonly J[], kvHeads: number, options?: NhdToHndPlanOptions) => JobTable,
   ) {
     assertDevice(device, "convert the KV layout");
-    const action = `create a ${kind} plan`;
-    this.sizes = kvLayoutSizes(options, action);
-    this.shape = {
+    this.sizes = Object.freeze(kvLayoutSizes(options, `create a ${kind} kernel`));
+    this.shape = Object.freeze({
       pageSize: options.pageSize,
       kvHeads: options.kvHeads,
       headDim: options.headDim,
       dtype: options.dtype,
-    };
-    this.#device = device;
-    this.#label = options.label ?? `freekv ${kind}`;
-    this.#jobWords = jobWords;
+    });
+    this.device = device;
+    this.label = options.label ?? `freekv ${kind}`;
+    this.action = `encode a ${kind} conversion`;
+    this.tableOf = (jobs, opts) => tableOf(jobs, options.kvHeads, opts);
     this.lanes = this.sizes.rowBytes % 16 === 0 ? 4 : 1;
     const word = this.lanes === 4 ? "vec4<u32>" : "u32";
     const rowWords = this.sizes.rowBytes / 4 / this.lanes;
     this.unroll = [4, 2, 1].find((u) => rowWords % u === 0)!;
-    this.#pipeline = cachedPipeline(
+    this.pipeline = cachedPipeline(
       device,
       `${kind}:${word}`,
       `alias Word = ${word};\n${source}`,
@@ -237,169 +330,165 @@ class PlanCore {
         UNROLL: this.unroll,
       },
     );
-    this.#uniform = createTrackedBuffer(device, {
-      label: `${this.#label} uniforms`,
-      size: 32,
-      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-    });
+  }
+
+  checkAlive(action: string): void {
+    if (this.#disposed) throw disposedError(action, "layout kernel");
+  }
+
+  [Symbol.dispose](): void {
+    this.#disposed = true;
+  }
+}
+
+class LayoutPlan<J> implements KvLayoutPlan {
+  #kernel: LayoutKernel<J>;
+  #uniform: GPUBuffer;
+  #jobs: GrowableBuffer;
+  #table!: JobTable;
+  // Keyed by the caller's buffers: an offloader cycles one plan through every layer.
+  #bindings = new BindGroupCache(64);
+  #disposed = false;
+
+  constructor(kernel: LayoutKernel<J>, table: JobTable) {
+    this.#kernel = kernel;
+    this.#uniform = createBuffer(
+      kernel.device,
+      `${kernel.label} uniforms`,
+      GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+      32,
+    );
+    this.#jobs = new GrowableBuffer(
+      kernel.device,
+      `${kernel.label} jobs`,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    );
+    this.#write(table);
   }
 
   get numJobs(): number {
-    return this.#numJobs;
+    return this.#table.count;
   }
 
-  checkAlive(action: string) {
-    if (this.#disposed) throw new TypeError(`Cannot ${action} as the plan was disposed`);
+  #write(table: JobTable): void {
+    const queue = this.#kernel.device.queue;
+    if (this.#jobs.ensure(Math.max(16, table.table.byteLength))) this.#bindings.clear();
+    if (table.count > 0) {
+      queue.writeBuffer(this.#jobs.buffer, 0, table.table);
+      queue.writeBuffer(this.#uniform, 0, new Uint32Array([table.count, table.runBase, 0, 0]));
+    }
+    this.#table = table;
   }
 
-  checkBuffers(buffers: NhdCacheBuffers & { runs: GPUBuffer }, action: string): number {
+  update(jobs: readonly J[], options?: NhdToHndPlanOptions): void {
+    if (this.#disposed) throw disposedError(this.#kernel.action, "plan");
+    this.#write(this.#kernel.tableOf(jobs, options));
+  }
+
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: LayoutBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
+    const k = this.#kernel;
+    const action = k.action;
+    if (this.#disposed) throw disposedError(action, "plan");
     if (buffers === null || typeof buffers !== "object") {
       throw new TypeError(
         `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
       );
     }
-    const limit = this.#device.limits.maxStorageBufferBindingSize;
-    assertBindableStorage("kCache", buffers.kCache, action, limit);
-    assertBindableStorage("vCache", buffers.vCache, action, limit);
-    assertBindableStorage("runs", buffers.runs, action, limit);
-    return Math.min(
-      slotsIn(buffers.kCache, this.sizes.slotBytes),
-      slotsIn(buffers.vCache, this.sizes.slotBytes),
+    const limit = k.device.limits.maxStorageBufferBindingSize;
+    for (const name of ["kCache", "vCache", "runs"] as const) {
+      const buffer = buffers[name];
+      assertStorageBuffer(name, buffer, action);
+      if (buffer.size > limit) {
+        throw new RangeError(
+          `Cannot ${action} as '${name}' must be at most maxStorageBufferBindingSize (${limit} bytes): received ${buffer.size} bytes`,
+        );
+      }
+    }
+    const { slotBytes, runBytes } = k.sizes;
+    const slots = Math.floor(Math.min(buffers.kCache.size, buffers.vCache.size) / slotBytes);
+    const table = this.#table;
+    if (table.maxSlot >= slots) {
+      throw new RangeError(
+        `Cannot ${action} as every job's 'slot' must be below the ${slots} slots of 'kCache' and 'vCache': received ${table.maxSlot}`,
+      );
+    }
+    const runs = Math.floor(buffers.runs.size / runBytes);
+    if (table.maxRun >= runs) {
+      throw new RangeError(
+        `Cannot ${action} as 'runs' must hold runs up to ${table.maxRun} (${runBytes} bytes each): received ${buffers.runs.size} bytes`,
+      );
+    }
+    if (table.count === 0) return;
+    const { kCache, vCache, runs: runsBuffer } = buffers;
+    const bindGroup = this.#bindings.get(
+      [kCache, vCache, runsBuffer],
+      () =>
+        k.device.createBindGroup({
+          label: `${k.label} bind group`,
+          layout: k.pipeline.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { buffer: this.#uniform } },
+            { binding: 1, resource: { buffer: kCache } },
+            { binding: 2, resource: { buffer: vCache } },
+            { binding: 3, resource: { buffer: this.#jobs.buffer } },
+            { binding: 4, resource: { buffer: runsBuffer } },
+          ],
+        }),
     );
-  }
-
-  upload(
-    buffers: NhdCacheBuffers & { runs: GPUBuffer },
-    table: Uint32Array<ArrayBuffer>,
-    count: number,
-    runBase: number,
-  ) {
-    const device = this.#device;
-    if (count > this.#jobCapacity) {
-      this.#jobs?.destroy();
-      this.#jobCapacity = Math.max(64, 2 ** Math.ceil(Math.log2(count)));
-      this.#jobs = createTrackedBuffer(device, {
-        label: `${this.#label} jobs`,
-        size: this.#jobCapacity * this.#jobWords * 4,
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      });
-      this.#bindGroups.clear();
-    }
-    this.#numJobs = count;
-    if (count === 0) return;
-    device.queue.writeBuffer(this.#jobs!, 0, table, 0, count * this.#jobWords);
-    device.queue.writeBuffer(this.#uniform, 0, new Uint32Array([count, runBase, 0, 0]));
-    let entry = this.#bindGroups.get(buffers.kCache);
-    if (!entry || entry.v !== buffers.vCache || entry.runs !== buffers.runs) {
-      if (this.#bindGroups.size >= 64) this.#bindGroups.clear();
-      const group = device.createBindGroup({
-        label: `${this.#label} bind group`,
-        layout: this.#pipeline.getBindGroupLayout(0),
-        entries: [
-          { binding: 0, resource: { buffer: this.#uniform } },
-          { binding: 1, resource: { buffer: buffers.kCache } },
-          { binding: 2, resource: { buffer: buffers.vCache } },
-          { binding: 3, resource: { buffer: this.#jobs! } },
-          { binding: 4, resource: { buffer: buffers.runs } },
-        ],
-      });
-      entry = { v: buffers.vCache, runs: buffers.runs, group };
-      this.#bindGroups.set(buffers.kCache, entry);
-    }
-    this.#bindGroup = entry.group;
-  }
-
-  encode(encoder: GPUCommandEncoder): void {
-    this.checkAlive("encode a layout conversion");
-    if (this.#numJobs === 0 || !this.#bindGroup) return;
-    const threads = this.#numJobs * this.sizes.runBytes / 4 / this.lanes / this.unroll;
+    const threads = table.count * runBytes / 4 / k.lanes / k.unroll;
     const groups = Math.ceil(threads / WORKGROUP);
-    const maxDim = this.#device.limits.maxComputeWorkgroupsPerDimension;
-    const x = Math.min(groups, maxDim);
-    const y = Math.ceil(groups / x);
-    const pass = encoder.beginComputePass({ label: `${this.#label} pass` });
-    pass.setPipeline(this.#pipeline);
-    pass.setBindGroup(0, this.#bindGroup);
-    pass.dispatchWorkgroups(x, y);
+    const x = Math.min(groups, k.device.limits.maxComputeWorkgroupsPerDimension);
+    const ts = options.timestampWrites;
+    const pass = encoder.beginComputePass({
+      label: `${k.label} pass`,
+      timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
+    });
+    pass.setPipeline(k.pipeline);
+    pass.setBindGroup(0, bindGroup);
+    pass.dispatchWorkgroups(x, Math.ceil(groups / x));
     pass.end();
   }
 
-  dispose(): void {
-    this.#disposed = true;
-    this.#jobs?.destroy();
-    this.#uniform.destroy();
-    this.#jobs = null;
-    this.#bindGroup = null;
-    this.#bindGroups.clear();
-  }
-}
-
-function assertJobArray(jobs: unknown, action: string): asserts jobs is ArrayLike<unknown> {
-  if (!Array.isArray(jobs)) {
-    throw new TypeError(
-      `Cannot ${action} as 'jobs' must be an array: received ${describeValue(jobs)}`,
-    );
-  }
-}
-
-// The conversion plans share everything but their job tables; the core is
-// kept out of the public types.
-const cores = new WeakMap<LayoutPlan, PlanCore>();
-function coreOf(plan: LayoutPlan): PlanCore {
-  return cores.get(plan)!;
-}
-
-/** What both layout-conversion plans share: shape, sizes, encode, dispose. */
-export abstract class LayoutPlan {
-  /** Registers the plan's core. */
-  protected constructor(core: unknown) {
-    cores.set(this, core as PlanCore);
-  }
-
-  /** The shape this plan converts. */
-  get shape(): KvLayoutShape {
-    return coreOf(this).shape;
-  }
-
-  /** Sizes derived from the shape. */
-  get sizes(): KvLayoutSizes {
-    return coreOf(this).sizes;
-  }
-
-  /** 32-bit words moved per invocation: 4 when a row is a multiple of 16 bytes, else 1. */
-  get lanes(): number {
-    return coreOf(this).lanes;
-  }
-
-  /** Jobs recorded by the last `set`. */
-  get numJobs(): number {
-    return coreOf(this).numJobs;
-  }
-
-  /**
-   * Records the dispatch for the jobs of the last `set` into `encoder`
-   * (nothing when there are none). Submit the encoder before the next `set`
-   * on this plan: `set` writes the job table through the queue.
-   */
-  encode(encoder: GPUCommandEncoder): void {
-    coreOf(this).encode(encoder);
-  }
-
-  /** Destroys the plan's own buffers (not the caller's). */
   [Symbol.dispose](): void {
-    coreOf(this).dispose();
+    if (this.#disposed) return;
+    this.#disposed = true;
+    this.#uniform.destroy();
+    this.#jobs[Symbol.dispose]();
+    this.#bindings.clear();
+  }
+}
+
+class NhdToHndKernel extends LayoutKernel<SlotHeadJob> implements NhdToHnd {
+  plan(jobs: readonly SlotHeadJob[], options?: NhdToHndPlanOptions): NhdToHndPlan {
+    this.checkAlive(GATHER_ACTION);
+    return new LayoutPlan(this, this.tableOf(jobs, options));
+  }
+}
+
+class HndToNhdKernel extends LayoutKernel<RunSlotHeadJob> implements HndToNhd {
+  plan(jobs: readonly RunSlotHeadJob[]): HndToNhdPlan {
+    this.checkAlive(SCATTER_ACTION);
+    return new LayoutPlan(this, this.tableOf(jobs));
   }
 }
 
 /**
- * Converts NHD cache slots to HND runs on the GPU: job `j = {slot, head}`
- * writes run `runBase + j` of the runs buffer as `[K: P x d][V: P x d]`.
+ * Creates the NHD -> HND conversion for one shape: job `j = {slot, head}`
+ * of a plan writes run `runBase + j` of the runs buffer as
+ * `[K: P x d][V: P x d]`.
+ *
+ * @throws {TypeError} When `device` is not a GPUDevice or `dtype` is unknown.
+ * @throws {RangeError} When a size is out of range or an f16 `headDim` is odd.
  *
  * @example
  * ```ts
  * import { requestGpu } from "../gpu/device.ts";
  * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
- * import { NhdToHndPlan } from "./layout.ts";
+ * import { createNhdToHnd } from "./layout.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;
  * const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
@@ -407,204 +496,45 @@ export abstract class LayoutPlan {
  * const kCache = createBuffer(device, "k", usage, new Float32Array([1, 2, 3, 4]));
  * const vCache = createBuffer(device, "v", usage, new Float32Array([5, 6, 7, 8]));
  * const runs = createBuffer(device, "runs", usage, 16);
- * using plan = new NhdToHndPlan(device, { pageSize: 1, kvHeads: 2, headDim: 2, dtype: "f32" });
- * plan.set({ kCache, vCache, runs }, [{ slot: 0, head: 1 }]);
+ * using gather = createNhdToHnd(device, { pageSize: 1, kvHeads: 2, headDim: 2, dtype: "f32" });
+ * using plan = gather.plan([{ slot: 0, head: 1 }]);
  * const encoder = device.createCommandEncoder();
- * plan.encode(encoder);
+ * plan.encode(encoder, { kCache, vCache, runs });
  * device.queue.submit([encoder.finish()]);
  * console.log([...new Float32Array(await readBuffer(device, runs))]); // [3, 4, 7, 8]
  * ```
  */
-export class NhdToHndPlan extends LayoutPlan {
-  /** Creates the plan (pipeline, uniforms) for one shape. */
-  constructor(device: GPUDevice, options: LayoutPlanOptions) {
-    super(new PlanCore(device, options, "layout nhd->hnd", nhdToHndSource, 2));
-  }
-
-  /**
-   * Sets the buffers and jobs of the next `encode`. Checks every job before
-   * writing anything: slot inside both caches, head in range, runs fit. A
-   * job without `head` writes every head of its slot, one run each.
-   */
-  set(
-    buffers: NhdToHndBuffers,
-    jobs: readonly SlotHeadJob[],
-    options: NhdToHndSetOptions = {},
-  ): void {
-    const action = "plan an NHD to HND conversion";
-    coreOf(this).checkAlive(action);
-    const slots = coreOf(this).checkBuffers(buffers, action);
-    assertJobArray(jobs, action);
-    const runBase = options.runBase ?? 0;
-    assertInteger("runBase", runBase, action, 0);
-    const pairs = expandJobs(jobs, this.shape.kvHeads, slots, action);
-    const runCapacity = Math.floor(buffers.runs.size / coreOf(this).sizes.runBytes);
-    if (runBase + pairs.length > runCapacity) {
-      throw new RangeError(
-        `Cannot ${action} as 'runs' must hold runBase + ${pairs.length} runs of ${this.sizes.runBytes} bytes: received ${buffers.runs.size} bytes`,
-      );
-    }
-    const table = new Uint32Array(pairs.length * 2);
-    pairs.forEach(({ slot, head }, j) => {
-      table[2 * j] = slot;
-      table[2 * j + 1] = head;
-    });
-    coreOf(this).upload(buffers, table, pairs.length, runBase);
-  }
+export function createNhdToHnd(device: GPUDevice, options: KvLayoutOptions): NhdToHnd {
+  return new NhdToHndKernel(device, options, "layout nhd->hnd", nhdToHndSource, gatherTable);
 }
 
 /**
- * Scatters HND runs into NHD cache slots on the GPU (the recall scatter):
- * job `{run, slot, head}` copies run `run` of the runs buffer into kvHead
- * `head` of slot `slot` of `kCache`/`vCache`.
+ * Creates the HND -> NHD scatter for one shape (the recall scatter): job
+ * `{run, slot, head}` of a plan copies run `run` of the runs buffer into
+ * kvHead `head` of slot `slot` of `kCache`/`vCache`.
+ *
+ * @throws {TypeError} When `device` is not a GPUDevice or `dtype` is unknown.
+ * @throws {RangeError} When a size is out of range or an f16 `headDim` is odd.
  *
  * @example
  * ```ts
  * import { requestGpu } from "../gpu/device.ts";
  * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
- * import { HndToNhdPlan } from "./layout.ts";
+ * import { createHndToNhd } from "./layout.ts";
  * using gpu = await requestGpu();
  * const { device } = gpu;
  * const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
  * const runs = createBuffer(device, "runs", usage, new Float32Array([3, 4, 7, 8]));
  * const kCache = createBuffer(device, "k", usage, 16);
  * const vCache = createBuffer(device, "v", usage, 16);
- * using plan = new HndToNhdPlan(device, { pageSize: 1, kvHeads: 2, headDim: 2, dtype: "f32" });
- * plan.set({ kCache, vCache, runs }, [{ run: 0, slot: 0, head: 1 }]);
+ * using scatter = createHndToNhd(device, { pageSize: 1, kvHeads: 2, headDim: 2, dtype: "f32" });
+ * using plan = scatter.plan([{ run: 0, slot: 0, head: 1 }]);
  * const encoder = device.createCommandEncoder();
- * plan.encode(encoder);
+ * plan.encode(encoder, { kCache, vCache, runs });
  * device.queue.submit([encoder.finish()]);
  * console.log([...new Float32Array(await readBuffer(device, kCache))]); // [0, 0, 3, 4]
  * ```
  */
-export class HndToNhdPlan extends LayoutPlan {
-  /** Creates the plan (pipeline, uniforms) for one shape. */
-  constructor(device: GPUDevice, options: LayoutPlanOptions) {
-    super(new PlanCore(device, options, "layout hnd->nhd", hndToNhdSource, 4));
-  }
-
-  /**
-   * Sets the buffers and jobs of the next `encode`. Checks every job before
-   * writing anything: run inside `runs`, slot inside both caches, head in
-   * range, no (slot, head) twice.
-   */
-  set(buffers: HndToNhdBuffers, jobs: readonly RunSlotHeadJob[]): void {
-    const action = "plan an HND to NHD scatter";
-    coreOf(this).checkAlive(action);
-    const slots = coreOf(this).checkBuffers(buffers, action);
-    assertJobArray(jobs, action);
-    const runCapacity = Math.floor(buffers.runs.size / this.sizes.runBytes);
-    const table = new Uint32Array(jobs.length * 4);
-    const seen = new Set<number>();
-    const heads = coreOf(this).shape.kvHeads;
-    for (let j = 0; j < jobs.length; j++) {
-      const job = jobs[j];
-      assertInteger(`jobs[${j}].run`, job?.run, action, 0, runCapacity - 1);
-      assertInteger(`jobs[${j}].slot`, job.slot, action, 0, slots - 1);
-      assertInteger(`jobs[${j}].head`, job.head, action, 0, heads - 1);
-      const key = job.slot * heads + job.head;
-      if (seen.has(key)) {
-        throw new RangeError(
-          `Cannot ${action} as each (slot, head) may be written once: received slot ${job.slot} head ${job.head} twice`,
-        );
-      }
-      seen.add(key);
-      table.set([job.run, job.slot, job.head, 0], 4 * j);
-    }
-    coreOf(this).upload(buffers, table, jobs.length, 0);
-  }
-}
-
-/** Host copies of one layer's NHD caches (`[slot][token][kvHead][d]`). */
-export interface NhdCacheArrays {
-  /** Keys. */
-  kCache: KvArray;
-  /** Values. */
-  vCache: KvArray;
-}
-
-/** Options of {@linkcode hndToNhdReference}. */
-export interface HndToNhdReferenceOptions extends KvLayoutShape {
-  /** The jobs, as for {@linkcode HndToNhdPlan.set}. */
-  jobs: readonly RunSlotHeadJob[];
-}
-
-// Integer view of a KV array, so copies keep every bit (NaN payloads too).
-function bits(array: KvArray): Uint16Array | Uint32Array {
-  return array instanceof Float32Array
-    ? new Uint32Array(array.buffer, array.byteOffset, array.length)
-    : new Uint16Array(array.buffer, array.byteOffset, array.length);
-}
-
-/**
- * CPU reference of {@linkcode NhdToHndPlan}: returns the runs of `jobs`
- * (`[job][K: P x d][V: P x d]`), copied bit for bit from the host caches.
- *
- * @example
- * ```ts
- * import { nhdToHndReference } from "./layout.ts";
- * const kCache = new Float32Array([1, 2, 3, 4]), vCache = new Float32Array([5, 6, 7, 8]);
- * const shape = { pageSize: 1, kvHeads: 2, headDim: 2, dtype: "f32" } as const;
- * console.log([...nhdToHndReference({ kCache, vCache }, [{ slot: 0, head: 1 }], shape)]);
- * // [3, 4, 7, 8]
- * ```
- */
-export function nhdToHndReference(
-  caches: NhdCacheArrays,
-  jobs: readonly SlotHeadJob[],
-  shape: KvLayoutShape,
-): KvArray {
-  const { pageElements, runElements } = kvLayoutSizes(shape, "run the NHD to HND reference");
-  const { pageSize: P, kvHeads: H, headDim: d } = shape;
-  const pairs = jobs.flatMap(({ slot, head }) =>
-    head === undefined ? [...Array(H).keys()].map((h) => ({ slot, head: h })) : [{ slot, head }]
-  );
-  const out = shape.dtype === "f16"
-    ? new Float16Array(pairs.length * runElements)
-    : new Float32Array(pairs.length * runElements);
-  const dst = bits(out), k = bits(caches.kCache), v = bits(caches.vCache);
-  for (let j = 0; j < pairs.length; j++) {
-    const { slot, head } = pairs[j];
-    for (let t = 0; t < P; t++) {
-      for (let i = 0; i < d; i++) {
-        const src = ((slot * P + t) * H + head) * d + i;
-        dst[j * runElements + t * d + i] = k[src];
-        dst[j * runElements + pageElements + t * d + i] = v[src];
-      }
-    }
-  }
-  return out;
-}
-
-/**
- * CPU reference of {@linkcode HndToNhdPlan}: copies each job's run of
- * `runs` into the host caches, bit for bit, in place.
- *
- * @example
- * ```ts
- * import { hndToNhdReference } from "./layout.ts";
- * const kCache = new Float32Array(4), vCache = new Float32Array(4);
- * hndToNhdReference(new Float32Array([3, 4, 7, 8]), { kCache, vCache }, {
- *   pageSize: 1, kvHeads: 2, headDim: 2, dtype: "f32", jobs: [{ run: 0, slot: 0, head: 1 }],
- * });
- * console.log([...kCache], [...vCache]); // [0, 0, 3, 4] [0, 0, 7, 8]
- * ```
- */
-export function hndToNhdReference(
-  runs: KvArray,
-  caches: NhdCacheArrays,
-  options: HndToNhdReferenceOptions,
-): void {
-  const { pageElements, runElements } = kvLayoutSizes(options, "run the HND to NHD reference");
-  const { pageSize: P, kvHeads: H, headDim: d } = options;
-  const src = bits(runs), k = bits(caches.kCache), v = bits(caches.vCache);
-  for (const { run, slot, head } of options.jobs) {
-    for (let t = 0; t < P; t++) {
-      for (let i = 0; i < d; i++) {
-        const dst = ((slot * P + t) * H + head) * d + i;
-        k[dst] = src[run * runElements + t * d + i];
-        v[dst] = src[run * runElements + pageElements + t * d + i];
-      }
-    }
-  }
+export function createHndToNhd(device: GPUDevice, options: KvLayoutOptions): HndToNhd {
+  return new HndToNhdKernel(device, options, "layout hnd->nhd", hndToNhdSource, scatterTable);
 }

@@ -1,13 +1,24 @@
 /**
  * The kernels, one file each with its CPU reference beside it in
- * `*_reference.ts` and its WGSL in `shaders/`. The kernel contract
- * (attention, KV append, query similarity and the page-table builder follow
- * it; summaries, selection, layout and the roofline are moving to it):
- * `createX(device, shape)` validates the shape; `plan(...)` validates a step's sizes on the CPU and uploads them,
- * returning a reusable plan (`update(...)`, `[Symbol.dispose]`); and
- * `plan.encode(encoder, buffers, { timestampWrites })` only records into the
- * caller's `GPUCommandEncoder`. Inputs the GPU produces (page tables, flags)
- * are passed as buffers.
+ * `*_reference.ts` and its WGSL in `shaders/`. Every kernel (attention, KV
+ * append, page summaries, page selection, query similarity, the page-table
+ * builder, the NHD <-> HND layout conversions and the streaming-read
+ * roofline) follows one contract:
+ *
+ * - `createX(device, shape)` validates the shape and compiles the pipeline
+ *   (cached per device);
+ * - `x.plan(...)` validates a step's sizes on the CPU (`TypeError` /
+ *   `RangeError` before any GPU work) and uploads them into a plan that owns
+ *   its uniforms and job tables, so that several plans of one kernel can be
+ *   recorded into one submission; `plan.update(...)` re-plans it and
+ *   `plan[Symbol.dispose]()` frees it;
+ * - `plan.encode(encoder, buffers, { timestampWrites })` checks the buffers
+ *   and only records into the caller's `GPUCommandEncoder`.
+ *
+ * Inputs the GPU produces (page tables, flags, selections) are passed as
+ * buffers. One-shot helpers over typed arrays (`pagedAttention`,
+ * `summarizePages`, `selectPages`, `querySimilarity`,
+ * `measureReadBandwidth`) sit on top.
  *
  * @module
  */
@@ -76,7 +87,31 @@ export {
   type QuerySimilarityStep,
 } from "./similarity.ts";
 export { querySimilarityReference } from "./similarity_reference.ts";
-export * from "./layout.ts";
+export {
+  createHndToNhd,
+  createNhdToHnd,
+  type HndToNhd,
+  type HndToNhdPlan,
+  type KvLayoutKernel,
+  type KvLayoutOptions,
+  type KvLayoutPlan,
+  type KvLayoutShape,
+  type KvLayoutSizes,
+  kvLayoutSizes,
+  type LayoutBuffers,
+  type NhdCacheBuffers,
+  type NhdToHnd,
+  type NhdToHndPlan,
+  type NhdToHndPlanOptions,
+  type RunSlotHeadJob,
+  type SlotHeadJob,
+} from "./layout.ts";
+export {
+  hndToNhdReference,
+  type HndToNhdReferenceOptions,
+  type NhdCacheArrays,
+  nhdToHndReference,
+} from "./layout_reference.ts";
 export * from "./page_table.ts";
 export * from "./page_table_reference.ts";
 export * from "./roofline.ts";

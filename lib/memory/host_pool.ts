@@ -17,8 +17,14 @@
  *
  * @module
  */
-import { allocKvArray, bytesPerElement, KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
-import { assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
+import {
+  allocKvArray,
+  bytesPerElement,
+  KV_DTYPES,
+  type KvArray,
+  type KvDtype,
+} from "../gpu/dtype.ts";
+import { assertInteger, assertOneOf, describeValue, disposedError } from "../gpu/errors.ts";
 
 /** Host layout of a {@linkcode HostPagePool}. */
 export type HostPoolLayout = "hnd" | "nhd";
@@ -173,7 +179,7 @@ export class HostPagePool {
 
   #checkAlive(action: string) {
     if (this.#disposed) {
-      throw new TypeError(`Cannot ${action} as the host page pool was disposed`);
+      throw disposedError(action, "host page pool");
     }
   }
 

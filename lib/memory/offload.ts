@@ -16,8 +16,14 @@
  * @module
  */
 import type { HostPagePool, PageKey } from "./host_pool.ts";
-import { type KvLayoutSizes, kvLayoutSizes, NhdToHndPlan } from "../kernels/layout.ts";
-import { assertDevice, assertInteger, describeValue } from "../gpu/errors.ts";
+import {
+  createNhdToHnd,
+  type KvLayoutSizes,
+  kvLayoutSizes,
+  type NhdToHnd,
+  type NhdToHndPlan,
+} from "../kernels/layout.ts";
+import { assertDevice, assertInteger, describeValue, disposedError } from "../gpu/errors.ts";
 import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** One page to offload: `page` (global index) sits in `slot` of the cache. */
@@ -135,6 +141,7 @@ export class Offloader {
   readonly #pool: HostPagePool;
   readonly #label: string;
   readonly #sizes: KvLayoutSizes;
+  #convert?: NhdToHnd;
   readonly #maxRuns: number;
   #free: RingEntry[] = [];
   #all: RingEntry[] = [];
@@ -168,7 +175,7 @@ export class Offloader {
    */
   encode(encoder: GPUCommandEncoder, request: OffloadRequest): OffloadHandle {
     const action = "encode an offload";
-    if (this.#disposed) throw new TypeError(`Cannot ${action} as the offloader was disposed`);
+    if (this.#disposed) throw disposedError(action, "offloader");
     if (request === null || typeof request !== "object") {
       throw new TypeError(
         `Cannot ${action} as 'request' must be an object: received ${describeValue(request)}`,
@@ -221,8 +228,12 @@ export class Offloader {
     for (let start = 0; start < work.length; start += this.#maxRuns) {
       const slice = work.slice(start, start + this.#maxRuns);
       const entry = this.#take(slice.length);
-      entry.plan.set({ kCache: request.kCache, vCache: request.vCache, runs: entry.runs }, slice);
-      entry.plan.encode(encoder);
+      entry.plan.update(slice);
+      entry.plan.encode(encoder, {
+        kCache: request.kCache,
+        vCache: request.vCache,
+        runs: entry.runs,
+      });
       encoder.copyBufferToBuffer(
         entry.runs,
         0,
@@ -249,6 +260,17 @@ export class Offloader {
     return { done, pages: work.length, bytes };
   }
 
+  #convertKernel(): NhdToHnd {
+    this.#convert ??= createNhdToHnd(this.#device, {
+      pageSize: this.#pool.pageSize,
+      kvHeads: this.#pool.kvHeads,
+      headDim: this.#pool.headDim,
+      dtype: this.#pool.dtype,
+      label: `${this.#label} convert`,
+    });
+    return this.#convert;
+  }
+
   #take(runs: number): RingEntry {
     let best = -1;
     for (let i = 0; i < this.#free.length; i++) {
@@ -271,13 +293,7 @@ export class Offloader {
         size,
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       }),
-      plan: new NhdToHndPlan(this.#device, {
-        pageSize: this.#pool.pageSize,
-        kvHeads: this.#pool.kvHeads,
-        headDim: this.#pool.headDim,
-        dtype: this.#pool.dtype,
-        label: `${this.#label} convert ${n}`,
-      }),
+      plan: this.#convertKernel().plan([]),
     };
     this.#all.push(entry);
     return entry;
@@ -380,8 +396,9 @@ export class Offloader {
       e.read.destroy();
       e.plan[Symbol.dispose]();
     }
+    this.#convert?.[Symbol.dispose]();
     for (const p of this.#encoded) {
-      p.reject(new TypeError("Cannot finish the offload as the offloader was disposed"));
+      p.reject(disposedError("finish the offload", "offloader"));
     }
     this.#encoded = [];
     this.#all = [];

@@ -25,15 +25,15 @@
  * @module
  */
 import type { HostPagePool } from "./host_pool.ts";
+import { type KvLayoutSizes, kvLayoutSizes, type NhdCacheBuffers } from "../kernels/layout.ts";
+import { type Chunk, type RecallState, StagingRing } from "./recall_staging.ts";
 import {
-  HndToNhdPlan,
-  type KvLayoutSizes,
-  kvLayoutSizes,
-  type NhdCacheBuffers,
-  type RunSlotHeadJob,
-} from "../kernels/layout.ts";
-import { assertDevice, assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
-import { createTrackedBuffer } from "../gpu/tracking.ts";
+  assertDevice,
+  assertInteger,
+  assertOneOf,
+  describeValue,
+  disposedError,
+} from "../gpu/errors.ts";
 
 /** One page to recall: (layer, head, page) of the pool into `slot` of the layer's cache. */
 export interface RecallJob {
@@ -146,43 +146,6 @@ export interface RecallerStats {
   inFlight: number;
 }
 
-interface RecallState {
-  stats: RecallStats;
-  t0: number;
-  chunksLeft: number;
-  failed: boolean;
-  submitted: Promise<void>;
-  resolveSubmitted: () => void;
-  rejectSubmitted: (e: unknown) => void;
-  // Created on first access of `handle.done`: finding out that the GPU is
-  // done blocks the thread in Deno, so it is done only when asked for.
-  done: Promise<RecallStats> | null;
-}
-
-interface Segment {
-  layer: number;
-  caches: NhdCacheBuffers;
-  jobs: RecallJob[];
-}
-
-interface Chunk {
-  state: RecallState;
-  segments: Segment[];
-  runs: number;
-  fragmented: boolean;
-}
-
-interface Slot {
-  index: number;
-  map: GPUBuffer | null;
-  gpu: GPUBuffer | null;
-  capacity: number;
-  plans: HndToNhdPlan[];
-  ready: Promise<unknown>;
-  // Used by submitted work and not re-mapped yet (mapped staging).
-  needsRelease: boolean;
-}
-
 const CHUNKINGS: readonly RecallChunking[] = ["layer", "heads", "bytes"];
 const STAGINGS: readonly RecallStaging[] = ["mapped", "write-buffer"];
 const BUFFERINGS: readonly RecallBuffering[] = ["double", "single"];
@@ -212,15 +175,8 @@ export class Recaller {
   readonly #device: GPUDevice;
   readonly #pool: HostPagePool;
   readonly #caches: RecallCaches;
-  readonly #chunking: RecallChunking;
-  readonly #headsPerChunk: number;
-  readonly #maxRuns: number;
-  readonly #buffering: RecallBuffering;
-  readonly #staging: RecallStaging;
-  readonly #label: string;
   readonly #sizes: KvLayoutSizes;
-  #slots: Slot[] = [];
-  #next = 0;
+  readonly #ring: StagingRing;
   #queue: Chunk[] = [];
   #pumping = false;
   #pending = new Set<RecallState>();
@@ -259,24 +215,17 @@ export class Recaller {
     this.#device = device;
     this.#pool = pool;
     this.#caches = caches;
-    this.#chunking = chunking;
-    this.#headsPerChunk = headsPerChunk;
-    this.#maxRuns = Math.max(1, Math.floor(Math.min(maxChunkBytes, limit) / this.#sizes.runBytes));
-    this.#buffering = buffering;
-    this.#staging = staging;
-    this.#label = options.label ?? "freekv recall";
-    const count = buffering === "double" ? 2 : 1;
-    for (let index = 0; index < count; index++) {
-      this.#slots.push({
-        index,
-        map: null,
-        gpu: null,
-        capacity: 0,
-        plans: [],
-        ready: Promise.resolve(),
-        needsRelease: false,
-      });
-    }
+    this.#ring = new StagingRing({
+      device,
+      pool,
+      sizes: this.#sizes,
+      label: options.label ?? "freekv recall",
+      chunking,
+      headsPerChunk,
+      maxRuns: Math.max(1, Math.floor(Math.min(maxChunkBytes, limit) / this.#sizes.runBytes)),
+      buffering,
+      staging,
+    }, { disposed: () => this.#disposed, queued: () => this.#queue.length });
   }
 
   #cachesOf(layer: number, action: string): NhdCacheBuffers {
@@ -320,7 +269,7 @@ export class Recaller {
    */
   recall(jobs: readonly RecallJob[]): RecallHandle {
     const action = "recall pages";
-    if (this.#disposed) throw new TypeError(`Cannot ${action} as the recaller was disposed`);
+    if (this.#disposed) throw disposedError(action, "recaller");
     if (!Array.isArray(jobs)) {
       throw new TypeError(
         `Cannot ${action} as 'jobs' must be an array: received ${describeValue(jobs)}`,
@@ -383,7 +332,7 @@ export class Recaller {
       state.rejectSubmitted = rej;
     });
     state.submitted.catch(() => {}); // failures also reach `done` when asked for
-    const chunks = this.#chunks(state, byLayer);
+    const chunks = this.#ring.chunks(state, byLayer);
     state.chunksLeft = chunks.length;
     stats.chunks = pool.layout === "nhd" ? 0 : chunks.length;
     if (chunks.length === 0) {
@@ -422,7 +371,7 @@ export class Recaller {
       state.done = (async () => {
         await state.submitted;
         // The caller waits for the GPU now anyway: re-map idle staging too.
-        for (const slot of this.#slots) this.#release(slot);
+        this.#ring.releaseAll();
         await this.#device.queue.onSubmittedWorkDone();
         state.stats.ms = performance.now() - state.t0;
         this.#totals.ms += state.stats.ms;
@@ -430,65 +379,6 @@ export class Recaller {
       })();
     }
     return state.done;
-  }
-
-  #chunks(
-    state: RecallState,
-    byLayer: Map<number, { caches: NhdCacheBuffers; jobs: RecallJob[] }>,
-  ): Chunk[] {
-    const out: Chunk[] = [];
-    if (byLayer.size === 0) return out;
-    const segments = [...byLayer.entries()].map(([layer, e]) => ({
-      layer,
-      caches: e.caches,
-      // Sorted by (head, page) so that consecutive pages of a head coalesce.
-      jobs: e.jobs.sort((a, b) => a.head - b.head || a.page - b.page),
-    }));
-    if (this.#pool.layout === "nhd") {
-      return [{ state, segments, runs: 0, fragmented: true }];
-    }
-    const max = this.#maxRuns;
-    const push = (segs: Segment[]) => {
-      const runs = segs.reduce((n, s) => n + s.jobs.length, 0);
-      out.push({ state, segments: segs, runs, fragmented: false });
-    };
-    const cut = (seg: Segment) => {
-      for (let i = 0; i < seg.jobs.length; i += max) {
-        push([{ ...seg, jobs: seg.jobs.slice(i, i + max) }]);
-      }
-    };
-    if (this.#chunking === "layer") {
-      for (const seg of segments) cut(seg);
-    } else if (this.#chunking === "heads") {
-      for (const seg of segments) {
-        const groups = new Map<number, RecallJob[]>();
-        for (const job of seg.jobs) {
-          const g = Math.floor(job.head / this.#headsPerChunk);
-          if (!groups.has(g)) groups.set(g, []);
-          groups.get(g)!.push(job);
-        }
-        for (const group of groups.values()) cut({ ...seg, jobs: group });
-      }
-    } else {
-      let current: Segment[] = [];
-      let runs = 0;
-      for (const seg of segments) {
-        let i = 0;
-        while (i < seg.jobs.length) {
-          const take = Math.min(max - runs, seg.jobs.length - i);
-          current.push({ ...seg, jobs: seg.jobs.slice(i, i + take) });
-          runs += take;
-          i += take;
-          if (runs === max) {
-            push(current);
-            current = [];
-            runs = 0;
-          }
-        }
-      }
-      if (current.length) push(current);
-    }
-    return out;
   }
 
   #kick() {
@@ -500,18 +390,6 @@ export class Recaller {
     });
   }
 
-  // Re-maps a mapped staging buffer used by submitted work. In Deno this
-  // call blocks until the queue is idle, so it is made only where that
-  // costs least: before the next chunk is submitted, or when asked for done.
-  #release(slot: Slot) {
-    if (!slot.needsRelease) return;
-    slot.needsRelease = false;
-    if (slot.map) {
-      slot.ready = slot.map.mapAsync(GPUMapMode.WRITE);
-      slot.ready.catch(() => {});
-    }
-  }
-
   async #pump(): Promise<void> {
     await null; // let recall() return before any copying starts
     while (this.#queue.length && !this.#disposed) {
@@ -519,164 +397,14 @@ export class Recaller {
       const state = chunk.state;
       if (state.failed) continue;
       try {
-        if (chunk.fragmented) this.#fragmented(chunk);
-        else await this.#staged(chunk);
+        if (chunk.fragmented) this.#ring.fragmented(chunk);
+        else await this.#ring.staged(chunk);
         state.chunksLeft--;
         if (state.chunksLeft === 0) this.#submittedAll(state);
       } catch (error) {
         this.#fail(state, error);
       }
     }
-  }
-
-  async #staged(chunk: Chunk): Promise<void> {
-    const state = chunk.state;
-    const slot = this.#slots[this.#next];
-    this.#next = (this.#next + 1) % this.#slots.length;
-    const t0 = performance.now();
-    this.#release(slot);
-    await slot.ready;
-    const t1 = performance.now();
-    state.stats.waitMs += t1 - t0;
-    if (this.#disposed) throw new TypeError("Cannot recall pages as the recaller was disposed");
-    const runBytes = this.#sizes.runBytes;
-    const bytes = chunk.runs * runBytes;
-    this.#ensureCapacity(slot, chunk.runs);
-    const mapped = this.#staging === "mapped";
-    const range = mapped ? new Uint8Array(slot.map!.getMappedRange(0, bytes)) : null;
-    // Gather, coalescing runs that are contiguous in the pool.
-    let run = 0;
-    let copies = 0;
-    let srcBytes: Uint8Array<ArrayBuffer> | null = null;
-    let srcStart = 0, dstStart = 0, length = 0;
-    const flushCopy = () => {
-      if (length === 0) return;
-      if (range) range.set(srcBytes!.subarray(srcStart, srcStart + length), dstStart);
-      else this.#device.queue.writeBuffer(slot.gpu!, dstStart, srcBytes!, srcStart, length);
-      copies++;
-      length = 0;
-    };
-    const scatters: RunSlotHeadJob[][] = [];
-    for (const seg of chunk.segments) {
-      const scatter: RunSlotHeadJob[] = [];
-      for (const job of seg.jobs) {
-        if (!this.#pool.isOffloaded(job)) {
-          flushCopy();
-          if (range) slot.map!.unmap();
-          slot.needsRelease = true;
-          throw new RangeError(
-            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-          );
-        }
-        const loc = this.#pool.location(job);
-        if (
-          length > 0 && loc.bytes === srcBytes && loc.byteOffset === srcStart + length
-        ) {
-          length += runBytes;
-        } else {
-          flushCopy();
-          srcBytes = loc.bytes;
-          srcStart = loc.byteOffset;
-          dstStart = run * runBytes;
-          length = runBytes;
-        }
-        scatter.push({ run, slot: job.slot, head: job.head });
-        run++;
-      }
-      scatters.push(scatter);
-    }
-    flushCopy();
-    while (slot.plans.length < chunk.segments.length) {
-      slot.plans.push(
-        new HndToNhdPlan(this.#device, {
-          pageSize: this.#pool.pageSize,
-          kvHeads: this.#pool.kvHeads,
-          headDim: this.#pool.headDim,
-          dtype: this.#pool.dtype,
-          label: `${this.#label} scatter ${slot.index}.${slot.plans.length}`,
-        }),
-      );
-    }
-    const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
-    if (mapped) {
-      slot.map!.unmap();
-      encoder.copyBufferToBuffer(slot.map!, 0, slot.gpu!, 0, bytes);
-    }
-    chunk.segments.forEach((seg, i) => {
-      slot.plans[i].set({ ...seg.caches, runs: slot.gpu! }, scatters[i]);
-      slot.plans[i].encode(encoder);
-    });
-    const t2 = performance.now();
-    state.stats.copyMs += t2 - t1;
-    state.stats.copies += copies;
-    // Double buffering with mapped staging: when more chunks follow, re-map
-    // the other slot now, after this chunk's gather overlapped its GPU
-    // work, and before submitting this chunk (Deno blocks until idle).
-    if (this.#queue.length > 0) {
-      for (const other of this.#slots) if (other !== slot) this.#release(other);
-    }
-    this.#device.queue.submit([encoder.finish()]);
-    if (mapped) slot.needsRelease = true;
-    if (this.#buffering === "single") {
-      // The ablation: nothing overlaps, each chunk waits for the previous one.
-      if (mapped) this.#release(slot);
-      else slot.ready = this.#device.queue.onSubmittedWorkDone();
-    }
-    // With write-buffer staging, refilling a GPU staging buffer is a queue
-    // operation ordered after the scatter that last read it: no CPU wait.
-    state.stats.waitMs += performance.now() - t2;
-  }
-
-  #ensureCapacity(slot: Slot, runs: number) {
-    if (slot.capacity >= runs) return;
-    const capacity = Math.min(this.#maxRuns, 2 ** Math.ceil(Math.log2(runs)));
-    const size = capacity * this.#sizes.runBytes;
-    slot.gpu?.destroy();
-    slot.map?.destroy();
-    slot.gpu = createTrackedBuffer(this.#device, {
-      label: `${this.#label} staging ${slot.index}`,
-      size,
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-    });
-    slot.map = this.#staging === "mapped"
-      ? createTrackedBuffer(this.#device, {
-        label: `${this.#label} upload ${slot.index}`,
-        size,
-        usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC,
-        mappedAtCreation: true,
-      })
-      : null;
-    slot.capacity = capacity;
-  }
-
-  #fragmented(chunk: Chunk) {
-    const state = chunk.state;
-    const t0 = performance.now();
-    const pool = this.#pool;
-    const { rowBytes } = this.#sizes;
-    const P = pool.pageSize, H = pool.kvHeads;
-    const half = P * H * rowBytes;
-    const queue = this.#device.queue;
-    let copies = 0;
-    for (const seg of chunk.segments) {
-      for (const job of seg.jobs) {
-        if (!pool.isOffloaded(job)) {
-          throw new RangeError(
-            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-          );
-        }
-        const { bytes, byteOffset } = pool.location(job);
-        for (let t = 0; t < P; t++) {
-          const src = byteOffset + (t * H + job.head) * rowBytes;
-          const dst = ((job.slot * P + t) * H + job.head) * rowBytes;
-          queue.writeBuffer(seg.caches.kCache, dst, bytes, src, rowBytes);
-          queue.writeBuffer(seg.caches.vCache, dst, bytes, src + half, rowBytes);
-          copies += 2;
-        }
-      }
-    }
-    state.stats.copies += copies;
-    state.stats.copyMs += performance.now() - t0;
   }
 
   #fail(state: RecallState, error: unknown) {
@@ -694,22 +422,17 @@ export class Recaller {
   /** Waits until every recall started so far has finished (failures are ignored). */
   async drain(): Promise<void> {
     await Promise.allSettled([...this.#pending].map((s) => s.submitted));
-    for (const slot of this.#slots) this.#release(slot);
+    this.#ring.releaseAll();
     await this.#device.queue.onSubmittedWorkDone();
   }
 
   /** Destroys the staging buffers; recalls not yet submitted reject. */
   [Symbol.dispose](): void {
     this.#disposed = true;
-    const error = new TypeError("Cannot recall pages as the recaller was disposed");
+    const error = disposedError("recall pages", "recaller");
     for (const chunk of this.#queue) this.#fail(chunk.state, error);
     this.#queue = [];
-    for (const slot of this.#slots) {
-      slot.gpu?.destroy();
-      slot.map?.destroy();
-      for (const p of slot.plans) p[Symbol.dispose]();
-      slot.plans = [];
-    }
+    this.#ring[Symbol.dispose]();
   }
 }
 

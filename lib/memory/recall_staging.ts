@@ -1,0 +1,376 @@
+/**
+ * The staging side of recall: how a recall's jobs are cut into chunks, and
+ * the staging buffers that carry them (gathered from the host pool by
+ * JavaScript, copied to the GPU, scattered into the slots by the HND -> NHD
+ * kernel), or the fragmented baseline of NHD pools. Internal to
+ * `Recaller`.
+ *
+ * @module
+ */
+import type { HostPagePool } from "./host_pool.ts";
+import type {
+  RecallBuffering,
+  RecallChunking,
+  RecallJob,
+  RecallStaging,
+  RecallStats,
+} from "./recall.ts";
+import {
+  createHndToNhd,
+  type HndToNhd,
+  type HndToNhdPlan,
+  type KvLayoutSizes,
+  type NhdCacheBuffers,
+  type RunSlotHeadJob,
+} from "../kernels/layout.ts";
+import { disposedError } from "../gpu/errors.ts";
+import { createTrackedBuffer } from "../gpu/tracking.ts";
+
+/** The bookkeeping of one recall. */
+export interface RecallState {
+  stats: RecallStats;
+  t0: number;
+  chunksLeft: number;
+  failed: boolean;
+  submitted: Promise<void>;
+  resolveSubmitted: () => void;
+  rejectSubmitted: (e: unknown) => void;
+  // Created on first access of `handle.done`: finding out that the GPU is
+  // done blocks the thread in Deno, so it is done only when asked for.
+  done: Promise<RecallStats> | null;
+}
+
+/** The jobs of one layer within a chunk. */
+export interface Segment {
+  layer: number;
+  caches: NhdCacheBuffers;
+  jobs: RecallJob[];
+}
+
+/** What one staging buffer carries at a time (or the fragmented path's whole recall). */
+export interface Chunk {
+  state: RecallState;
+  segments: Segment[];
+  runs: number;
+  fragmented: boolean;
+}
+
+interface Slot {
+  index: number;
+  map: GPUBuffer | null;
+  gpu: GPUBuffer | null;
+  capacity: number;
+  plans: HndToNhdPlan[];
+  ready: Promise<unknown>;
+  // Used by submitted work and not re-mapped yet (mapped staging).
+  needsRelease: boolean;
+}
+
+/** The settings of a {@linkcode StagingRing}, checked by the recaller. */
+export interface StagingOptions {
+  device: GPUDevice;
+  pool: HostPagePool;
+  sizes: KvLayoutSizes;
+  label: string;
+  chunking: RecallChunking;
+  headsPerChunk: number;
+  maxRuns: number;
+  buffering: RecallBuffering;
+  staging: RecallStaging;
+}
+
+/** What the ring asks its recaller. */
+export interface StagingHooks {
+  /** Whether the recaller was disposed. */
+  disposed(): boolean;
+  /** Chunks waiting after the current one. */
+  queued(): number;
+}
+
+/** The staging buffers of a recaller (one or two) and the scatter plans that read them. */
+export class StagingRing {
+  readonly #device: GPUDevice;
+  readonly #pool: HostPagePool;
+  readonly #sizes: KvLayoutSizes;
+  readonly #label: string;
+  readonly #chunking: RecallChunking;
+  readonly #headsPerChunk: number;
+  readonly #maxRuns: number;
+  readonly #buffering: RecallBuffering;
+  readonly #staging: RecallStaging;
+  readonly #hooks: StagingHooks;
+  #scatter?: HndToNhd;
+  #slots: Slot[] = [];
+  #next = 0;
+
+  /** Creates the ring's slots (no buffers yet). */
+  constructor(options: StagingOptions, hooks: StagingHooks) {
+    this.#device = options.device;
+    this.#pool = options.pool;
+    this.#sizes = options.sizes;
+    this.#label = options.label;
+    this.#chunking = options.chunking;
+    this.#headsPerChunk = options.headsPerChunk;
+    this.#maxRuns = options.maxRuns;
+    this.#buffering = options.buffering;
+    this.#staging = options.staging;
+    this.#hooks = hooks;
+    const count = options.buffering === "double" ? 2 : 1;
+    for (let index = 0; index < count; index++) {
+      this.#slots.push({
+        index,
+        map: null,
+        gpu: null,
+        capacity: 0,
+        plans: [],
+        ready: Promise.resolve(),
+        needsRelease: false,
+      });
+    }
+  }
+
+  /** Re-maps every mapped staging buffer used by submitted work (it blocks in Deno: see `#release`). */
+  releaseAll(): void {
+    for (const slot of this.#slots) this.#release(slot);
+  }
+
+  #scatterKernel(): HndToNhd {
+    this.#scatter ??= createHndToNhd(this.#device, {
+      pageSize: this.#pool.pageSize,
+      kvHeads: this.#pool.kvHeads,
+      headDim: this.#pool.headDim,
+      dtype: this.#pool.dtype,
+      label: `${this.#label} scatter`,
+    });
+    return this.#scatter;
+  }
+
+  /** Cuts a recall's jobs, grouped by layer, into chunks. */
+  chunks(
+    state: RecallState,
+    byLayer: Map<number, { caches: NhdCacheBuffers; jobs: RecallJob[] }>,
+  ): Chunk[] {
+    const out: Chunk[] = [];
+    if (byLayer.size === 0) return out;
+    const segments = [...byLayer.entries()].map(([layer, e]) => ({
+      layer,
+      caches: e.caches,
+      // Sorted by (head, page) so that consecutive pages of a head coalesce.
+      jobs: e.jobs.sort((a, b) => a.head - b.head || a.page - b.page),
+    }));
+    if (this.#pool.layout === "nhd") {
+      return [{ state, segments, runs: 0, fragmented: true }];
+    }
+    const max = this.#maxRuns;
+    const push = (segs: Segment[]) => {
+      const runs = segs.reduce((n, s) => n + s.jobs.length, 0);
+      out.push({ state, segments: segs, runs, fragmented: false });
+    };
+    const cut = (seg: Segment) => {
+      for (let i = 0; i < seg.jobs.length; i += max) {
+        push([{ ...seg, jobs: seg.jobs.slice(i, i + max) }]);
+      }
+    };
+    if (this.#chunking === "layer") {
+      for (const seg of segments) cut(seg);
+    } else if (this.#chunking === "heads") {
+      for (const seg of segments) {
+        const groups = new Map<number, RecallJob[]>();
+        for (const job of seg.jobs) {
+          const g = Math.floor(job.head / this.#headsPerChunk);
+          if (!groups.has(g)) groups.set(g, []);
+          groups.get(g)!.push(job);
+        }
+        for (const group of groups.values()) cut({ ...seg, jobs: group });
+      }
+    } else {
+      let current: Segment[] = [];
+      let runs = 0;
+      for (const seg of segments) {
+        let i = 0;
+        while (i < seg.jobs.length) {
+          const take = Math.min(max - runs, seg.jobs.length - i);
+          current.push({ ...seg, jobs: seg.jobs.slice(i, i + take) });
+          runs += take;
+          i += take;
+          if (runs === max) {
+            push(current);
+            current = [];
+            runs = 0;
+          }
+        }
+      }
+      if (current.length) push(current);
+    }
+    return out;
+  }
+
+  /**
+   * Re-maps a mapped staging buffer used by submitted work. In Deno this
+   * call blocks until the queue is idle, so it is made only where that
+   * costs least: before the next chunk is submitted, or when asked for done.
+   */
+  #release(slot: Slot) {
+    if (!slot.needsRelease) return;
+    slot.needsRelease = false;
+    if (slot.map) {
+      slot.ready = slot.map.mapAsync(GPUMapMode.WRITE);
+      slot.ready.catch(() => {});
+    }
+  }
+
+  /** Gathers `chunk` into the next staging buffer, then copies and scatters it on the GPU. */
+  async staged(chunk: Chunk): Promise<void> {
+    const state = chunk.state;
+    const slot = this.#slots[this.#next];
+    this.#next = (this.#next + 1) % this.#slots.length;
+    const t0 = performance.now();
+    this.#release(slot);
+    await slot.ready;
+    const t1 = performance.now();
+    state.stats.waitMs += t1 - t0;
+    if (this.#hooks.disposed()) throw disposedError("recall pages", "recaller");
+    const runBytes = this.#sizes.runBytes;
+    const bytes = chunk.runs * runBytes;
+    this.#ensureCapacity(slot, chunk.runs);
+    const mapped = this.#staging === "mapped";
+    const range = mapped ? new Uint8Array(slot.map!.getMappedRange(0, bytes)) : null;
+    // Gather, coalescing runs that are contiguous in the pool.
+    let run = 0;
+    let copies = 0;
+    let srcBytes: Uint8Array<ArrayBuffer> | null = null;
+    let srcStart = 0, dstStart = 0, length = 0;
+    const flushCopy = () => {
+      if (length === 0) return;
+      if (range) range.set(srcBytes!.subarray(srcStart, srcStart + length), dstStart);
+      else this.#device.queue.writeBuffer(slot.gpu!, dstStart, srcBytes!, srcStart, length);
+      copies++;
+      length = 0;
+    };
+    const scatters: RunSlotHeadJob[][] = [];
+    for (const seg of chunk.segments) {
+      const scatter: RunSlotHeadJob[] = [];
+      for (const job of seg.jobs) {
+        if (!this.#pool.isOffloaded(job)) {
+          flushCopy();
+          if (range) slot.map!.unmap();
+          slot.needsRelease = true;
+          throw new RangeError(
+            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+          );
+        }
+        const loc = this.#pool.location(job);
+        if (
+          length > 0 && loc.bytes === srcBytes && loc.byteOffset === srcStart + length
+        ) {
+          length += runBytes;
+        } else {
+          flushCopy();
+          srcBytes = loc.bytes;
+          srcStart = loc.byteOffset;
+          dstStart = run * runBytes;
+          length = runBytes;
+        }
+        scatter.push({ run, slot: job.slot, head: job.head });
+        run++;
+      }
+      scatters.push(scatter);
+    }
+    flushCopy();
+    while (slot.plans.length < chunk.segments.length) {
+      slot.plans.push(this.#scatterKernel().plan([]));
+    }
+    const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
+    if (mapped) {
+      slot.map!.unmap();
+      encoder.copyBufferToBuffer(slot.map!, 0, slot.gpu!, 0, bytes);
+    }
+    chunk.segments.forEach((seg, i) => {
+      slot.plans[i].update(scatters[i]);
+      slot.plans[i].encode(encoder, { ...seg.caches, runs: slot.gpu! });
+    });
+    const t2 = performance.now();
+    state.stats.copyMs += t2 - t1;
+    state.stats.copies += copies;
+    // Double buffering with mapped staging: when more chunks follow, re-map
+    // the other slot now, after this chunk's gather overlapped its GPU
+    // work, and before submitting this chunk (Deno blocks until idle).
+    if (this.#hooks.queued() > 0) {
+      for (const other of this.#slots) if (other !== slot) this.#release(other);
+    }
+    this.#device.queue.submit([encoder.finish()]);
+    if (mapped) slot.needsRelease = true;
+    if (this.#buffering === "single") {
+      // The ablation: nothing overlaps, each chunk waits for the previous one.
+      if (mapped) this.#release(slot);
+      else slot.ready = this.#device.queue.onSubmittedWorkDone();
+    }
+    // With write-buffer staging, refilling a GPU staging buffer is a queue
+    // operation ordered after the scatter that last read it: no CPU wait.
+    state.stats.waitMs += performance.now() - t2;
+  }
+
+  #ensureCapacity(slot: Slot, runs: number) {
+    if (slot.capacity >= runs) return;
+    const capacity = Math.min(this.#maxRuns, 2 ** Math.ceil(Math.log2(runs)));
+    const size = capacity * this.#sizes.runBytes;
+    slot.gpu?.destroy();
+    slot.map?.destroy();
+    slot.gpu = createTrackedBuffer(this.#device, {
+      label: `${this.#label} staging ${slot.index}`,
+      size,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    });
+    slot.map = this.#staging === "mapped"
+      ? createTrackedBuffer(this.#device, {
+        label: `${this.#label} upload ${slot.index}`,
+        size,
+        usage: GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC,
+        mappedAtCreation: true,
+      })
+      : null;
+    slot.capacity = capacity;
+  }
+
+  /** The fragmented baseline: one `writeBuffer` per (token, K/V) fragment. */
+  fragmented(chunk: Chunk) {
+    const state = chunk.state;
+    const t0 = performance.now();
+    const pool = this.#pool;
+    const { rowBytes } = this.#sizes;
+    const P = pool.pageSize, H = pool.kvHeads;
+    const half = P * H * rowBytes;
+    const queue = this.#device.queue;
+    let copies = 0;
+    for (const seg of chunk.segments) {
+      for (const job of seg.jobs) {
+        if (!pool.isOffloaded(job)) {
+          throw new RangeError(
+            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+          );
+        }
+        const { bytes, byteOffset } = pool.location(job);
+        for (let t = 0; t < P; t++) {
+          const src = byteOffset + (t * H + job.head) * rowBytes;
+          const dst = ((job.slot * P + t) * H + job.head) * rowBytes;
+          queue.writeBuffer(seg.caches.kCache, dst, bytes, src, rowBytes);
+          queue.writeBuffer(seg.caches.vCache, dst, bytes, src + half, rowBytes);
+          copies += 2;
+        }
+      }
+    }
+    state.stats.copies += copies;
+    state.stats.copyMs += performance.now() - t0;
+  }
+
+  /** Destroys the staging buffers and the scatter plans. */
+  [Symbol.dispose](): void {
+    for (const slot of this.#slots) {
+      slot.gpu?.destroy();
+      slot.map?.destroy();
+      for (const p of slot.plans) p[Symbol.dispose]();
+      slot.plans = [];
+    }
+    this.#scatter?.[Symbol.dispose]();
+  }
+}
