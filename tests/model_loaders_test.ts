@@ -326,7 +326,7 @@ Deno.test("HF config: defaults, missing fields, unsupported architectures and op
   );
   assert.throws(
     () => modelConfigFromHf({ ...good, num_key_value_heads: 3 }),
-    /must be a multiple of 'num_key_value_heads': received 3/,
+    /'num_attention_heads' must be a multiple of 'num_key_value_heads' \(3\): received/,
   );
   assert.throws(
     () => modelConfigFromHf({ ...good, hidden_size: -1 }),

@@ -6,7 +6,13 @@
  */
 
 import { KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
-import { assertFinite, assertInteger, assertOneOf, describeValue } from "../gpu/errors.ts";
+import {
+  assertFinite,
+  assertHeadsDivide,
+  assertInteger,
+  assertOneOf,
+  describeValue,
+} from "../gpu/errors.ts";
 import { POOLING_MODES, type PoolingMode } from "../kernels/selection.ts";
 import { SUMMARY_KINDS, type SummaryKind } from "../kernels/summaries.ts";
 import { HOST_POOL_LAYOUTS, type HostPoolLayout } from "../memory/host_pool.ts";
@@ -208,11 +214,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
       );
     }
   }
-  if (o.numQueryHeads % o.numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${a} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${o.numKvHeads}): received ${o.numQueryHeads}`,
-    );
-  }
+  assertHeadsDivide(o.numQueryHeads, o.numKvHeads, a);
   for (const name of ["budget", "sink", "window"] as const) {
     if (o[name] % o.pageSize !== 0) {
       throw new RangeError(

@@ -184,24 +184,33 @@ export function assertStorageBuffer(
 
 /**
  * Throws a `RangeError` unless `numQueryHeads` is a multiple of `numKvHeads`
- * (grouped-query attention); both must be positive integers.
+ * (grouped-query attention); both must be positive integers. `names` are
+ * the two arguments' names in messages (default `numQueryHeads`,
+ * `numKvHeads`; a config file may call them otherwise).
  *
  * @example
  * ```ts
  * import { assertHeadsDivide } from "./errors.ts";
  * assertHeadsDivide(32, 8, "run attention");
+ * try {
+ *   assertHeadsDivide(8, 3, "load a config", ["num_attention_heads", "num_key_value_heads"]);
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cannot load a config as 'num_attention_heads' must be a multiple of 'num_key_value_heads' (3): received 8
+ * }
  * ```
  */
 export function assertHeadsDivide(
   numQueryHeads: unknown,
   numKvHeads: unknown,
   action: string,
+  names: readonly [string, string] = ["numQueryHeads", "numKvHeads"],
 ): void {
-  assertInteger("numKvHeads", numKvHeads, action, 1);
-  assertInteger("numQueryHeads", numQueryHeads, action, 1);
+  const [q, kv] = names;
+  assertInteger(kv, numKvHeads, action, 1);
+  assertInteger(q, numQueryHeads, action, 1);
   if (numQueryHeads % numKvHeads !== 0) {
     throw new RangeError(
-      `Cannot ${action} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${numKvHeads}): received ${numQueryHeads}`,
+      `Cannot ${action} as '${q}' must be a multiple of '${kv}' (${numKvHeads}): received ${numQueryHeads}`,
     );
   }
 }

@@ -8,7 +8,13 @@
  */
 
 import { createBuffer } from "../gpu/buffers.ts";
-import { assertDevice, assertInteger, assertOneOf } from "../gpu/errors.ts";
+import {
+  assertDevice,
+  assertHeadsDivide,
+  assertInteger,
+  assertOneOf,
+  disposedError,
+} from "../gpu/errors.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
@@ -111,11 +117,10 @@ function checkConfig(c: ModelConfig, action: string): void {
       `Cannot ${action} as 'config.headDim' must be even: received ${c.headDim}`,
     );
   }
-  if (c.numQueryHeads % c.numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${action} as 'config.numQueryHeads' must be a multiple of 'config.numKvHeads' (${c.numKvHeads}): received ${c.numQueryHeads}`,
-    );
-  }
+  assertHeadsDivide(c.numQueryHeads, c.numKvHeads, action, [
+    "config.numQueryHeads",
+    "config.numKvHeads",
+  ]);
   assertOneOf("config.ropeStyle", c.ropeStyle, ["adjacent", "half"] as const, action);
   assertSlidingWindow(c, action);
 }
@@ -431,7 +436,7 @@ export function createGpuModel(
     let busy = false;
     let disposed = false;
     const enter = (what: string) => {
-      if (disposed) throw new Error(`Cannot ${what} as the model was disposed`);
+      if (disposed) throw disposedError(what, "model");
       if (busy) {
         throw new Error(`Cannot ${what} as the model is still running a previous call`);
       }

@@ -33,7 +33,7 @@ import type {
   WeightDtype,
 } from "./types.ts";
 import { convertTensor } from "./weight_convert.ts";
-import { describeValue } from "../gpu/errors.ts";
+import { assertHeadsDivide, describeValue } from "../gpu/errors.ts";
 
 /** `architectures` entries this module runs, with their family name. */
 export const HF_ARCHITECTURES: Readonly<Record<string, string>> = {
@@ -131,11 +131,10 @@ export function modelConfigFromHf(json: unknown, options: HfConfigOptions = {}):
   const numQueryHeads = int("num_attention_heads");
   const vocabSize = int("vocab_size");
   const numKvHeads = int("num_key_value_heads", numQueryHeads);
-  if (numQueryHeads % numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${action} as 'num_attention_heads' (${numQueryHeads}) must be a multiple of 'num_key_value_heads': received ${numKvHeads}`,
-    );
-  }
+  assertHeadsDivide(numQueryHeads, numKvHeads, action, [
+    "num_attention_heads",
+    "num_key_value_heads",
+  ]);
   if (j.head_dim === undefined && dim % numQueryHeads !== 0) {
     throw new RangeError(
       `Cannot ${action} as 'hidden_size' (${dim}) must be divisible by 'num_attention_heads': received ${numQueryHeads}`,

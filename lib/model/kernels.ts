@@ -22,7 +22,7 @@ import causalAttentionSrc from "../../shaders/causal_attention.wgsl" with { type
 import weightLoadSrc from "../../shaders/weight_load.wgsl" with { type: "text" };
 import { type BufferSlice, createBuffer, packUniforms } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
-import { assertFinite, assertInteger, assertOneOf } from "../gpu/errors.ts";
+import { assertFinite, assertHeadsDivide, assertInteger, assertOneOf } from "../gpu/errors.ts";
 import type { RopeStyle, Tensor, WeightDtype } from "./types.ts";
 import { convertTensor } from "./weight_convert.ts";
 
@@ -876,14 +876,8 @@ export function planCausalAttention(
   const action = "plan causal attention";
   const { rows, numQueryHeads, numKvHeads, headDim } = options;
   assertInteger("rows", rows, action, 1);
-  assertInteger("numQueryHeads", numQueryHeads, action, 1);
-  assertInteger("numKvHeads", numKvHeads, action, 1);
+  assertHeadsDivide(numQueryHeads, numKvHeads, action);
   assertInteger("headDim", headDim, action, 1, MAX_ATTENTION_HEAD_DIM);
-  if (numQueryHeads % numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${action} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${numKvHeads}): received ${numQueryHeads}`,
-    );
-  }
   const scale = options.scale ?? 1 / Math.sqrt(headDim);
   assertFinite("scale", scale, action);
   const window = options.window ?? 0;

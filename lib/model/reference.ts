@@ -9,7 +9,7 @@
  * @module
  */
 
-import { assertInteger, assertLength } from "../gpu/errors.ts";
+import { assertHeadsDivide, assertInteger, assertLength } from "../gpu/errors.ts";
 import { assertRopeScalingRange, modelRopeInvFreq } from "./rope_scaling.ts";
 import { assertSlidingWindow, attentionWindow } from "./sliding_window.ts";
 import type { ModelConfig, ModelWeights, RopeStyle, Tensor } from "./types.ts";
@@ -303,11 +303,7 @@ export function createReferenceModel(
   ) {
     assertInteger(k, c[k], action, 1);
   }
-  if (c.numQueryHeads % c.numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${action} as 'numQueryHeads' (${c.numQueryHeads}) must be a multiple of 'numKvHeads': received ${c.numKvHeads}`,
-    );
-  }
+  assertHeadsDivide(c.numQueryHeads, c.numKvHeads, action);
   if (weights.layers.length !== c.numLayers) {
     throw new RangeError(
       `Cannot ${action} as 'layers' must have ${c.numLayers} entries: received ${weights.layers.length}`,

@@ -8,7 +8,7 @@
  */
 
 import { createBuffer } from "../../gpu/buffers.ts";
-import { assertDevice, assertInteger } from "../../gpu/errors.ts";
+import { assertDevice, assertHeadsDivide, assertInteger, disposedError } from "../../gpu/errors.ts";
 import {
   createSeqUniform,
   type KernelPlan,
@@ -120,14 +120,8 @@ export interface DenseAttentionBackend extends AttentionBackend {
 
 function checkShape(shape: AttentionBackendShape, action: string): void {
   assertInteger("numLayers", shape.numLayers, action, 1);
-  assertInteger("numQueryHeads", shape.numQueryHeads, action, 1);
-  assertInteger("numKvHeads", shape.numKvHeads, action, 1);
+  assertHeadsDivide(shape.numQueryHeads, shape.numKvHeads, action);
   assertInteger("headDim", shape.headDim, action, 1, MAX_ATTENTION_HEAD_DIM);
-  if (shape.numQueryHeads % shape.numKvHeads !== 0) {
-    throw new RangeError(
-      `Cannot ${action} as 'numQueryHeads' must be a multiple of 'numKvHeads' (${shape.numKvHeads}): received ${shape.numQueryHeads}`,
-    );
-  }
   assertSlidingWindow(shape, action);
 }
 
@@ -174,7 +168,7 @@ export function createDenseAttentionBackend(
   const plans: Array<{ q: GPUBuffer; out: GPUBuffer; plan: KernelPlan } | undefined> = [];
   let disposed = false;
   const checkLayer = (layer: number, what: string) => {
-    if (disposed) throw new Error(`Cannot ${what} as the dense attention backend was disposed`);
+    if (disposed) throw disposedError(what, "dense attention backend");
     assertInteger("layer", layer, what, 0, numLayers - 1);
   };
   const planFor = (layer: number, q: GPUBuffer, out: GPUBuffer): KernelPlan => {
