@@ -364,7 +364,7 @@ export class RetrievalEngine {
   }
 
   /** Admits the pending answer's selections and recalls what they miss. */
-  async #takeAnswer(): Promise<void> {
+  async #takeAnswer(tick = this.#tick): Promise<void> {
     const pending = this.#pending;
     if (!pending) return;
     this.#pending = null;
@@ -375,6 +375,7 @@ export class RetrievalEngine {
     const wasReady = pending.settled;
     const bytes = await pending.bytes;
     if (!wasReady) this.#stats.wait(performance.now() - t0);
+    if (this.#disposed) return; // disposed while the answer travelled: nothing to recall into
     const o = this.options;
     const hkv = o.numKvHeads;
     const K = this.budget.selectPages;
@@ -398,7 +399,7 @@ export class RetrievalEngine {
             state.lastCorrections[bh] = corrected ? 1 : 0;
             this.#stats.checked(entry.layer * hkv + h, corrected, K, hits[bh]);
           }
-          this.#memory!.admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), this.#tick, jobs);
+          this.#memory!.admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), tick, jobs);
         }
         state.hasSpec[b] = true;
       }
@@ -468,7 +469,10 @@ export class RetrievalEngine {
       return encoder;
     }
     const plan = selectPhase(this.#context(), encoder, state, q, regions);
-    if (plan.sync) encoder = await this.#correctPhase(encoder, state, plan);
+    if (plan.sync) {
+      encoder = await this.#correctPhase(encoder, state, plan);
+      this.#checkAlive(action);
+    }
     this.#attendPhase(encoder, state, q, out, regions, plan.useFlags);
     if (state.qPrev) this.#speculatePhase(encoder, state, q, plan);
     return encoder;
@@ -528,7 +532,11 @@ export class RetrievalEngine {
           state.lastCorrections[bh] = corrected ? 1 : 0;
           this.#stats.checked(state.index * hkv + h, corrected, K, resident);
         }
-        if (corrected) this.#memory!.admit(state, b, h, pages, this.#tick, jobs);
+        // Under "resident" only a sequence without a speculation (just
+        // prefilled) waits for its pages; corrected heads of the others
+        // attend what is resident, as they would in a batch of their own.
+        const waits = o.correction === "sync" || !plan.checked[b];
+        if (corrected && waits) this.#memory!.admit(state, b, h, pages, this.#tick, jobs);
       }
     }
     // Already counted: the step's answer must not count these checks again.
@@ -703,7 +711,10 @@ export class RetrievalEngine {
 
   async #step(layer: number, inputs: StepInputs): Promise<Float32Array | undefined> {
     this.#validateLayer("run a decode step", layer, inputs);
-    if (layer === 0) await this.beginStep();
+    if (layer === 0) {
+      await this.beginStep();
+      this.#checkAlive("run a decode step");
+    }
     const o = this.options;
     const out = inputs.out ??
       this.#layers[layer].scratch("out", o.batch * o.numQueryHeads * o.headDim * 4);
@@ -750,7 +761,9 @@ export class RetrievalEngine {
 
   async #drain(): Promise<void> {
     this.#checkAlive("drain the engine");
-    if (!this.#inStep) await this.#takeAnswer();
+    // The answer serves the next step: admit its pages with that step's tick,
+    // as beginStep would, so that draining leaves the LRU order unchanged.
+    if (!this.#inStep) await this.#takeAnswer(this.#tick + 1);
     await this.#memory?.drain();
     await this.device.queue.onSubmittedWorkDone();
   }

@@ -9,6 +9,7 @@
 
 import { bytesPerElement } from "../gpu/dtype.ts";
 import { createBuffer } from "../gpu/buffers.ts";
+import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan } from "../kernels/attention.ts";
 import { createKvAppend, type KvAppend, type KvAppendPlan } from "../kernels/kv_append.ts";
@@ -94,6 +95,8 @@ export class LayerState implements Disposable {
   /** `[B][Hkv][K]` the previous step's top-k (freekv). */
   spec?: GPUBuffer;
   flags?: GPUBuffer;
+  /** freekv: `[Hkv]` flags all 1. */
+  correctAll?: GPUBuffer;
   cosine?: GPUBuffer;
   groupMean?: GPUBuffer;
   qPrev?: GPUBuffer;
@@ -116,6 +119,7 @@ export class LayerState implements Disposable {
   #append: KvAppend;
   #appendPlans = new Map<string, KvAppendPlan>();
   #owned: GPUBuffer[] = [];
+  #disposed = false;
 
   constructor(device: GPUDevice, o: ResolvedEngineOptions, index: number, mode: LayerMode) {
     this.#device = device;
@@ -190,6 +194,10 @@ export class LayerState implements Disposable {
       this.cosine = this.#own(`layer ${index} query cosines`, B * hq * 4);
       this.groupMean = this.#own(`layer ${index} group-mean cosines`, B * hkv * 4);
       this.qPrev = this.#own(`layer ${index} previous q`, B * hq * d * 4);
+      // One sequence's flags, all set: copied over the flags of a sequence
+      // that has no speculation yet, so that it takes its fresh selection.
+      this.correctAll = this.#own(`layer ${index} all-corrected flags`, hkv * 4);
+      device.queue.writeBuffer(this.correctAll, 0, new Uint32Array(hkv).fill(1));
       this.similarity = createQuerySimilarity(device, {
         numQueryHeads: hq,
         numKvHeads: hkv,
@@ -206,6 +214,7 @@ export class LayerState implements Disposable {
 
   /** A per-layer scratch buffer of at least `bytes` (grown by powers of two). */
   scratch(name: string, bytes: number): GPUBuffer {
+    if (this.#disposed) throw disposedError("record a decode step", "engine");
     let b = this.#scratch.get(name);
     if (!b || b.size < bytes) {
       b?.destroy();
@@ -322,6 +331,7 @@ export class LayerState implements Disposable {
   }
 
   [Symbol.dispose](): void {
+    this.#disposed = true;
     for (const b of this.#owned) b.destroy();
     for (const b of this.#scratch.values()) b.destroy();
     this.#owned = [];

@@ -22,6 +22,7 @@ export class OffloadMemory implements Disposable {
   readonly #o: ResolvedEngineOptions;
   readonly #stats: StatsAccumulator;
   readonly #maxPages: number;
+  #disposed = false;
 
   constructor(
     device: GPUDevice,
@@ -93,12 +94,13 @@ export class OffloadMemory implements Disposable {
 
   /** Recalls `jobs`; resolves once their copies are submitted (queue order does the rest). */
   async recall(jobs: RecallJob[]): Promise<void> {
-    if (!jobs.length) return;
+    if (!jobs.length || this.#disposed) return;
     // A page's backup may still be on its way to the host.
     if (jobs.some((j) => !this.pool.isOffloaded(j))) {
       const t0 = performance.now();
       await this.#offloader.drain();
       this.#stats.wait(performance.now() - t0);
+      if (this.#disposed) return;
     }
     const handle = this.#recaller.recall(jobs);
     await handle.submitted;
@@ -116,6 +118,7 @@ export class OffloadMemory implements Disposable {
   }
 
   [Symbol.dispose](): void {
+    this.#disposed = true;
     this.#recaller[Symbol.dispose]();
     this.#offloader[Symbol.dispose]();
     this.pool[Symbol.dispose]();

@@ -144,7 +144,16 @@ export function selectPhase(
   if (!freekv) return { selects, needs, checked, sync: true, useFlags: false };
   // freekv: a sequence without a speculation yet (first step) selects synchronously.
   const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
-  if (missingSpec) return { selects, needs, checked, sync: true, useFlags: false };
+  if (missingSpec) {
+    if (!checked.some(Boolean)) return { selects, needs, checked, sync: true, useFlags: false };
+    // Others of the batch keep their own correction flags (as they would
+    // alone); a sequence without a speculation takes its fresh selection.
+    const bytes = o.numKvHeads * 4;
+    checked.forEach((c, b) => {
+      if (!c) encoder.copyBufferToBuffer(state.correctAll!, 0, state.flags!, b * bytes, bytes);
+    });
+    return { selects, needs, checked, sync: true, useFlags: true };
+  }
   const sync = o.correction === "sync" && checked.some(Boolean);
   return { selects, needs, checked, sync, useFlags: true };
 }
