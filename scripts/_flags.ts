@@ -46,7 +46,7 @@ export function flagChecks(script: string): FlagChecks {
       try {
         return parseArgs({ args, options, strict: true, allowPositionals: false }).values;
       } catch (error) {
-        return fail(`${(error as Error).message} (see --help)`);
+        return fail(`${(error as Error).message.replace(/\s*\n\s*/g, " ")} (see --help)`);
       }
     },
     intFlag(name, value, min) {
