@@ -106,7 +106,7 @@ async function runPage(): Promise<PageResult> {
     page.on("console", (m) => consoleMessages.push({ type: m.type(), text: m.text() }));
     page.on("pageerror", (e) => pageErrors.push(String(e)));
     const t0 = performance.now();
-    await page.goto(`${url}?quick`);
+    await page.goto(`${url}?quick&tokens=${STORY.maxTokens}`);
     await page.waitForFunction('document.body.dataset.state !== "loading"', null, {
       timeout: 300_000,
       polling: 500,

@@ -77,7 +77,7 @@ function showAdapter(gpu: Gpu): void {
   const limits = [
     `One KV buffer binding holds at most ${
       Math.floor(l.maxStorageBufferBindingSize / tokenBytes)
-    } tokens of one layer at 8 KV heads × head_dim 128 in f32: the longest context \`full\` and \`quest\` can keep resident; the offload policies keep only the budget on the GPU.`,
+    } tokens of one layer at 8 KV heads × head_dim 128 in f32: the longest context "full" and "quest" can keep resident; the offload policies keep only the budget on the GPU.`,
     "WebGPU has no streams: recall overlaps compute only because the queue stays busy while JavaScript fills the other staging buffer.",
     "Every GPU-to-JS answer (mapAsync, onSubmittedWorkDone) is a host wait; the policies differ in how many a step waits for (table above).",
     info.isFallbackAdapter || /swiftshader|llvmpipe/i.test(gpu.description)
