@@ -22,6 +22,7 @@ import {
   packUniforms,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import type { GpuKernel, GpuKernelPlan } from "./contract.ts";
 import { createTrackedBuffer } from "../gpu/tracking.ts";
 
 /** Options of {@linkcode createStreamRead}. */
@@ -50,31 +51,15 @@ export interface StreamReadBuffers {
 }
 
 /** The streaming-read kernel for one workgroup size, from {@linkcode createStreamRead}. */
-export interface StreamRead {
-  /** The options with defaults filled in. */
-  readonly options: Readonly<Required<StreamReadOptions>>;
-  /** Validates the byte count and grid and uploads them into a new plan. */
-  plan(step: StreamReadStep): StreamReadPlan;
-  /** Marks the kernel unusable; it owns no buffers (plans do). */
-  [Symbol.dispose](): void;
-}
+export interface StreamRead
+  extends GpuKernel<Required<StreamReadOptions>, StreamReadStep, StreamReadPlan> {}
 
 /** One byte count and grid on the GPU, from {@linkcode StreamRead.plan}. */
-export interface StreamReadPlan {
+export interface StreamReadPlan extends GpuKernelPlan<StreamReadStep, StreamReadBuffers> {
   /** Bytes read per encode. */
   readonly bytes: number;
   /** Workgroups dispatched. */
   readonly workgroups: number;
-  /** Replaces byte count and grid (written with `queue.writeBuffer`). */
-  update(step: StreamReadStep): void;
-  /** Records one read of `source` (one compute pass). */
-  encode(
-    encoder: GPUCommandEncoder,
-    buffers: StreamReadBuffers,
-    options?: KernelEncodeOptions,
-  ): void;
-  /** Destroys the plan's uniform buffer. */
-  [Symbol.dispose](): void;
 }
 
 /** Options of {@linkcode measureReadBandwidth}. */

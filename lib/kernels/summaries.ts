@@ -33,6 +33,7 @@ import {
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
+import type { GpuKernel, GpuKernelPlan } from "./contract.ts";
 
 /** How a page's keys are summarized. */
 export type SummaryKind = "minmax" | "box";
@@ -83,46 +84,21 @@ export interface PageSummaryBuffers {
 
 /**
  * The page summary kernel for one cache geometry, from
- * {@linkcode createPageSummarizer}: `plan(jobs)` validates and uploads a job
- * list into a plan of its own.
+ * {@linkcode createPageSummarizer}: `plan(jobs)` validates the jobs
+ * (duplicate `dstPage`s are rejected) and uploads them into a plan of its
+ * own.
  */
-export interface PageSummarizer {
-  /** The options, with defaults filled in. */
-  readonly options: Readonly<Required<PageSummaryOptions>>;
-  /**
-   * Validates `jobs` (duplicate `dstPage`s are rejected) and uploads them
-   * into a new plan; throws `TypeError`/`RangeError` before any GPU work.
-   */
-  plan(jobs: PageSummaryJobs): PageSummaryPlan;
-  /** Marks the summarizer unusable; it owns no buffers (plans do). */
-  [Symbol.dispose](): void;
-}
+export interface PageSummarizer
+  extends GpuKernel<Required<PageSummaryOptions>, PageSummaryJobs, PageSummaryPlan> {}
 
 /**
  * One job list on the GPU, from {@linkcode PageSummarizer.plan}; owns its
  * job table and uniforms, so plans of one summarizer may be encoded into
  * one submission. One plan may be encoded for several layers' buffers.
  */
-export interface PageSummaryPlan {
-  /** Jobs of the plan. */
+export interface PageSummaryPlan extends GpuKernelPlan<PageSummaryJobs, PageSummaryBuffers> {
+  /** Jobs of the plan (`encode` records nothing, and no timestamps, without jobs). */
   readonly numJobs: number;
-  /**
-   * Replaces the jobs (a failed update keeps the old ones); written with
-   * `queue.writeBuffer`, so submit the work encoded under the old jobs first.
-   */
-  update(jobs: PageSummaryJobs): void;
-  /**
-   * Records the summaries of the jobs (one compute pass; nothing, and no
-   * timestamps, when there are none); checks slot and page indices against
-   * the buffers first.
-   */
-  encode(
-    encoder: GPUCommandEncoder,
-    buffers: PageSummaryBuffers,
-    options?: KernelEncodeOptions,
-  ): void;
-  /** Destroys the plan's buffers. */
-  [Symbol.dispose](): void;
 }
 
 /** Inputs of {@linkcode summarizePages} and `pageSummariesReference`. */

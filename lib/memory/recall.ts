@@ -124,24 +124,13 @@ export interface RecallHandle {
   bytes: number;
 }
 
-/** Cumulative figures of a {@linkcode Recaller}. */
-export interface RecallerStats {
+/**
+ * Cumulative figures of a {@linkcode Recaller}: the sums of the recalls'
+ * {@linkcode RecallStats} (`ms` over the recalls whose `done` was read).
+ */
+export interface RecallerStats extends RecallStats {
   /** Recalls whose copies were all submitted. */
   recalls: number;
-  /** Runs recalled. */
-  pages: number;
-  /** Bytes recalled. */
-  bytes: number;
-  /** Chunks processed. */
-  chunks: number;
-  /** Copies issued. */
-  copies: number;
-  /** Sum of per-recall `ms`, over the recalls whose `done` was read. */
-  ms: number;
-  /** Sum of per-recall `waitMs`. */
-  waitMs: number;
-  /** Sum of per-recall `copyMs`. */
-  copyMs: number;
   /** Recalls not fully submitted yet. */
   inFlight: number;
 }
