@@ -23,6 +23,7 @@
  * @module
  */
 
+export type { GpuKernel, GpuKernelPlan } from "./contract.ts";
 export {
   type AttentionBuffers,
   type AttentionEncodeOptions,

@@ -31,6 +31,7 @@ import {
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
+import type { GpuKernel, GpuKernelPlan } from "./contract.ts";
 
 /** Options of {@linkcode createQuerySimilarity} and the other similarity functions. */
 export interface QuerySimilarityOptions {
@@ -65,38 +66,19 @@ export interface QuerySimilarityBuffers {
 }
 
 /** Query similarity for one head geometry, from {@linkcode createQuerySimilarity}. */
-export interface QuerySimilarity {
-  /** The options. */
-  readonly options: Readonly<QuerySimilarityOptions>;
-  /**
-   * Validates `batch` and `tau` and uploads `tau` into the plan's uniform
-   * buffer; throws `TypeError`/`RangeError` before any GPU work.
-   */
-  plan(step: QuerySimilarityStep): QuerySimilarityPlan;
-  /** Marks the similarity unusable; it owns no buffers (plans do). */
-  [Symbol.dispose](): void;
-}
+export interface QuerySimilarity
+  extends GpuKernel<QuerySimilarityOptions, QuerySimilarityStep, QuerySimilarityPlan> {}
 
 /** One batch size and threshold on the GPU, from {@linkcode QuerySimilarity.plan}. */
-export interface QuerySimilarityPlan {
+export interface QuerySimilarityPlan
+  extends GpuKernelPlan<QuerySimilarityStep, QuerySimilarityBuffers> {
   /** Sequences of the plan. */
   readonly batch: number;
-  /** Threshold of the plan (as given; the GPU compares with it rounded to f32). */
-  readonly tau: number;
   /**
-   * Replaces batch and threshold; written with `queue.writeBuffer`, so it
-   * applies to all work submitted afterwards (use one plan per threshold
-   * within a submission).
+   * Threshold of the plan (as given; the GPU compares with it rounded to
+   * f32). Use one plan per threshold within a submission.
    */
-  update(step: QuerySimilarityStep): void;
-  /** Records the similarity of `qNow` and `qPrev` (one compute pass); checks sizes first. */
-  encode(
-    encoder: GPUCommandEncoder,
-    buffers: QuerySimilarityBuffers,
-    options?: KernelEncodeOptions,
-  ): void;
-  /** Destroys the plan's uniform buffer. */
-  [Symbol.dispose](): void;
+  readonly tau: number;
 }
 
 /** Inputs of {@linkcode querySimilarity} and `querySimilarityReference`. */
