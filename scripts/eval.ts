@@ -78,6 +78,8 @@ Options:
   --json                print one JSON object with a 'rows' array instead of the table
   --markdown            print the table as Markdown
   --plot DIR            write one SVG per sweep and metric to DIR
+  --from FILE           print the table and draw the plots of an earlier --json output
+                        (no model, no device; the sweep flags are ignored)
   --help                this text`;
 
 let parsed;
@@ -112,6 +114,7 @@ try {
       json: { type: "boolean", default: false },
       markdown: { type: "boolean", default: false },
       plot: { type: "string" },
+      from: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -266,7 +269,23 @@ const progress = (m: string) => console.error(`eval: ${m}`);
 const t0 = performance.now();
 let rows: EvalRow[];
 let source: Record<string, unknown>;
-{
+let sweeps = plan.sweeps;
+if (values.from) {
+  // Tables and plots of an earlier --json run; no device, no model.
+  let saved;
+  try {
+    saved = JSON.parse(await Deno.readTextFile(values.from));
+    if (!Array.isArray(saved.rows) || !Array.isArray(saved.sweeps)) {
+      throw new Error("no rows or sweeps");
+    }
+  } catch (error) {
+    fail(`--from must name the output of an earlier --json run: ${(error as Error).message}`);
+  }
+  rows = saved.rows;
+  sweeps = saved.sweeps;
+  const { rows: _rows, sweeps: _sweeps, ...rest } = saved;
+  source = rest;
+} else {
   using gpu = await requestGpu();
   if (values.trace) {
     const { readTrace } = await import("../lib/workloads/trace.ts");
@@ -353,7 +372,7 @@ const seconds = (performance.now() - t0) / 1000;
 progress(`done in ${seconds.toFixed(0)} s`);
 
 // Which sweeps each row belongs to.
-const sweepsOf = (k: number) => plan.sweeps.filter((s) => s.members.includes(k)).map((s) => s.knob);
+const sweepsOf = (k: number) => sweeps.filter((s) => s.members.includes(k)).map((s) => s.knob);
 const out = rows.map((r) => ({ ...r, sweeps: sweepsOf(r.config_index) }));
 
 if (values.plot) {
@@ -366,10 +385,18 @@ if (values.plot) {
       ["mass_recall", "attention-mass recall"],
       ["corrected_share", "corrected share"],
     ];
-  for (const sweep of plan.sweeps) {
+  for (const sweep of sweeps) {
     const members = new Set(sweep.members);
-    const sel = out.filter((r) => members.has(r.config_index));
     const axes = sweepAxes<EvalRow>(sweep.knob);
+    let sel = out.filter((r) => members.has(r.config_index));
+    if (sweep.knob !== "budget") {
+      // A knob sweep's lines need two points: drop the base rows of contexts
+      // and budgets the knob did not run at.
+      const count = new Map<string, number>();
+      const key = (r: EvalRow) => `${r.context}:${axes.series(r)}`;
+      for (const r of sel) count.set(key(r), (count.get(key(r)) ?? 0) + 1);
+      sel = sel.filter((r) => count.get(key(r))! > 1);
+    }
     for (const [metric, label] of metrics) {
       if (metric === "corrected_share" && !sel.some((r) => r.base_policy === "freekv")) continue;
       const data = metric === "corrected_share"
@@ -379,6 +406,7 @@ if (values.plot) {
         x: axes.x,
         y: (r) => Number(r[metric]),
         series: axes.series,
+        facet: "context",
         xLabel: axes.xLabel,
         xType: axes.xType,
         xTickFormat: axes.xTickFormat,
@@ -394,7 +422,7 @@ if (values.plot) {
 
 if (values.json) {
   console.log(
-    JSON.stringify({ ...source, contexts, seconds, sweeps: plan.sweeps, rows: out }, null, 2),
+    JSON.stringify({ contexts, seconds, ...source, sweeps, rows: out }, null, 2),
   );
 } else {
   console.log(formatTable(out, { markdown: values.markdown }));

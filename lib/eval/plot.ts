@@ -12,12 +12,22 @@ import { parseHTML } from "linkedom";
 
 /** Options of {@linkcode plotSweep}. */
 export interface SweepPlotOptions<Row> {
-  /** Field (or accessor) on the x axis, e.g. `budget_share` or `tau`. */
-  x: keyof Row & string | ((row: Row) => number);
+  /**
+   * Field (or accessor) on the x axis, e.g. `budget_share` or `tau`; text
+   * values (a pooling mode) make a categorical axis in first-seen order.
+   */
+  x: keyof Row & string | ((row: Row) => number | string);
   /** Field (or accessor) on the y axis, e.g. `agreement`. */
   y: keyof Row & string | ((row: Row) => number);
   /** Field (or accessor) naming each line (default `policy`). */
   series?: keyof Row & string | ((row: Row) => string);
+  /**
+   * Field (or accessor) splitting the chart into panels stacked vertically
+   * (e.g. `context`); default one panel.
+   */
+  facet?: keyof Row & string | ((row: Row) => string | number);
+  /** Name printed before each panel's value (default: the field name). */
+  facetLabel?: string;
   /** Title drawn above the chart. */
   title?: string;
   /** x axis label (default: the field name). */
@@ -25,7 +35,7 @@ export interface SweepPlotOptions<Row> {
   /** y axis label (default: the field name). */
   yLabel?: string;
   /** x axis type (default `linear`; `log` suits budgets). */
-  xType?: "linear" | "log";
+  xType?: "linear" | "log" | "point";
   /** Tick format of x values, e.g. shares as fractions (default Plot's). */
   xTickFormat?: (x: number) => string;
   /** Chart width in px (default 640). */
@@ -56,17 +66,36 @@ function accessor<Row, T>(f: keyof Row & string | ((row: Row) => T)): (row: Row)
  * ```
  */
 export function plotSweep<Row>(rows: readonly Row[], options: SweepPlotOptions<Row>): string {
-  const fx = accessor<Row, number>(options.x), fy = accessor<Row, number>(options.y);
+  const fx = accessor<Row, number | string>(options.x), fy = accessor<Row, number>(options.y);
   const fs = accessor<Row, string>(options.series ?? ("policy" as keyof Row & string));
+  const ff = options.facet ? accessor<Row, string | number>(options.facet) : () => "";
   const data = rows
-    .map((r) => ({ x: Number(fx(r)), y: Number(fy(r)), series: String(fs(r)) }))
-    .filter((d) => Number.isFinite(d.x) && Number.isFinite(d.y))
-    .sort((a, b) => a.series.localeCompare(b.series) || a.x - b.x);
+    .map((r) => {
+      const x = fx(r);
+      return {
+        x: typeof x === "string" ? x : Number(x),
+        y: Number(fy(r)),
+        series: String(fs(r)),
+        facet: ff(r),
+      };
+    })
+    .filter((d) => (typeof d.x === "string" ? d.x !== "" : Number.isFinite(d.x)))
+    .filter((d) => Number.isFinite(d.y));
+  const categorical = data.some((d) => typeof d.x === "string");
+  const order = [...new Set(data.map((d) => String(d.x)))];
+  data.sort((a, b) =>
+    a.series.localeCompare(b.series) ||
+    (categorical
+      ? order.indexOf(String(a.x)) - order.indexOf(String(b.x))
+      : (a.x as number) - (b.x as number))
+  );
   const dom = parseHTML("<!doctype html><html><body></body></html>") as unknown as {
     document: Plot.PlotOptions["document"];
   };
   const name = (f: unknown, fallback: string) => typeof f === "string" ? f : fallback;
+  const facets = new Set(data.map((d) => d.facet)).size;
   const marks: Plot.Markish[] = [
+    Plot.frame({ strokeOpacity: facets > 1 ? 0.2 : 0 }),
     Plot.gridY({ strokeOpacity: 0.15 }),
     Plot.line(data, { x: "x", y: "y", z: "series", stroke: "series", strokeWidth: 1.5 }),
     Plot.dot(data, { x: "x", y: "y", fill: "series", r: 2.5 }),
@@ -83,13 +112,28 @@ export function plotSweep<Row>(rows: readonly Row[], options: SweepPlotOptions<R
       }),
     ),
   ];
+  if (options.facet) {
+    // Each panel is named above its frame.
+    const values = [...new Set(data.map((d) => d.facet))];
+    const label = options.facetLabel ?? name(options.facet, "");
+    marks.push(
+      Plot.text(values, {
+        fy: (d) => d,
+        text: (d) => `${label} ${d}`,
+        frameAnchor: "top",
+        dy: -10,
+        fontWeight: "bold",
+      }),
+    );
+  }
   if (options.title) {
     // Above the frame and the y-axis label, from the chart's left edge.
     marks.push(
       Plot.text([options.title], {
+        facet: "super",
         frameAnchor: "top-left",
         dx: -50,
-        dy: -38,
+        dy: options.facet ? -52 : -38,
         textAnchor: "start",
         fontWeight: "bold",
         fontSize: 12,
@@ -99,16 +143,19 @@ export function plotSweep<Row>(rows: readonly Row[], options: SweepPlotOptions<R
   const chart = Plot.plot({
     document: dom.document,
     width: options.width ?? 640,
-    height: options.height ?? 360,
-    marginTop: options.title ? 50 : 20,
+    height: options.height ?? (options.facet ? 80 + 240 * facets : 360),
+    fy: options.facet ? { axis: null, padding: 0.18 } : undefined,
+    facet: options.facet ? { data, y: "facet" } : undefined,
+    marginTop: (options.title ? 50 : 20) + (options.facet ? 14 : 0),
     marginRight: 130,
     marginLeft: 55,
     style: { background: "white" },
     x: {
       label: options.xLabel ?? name(options.x, "x"),
-      type: options.xType ?? "linear",
-      ticks: [...new Set(data.map((d) => d.x))],
-      tickFormat: options.xTickFormat,
+      type: categorical ? "point" : options.xType ?? "linear",
+      ...(categorical
+        ? { domain: order, padding: 0.3 }
+        : { ticks: [...new Set(data.map((d) => d.x as number))], tickFormat: options.xTickFormat }),
     },
     y: { label: options.yLabel ?? name(options.y, "y"), grid: false, nice: true },
     color: { type: "categorical" },

@@ -190,13 +190,13 @@ export function buildSweep(spec: SweepSpec): SweepPlan {
 /** How to plot one sweep: x, the line of a row, and labels. */
 export interface SweepAxes<Row> {
   /** x value of a row. */
-  x: (row: Row) => number;
+  x: (row: Row) => number | string;
   /** Line a row belongs to. */
   series: (row: Row) => string;
   /** x axis label. */
   xLabel: string;
   /** Log x axis (budgets). */
-  xType: "linear" | "log";
+  xType: "linear" | "log" | "point";
   /** Tick labels. */
   xTickFormat?: (x: number) => string;
 }
@@ -232,10 +232,10 @@ export interface SweepRowFields {
 }
 
 /**
- * The axes a sweep is drawn on: budget-like sweeps (budget, pooling,
- * summary, correction) against the budget share, one line per policy and
- * value; numeric knobs (tau, page size, sink, window, cached pages) against
- * the knob, one line per policy and budget.
+ * The axes a sweep is drawn on: the budget sweep against the budget share,
+ * one line per policy; every other knob against its values (categories for
+ * pooling, summary and correction), one line per policy and budget. Contexts are told apart by
+ * panels (`facet: "context"` in `plotSweep`).
  *
  * @example
  * ```ts
@@ -244,12 +244,11 @@ export interface SweepRowFields {
  * ```
  */
 export function sweepAxes<Row extends SweepRowFields>(knob: SweepKnob): SweepAxes<Row> {
-  const ctx = (r: Row) => ` @${r.context}`;
   switch (knob) {
     case "budget":
       return {
         x: (r) => r.budget_share,
-        series: (r) => r.policy + ctx(r),
+        series: (r) => r.policy,
         xLabel: "budget (share of the context)",
         xType: "log",
         xTickFormat: shareLabel,
@@ -258,11 +257,10 @@ export function sweepAxes<Row extends SweepRowFields>(knob: SweepKnob): SweepAxe
     case "summary":
     case "correction":
       return {
-        x: (r) => r.budget_share,
-        series: (r) => `${r.base_policy}/${r[knob] ?? "-"}${ctx(r)}`,
-        xLabel: "budget (share of the context)",
-        xType: "log",
-        xTickFormat: shareLabel,
+        x: (r) => r[knob] ?? "-",
+        series: (r) => `${r.base_policy} ${r.budget_spec}`,
+        xLabel: knob,
+        xType: "point",
       };
     default: {
       const x: Record<string, (r: Row) => number> = {
@@ -281,7 +279,7 @@ export function sweepAxes<Row extends SweepRowFields>(knob: SweepKnob): SweepAxe
       };
       return {
         x: x[knob],
-        series: (r) => `${r.base_policy} ${r.budget_spec}${ctx(r)}`,
+        series: (r) => `${r.base_policy} ${r.budget_spec}`,
         xLabel: labels[knob],
         xType: "linear",
       };
