@@ -20,7 +20,7 @@ struct Params {
   window_pages: u32, // W: the window ring follows
   identity: u32, // 1: every page is resident in slot = page id (all-on-GPU policies)
   use_flags: u32, // 1: flags pick fresh (1) or spec (0) per head; 0: always fresh
-  _pad0: u32,
+  use_best: u32, // 1: a head whose flag is set attends `best` (its resident-only top-k)
   _pad1: u32,
 }
 
@@ -34,7 +34,10 @@ struct Params {
 @group(0) @binding(5) var<storage, read> residency: array<u32>;
 @group(0) @binding(6) var<storage, read_write> table: array<u32>; // [b][h][max_entries] slots
 @group(0) @binding(7) var<storage, read_write> pages: array<u32>; // [b][h][max_entries] page ids
-@group(0) @binding(8) var<storage, read_write> hits: array<u32>; // [b][h] resident selected pages
+// [b][h] pages of the head's fresh selection (or of its speculation, when
+// that is what it attends) that were resident
+@group(0) @binding(8) var<storage, read_write> hits: array<u32>;
+@group(0) @binding(9) var<storage, read> best: array<u32>; // [b][h][k] resident-only top-k
 
 fn home_slot(p: u32) -> u32 {
   if (params.identity == 1u || p < params.sink_pages) {
@@ -82,6 +85,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     }
   } else {
     let use_fresh = params.use_flags == 0u || flags[bh] != 0u;
+    let use_best = use_fresh && params.use_best == 1u;
     for (var i = 0u; i < params.k; i++) {
       var p = spec[bh * params.k + i];
       if (use_fresh) {
@@ -91,9 +95,16 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       if (p < params.max_pages) {
         slot = pool_slot(bh, p);
       }
+      resident += select(1u, 0u, slot == EMPTY);
+      if (use_best) {
+        p = best[bh * params.k + i];
+        slot = EMPTY;
+        if (p < params.max_pages) {
+          slot = pool_slot(bh, p);
+        }
+      }
       table[row + n] = select(base + slot, EMPTY, slot == EMPTY);
       pages[row + n] = select(p, EMPTY, slot == EMPTY);
-      resident += select(1u, 0u, slot == EMPTY);
       n++;
     }
   }

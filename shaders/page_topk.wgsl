@@ -14,6 +14,11 @@
 
 override GROUP: u32; // query heads per KV head
 override POOLING: u32; // 0: softmax-mean, 1: mean, 2: max
+// Resident-only top-k: candidates whose `mask` entry is 0xffffffff (not
+// resident) get the lowest key, so they are picked only when fewer than k
+// candidates are resident. Rows of `mask` are MASK_STRIDE logical pages.
+override MASKED: bool = false;
+override MASK_STRIDE: u32 = 0u;
 
 const WG: u32 = 64u;
 const SIDE: u32 = 8u; // WG = SIDE * SIDE, for the two-level reductions
@@ -32,6 +37,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> keys: array<u32>; // [b][Hkv][max_count]
 @group(0) @binding(4) var<storage, read_write> winners: array<u32>; // [b][Hkv][k]
 @group(0) @binding(5) var<storage, read_write> selected: array<u32>; // [b][Hkv][k]
+@group(0) @binding(6) var<storage, read> mask: array<u32>; // [b][Hkv][MASK_STRIDE] when MASKED
 
 var<workgroup> red: array<vec2<f32>, WG>;
 var<workgroup> red2: array<vec2<f32>, SIDE>;
@@ -190,7 +196,11 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
         pooled = max(pooled, scores[(head0 + g) * params.max_count + n]);
       }
     }
-    keys[kbase + n] = order_key(pooled);
+    var key = order_key(pooled);
+    if (MASKED && mask[(b * params.num_kv_heads + kvh) * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
+      key = 0u;
+    }
+    keys[kbase + n] = key;
   }
 
   // 2. Radix select on the key.

@@ -53,8 +53,10 @@ gpuTest("page tables built on the GPU equal the CPU reference", async ({ device 
       }
     }
     const useFlags = trial % 2 === 1;
+    const useBest = trial % 4 === 3;
+    const best = pick();
     const builder = createPageTableBuilder(device, shape);
-    using plan = builder.plan({ sequences, useFlags });
+    using plan = builder.plan({ sequences, useFlags, useBest });
     const m = builder.maxEntries;
     const bufs = {
       fresh: createBuffer(device, "fresh", usage, fresh),
@@ -64,6 +66,7 @@ gpuTest("page tables built on the GPU equal the CPU reference", async ({ device 
       table: createBuffer(device, "table", usage, rows * m * 4),
       pages: createBuffer(device, "pages", usage, rows * m * 4),
       hits: createBuffer(device, "hits", usage, rows * 4),
+      best: createBuffer(device, "best", usage, best),
     };
     const enc = device.createCommandEncoder();
     plan.encode(enc, bufs);
@@ -79,6 +82,7 @@ gpuTest("page tables built on the GPU equal the CPU reference", async ({ device 
       spec: useFlags ? spec : undefined,
       flags: useFlags ? flags : undefined,
       residency,
+      best: useBest ? best : undefined,
     });
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < hkv; h++) {

@@ -435,9 +435,58 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
   plan[Symbol.dispose]();
   assert.throws(
     () => plan.encode(device.createCommandEncoder(), { q, summaries, selected }),
-    matches(TypeError, /the plan was disposed/),
+    matches(TypeError, /the plan must not be disposed/),
   );
   selector[Symbol.dispose]();
-  assert.throws(() => selector.plan(ok), matches(TypeError, /the page selector was disposed/));
+  assert.throws(() => selector.plan(ok), matches(TypeError, /the page selector must not be disposed/));
   for (const b of [q, summaries, small, tiny, selected, noStorage]) b.destroy();
 });
+
+gpuTest(
+  "resident-only top-k: the best k among resident pages, the rest by index",
+  async ({ device }) => {
+    const shape: Shape = { numKvHeads: 2, group: 3, headDim: 16, counts: [20, 13], k: 4 };
+    const options: PageSelectorOptions = { numQueryHeads: 6, numKvHeads: 2, headDim: 16 };
+    const { inputs } = separatedInputs(40, shape, options);
+    const { pooled } = selectPagesReference(inputs, options);
+    const rng = createRandom(9);
+    const stride = 32;
+    const B = shape.counts.length;
+    const mask = new Uint32Array(B * 2 * stride).fill(0xffffffff);
+    for (let i = 0; i < mask.length; i++) if (rng.next() < 0.4) mask[i] = 0;
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
+    const bufs = {
+      q: createBuffer(device, "q", usage, inputs.q),
+      summaries: createBuffer(device, "s", usage, inputs.summaries),
+      selected: createBuffer(device, "sel", usage, B * 2 * shape.k * 4),
+      mask: createBuffer(device, "mask", usage, mask),
+      best: createBuffer(device, "best", usage, B * 2 * shape.k * 4),
+    };
+    using selector = createPageSelector(device, options);
+    using plan = selector.plan(inputs);
+    const enc = device.createCommandEncoder();
+    plan.encode(enc, {
+      q: bufs.q,
+      summaries: bufs.summaries,
+      selected: bufs.selected,
+      residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best },
+    });
+    device.queue.submit([enc.finish()]);
+    const got = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < 2; h++) {
+        const row = pooled[b * 2 + h];
+        const start = inputs.candidateStart[b];
+        const resident = (n: number) => mask[(b * 2 + h) * stride + start + n] !== 0xffffffff;
+        const order = [...row.keys()].sort((x, y) =>
+          Number(resident(y)) - Number(resident(x)) ||
+          (resident(x) ? row[y] - row[x] : 0) || x - y
+        );
+        const want = order.slice(0, shape.k).map((n) => start + n);
+        const at = (b * 2 + h) * shape.k;
+        assert.deepEqual([...got.subarray(at, at + shape.k)], want, `sequence ${b} head ${h}`);
+      }
+    }
+    Object.values(bufs).forEach((x) => x.destroy());
+  },
+);

@@ -12,7 +12,13 @@
  * @module
  */
 
-import { assertDevice, assertInteger, describeValue, lostOr } from "../gpu/errors.ts";
+import {
+  assertDevice,
+  assertInteger,
+  describeValue,
+  disposedError,
+  lostOr,
+} from "../gpu/errors.ts";
 import { createBuffer, readBuffer } from "../gpu/buffers.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
 import { createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
@@ -256,11 +262,7 @@ export class RetrievalEngine {
   }
 
   #checkAlive(action: string): void {
-    if (this.#disposed) {
-      throw new TypeError(
-        `Cannot ${action} as the engine must not be disposed: received a disposed engine`,
-      );
-    }
+    if (this.#disposed) throw disposedError(action, "engine");
     assertDevice(this.device, action);
   }
 
@@ -473,7 +475,7 @@ export class RetrievalEngine {
       encoder = await this.#correctPhase(encoder, state, plan);
       this.#checkAlive(action);
     }
-    this.#attendPhase(encoder, state, q, out, regions, plan.useFlags);
+    this.#attendPhase(encoder, state, q, out, regions, plan.useFlags, plan.useBest);
     if (state.qPrev) this.#speculatePhase(encoder, state, q, plan);
     return encoder;
   }
@@ -554,6 +556,7 @@ export class RetrievalEngine {
     out: GPUBuffer,
     regions: PageRegions[],
     useFlags: boolean,
+    useBest = false,
   ): void {
     const o = this.options;
     const B = o.batch;
@@ -575,13 +578,15 @@ export class RetrievalEngine {
         numPages: r.numPages,
         candidateCount: r.candidateCount,
       }));
-      if (!state.tablePlan) state.tablePlan = state.tableBuilder!.plan({ sequences, useFlags });
-      else state.tablePlan.update({ sequences, useFlags });
+      const step = { sequences, useFlags, useBest };
+      if (!state.tablePlan) state.tablePlan = state.tableBuilder!.plan(step);
+      else state.tablePlan.update(step);
       state.flushResidency();
       state.tablePlan.encode(encoder, {
         fresh: state.fresh!,
         spec: useFlags ? state.spec : undefined,
         flags: useFlags ? state.flags : undefined,
+        best: useBest ? state.best : undefined,
         residency: state.residency,
         table: state.table!,
         pages: state.pages!,

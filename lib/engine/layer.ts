@@ -94,6 +94,8 @@ export class LayerState implements Disposable {
   fresh?: GPUBuffer;
   /** `[B][Hkv][K]` the previous step's top-k (freekv). */
   spec?: GPUBuffer;
+  /** `[B][Hkv][K]` this step's top-k among resident pages (freekv, resident correction). */
+  best?: GPUBuffer;
   flags?: GPUBuffer;
   /** freekv: `[Hkv]` flags all 1. */
   correctAll?: GPUBuffer;
@@ -190,6 +192,7 @@ export class LayerState implements Disposable {
     }
     if (mode === "offload" && o.policy === "freekv") {
       this.spec = this.#own(`layer ${index} speculative selection`, B * hkv * K * 4);
+      this.best = this.#own(`layer ${index} resident-only selection`, B * hkv * K * 4);
       this.flags = this.#own(`layer ${index} correction flags`, B * hkv * 4);
       this.cosine = this.#own(`layer ${index} query cosines`, B * hq * 4);
       this.groupMean = this.#own(`layer ${index} group-mean cosines`, B * hkv * 4);

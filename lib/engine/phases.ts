@@ -33,6 +33,8 @@ export interface SelectionPlan {
   sync: boolean;
   /** Page tables pick fresh or speculative selections by the flags. */
   useFlags: boolean;
+  /** Corrected heads attend their top-k among resident pages (freekv, resident correction). */
+  useBest: boolean;
 }
 
 /**
@@ -118,16 +120,6 @@ export function selectPhase(
   const needs = regions.map((r) => r.candidateCount > K);
   const selects = regions.map((r) => freekv ? r.candidateCount >= K : r.candidateCount > K);
   const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
-  if (selects.some(Boolean)) {
-    state.planSelection({
-      pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
-      // Sequences that do not select get a dummy range; their result is ignored.
-      candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
-      candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
-      k: K,
-    }).encode(encoder, { q, summaries: state.summaries!, selected: state.fresh! });
-    ctx.stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
-  }
   if (freekv && checked.some(Boolean)) {
     state.similarityPlan ??= state.similarity!.plan({ batch: B, tau: o.tau });
     state.similarityPlan.encode(encoder, {
@@ -138,22 +130,55 @@ export function selectPhase(
       flags: state.flags!,
     });
   }
-  if (state.mode === "quest" || !needs.some(Boolean)) {
-    return { selects, needs, checked, sync: false, useFlags: false };
+  const decision = decide(o, state, needs, checked, encoder);
+  if (selects.some(Boolean)) {
+    state.planSelection({
+      pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
+      // Sequences that do not select get a dummy range; their result is ignored.
+      candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
+      candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
+      k: K,
+    }).encode(encoder, {
+      q,
+      summaries: state.summaries!,
+      selected: state.fresh!,
+      // Resident correction: also the best K among the pages on the GPU.
+      ...(decision.useBest
+        ? {
+          residentOnly: { mask: state.residency!, maskStride: ctx.maxPages, selected: state.best! },
+        }
+        : {}),
+    });
+    ctx.stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
   }
-  if (!freekv) return { selects, needs, checked, sync: true, useFlags: false };
+  return { selects, needs, checked, ...decision };
+}
+
+/** Whether the layer waits, and how its page tables pick selections. */
+function decide(
+  o: ResolvedEngineOptions,
+  state: LayerState,
+  needs: boolean[],
+  checked: boolean[],
+  encoder: GPUCommandEncoder,
+): { sync: boolean; useFlags: boolean; useBest: boolean } {
+  const freekv = state.qPrev !== undefined;
+  if (state.mode === "quest" || !needs.some(Boolean)) {
+    return { sync: false, useFlags: false, useBest: false };
+  }
+  if (!freekv) return { sync: true, useFlags: false, useBest: false };
   // freekv: a sequence without a speculation yet (first step) selects synchronously.
   const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
   if (missingSpec) {
-    if (!checked.some(Boolean)) return { selects, needs, checked, sync: true, useFlags: false };
+    if (!checked.some(Boolean)) return { sync: true, useFlags: false, useBest: false };
     // Others of the batch keep their own correction flags (as they would
     // alone); a sequence without a speculation takes its fresh selection.
     const bytes = o.numKvHeads * 4;
     checked.forEach((c, b) => {
       if (!c) encoder.copyBufferToBuffer(state.correctAll!, 0, state.flags!, b * bytes, bytes);
     });
-    return { selects, needs, checked, sync: true, useFlags: true };
+    return { sync: true, useFlags: true, useBest: false };
   }
   const sync = o.correction === "sync" && checked.some(Boolean);
-  return { selects, needs, checked, sync, useFlags: true };
+  return { sync, useFlags: true, useBest: !sync };
 }

@@ -51,6 +51,12 @@ export interface PageTableStep {
   sequences: readonly PageTableSequence[];
   /** True: `flags` choose `fresh` (1) or `spec` (0) per head; false: always `fresh`. */
   useFlags: boolean;
+  /**
+   * True: a head whose flag is set attends `best` (its top-k among resident
+   * pages) instead of `fresh`; `hits` still counts `fresh`'s resident pages.
+   * Needs `useFlags`.
+   */
+  useBest?: boolean;
 }
 
 /** GPU buffers of {@linkcode PageTablePlan.encode}. */
@@ -67,8 +73,10 @@ export interface PageTableBuffers {
   table: GPUBuffer;
   /** Output `[b][h][maxEntries]` u32 page ids ({@linkcode EMPTY_PAGE} for holes). */
   pages: GPUBuffer;
-  /** Output `[b][h]` u32 resident selected pages. */
+  /** Output `[b][h]` u32 resident pages of the fresh (or speculative) selection. */
   hits: GPUBuffer;
+  /** `[b][h][k]` u32 top-k among resident pages (required with `useBest`). */
+  best?: GPUBuffer;
 }
 
 /** A planned page-table build; reusable across steps through `update`. */
@@ -144,6 +152,7 @@ class Plan implements PageTablePlan {
   #maxEntries: number;
   #batch = 0;
   #useFlags = false;
+  #useBest = false;
   #params: GPUBuffer;
   #seq: GPUBuffer | null = null;
   #dummy: GPUBuffer | null = null;
@@ -205,6 +214,7 @@ class Plan implements PageTablePlan {
     device.queue.writeBuffer(this.#seq, 0, meta);
     this.#batch = sequences.length;
     this.#useFlags = step.useFlags;
+    this.#useBest = step.useFlags && step.useBest === true;
     device.queue.writeBuffer(
       this.#params,
       0,
@@ -219,7 +229,7 @@ class Plan implements PageTablePlan {
         W,
         this.#shape.identity ? 1 : 0,
         step.useFlags ? 1 : 0,
-        0,
+        step.useFlags && step.useBest ? 1 : 0,
         0,
       ]),
     );
@@ -243,6 +253,7 @@ class Plan implements PageTablePlan {
     if (this.#useFlags) {
       need.push(["spec", buffers.spec, rows * k * 4], ["flags", buffers.flags, rows * 4]);
     }
+    if (this.#useBest) need.push(["best", buffers.best, rows * k * 4]);
     if (!this.#shape.identity) need.push(["residency", buffers.residency, rows * maxPages * 4]);
     for (const [name, buffer, bytes] of need) {
       if (!(buffer instanceof GPUBuffer) || buffer.size < bytes) {
@@ -270,6 +281,7 @@ class Plan implements PageTablePlan {
       buffers.table,
       buffers.pages,
       buffers.hits,
+      buffers.best ?? this.#dummy,
     ];
     const bind = this.#device.createBindGroup({
       label: "freekv page table",

@@ -20,6 +20,8 @@ export interface PageTableReferenceInputs {
   flags?: ArrayLike<number>;
   /** `[b][h][maxPages]` local pool slot or {@linkcode EMPTY_PAGE} (ignored with `identity`). */
   residency?: ArrayLike<number>;
+  /** `[b][h][k]` top-k among resident pages: a flagged head attends it instead of `fresh`. */
+  best?: ArrayLike<number>;
 }
 
 /** What {@linkcode pageTableReference} returns. */
@@ -74,18 +76,21 @@ export function pageTableReference(
         n++;
       };
       for (let p = 0; p < s.sinkCount; p++) put(p, home(p));
-      const selected: number[] = [];
+      const slotOf = (p: number) => (p < maxPages ? poolSlot(p) : EMPTY_PAGE);
       if (s.candidateCount <= k) {
-        for (let p = s.sinkCount; p < s.windowStart; p++) selected.push(p);
+        for (let p = s.sinkCount; p < s.windowStart; p++) {
+          if (slotOf(p) !== EMPTY_PAGE) hits[bh]++;
+          put(p, slotOf(p));
+        }
       } else {
         const useFresh = !inputs.flags || inputs.flags[bh] !== 0;
         const src = useFresh ? inputs.fresh : inputs.spec!;
-        for (let i = 0; i < k; i++) selected.push(src[bh * k + i]);
-      }
-      for (const p of selected) {
-        const slot = p < maxPages ? poolSlot(p) : EMPTY_PAGE;
-        if (slot !== EMPTY_PAGE) hits[bh]++;
-        put(p, slot);
+        const useBest = useFresh && inputs.flags !== undefined && inputs.best !== undefined;
+        for (let i = 0; i < k; i++) {
+          if (slotOf(src[bh * k + i]) !== EMPTY_PAGE) hits[bh]++;
+          const p = useBest ? inputs.best![bh * k + i] : src[bh * k + i];
+          put(p, slotOf(p));
+        }
       }
       for (let p = s.windowStart; p < s.numPages; p++) put(p, home(p));
     }

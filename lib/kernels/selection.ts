@@ -52,6 +52,7 @@ import {
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
+import type { GpuKernel, GpuKernelPlan } from "./contract.ts";
 
 /** How the scores of a GQA group's query heads pool to one score per KV head. */
 export type PoolingMode = "softmax-mean" | "mean" | "max";
@@ -103,24 +104,26 @@ export interface PageSelectionBuffers {
   summaries: GPUBuffer | BufferSlice;
   /** Output `[batch][Hkv][k]` u32 logical page ids (STORAGE; add COPY_SRC to read it back). */
   selected: GPUBuffer | BufferSlice;
+  /**
+   * Optional second top-k over the same scores restricted to resident pages:
+   * `mask` is `[batch][Hkv][maskStride]` u32 per logical page, 0xffffffff for
+   * a page that is not resident (a residency map); its winners go to
+   * `selected` `[batch][Hkv][k]`, non-resident pages only where fewer than k
+   * candidates are resident.
+   */
+  residentOnly?: {
+    mask: GPUBuffer | BufferSlice;
+    maskStride: number;
+    selected: GPUBuffer | BufferSlice;
+  };
 }
 
 /**
  * The page selection kernels for one head geometry and pooling mode, from
  * {@linkcode createPageSelector}.
  */
-export interface PageSelector {
-  /** The options, with defaults filled in. */
-  readonly options: Readonly<Required<PageSelectorOptions>>;
-  /**
-   * Validates a batch description, sizes the scratch buffers and uploads
-   * the per-sequence table into a new plan; throws `TypeError`/`RangeError`
-   * before any GPU work.
-   */
-  plan(step: PageSelectionStep): PageSelectionPlan;
-  /** Marks the selector unusable; it owns no buffers (plans do). */
-  [Symbol.dispose](): void;
-}
+export interface PageSelector
+  extends GpuKernel<Required<PageSelectorOptions>, PageSelectionStep, PageSelectionPlan> {}
 
 /**
  * One batch description on the GPU, from {@linkcode PageSelector.plan}. It
@@ -128,25 +131,11 @@ export interface PageSelector {
  * selector may be encoded into one submission; one plan may be encoded for
  * several layers' buffers.
  */
-export interface PageSelectionPlan {
+export interface PageSelectionPlan extends GpuKernelPlan<PageSelectionStep, PageSelectionBuffers> {
   /** Sequences of the plan. */
   readonly batch: number;
   /** Pages selected per (sequence, KV head). */
   readonly k: number;
-  /**
-   * Replaces the batch description (a failed update keeps the old one);
-   * written with `queue.writeBuffer`, so submit the work encoded under the
-   * old one first.
-   */
-  update(step: PageSelectionStep): void;
-  /** Records scoring, pooling and top-k (one compute pass); checks buffer sizes first. */
-  encode(
-    encoder: GPUCommandEncoder,
-    buffers: PageSelectionBuffers,
-    options?: KernelEncodeOptions,
-  ): void;
-  /** Destroys the plan's buffers. */
-  [Symbol.dispose](): void;
 }
 
 /** Inputs of {@linkcode selectPages} and `selectPagesReference`. */
@@ -335,6 +324,8 @@ class SelectionPlan implements PageSelectionPlan {
   #scores: GrowableBuffer;
   #keys: GrowableBuffer;
   #winners: GrowableBuffer;
+  /** Bound as the mask of the unmasked top-k, which never reads it. */
+  #noMask: GPUBuffer;
   #step!: CheckedSelectionStep;
   // Bounded: the engine cycles through a few buffers per layer.
   #bindings = new BindGroupCache<[GPUBindGroup, GPUBindGroup]>(16);
@@ -347,6 +338,7 @@ class SelectionPlan implements PageSelectionPlan {
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     this.#scoreParams = createBuffer(device, "freekv page score params", uniform, 16);
     this.#topkParams = createBuffer(device, "freekv page top-k params", uniform, 16);
+    this.#noMask = createBuffer(device, "freekv page top-k no mask", GPUBufferUsage.STORAGE, 16);
     const scratch = (name: string) =>
       new GrowableBuffer(
         device,
@@ -463,9 +455,13 @@ class SelectionPlan implements PageSelectionPlan {
           { binding: 3, resource: { buffer: this.#keys.buffer } },
           { binding: 4, resource: { buffer: this.#winners.buffer } },
           { binding: 5, resource: selected },
+          { binding: 6, resource: { buffer: this.#noMask } },
         ],
       }),
     ]);
+    const masked = buffers.residentOnly
+      ? this.#maskedTopk(buffers.residentOnly, outBytes, action)
+      : null;
     const ts = options.timestampWrites;
     const pass = encoder.beginComputePass({
       label: "freekv page selection",
@@ -477,7 +473,62 @@ class SelectionPlan implements PageSelectionPlan {
     pass.setPipeline(topkPipeline);
     pass.setBindGroup(0, topkGroup);
     pass.dispatchWorkgroups(hkv, step.batch);
+    if (masked) {
+      pass.setPipeline(masked.pipeline);
+      pass.setBindGroup(0, masked.group);
+      pass.dispatchWorkgroups(hkv, step.batch);
+    }
     pass.end();
+  }
+
+  #maskedTopk(
+    r: NonNullable<PageSelectionBuffers["residentOnly"]>,
+    outBytes: number,
+    action: string,
+  ): { pipeline: GPUComputePipeline; group: GPUBindGroup } {
+    const { device, options } = this.#selector;
+    const step = this.#step;
+    assertInteger("residentOnly.maskStride", r.maskStride, action, 1);
+    const out = sized(
+      "residentOnly.selected",
+      r.selected,
+      outBytes,
+      "batch * numKvHeads * k u32",
+      action,
+    );
+    const maskBytes = step.batch * options.numKvHeads * r.maskStride * 4;
+    const mask = sized(
+      "residentOnly.mask",
+      r.mask,
+      maskBytes,
+      "batch * numKvHeads * maskStride u32",
+      action,
+    );
+    const pipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
+      GROUP: options.numQueryHeads / options.numKvHeads,
+      POOLING: POOLING_MODES.indexOf(options.pooling),
+      MASKED: 1,
+      MASK_STRIDE: r.maskStride,
+    });
+    // -1 tells these keys from the unmasked pass's.
+    const key = [-1, r.maskStride, ...[mask, out].flatMap((x) => [x.buffer, x.offset, x.size])];
+    const [group] = this.#bindings.get(key, () => {
+      const g = device.createBindGroup({
+        label: "freekv resident-only top-k bind group",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: this.#topkParams } },
+          { binding: 1, resource: { buffer: this.#seqs.buffer } },
+          { binding: 2, resource: { buffer: this.#scores.buffer } },
+          { binding: 3, resource: { buffer: this.#keys.buffer } },
+          { binding: 4, resource: { buffer: this.#winners.buffer } },
+          { binding: 5, resource: out },
+          { binding: 6, resource: mask },
+        ],
+      });
+      return [g, g];
+    });
+    return { pipeline, group };
   }
 
   [Symbol.dispose](): void {
@@ -485,6 +536,7 @@ class SelectionPlan implements PageSelectionPlan {
     this.#disposed = true;
     this.#scoreParams.destroy();
     this.#topkParams.destroy();
+    this.#noMask.destroy();
     for (const b of [this.#seqs, this.#scores, this.#keys, this.#winners]) b[Symbol.dispose]();
     this.#bindings.clear();
   }
