@@ -239,7 +239,7 @@ gpuTest("attention: plan, encode, update, optional lse, cached bind groups", asy
     );
     small.destroy();
     plan[Symbol.dispose]();
-    assert.throws(() => plan.update(tables(first)), /plan was disposed/);
+    assert.throws(() => plan.update(tables(first)), /plan must not be disposed/);
   } finally {
     for (const x of [q, k, v, outA, outB, lse]) x.destroy();
   }

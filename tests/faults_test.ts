@@ -148,7 +148,7 @@ const disposeCases: [string, (gpu: Gpu) => Promise<void>][] = [
     const e = createRetrievalEngine(gpu.device, BASE);
     await prefill(e, 0, 100, 1);
     e[Symbol.dispose]();
-    await assert.rejects(e.step(0, token(1)), /engine must not be disposed/);
+    await assert.rejects(e.step(0, token(1)), /the engine must not be disposed/);
     await new Promise((r) => setTimeout(r, 50)); // offload maps settle after dispose
   }],
   ["mid-offload (prefill not awaited)", async (gpu) => {

@@ -82,5 +82,5 @@ gpuTest("kv append: bad input is refused before recording", (gpu) => {
   rows.destroy();
   cache.destroy();
   plan[Symbol.dispose]();
-  assert.throws(() => plan.update({ dstOffsets: new Uint32Array(1) }), /plan was disposed/);
+  assert.throws(() => plan.update({ dstOffsets: new Uint32Array(1) }), /plan must not be disposed/);
 });

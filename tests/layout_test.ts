@@ -230,12 +230,13 @@ gpuTest("layout plans reject bad jobs and buffers before any GPU work", async ({
   plan[Symbol.dispose]();
   assert.throws(
     () => plan.encode(device.createCommandEncoder(), buffers),
-    (e: Error) => e instanceof TypeError && /the plan was disposed/.test(e.message),
+    (e: Error) => e instanceof TypeError && /the plan must not be disposed/.test(e.message),
   );
   scatter[Symbol.dispose]();
   assert.throws(
     () => scatter.plan([]),
-    (e: Error) => e instanceof TypeError && /the layout kernel was disposed/.test(e.message),
+    (e: Error) =>
+      e instanceof TypeError && /the layout kernel must not be disposed/.test(e.message),
   );
   for (const b of [k, v, runs, mapOnly]) b.destroy();
 });

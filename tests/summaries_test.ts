@@ -411,12 +411,13 @@ gpuTest("summaries: bad input throws before GPU work", async (gpu) => {
   plan[Symbol.dispose]();
   assert.throws(
     () => plan.encode(encoder, { kCache: twoSlots, summaries: onePage }),
-    (e: unknown) => e instanceof TypeError && /the plan was disposed/.test(String(e)),
+    (e: unknown) => e instanceof TypeError && /the plan must not be disposed/.test(String(e)),
   );
   summarizer[Symbol.dispose]();
   assert.throws(
     () => summarizer.plan(ok.jobs),
-    (e: unknown) => e instanceof TypeError && /the page summarizer was disposed/.test(String(e)),
+    (e: unknown) =>
+      e instanceof TypeError && /the page summarizer must not be disposed/.test(String(e)),
   );
   device.queue.submit([encoder.finish()]);
   for (const b of [oneSlot, twoSlots, noPages, onePage, notStorage]) b.destroy();

@@ -217,16 +217,20 @@ export function assertHeadsDivide(
 
 /**
  * The error every disposed object throws when used again: a `TypeError`
- * `Cannot <action> as the <what> was disposed`.
+ * `Cannot <action> as the <what> must not be disposed: received a disposed
+ * <what>` (the message convention: the rule, then what was received).
  *
  * @example
  * ```ts
  * import { disposedError } from "./errors.ts";
- * console.log(disposedError("run attention", "plan").message); // Cannot run attention as the plan was disposed
+ * console.log(disposedError("run attention", "plan").message);
+ * // Cannot run attention as the plan must not be disposed: received a disposed plan
  * ```
  */
 export function disposedError(action: string, what: string): TypeError {
-  return new TypeError(`Cannot ${action} as the ${what} was disposed`);
+  return new TypeError(
+    `Cannot ${action} as the ${what} must not be disposed: received a disposed ${what}`,
+  );
 }
 
 const lostDevices = new WeakMap<GPUDevice, GPUDeviceLostInfo>();
