@@ -210,7 +210,7 @@ export class StagingRing {
    * call blocks until the queue is idle, so it is made only where that
    * costs least: before the next chunk is submitted, or when asked for done.
    */
-  #release(slot: Slot) {
+  #release(slot: Slot): void {
     if (!slot.needsRelease) return;
     slot.needsRelease = false;
     if (slot.map) {
@@ -310,7 +310,7 @@ export class StagingRing {
     state.stats.waitMs += performance.now() - t2;
   }
 
-  #ensureCapacity(slot: Slot, runs: number) {
+  #ensureCapacity(slot: Slot, runs: number): void {
     if (slot.capacity >= runs) return;
     const capacity = Math.min(this.#maxRuns, 2 ** Math.ceil(Math.log2(runs)));
     const size = capacity * this.#sizes.runBytes;
@@ -333,7 +333,7 @@ export class StagingRing {
   }
 
   /** The fragmented baseline: one `writeBuffer` per (token, K/V) fragment. */
-  fragmented(chunk: Chunk) {
+  fragmented(chunk: Chunk): void {
     const state = chunk.state;
     const t0 = performance.now();
     const pool = this.#pool;
