@@ -19,7 +19,7 @@ import {
   makePlan,
   uniform,
 } from "./kernels_plan.ts";
-import { type GpuMatrix, noBias, weightPipeline } from "./kernels_weights.ts";
+import { type GpuMatrix, type GpuMatrixPart, noBias, weightPipeline } from "./kernels_weights.ts";
 
 /** Options of {@linkcode planEmbedding}. */
 export interface EmbeddingPlanOptions {
@@ -102,6 +102,24 @@ function checkLinear(options: LinearPlanOptions, tokens: number, action: string)
   if (options.bias) checkFits("bias", options.bias, weight.rows, action);
 }
 
+// Input, one weight part, bias (or the placeholder) and output, after the uniforms.
+function linearBindGroup(
+  device: GPUDevice,
+  label: string,
+  pipeline: GPUComputePipeline,
+  params: GPUBuffer,
+  part: GpuMatrixPart,
+  options: LinearPlanOptions,
+): GPUBindGroup {
+  return bindGroup(device, label, pipeline, [
+    params,
+    options.input,
+    part.buffer,
+    options.bias ?? noBias(device),
+    options.output,
+  ]);
+}
+
 /**
  * Plans `y = W x (+ b)` for one input vector (decode): one workgroup per
  * output row, one dispatch per row block of `W`.
@@ -135,13 +153,7 @@ export function planMatvec(device: GPUDevice, options: LinearPlanOptions): Kerne
     owned.push(u);
     return {
       pipeline,
-      bindGroup: bindGroup(device, label, pipeline, [
-        u,
-        options.input,
-        part.buffer,
-        options.bias ?? noBias(device),
-        options.output,
-      ]),
+      bindGroup: linearBindGroup(device, label, pipeline, u, part, options),
       workgroups: grid(part.rows, action),
     };
   });
@@ -196,13 +208,7 @@ export function planMatmul(device: GPUDevice, options: LinearPlanOptions): Kerne
     owned.push(u);
     return {
       pipeline,
-      bindGroup: bindGroup(device, label, pipeline, [
-        u,
-        options.input,
-        part.buffer,
-        options.bias ?? noBias(device),
-        options.output,
-      ]),
+      bindGroup: linearBindGroup(device, label, pipeline, u, part, options),
       workgroups: [rowTiles, tokenTiles, 1],
     };
   });
