@@ -185,6 +185,25 @@ Deno.test("sweeps: base grid plus one-at-a-time knobs, duplicates merged", () =>
   );
 });
 
+Deno.test("eval script: --from prints the table and draws the plots of a saved run", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const r = await runEval([
+      "--from",
+      "docs/eval/stories260K_freekv_2texts.json",
+      "--markdown",
+      "--plot",
+      dir,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^\| policy \| context \|/);
+    assert.match(r.stdout, /\| freekv \| 512 \| 64 \(1\/8\) \|/);
+    assert.ok(Deno.statSync(`${dir}/eval_budget_agreement.svg`).isFile);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("tables and plots", () => {
   const row = {
     policy: "freekv",
@@ -237,6 +256,14 @@ Deno.test("tables and plots", () => {
   assert.match(svg, /<path[^>]* d="M/); // the line
   assert.match(svg, />freekv</); // its label
   assert.match(svg, /<\/svg>$/);
+  // Text x values make a categorical axis; facets make one panel per value.
+  const cat = plotSweep([row, { ...row, pooling: "mean", context: 1024 }], {
+    x: "pooling",
+    y: "kl",
+    facet: "context",
+  });
+  assert.match(cat, />softmax-mean</);
+  assert.match(cat, />context 1024</);
 });
 
 async function runEval(args: string[]) {
@@ -276,6 +303,18 @@ Deno.test("eval script: --help, and bad flags fail with one line before any mode
     ],
     [["--sweep-contexts", "256"], /^eval: --sweep-contexts items must be among --contexts/],
     [["--model", "/nonexistent/model.bin", "--bogus"], /^eval: Unknown option '--bogus'/],
+    [
+      ["--prefix", "1/2", "--score-last", "64"],
+      /^eval: --prefix and --score-last must not be given together$/,
+    ],
+    [
+      ["--contexts", "128", "--score-last", "127"],
+      /^eval: --score-last must be at most context - 2 \(126\)/,
+    ],
+    [
+      ["--from", "/nonexistent.json"],
+      /^eval: --from must name the output of an earlier --json run/,
+    ],
   ];
   for (const [args, message] of cases) {
     const r = await runEval(args);
