@@ -15,6 +15,7 @@
  * @module
  */
 
+export * from "./charts.ts";
 export * from "./config.ts";
 export * from "./metrics.ts";
 export * from "./plot.ts";
