@@ -245,7 +245,7 @@ Deno.test("tables and plots", () => {
   assert.equal(md.length, 3);
   assert.match(
     md[2],
-    /^\| freekv \| 512 \| 128 \(1\/4\) \| 8 \| 2\/2 \| 0.9 \| sync \| 99.00 \| 0.0100 \| 95.00 /,
+    /^\| freekv \| 512 \| 128 \(1\/4\) \| 8 \| 2\/2 \| 0.9 \| sync \| - \| 99.00 \| 0.0100 \| 95.00 /,
   );
   const svg = plotSweep([row, { ...row, budget_share: 0.125, agreement: 0.97 }], {
     x: "budget_share",

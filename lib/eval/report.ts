@@ -35,6 +35,7 @@ export const TABLE_COLUMNS: ReadonlyArray<[string, TableCell]> = [
   ["sink/win", (r) => `${r.sink / r.page_size}/${r.window / r.page_size}`],
   ["tau", (r) => r.tau === null ? "-" : String(r.tau)],
   ["correction", (r) => r.correction ?? "-"],
+  ["cache pages", (r) => r.cache_pages === null ? "-" : String(r.cache_pages)],
   ["agree %", (r) => pct(r.agreement, 2)],
   ["KL", (r) => num(r.kl, 4)],
   ["mass %", (r) => pct(r.mass_recall, 2)],
