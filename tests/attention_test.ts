@@ -373,10 +373,13 @@ function tripwireDevice(): GPUDevice {
     maxComputeWorkgroupSizeX: 256,
     maxComputeWorkgroupStorageSize: 16384,
   };
-  return new Proxy({}, {
+  // A GPUDevice to `instanceof` (the library checks that first), watched for loss.
+  const target = typeof GPUDevice === "undefined" ? {} : Object.create(GPUDevice.prototype);
+  return new Proxy(target, {
     get(_, key) {
       if (key === "limits") return limits;
       if (key === "adapterInfo") return undefined;
+      if (key === "lost") return new Promise(() => {});
       throw new Error(`GPU work started: device.${String(key)}`);
     },
   }) as GPUDevice;
