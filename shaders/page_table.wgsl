@@ -20,7 +20,7 @@ struct Params {
   window_pages: u32, // W: the window ring follows
   identity: u32, // 1: every page is resident in slot = page id (all-on-GPU policies)
   use_flags: u32, // 1: flags pick fresh (1) or spec (0) per head; 0: always fresh
-  use_best: u32, // 1: a head whose flag is set attends `best` (its resident-only top-k)
+  use_best: u32, // 1: a head whose flag is 1 attends `best` (its resident-only top-k)
   _pad1: u32,
 }
 
@@ -84,8 +84,10 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       n++;
     }
   } else {
-    let use_fresh = params.use_flags == 0u || flags[bh] != 0u;
-    let use_best = use_fresh && params.use_best == 1u;
+    // Flags: 0 speculation, 1 corrected (fresh, or best with use_best), 2 fresh.
+    let flag = select(1u, flags[bh], params.use_flags == 1u);
+    let use_fresh = flag != 0u;
+    let use_best = flag == 1u && params.use_best == 1u;
     for (var i = 0u; i < params.k; i++) {
       var p = spec[bh * params.k + i];
       if (use_fresh) {

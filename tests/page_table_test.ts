@@ -44,7 +44,7 @@ gpuTest("page tables built on the GPU equal the CPU reference", async ({ device 
       Uint32Array.from({ length: rows * k }, () => Math.floor(rng.next() * (maxPages + 2)));
     const fresh = pick();
     const spec = pick();
-    const flags = Uint32Array.from({ length: rows }, () => (rng.next() < 0.5 ? 1 : 0));
+    const flags = Uint32Array.from({ length: rows }, () => Math.floor(rng.next() * 3));
     const residency = new Uint32Array(rows * maxPages).fill(EMPTY_PAGE);
     for (let r = 0; r < rows; r++) {
       for (let s = 0; s < k + cache; s++) {

@@ -200,7 +200,9 @@ export class LayerState implements Disposable {
       // One sequence's flags, all set: copied over the flags of a sequence
       // that has no speculation yet, so that it takes its fresh selection.
       this.correctAll = this.#own(`layer ${index} all-corrected flags`, hkv * 4);
-      device.queue.writeBuffer(this.correctAll, 0, new Uint32Array(hkv).fill(1));
+      // 2: corrected with its fresh selection, even where corrected heads attend
+      // their best resident pages (a sequence without a speculation waits for it).
+      device.queue.writeBuffer(this.correctAll, 0, new Uint32Array(hkv).fill(2));
       this.similarity = createQuerySimilarity(device, {
         numQueryHeads: hq,
         numKvHeads: hkv,

@@ -177,7 +177,7 @@ function decide(
     checked.forEach((c, b) => {
       if (!c) encoder.copyBufferToBuffer(state.correctAll!, 0, state.flags!, b * bytes, bytes);
     });
-    return { sync: true, useFlags: true, useBest: false };
+    return { sync: true, useFlags: true, useBest: o.correction === "resident" };
   }
   const sync = o.correction === "sync" && checked.some(Boolean);
   return { sync, useFlags: true, useBest: !sync };

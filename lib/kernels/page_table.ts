@@ -52,9 +52,9 @@ export interface PageTableStep {
   /** True: `flags` choose `fresh` (1) or `spec` (0) per head; false: always `fresh`. */
   useFlags: boolean;
   /**
-   * True: a head whose flag is set attends `best` (its top-k among resident
-   * pages) instead of `fresh`; `hits` still counts `fresh`'s resident pages.
-   * Needs `useFlags`.
+   * True: a head whose flag is 1 attends `best` (its top-k among resident
+   * pages) instead of `fresh` (a flag of 2 still means `fresh`); `hits`
+   * still counts `fresh`'s resident pages. Needs `useFlags`.
    */
   useBest?: boolean;
 }

@@ -85,7 +85,8 @@ export function pageTableReference(
       } else {
         const useFresh = !inputs.flags || inputs.flags[bh] !== 0;
         const src = useFresh ? inputs.fresh : inputs.spec!;
-        const useBest = useFresh && inputs.flags !== undefined && inputs.best !== undefined;
+        const useBest = inputs.flags !== undefined && inputs.flags[bh] === 1 &&
+          inputs.best !== undefined;
         for (let i = 0; i < k; i++) {
           if (slotOf(src[bh * k + i]) !== EMPTY_PAGE) hits[bh]++;
           const p = useBest ? inputs.best![bh * k + i] : src[bh * k + i];
