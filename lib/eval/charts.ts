@@ -11,6 +11,9 @@
 import * as Plot from "@observablehq/plot";
 import { parseHTML } from "linkedom";
 
+/** Observable Plot's chart specification (marks, scales, size), as `Plot.plot` takes it. */
+export type PlotSpec = Plot.PlotOptions;
+
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 /**
@@ -32,7 +35,7 @@ const SVG_NS = "http://www.w3.org/2000/svg";
  * console.log(svg.startsWith("<svg")); // true
  * ```
  */
-export function renderPlot(options: Plot.PlotOptions): string {
+export function renderPlot(options: PlotSpec): string {
   const dom = parseHTML("<!doctype html><html><body></body></html>") as unknown as {
     document: Plot.PlotOptions["document"];
   };

@@ -48,6 +48,14 @@ type AttendedPagesApi =
  * whichever `attendedPages` the engine has: per (layer, seq, head)
  * synchronously, or per layer as a promise of `[seq * Hkv + head]` lists.
  * Empty lists when the engine has none.
+ *
+ * @example
+ * ```ts
+ * import { readAttendedPages } from "./tap.ts";
+ * const engine = { attendedPages: (_layer: number) => Promise.resolve([[0, 3, 7], [0, 5, 7]]) };
+ * console.log(await readAttendedPages(engine, 0, 2)); // [ [ 0, 3, 7 ], [ 0, 5, 7 ] ]
+ * console.log(await readAttendedPages({}, 0, 2)); // [ [], [] ]
+ * ```
  */
 export async function readAttendedPages(
   engine: unknown,

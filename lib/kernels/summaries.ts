@@ -125,7 +125,16 @@ const SUMMARY_PRELUDES = {
 };
 const MAX_DISPATCH = 65535;
 
-/** f32 values of one page's summary for all KV heads: `Hkv * 2 * d`. */
+/**
+ * f32 values of one page's summary for all KV heads: `Hkv * 2 * d` (a
+ * minimum and a maximum, or a box's two bounds, per channel).
+ *
+ * @example
+ * ```ts
+ * import { summaryFloatsPerPage } from "./summaries.ts";
+ * console.log(summaryFloatsPerPage({ numKvHeads: 8, headDim: 128 })); // 2048
+ * ```
+ */
 export function summaryFloatsPerPage(options: { numKvHeads: number; headDim: number }): number {
   return options.numKvHeads * 2 * options.headDim;
 }
