@@ -19,17 +19,18 @@ import {
   disposedError,
   lostOr,
 } from "../gpu/errors.ts";
-import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { readBuffer } from "../gpu/buffers.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
 import { createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
 import type { HostPagePool } from "../memory/host_pool.ts";
 import type { RecallJob } from "../memory/recall.ts";
 import { OffloadMemory } from "./offload_memory.ts";
+import { type PendingAnswer, StepAnswers } from "./answer.ts";
 import { recordPrefill } from "./prefill.ts";
-import { appendPhase, type PhaseContext, selectPhase } from "./phases.ts";
+import { admitCorrected, appendPhase, type PhaseContext, selectPhase } from "./phases.ts";
 import { type PageBudget, type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import { layerMode, maxPagesOf, modeBudget, residentPageTable } from "./geometry.ts";
-import { layerBufferBytes, LayerState } from "./layer.ts";
+import { assertLayersFit, LayerState } from "./layer.ts";
 import { type EngineOptions, type ResolvedEngineOptions, resolveEngineOptions } from "./options.ts";
 import { type EngineTotals, StatsAccumulator, type StepStats } from "./stats.ts";
 import {
@@ -41,13 +42,6 @@ import {
 
 export type { EngineTotals, StepStats } from "./stats.ts";
 export type { PrefillInputs, StepInputs } from "./validate.ts";
-
-/** The answer of one step: every layer's selection, flags and hits, read back together. */
-interface PendingAnswer {
-  bytes: Promise<ArrayBuffer>;
-  settled: boolean;
-  layers: { layer: number; selects: boolean[]; checked: boolean[]; offset: number }[];
-}
 
 const ACTION_CREATE = "create a retrieval engine";
 
@@ -121,10 +115,8 @@ export class RetrievalEngine {
   #attention: PagedAttention;
   #memory?: OffloadMemory;
   #ring: ReadbackRing;
-  #answer?: GPUBuffer;
-  #answerLayerBytes = 0;
+  #answers?: StepAnswers;
   #pending: PendingAnswer | null = null;
-  #recording: PendingAnswer["layers"] = [];
   #inStep = false;
   #nextLayer = 0;
   #tick = 0;
@@ -147,17 +139,7 @@ export class RetrievalEngine {
     this.maxPages = maxPagesOf(o);
     const L = o.numLayers;
     const modes = Array.from({ length: L }, (_, l) => layerMode(o, l));
-    // Check every buffer fits a binding before allocating anything.
-    const maxBinding = device.limits.maxStorageBufferBindingSize;
-    for (const mode of new Set(modes)) {
-      for (const { name, bytes } of layerBufferBytes(o, mode)) {
-        if (bytes > maxBinding) {
-          throw new RangeError(
-            `Cannot ${ACTION_CREATE} as the ${name} of one layer must fit one storage binding (${maxBinding} bytes): received ${bytes} bytes (batch ${o.batch}, maxContext ${o.maxContext}); lower maxContext or batch`,
-          );
-        }
-      }
-    }
+    assertLayersFit(device, o, modes, ACTION_CREATE);
     this.#attention = createPagedAttention(device, {
       numQueryHeads: o.numQueryHeads,
       numKvHeads: o.numKvHeads,
@@ -172,14 +154,7 @@ export class RetrievalEngine {
       this.#memory = new OffloadMemory(device, o, this.#layers, this.#stats, this.maxPages);
     }
     if (o.policy === "freekv" && modes.includes("offload")) {
-      const rows = o.batch * o.numKvHeads;
-      this.#answerLayerBytes = rows * (this.budget.selectPages + 2) * 4;
-      this.#answer = createBuffer(
-        device,
-        "freekv step answer",
-        GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-        L * this.#answerLayerBytes,
-      );
+      this.#answers = new StepAnswers(device, o, this.budget.selectPages);
     }
   }
 
@@ -203,17 +178,7 @@ export class RetrievalEngine {
   async #attendedPages(layer: number): Promise<number[][]> {
     this.#checkAlive("read attended pages");
     assertInteger("layer", layer, "read attended pages", 0, this.options.numLayers - 1);
-    const state = this.#layers[layer];
-    if (!state.pages) return state.cpuPages.map((p) => [...p].sort((a, b) => a - b));
-    const m = state.tableBuilder!.maxEntries;
-    const all = new Uint32Array(await readBuffer(this.device, state.pages, state.pages.size));
-    const entries = state.tablePlan?.entries ?? [];
-    return Array.from({ length: this.options.batch * this.options.numKvHeads }, (_, i) => {
-      const b = Math.floor(i / this.options.numKvHeads);
-      return [...all.subarray(i * m, i * m + (entries[b] ?? 0))]
-        .filter((p) => p !== 0xffffffff)
-        .sort((a, c) => a - c);
-    });
+    return await this.#layers[layer].readAttendedPages();
   }
 
   /**
@@ -353,7 +318,7 @@ export class RetrievalEngine {
     }
     this.#inStep = true;
     this.#nextLayer = 0;
-    this.#recording = [];
+    this.#answers?.discard();
     this.#stepStart = performance.now();
     this.#stats.begin(this.#stats.steps);
     this.#tick++;
@@ -375,31 +340,26 @@ export class RetrievalEngine {
     if (!pending.settled) await new Promise((resolve) => setTimeout(resolve, 0));
     const t0 = performance.now();
     const wasReady = pending.settled;
-    const bytes = await pending.bytes;
+    const layers = await pending.layers;
     if (!wasReady) this.#stats.wait(performance.now() - t0);
     if (this.#disposed) return; // disposed while the answer travelled: nothing to recall into
     const o = this.options;
     const hkv = o.numKvHeads;
     const K = this.budget.selectPages;
-    const rows = o.batch * hkv;
     const jobs: RecallJob[] = [];
-    for (const entry of pending.layers) {
-      const words = new Uint32Array(bytes, entry.offset, rows * (K + 2));
-      const fresh = words.subarray(0, rows * K);
-      const flags = words.subarray(rows * K, rows * K + rows);
-      const hits = words.subarray(rows * K + rows);
-      const state = this.#layers[entry.layer];
+    for (const { layer, selects, checked, fresh, flags, hits } of layers) {
+      const state = this.#layers[layer];
       for (let b = 0; b < o.batch; b++) {
-        if (!entry.selects[b] || !state.prefilled[b]) {
+        if (!selects[b] || !state.prefilled[b]) {
           state.hasSpec[b] = false;
           continue;
         }
         for (let h = 0; h < hkv; h++) {
           const bh = b * hkv + h;
-          if (entry.checked[b]) {
+          if (checked[b]) {
             const corrected = flags[bh] !== 0;
             state.lastCorrections[bh] = corrected ? 1 : 0;
-            this.#stats.checked(entry.layer * hkv + h, corrected, K, hits[bh]);
+            this.#stats.checked(layer * hkv + h, corrected, K, hits[bh]);
           }
           this.#memory!.admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), tick, jobs);
         }
@@ -503,6 +463,11 @@ export class RetrievalEngine {
    * (and flags) back, recalls what the attended selection lacks, then
    * returns a fresh encoder.
    */
+  /**
+   * Correct phase (waits): submits what was recorded, reads the selection
+   * (and flags) back, recalls what the attended selection lacks, then
+   * returns a fresh encoder.
+   */
   async #correctPhase(
     encoder: GPUCommandEncoder,
     state: LayerState,
@@ -521,26 +486,7 @@ export class RetrievalEngine {
     this.#stats.wait(performance.now() - t0);
     const fresh = new Uint32Array(selBytes);
     const flags = flagBytes ? new Uint32Array(flagBytes) : null;
-    const jobs: RecallJob[] = [];
-    for (let b = 0; b < o.batch; b++) {
-      if (!plan.needs[b]) continue;
-      for (let h = 0; h < hkv; h++) {
-        const bh = b * hkv + h;
-        const pages = fresh.subarray(bh * K, (bh + 1) * K);
-        const corrected = !flags || !plan.checked[b] || flags[bh] !== 0;
-        if (flags && plan.checked[b]) {
-          let resident = 0;
-          for (const p of pages) if (state.caches![bh].has(p)) resident++;
-          state.lastCorrections[bh] = corrected ? 1 : 0;
-          this.#stats.checked(state.index * hkv + h, corrected, K, resident);
-        }
-        // Under "resident" only a sequence without a speculation (just
-        // prefilled) waits for its pages; corrected heads of the others
-        // attend what is resident, as they would in a batch of their own.
-        const waits = o.correction === "sync" || !plan.checked[b];
-        if (corrected && waits) this.#memory!.admit(state, b, h, pages, this.#tick, jobs);
-      }
-    }
+    const jobs = admitCorrected(this.#context(), state, plan, fresh, flags);
     // Already counted: the step's answer must not count these checks again.
     plan.checked.fill(false);
     state.flushResidency();
@@ -633,25 +579,9 @@ export class RetrievalEngine {
       state.hasSpec.fill(false);
       return;
     }
-    const rows = o.batch * o.numKvHeads;
-    const K = state.budget.selectPages;
-    const offset = state.index * this.#answerLayerBytes;
-    encoder.copyBufferToBuffer(state.fresh!, 0, state.spec!, 0, rows * K * 4);
-    encoder.copyBufferToBuffer(state.fresh!, 0, this.#answer!, offset, rows * K * 4);
-    encoder.copyBufferToBuffer(state.flags!, 0, this.#answer!, offset + rows * K * 4, rows * 4);
-    encoder.copyBufferToBuffer(
-      state.hits!,
-      0,
-      this.#answer!,
-      offset + (rows * K + rows) * 4,
-      rows * 4,
-    );
-    this.#recording.push({
-      layer: state.index,
-      selects: [...plan.selects],
-      checked: [...plan.checked],
-      offset,
-    });
+    const bytes = o.batch * o.numKvHeads * state.budget.selectPages * 4;
+    encoder.copyBufferToBuffer(state.fresh!, 0, state.spec!, 0, bytes);
+    this.#answers!.record(encoder, state, plan.selects, plan.checked);
   }
 
   /**
@@ -678,23 +608,10 @@ export class RetrievalEngine {
         }`,
       );
     }
-    const layers = this.#recording;
-    const read = layers.length
-      ? this.#ring.record(
-        encoder,
-        this.#answer!,
-        0,
-        this.options.numLayers * this.#answerLayerBytes,
-      )
-      : null;
+    const answer = this.#answers?.end(encoder, this.#ring) ?? null;
     this.device.queue.submit([encoder.finish()]);
     this.#memory?.flush();
-    if (read) {
-      const pending: PendingAnswer = { bytes: read.start(), settled: false, layers };
-      pending.bytes.then(() => pending.settled = true, () => pending.settled = true);
-      this.#pending = pending;
-    }
-    this.#recording = [];
+    if (answer) this.#pending = answer.start();
     this.#inStep = false;
     this.#nextLayer = 0;
     const stats = this.#stats.current!;
@@ -778,10 +695,10 @@ export class RetrievalEngine {
     if (this.#disposed) return;
     this.#disposed = true;
     // Nobody will take the pending answer: keep its failure from going unhandled.
-    this.#pending?.bytes.catch(() => {});
+    this.#pending?.layers.catch(() => {});
     this.#pending = null;
     for (const l of this.#layers) l[Symbol.dispose]();
-    this.#answer?.destroy();
+    this.#answers?.[Symbol.dispose]();
     this.#ring[Symbol.dispose]();
     this.#memory?.[Symbol.dispose]();
     this.#attention[Symbol.dispose]();

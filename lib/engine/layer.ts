@@ -8,7 +8,7 @@
  */
 
 import { bytesPerElement } from "../gpu/dtype.ts";
-import { createBuffer } from "../gpu/buffers.ts";
+import { createBuffer, readBuffer } from "../gpu/buffers.ts";
 import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan } from "../kernels/attention.ts";
@@ -62,6 +62,25 @@ export function layerBufferBytes(
     out.push({ name: "residency map", bytes: o.batch * o.numKvHeads * maxPages * 4 });
   }
   return out;
+}
+
+/** Throws a RangeError unless every buffer of every layer fits one storage binding. */
+export function assertLayersFit(
+  device: GPUDevice,
+  o: ResolvedEngineOptions,
+  modes: readonly LayerMode[],
+  action: string,
+): void {
+  const maxBinding = device.limits.maxStorageBufferBindingSize;
+  for (const mode of new Set(modes)) {
+    for (const { name, bytes } of layerBufferBytes(o, mode)) {
+      if (bytes > maxBinding) {
+        throw new RangeError(
+          `Cannot ${action} as the ${name} of one layer must fit one storage binding (${maxBinding} bytes): received ${bytes} bytes (batch ${o.batch}, maxContext ${o.maxContext}); lower maxContext or batch`,
+        );
+      }
+    }
+  }
 }
 
 /** The GPU state of one layer. */
@@ -288,6 +307,25 @@ export class LayerState implements Disposable {
     pass.setBindGroup(0, bind);
     pass.dispatchWorkgroups(Math.ceil((P * headWords) / 64), jobs.length);
     pass.end();
+  }
+
+  /**
+   * Logical pages attended in the latest recorded step, per (sequence, KV
+   * head), ascending; read back from the GPU where the GPU chose them.
+   */
+  async readAttendedPages(): Promise<number[][]> {
+    if (!this.pages) return this.cpuPages.map((p) => [...p].sort((a, b) => a - b));
+    const m = this.tableBuilder!.maxEntries;
+    const all = new Uint32Array(await readBuffer(this.#device, this.pages, this.pages.size));
+    const entries = this.tablePlan?.entries ?? [];
+    const hkv = this.#o.numKvHeads;
+    return Array.from(
+      { length: this.#o.batch * hkv },
+      (_, i) =>
+        [...all.subarray(i * m, i * m + (entries[Math.floor(i / hkv)] ?? 0))]
+          .filter((p) => p !== NOT_RESIDENT)
+          .sort((a, c) => a - c),
+    );
   }
 
   /** Writes the residency rows changed since the last flush to the GPU. */

@@ -6,6 +6,7 @@
  */
 
 import type { PageRegions } from "../memory/page_plan.ts";
+import type { RecallJob } from "../memory/recall.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
 import type { LayerState } from "./layer.ts";
 import type { OffloadMemory } from "./offload_memory.ts";
@@ -181,4 +182,43 @@ function decide(
   }
   const sync = o.correction === "sync" && checked.some(Boolean);
   return { sync, useFlags: true, useBest: !sync };
+}
+
+/**
+ * After a correct phase's wait: counts the correction checks and admits the
+ * fresh selection of the heads that attend it now (every head of
+ * `sync-offload` or of a sequence without a speculation; corrected heads
+ * under `correction: "sync"`). Returns the recalls this needs.
+ */
+export function admitCorrected(
+  ctx: PhaseContext,
+  state: LayerState,
+  plan: { needs: boolean[]; checked: boolean[] },
+  fresh: Uint32Array,
+  flags: Uint32Array | null,
+): RecallJob[] {
+  const o = ctx.options;
+  const hkv = o.numKvHeads;
+  const K = state.budget.selectPages;
+  const jobs: RecallJob[] = [];
+  for (let b = 0; b < o.batch; b++) {
+    if (!plan.needs[b]) continue;
+    for (let h = 0; h < hkv; h++) {
+      const bh = b * hkv + h;
+      const pages = fresh.subarray(bh * K, (bh + 1) * K);
+      const corrected = !flags || !plan.checked[b] || flags[bh] !== 0;
+      if (flags && plan.checked[b]) {
+        let resident = 0;
+        for (const p of pages) if (state.caches![bh].has(p)) resident++;
+        state.lastCorrections[bh] = corrected ? 1 : 0;
+        ctx.stats.checked(state.index * hkv + h, corrected, K, resident);
+      }
+      // Under "resident" only a sequence without a speculation (just
+      // prefilled) waits for its pages; corrected heads of the others
+      // attend what is resident, as they would in a batch of their own.
+      const waits = o.correction === "sync" || !plan.checked[b];
+      if (corrected && waits) ctx.memory!.admit(state, b, h, pages, ctx.tick, jobs);
+    }
+  }
+  return jobs;
 }
