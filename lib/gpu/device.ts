@@ -75,10 +75,10 @@ export class NoAdapterError extends Error {
  * present and asked for.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { requestGpu } from "./device.ts";
  * using gpu = await requestGpu();
- * console.log(gpu.description, gpu.f16);
+ * console.log(gpu.description, gpu.f16); // for example: llvmpipe (LLVM 15.0.6, 256 bits) true
  * ```
  */
 export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> {

@@ -16,7 +16,7 @@
  * (`kernels_reference.ts`) are internal: import them from their files.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { requestGpu } from "../gpu/mod.ts";
  * import { createEngineBackend, createGpuModel, generateText, loadModel, resolveBudget } from "./mod.ts";
  * using gpu = await requestGpu();
@@ -26,7 +26,7 @@
  * });
  * using model = createGpuModel(gpu.device, loaded.weights, { attention, maxSeqLen: 512 });
  * const { text } = await generateText(model, [loaded.config.bosId], {
- *   maxTokens: 64, tokenizer: loaded.tokenizer,
+ *   maxTokens: 32, tokenizer: loaded.tokenizer!,
  * });
  * console.log(text);
  * ```

@@ -223,10 +223,15 @@ export function parseTrace(bytes: Uint8Array): Trace {
  * Reads a trace file written by {@linkcode createTraceWriter}.
  *
  * @example
- * ```ts ignore
- * import { readTrace } from "./trace.ts";
- * const trace = await readTrace("run.fkvtrace");
- * console.log(trace.header.numLayers, trace.numTokens);
+ * ```ts
+ * import { encodeTraceHeader, readTrace } from "./trace.ts";
+ * // A one-token trace of one layer (q, k, v of one value each) written by hand.
+ * const head = encodeTraceHeader({ numLayers: 1, numQueryHeads: 1, numKvHeads: 1, headDim: 1, promptLength: 1 });
+ * const path = await Deno.makeTempFile({ suffix: ".fkvtrace" });
+ * await Deno.writeFile(path, new Uint8Array([...head, ...new Uint8Array(12)]));
+ * const trace = await readTrace(path);
+ * console.log(trace.header.numLayers, trace.numTokens); // 1 1
+ * await Deno.remove(path);
  * ```
  */
 export async function readTrace(path: string): Promise<Trace> {
