@@ -42,6 +42,12 @@
 
 override PAGE_SIZE: u32; // P
 override NUM_KV_HEADS: u32; // Hkv
+// Words between consecutive tokens of one head, and between consecutive
+// heads of one token, in a slot: NHD slots [P][Hkv][d] have (Hkv * NUM_WORDS,
+// NUM_WORDS), HND slots [Hkv][P][d] have (NUM_WORDS, P * NUM_WORDS). A slot
+// is P * Hkv * NUM_WORDS words in both.
+override TOKEN_STRIDE: u32;
+override HEAD_STRIDE: u32;
 override NUM_COLS: u32; // d / 4: vec4 columns of q and out
 override NUM_WORDS: u32; // 16-byte words of a K/V row
 override COL_LANES: u32; // NUM_WORDS / WORDS_PER_LANE
@@ -73,7 +79,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4f>; // [b][Hq][d/4]
-@group(0) @binding(2) var<storage, read> k_cache: array<kv_word>; // [slot][P][Hkv][words]
+@group(0) @binding(2) var<storage, read> k_cache: array<kv_word>; // [slot][P][Hkv][words] or [slot][Hkv][P][words]
 @group(0) @binding(3) var<storage, read> v_cache: array<kv_word>;
 // [b][4] = (numPages, lastPageLen, numSplits, 0).
 @group(0) @binding(4) var<storage, read> seq_meta: array<u32>;
@@ -117,7 +123,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var t_end = p1 * PAGE_SIZE;
   if (p1 == num_pages) { t_end = (p1 - 1u) * PAGE_SIZE + info.y; }
   let table = params.table_offset + (b * NUM_KV_HEADS + h) * params.max_pages;
-  let token_stride = NUM_KV_HEADS * NUM_WORDS; // words between consecutive tokens of a slot
+  let slot_words = PAGE_SIZE * NUM_KV_HEADS * NUM_WORDS;
+  let head_base = h * HEAD_STRIDE;
 
   let tx = lid % COL_LANES;
   let ty = lid / COL_LANES;
@@ -145,7 +152,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let hole = entry == EMPTY_SLOT;
       let slot = select(entry, 0u, hole);
       live[u] = lid + u * WORKGROUP_SIZE < n && !hole;
-      rows[u] = ((slot * PAGE_SIZE + t % PAGE_SIZE) * NUM_KV_HEADS + h) * NUM_WORDS;
+      rows[u] = slot * slot_words + (t % PAGE_SIZE) * TOKEN_STRIDE + head_base;
       for (var gv = 0u; gv < GROUP_VECS; gv++) { s[u * GROUP_VECS + gv] = vec4f(0.0); }
     }
     // The second vec4 of a word (f16 only) is spelled out rather than indexed
@@ -226,10 +233,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
         page = t / PAGE_SIZE;
         let slot = page_table[table + page];
         page_hole = slot == EMPTY_SLOT;
-        page_row = ((slot * PAGE_SIZE) * NUM_KV_HEADS + h) * NUM_WORDS + tx * WORDS_PER_LANE;
+        page_row = slot * slot_words + head_base + tx * WORDS_PER_LANE;
       }
       if (page_hole) { continue; }
-      let row = page_row + (t % PAGE_SIZE) * token_stride;
+      let row = page_row + (t % PAGE_SIZE) * TOKEN_STRIDE;
       var v: array<vec4f, COLS_PER_LANE>;
       for (var w = 0u; w < WORDS_PER_LANE; w++) {
         let vw = unpack_word(v_cache[row + w]);

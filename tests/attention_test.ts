@@ -493,3 +493,64 @@ Deno.test("attention reference: a hand-computed case", () => {
   assert.ok(Math.abs(r.out[0] - (w * 1 + 3) / (w + 1)) < 1e-6);
   assert.ok(Math.abs(r.lse[0] - Math.log(w + 1)) < 1e-6);
 });
+
+/** `cache` of NHD slots rewritten as HND slots (`[slot][Hkv][P][d]`). */
+function toHnd<T extends Float32Array | Float16Array>(
+  cache: T,
+  P: number,
+  hkv: number,
+  d: number,
+): T {
+  const out = cache.slice() as T;
+  const slots = cache.length / (P * hkv * d);
+  for (let s = 0; s < slots; s++) {
+    for (let t = 0; t < P; t++) {
+      for (let h = 0; h < hkv; h++) {
+        const src = ((s * P + t) * hkv + h) * d, dst = ((s * hkv + h) * P + t) * d;
+        out.set(cache.subarray(src, src + d), dst);
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("attention reference: HND slots give what NHD slots give for the same keys", () => {
+  const c: Case = {
+    shape: { numQueryHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 4 },
+    lengths: [13, 4],
+  };
+  const x = makeInputs(createRandom(41), c);
+  const { pageSize: P, numKvHeads: hkv, headDim: d } = c.shape;
+  const want = pagedAttentionReference(x, c.shape);
+  const kCache = toHnd(x.kCache as Float32Array, P, hkv, d);
+  const vCache = toHnd(x.vCache as Float32Array, P, hkv, d);
+  const got = pagedAttentionReference({ ...x, kCache, vCache }, { ...c.shape, slotLayout: "hnd" });
+  assertResultClose(got, want, 1e-7, "hnd reference");
+  // And the layouts differ: reading HND data as NHD gives something else.
+  const wrong = pagedAttentionReference({ ...x, kCache, vCache }, c.shape);
+  assert.ok(Math.abs(wrong.out[0] - want.out[0]) > 1e-6);
+});
+
+gpuTest(
+  "attention: HND slots against the reference (f32 and f16, several tunings)",
+  async (gpu) => {
+    const hnd = (shape: AttentionShape): AttentionShape => ({ ...shape, slotLayout: "hnd" });
+    await checkCase(gpu.device, 51, {
+      shape: hnd({ numQueryHeads: 3, numKvHeads: 3, headDim: 8, pageSize: 1 }),
+      lengths: [5, 17, 1],
+    });
+    await checkCase(gpu.device, 52, {
+      shape: hnd({ numQueryHeads: 4, numKvHeads: 2, headDim: 64, pageSize: 8 }),
+      lengths: [61, 8, 130],
+    }, { tokenLanes: 4, tokensPerLane: 3, prefetchValues: false, wordsPerLane: 2 });
+    await checkCase(gpu.device, 53, {
+      shape: hnd({ numQueryHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 32 }),
+      lengths: [1000, 33, 64],
+    });
+    await checkCase(gpu.device, 54, {
+      shape: hnd({ numQueryHeads: 8, numKvHeads: 2, headDim: 128, pageSize: 32 }),
+      lengths: [300, 45],
+      f16: true,
+    });
+  },
+);

@@ -29,6 +29,7 @@ import {
   readBuffer,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { slotStrides } from "./slot_layout.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 import {
   ACTION,
@@ -94,6 +95,7 @@ function buildKernels(device: GPUDevice, c: Config): Kernels {
     `const GROUP: u32 = ${c.group}u;\nconst GROUP_VECS: u32 = ${c.groupVecs}u;\n` +
     `const TOKENS_PER_LANE: u32 = ${c.tokensPerLane}u;\n` +
     `const WORDS_PER_LANE: u32 = ${c.wordsPerLane}u;\n`;
+  const strides = slotStrides(c.shape.slotLayout ?? "nhd", c.shape.pageSize, c.shape.numKvHeads);
   const main = cachedPipeline(
     device,
     `paged_attention ${c.dtype} group ${c.group} tokens ${c.tokensPerLane} words ${c.wordsPerLane}`,
@@ -101,6 +103,8 @@ function buildKernels(device: GPUDevice, c: Config): Kernels {
     {
       PAGE_SIZE: c.shape.pageSize,
       NUM_KV_HEADS: c.shape.numKvHeads,
+      TOKEN_STRIDE: strides.token * c.numWords,
+      HEAD_STRIDE: strides.head * c.numWords,
       NUM_COLS: c.shape.headDim / 4,
       NUM_WORDS: c.numWords,
       COL_LANES: c.colLanes,

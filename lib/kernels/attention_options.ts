@@ -16,6 +16,7 @@ import {
   describeValue,
 } from "../gpu/errors.ts";
 import { KV_DTYPES, type KvArray, type KvDtype } from "../gpu/dtype.ts";
+import { SLOT_LAYOUTS, type SlotLayout } from "./slot_layout.ts";
 
 /** Head and page geometry of one attention layer. */
 export interface AttentionShape {
@@ -27,6 +28,11 @@ export interface AttentionShape {
   headDim: number;
   /** Tokens per page `P`. */
   pageSize: number;
+  /**
+   * Layout of the cache slots (default `"nhd"`, `[slot][P][Hkv][d]`;
+   * `"hnd"` is `[slot][Hkv][P][d]`).
+   */
+  slotLayout?: SlotLayout;
 }
 
 /**
@@ -161,6 +167,8 @@ export function validateOptions(options: PagedAttentionOptions, traits: DeviceTr
   assertHeadsDivide(numQueryHeads, numKvHeads, ACTION);
   assertInteger("headDim", headDim, ACTION, 4);
   assertInteger("pageSize", pageSize, ACTION, 1);
+  const slotLayout = options.slotLayout ?? "nhd";
+  assertOneOf("slotLayout", slotLayout, SLOT_LAYOUTS, ACTION);
   const dtype = options.dtype ?? "f32";
   assertOneOf("dtype", dtype, KV_DTYPES, ACTION);
   const wordElems = dtype === "f16" ? 8 : 4; // elements per 16-byte word
@@ -234,7 +242,7 @@ export function validateOptions(options: PagedAttentionOptions, traits: DeviceTr
     );
   }
   return {
-    shape: { numQueryHeads, numKvHeads, headDim, pageSize },
+    shape: { numQueryHeads, numKvHeads, headDim, pageSize, slotLayout },
     dtype,
     group,
     groupVecs,

@@ -13,6 +13,7 @@ import {
   validateInputs,
   validateOptions,
 } from "./attention_options.ts";
+import { slotStrides } from "./slot_layout.ts";
 
 /**
  * The CPU oracle of `pagedAttention`: a plain loop in double
@@ -38,6 +39,7 @@ export function pagedAttentionReference(
   const config = validateOptions({ ...shape, dtype: "f32" }, REFERENCE_TRAITS);
   const x = validateInputs(config.shape, inputs);
   const { numQueryHeads: hq, numKvHeads: hkv, headDim: d, pageSize: P } = config.shape;
+  const strides = slotStrides(config.shape.slotLayout ?? "nhd", P, hkv);
   const group = hq / hkv;
   const scale = 1 / Math.sqrt(d);
   const out = new Float32Array(x.batch * hq * d);
@@ -57,7 +59,7 @@ export function pagedAttentionReference(
         if (slot === EMPTY_SLOT) continue;
         const len = p === pages - 1 ? x.lastPageLen[b] : P;
         for (let t = 0; t < len; t++) {
-          const row = ((slot * P + t) * hkv + kvh) * d;
+          const row = (slot * strides.slot + t * strides.token + kvh * strides.head) * d;
           let s = 0;
           for (let i = 0; i < d; i++) s += x.q[qo + i] * x.kCache[row + i];
           scores.push(s * scale);
