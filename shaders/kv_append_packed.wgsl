@@ -6,6 +6,8 @@ struct Params {
   row_words: u32, // Hkv * d / 2
   batch: u32,
   row_base: u32, // first row of this dispatch
+  head_len: u32, // words per head of a row (the whole row when its heads are contiguous)
+  head_stride: u32, // words between heads in the cache (unused when head_len is the row)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -20,7 +22,7 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let i = id.x;
   let b = params.row_base + id.y;
   if (i >= params.row_words || b >= params.batch) { return; }
-  let dst = dst_offsets[b] + i;
+  let dst = dst_offsets[b] + (i / params.head_len) * params.head_stride + i % params.head_len;
   let src = 2u * (b * params.row_words + i);
   k_cache[dst] = pack2x16float(vec2f(k_new[src], k_new[src + 1u]));
   v_cache[dst] = pack2x16float(vec2f(v_new[src], v_new[src + 1u]));

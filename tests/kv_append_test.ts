@@ -7,9 +7,16 @@ import { requestGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import { gpuTest } from "./_gpu.ts";
+import { slotOffset } from "../lib/kernels/slot_layout.ts";
 import { assertArraysEqual } from "./_assert.ts";
 
-async function check(device: GPUDevice, options: KvAppendOptions, rows: number, slots: number) {
+async function check(
+  device: GPUDevice,
+  options: KvAppendOptions,
+  rows: number,
+  slots: number,
+  hndPageSize = 0, // > 0: HND slots of this many tokens, `slots` counts token places
+) {
   const rng = createRandom(rows + slots);
   const row = options.numKvHeads * options.headDim;
   const f16 = options.dtype === "f16";
@@ -18,7 +25,13 @@ async function check(device: GPUDevice, options: KvAppendOptions, rows: number, 
   const k = values(rows * row), v = values(rows * row);
   // Distinct destination rows, in shuffled order.
   const order = Array.from({ length: slots }, (_, i) => i).sort(() => rng.next() - 0.5);
-  const dstOffsets = Uint32Array.from({ length: rows }, (_, i) => order[i] * row);
+  const P = hndPageSize;
+  const shape = { pageSize: P, kvHeads: options.numKvHeads, headDim: options.headDim };
+  const dstOffsets = Uint32Array.from(
+    { length: rows },
+    (_, i) =>
+      P > 0 ? slotOffset("hnd", shape, Math.floor(order[i] / P), order[i] % P, 0) : order[i] * row,
+  );
   const make = (n: number) => f16 ? Float16Array.from(values(n)) : values(n);
   const kCache = make(slots * row), vCache = make(slots * row);
   const want = kvAppendReference({ k, v, kCache, vCache, dstOffsets }, options);
@@ -48,6 +61,20 @@ gpuTest("kv append: f32 and f16 rows into shuffled slots", async (gpu) => {
   const append = createKvAppend(plain.device, { numKvHeads: 1, headDim: 8, dtype: "f16" });
   assert.equal(append.packed, true);
   await check(plain.device, { numKvHeads: 1, headDim: 8, dtype: "f16" }, 4, 6);
+});
+
+gpuTest("kv append: HND slots (heads P * d apart), f32 and packed f16", async (gpu) => {
+  // 3 slots of 4 tokens: 12 token places.
+  await check(gpu.device, { numKvHeads: 3, headDim: 8, headStride: 4 * 8 }, 7, 12, 4);
+  await check(gpu.device, { numKvHeads: 2, headDim: 4, headStride: 8, dtype: "f16" }, 5, 6, 2);
+  using plain = await requestGpu({ f16: false });
+  await check(
+    plain.device,
+    { numKvHeads: 2, headDim: 8, headStride: 3 * 8, dtype: "f16" },
+    6,
+    9,
+    3,
+  );
 });
 
 gpuTest("kv append: more rows than one dispatch holds", async (gpu) => {

@@ -40,6 +40,12 @@ export interface KvAppendOptions {
   headDim: number;
   /** Element type of the caches (default `"f32"`). */
   dtype?: KvDtype;
+  /**
+   * Elements between the heads of one row in the caches (default `headDim`:
+   * a row is contiguous, NHD slots). HND slots (`[slot][Hkv][P][d]`) use
+   * `pageSize * headDim`: a token's row goes to `Hkv` separate places.
+   */
+  headStride?: number;
 }
 
 /** Where the rows go, the input of {@linkcode KvAppend.plan}. */
@@ -111,7 +117,9 @@ export function checkKvAppendOptions(options: KvAppendOptions): Required<KvAppen
   assertInteger("numKvHeads", numKvHeads, ACTION, 1);
   assertInteger("headDim", headDim, ACTION, 1);
   assertOneOf("dtype", dtype, KV_DTYPES, ACTION);
-  return { numKvHeads, headDim, dtype };
+  const headStride = options.headStride ?? headDim;
+  assertInteger("headStride", headStride, ACTION, headDim);
+  return { numKvHeads, headDim, dtype, headStride };
 }
 
 /** Validates offsets; returns the largest. */
@@ -143,12 +151,20 @@ class Append implements KvAppend {
   readonly pipeline: GPUComputePipeline;
   /** Words (cache elements, or u32 pairs when packed) per row. */
   readonly rowWords: number;
+  /** Words per head of a row, and words between heads in the cache. */
+  readonly headWords: number;
+  readonly headStrideWords: number;
 
   constructor(device: GPUDevice, options: Required<KvAppendOptions>) {
     this.device = device;
     this.options = Object.freeze({ ...options });
     const { numKvHeads: hkv, headDim: d, dtype } = options;
     this.packed = dtype === "f16" && !device.features.has("shader-f16");
+    if (this.packed && options.headStride !== d && (d % 2 !== 0 || options.headStride % 2 !== 0)) {
+      throw new RangeError(
+        `Cannot ${ACTION} as 'headDim' and 'headStride' must be even for f16 without shader-f16 when heads are apart: received ${d} and ${options.headStride}`,
+      );
+    }
     if (this.packed && (hkv * d) % 2 !== 0) {
       throw new RangeError(
         `Cannot ${ACTION} as 'numKvHeads * headDim' must be even for f16 without shader-f16: received ${
@@ -162,6 +178,10 @@ class Append implements KvAppend {
         appendSource;
     this.pipeline = cachedPipeline(device, `kv_append_${this.packed ? "packed" : dtype}`, code);
     this.rowWords = this.packed ? (hkv * d) / 2 : hkv * d;
+    // A contiguous row is one "head" of the whole row (same addresses).
+    const apart = options.headStride !== d;
+    this.headWords = apart ? (this.packed ? d / 2 : d) : this.rowWords;
+    this.headStrideWords = apart ? (this.packed ? options.headStride / 2 : options.headStride) : 0;
   }
 
   plan(rows: KvAppendRows): KvAppendPlan {
@@ -211,11 +231,15 @@ class AppendPlan implements KvAppendPlan {
           device,
           `freekv append params ${chunk}`,
           GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-          16,
+          32,
         );
         this.#bindings.clear();
       }
-      device.queue.writeBuffer(this.#params[chunk], 0, new Uint32Array([a.rowWords, n, base]));
+      device.queue.writeBuffer(
+        this.#params[chunk],
+        0,
+        new Uint32Array([a.rowWords, n, base, a.headWords, a.headStrideWords]),
+      );
     }
     this.#numRows = n;
     this.#maxOffset = max;
@@ -228,12 +252,12 @@ class AppendPlan implements KvAppendPlan {
   ): void {
     if (this.#disposed) throw disposedError(ACTION, "plan");
     const a = this.#append;
-    const { numKvHeads: hkv, headDim: d, dtype } = a.options;
+    const { numKvHeads: hkv, headDim: d, dtype, headStride } = a.options;
     const n = this.#numRows;
     const rowBytes = n * hkv * d * 4;
     const k = assertBufferSize("k", buffers?.k, rowBytes, ACTION);
     const v = assertBufferSize("v", buffers?.v, rowBytes, ACTION);
-    const cacheBytes = (this.#maxOffset + hkv * d) * bytesPerElement(dtype);
+    const cacheBytes = (this.#maxOffset + (hkv - 1) * headStride + d) * bytesPerElement(dtype);
     const kCache = assertBufferSize("kCache", buffers.kCache, cacheBytes, ACTION).buffer;
     const vCache = assertBufferSize("vCache", buffers.vCache, cacheBytes, ACTION).buffer;
     if (n === 0) return;

@@ -42,7 +42,7 @@ export function kvAppendReference(
   options: KvAppendOptions,
 ): { kCache: KvArray; vCache: KvArray } {
   const action = "append KV rows";
-  const { numKvHeads, headDim } = checkKvAppendOptions(options);
+  const { numKvHeads, headDim, headStride } = checkKvAppendOptions(options);
   const row = numKvHeads * headDim;
   checkKvAppendRows(inputs, false);
   const n = inputs.dstOffsets.length;
@@ -52,7 +52,7 @@ export function kvAppendReference(
   assertLength("vCache", vCache, kCache.length, action);
   for (let i = 0; i < n; i++) {
     const at = inputs.dstOffsets[i];
-    if (at + row > kCache.length) {
+    if (at + (numKvHeads - 1) * headStride + headDim > kCache.length) {
       throw new RangeError(
         `Cannot ${action} as 'dstOffsets' must leave room for a row in the caches: received ${at} at index ${i} (${
           describeValue(kCache)
@@ -60,8 +60,9 @@ export function kvAppendReference(
       );
     }
     for (let j = 0; j < row; j++) {
-      kCache[at + j] = inputs.k[i * row + j];
-      vCache[at + j] = inputs.v[i * row + j];
+      const dst = at + Math.floor(j / headDim) * headStride + (j % headDim);
+      kCache[dst] = inputs.k[i * row + j];
+      vCache[dst] = inputs.v[i * row + j];
     }
   }
   return { kCache, vCache };
