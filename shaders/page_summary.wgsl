@@ -1,5 +1,5 @@
 // Page summaries: per KV head and channel, lower and upper bounds of the keys
-// of one page per job, read from the NHD slot cache.
+// of one page per job, read from the slot cache (NHD or HND slots).
 // The host prepends the cache element access, `PER` channels per word:
 //   f32:        alias kv_word = f32;  fn load_word(i) = (k_cache[i], 0)
 //   f16 pairs:  alias kv_word = u32;  fn load_word(i) = halves_to_f32(k_cache[i])
@@ -12,6 +12,12 @@ override ROW_WORDS: u32; // Hkv * d / PER words per token row
 override HEAD_DIM: u32; // d
 override PER: u32; // channels per word, 1 or 2
 override SUMMARY: u32; // 0: Quest min/max, 1: box center -/+ mean |k - center|
+// Slot layout, in words. NHD [P][Hkv][d]: HEAD_WORDS = TOKEN_STRIDE =
+// ROW_WORDS, HEAD_STRIDE = 0 (the whole row is one contiguous "head").
+// HND [Hkv][P][d]: HEAD_WORDS = TOKEN_STRIDE = d / PER, HEAD_STRIDE = P * d / PER.
+override HEAD_WORDS: u32;
+override HEAD_STRIDE: u32;
+override TOKEN_STRIDE: u32;
 
 struct Params {
   num_jobs: u32,
@@ -48,11 +54,11 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   }
   let job = jobs[j];
   let n = job.z;
-  let base = job.x * PAGE_SIZE * ROW_WORDS + w;
+  let base = job.x * PAGE_SIZE * ROW_WORDS + (w / HEAD_WORDS) * HEAD_STRIDE + w % HEAD_WORDS;
   var lo = load_word(base);
   var hi = lo;
   for (var t = 1u; t < n; t++) {
-    let x = load_word(base + t * ROW_WORDS);
+    let x = load_word(base + t * TOKEN_STRIDE);
     lo = min(lo, x);
     hi = max(hi, x);
   }
@@ -61,7 +67,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     let center = 0.5 * lo + 0.5 * hi;
     var dev = vec2<f32>(0.0);
     for (var t = 0u; t < n; t++) {
-      dev += abs(load_word(base + t * ROW_WORDS) - center);
+      dev += abs(load_word(base + t * TOKEN_STRIDE) - center);
     }
     let spread = dev / f32(n);
     lo = center - spread;

@@ -12,6 +12,7 @@ import {
   type SummaryKind,
 } from "../lib/kernels/summaries.ts";
 import { pageSummariesReference } from "../lib/kernels/summaries_reference.ts";
+import type { SlotLayout } from "../lib/kernels/slot_layout.ts";
 import { assertArraysEqual, assertClose } from "./_assert.ts";
 
 interface Case {
@@ -21,6 +22,7 @@ interface Case {
   headDim: number;
   dtype: KvDtype;
   summary: SummaryKind;
+  slotLayout?: SlotLayout;
 }
 
 /** Random keys, and jobs over a shuffled subset of slots with random page lengths. */
@@ -61,6 +63,10 @@ for (const dtype of ["f32", "f16"] as const) {
       { slots: 4, pageSize: 32, numKvHeads: 2, headDim: 128, dtype, summary },
       // An odd row length: f16 is read one element at a time.
       { slots: 5, pageSize: 3, numKvHeads: 1, headDim: 5, dtype, summary },
+      // HND slots ([slot][Hkv][P][d]); an odd head of an even row.
+      { slots: 6, pageSize: 8, numKvHeads: 3, headDim: 64, dtype, summary, slotLayout: "hnd" },
+      { slots: 9, pageSize: 1, numKvHeads: 2, headDim: 8, dtype, summary, slotLayout: "hnd" },
+      { slots: 5, pageSize: 3, numKvHeads: 2, headDim: 5, dtype, summary, slotLayout: "hnd" },
     );
   }
 }
@@ -69,13 +75,17 @@ gpuTest(
   "summaries match the CPU oracle (page sizes, partial pages, kinds, dtypes)",
   async (gpu) => {
     for (const [i, c] of CASES.entries()) {
-      if (c.dtype === "f16" && (c.numKvHeads * c.headDim) % 2 === 1 && !gpu.f16) continue;
+      const odd = c.slotLayout === "hnd"
+        ? c.headDim % 2 === 1
+        : (c.numKvHeads * c.headDim) % 2 === 1;
+      if (c.dtype === "f16" && odd && !gpu.f16) continue;
       const inputs = makeCase(100 + i, c);
       const options = {
         numKvHeads: c.numKvHeads,
         headDim: c.headDim,
         pageSize: c.pageSize,
         summary: c.summary,
+        slotLayout: c.slotLayout,
       };
       const got = await noGpuErrors(gpu.device, () => summarizePages(gpu.device, inputs, options));
       const want = pageSummariesReference(inputs, options);
@@ -235,6 +245,20 @@ gpuTest("summarizer folds more than 65535 jobs into the grid", async (gpu) => {
   const inputs = { kCache, jobs, numPages: count };
   const got = await noGpuErrors(gpu.device, () => summarizePages(gpu.device, inputs, options));
   assertArraysEqual(got, pageSummariesReference(inputs, options), "many jobs");
+});
+
+Deno.test("summary oracle: HND slots read each head's run", () => {
+  // One slot, P = 2, two heads, d = 1: HND [h0 t0, h0 t1, h1 t0, h1 t1].
+  const kCache = new Float32Array([1, 5, -3, 2]);
+  const jobs = [{ srcSlot: 0, dstPage: 0, numTokens: 2 }];
+  const shape = { numKvHeads: 2, headDim: 1, pageSize: 2 };
+  const hnd = pageSummariesReference({ kCache, jobs, numPages: 1 }, {
+    ...shape,
+    slotLayout: "hnd",
+  });
+  assert.deepEqual([...hnd], [1, 5, -3, 2]);
+  const nhd = pageSummariesReference({ kCache, jobs, numPages: 1 }, shape);
+  assert.deepEqual([...nhd], [-3, 1, 2, 5]);
 });
 
 Deno.test("summary oracle: hand-computed min/max and box", () => {

@@ -32,6 +32,7 @@ import {
   readBuffer,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
+import { SLOT_LAYOUTS, type SlotLayout } from "./slot_layout.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 import type { GpuKernel, GpuKernelPlan } from "./contract.ts";
 
@@ -56,6 +57,11 @@ export interface PageSummaryOptions {
   dtype?: KvDtype;
   /** Summary kind (default `"minmax"`). */
   summary?: SummaryKind;
+  /**
+   * Layout of the key cache slots (default `"nhd"`, `[slot][P][Hkv][d]`;
+   * `"hnd"` is `[slot][Hkv][P][d]`).
+   */
+  slotLayout?: SlotLayout;
 }
 
 /** One page to summarize. */
@@ -103,7 +109,7 @@ export interface PageSummaryPlan extends GpuKernelPlan<PageSummaryJobs, PageSumm
 
 /** Inputs of {@linkcode summarizePages} and `pageSummariesReference`. */
 export interface PageSummaryInputs {
-  /** Key cache `[slot][P][Hkv][d]`; a `Float16Array` means dtype `"f16"`. */
+  /** Key cache `[slot][P][Hkv][d]` (or `[slot][Hkv][P][d]`, `slotLayout: "hnd"`); a `Float16Array` means dtype `"f16"`. */
   kCache: KvArray;
   /** Pages to summarize. */
   jobs: PageSummaryJobs;
@@ -154,7 +160,9 @@ export function checkSummaryOptions(options: PageSummaryOptions): Required<PageS
   assertInteger("pageSize", pageSize, ACTION, 1);
   assertOneOf("dtype", dtype, KV_DTYPES, ACTION);
   assertOneOf("summary", summary, SUMMARY_KINDS, ACTION);
-  return { numKvHeads, headDim, pageSize, dtype, summary };
+  const slotLayout = options.slotLayout ?? "nhd";
+  assertOneOf("slotLayout", slotLayout, SLOT_LAYOUTS, ACTION);
+  return { numKvHeads, headDim, pageSize, dtype, summary, slotLayout };
 }
 
 /** Validated jobs: `(slot, page, tokens, 0)` quads and the largest slot and page. */
@@ -247,12 +255,16 @@ class Summarizer implements PageSummarizer {
   constructor(device: GPUDevice, options: Required<PageSummaryOptions>) {
     this.options = Object.freeze({ ...options });
     this.device = device;
-    const { numKvHeads, headDim, pageSize, dtype, summary } = options;
+    const { numKvHeads, headDim, pageSize, dtype, summary, slotLayout } = options;
     // f16 rows of even length are read as u32 pairs: no shader-f16 needed,
-    // and half the loads.
+    // and half the loads. HND slots keep heads apart: a pair must not
+    // straddle two heads, so their heads must be of even length.
+    const hnd = slotLayout === "hnd";
     const rowLength = numKvHeads * headDim;
-    const variant = dtype === "f32" ? "f32" : rowLength % 2 === 0 ? "f16x2" : "f16";
+    const pairs = hnd ? headDim % 2 === 0 : rowLength % 2 === 0;
+    const variant = dtype === "f32" ? "f32" : pairs ? "f16x2" : "f16";
     const per = variant === "f16x2" ? 2 : 1;
+    const headWords = headDim / per;
     this.pipeline = cachedPipeline(
       device,
       `page_summary_${variant}`,
@@ -263,6 +275,10 @@ class Summarizer implements PageSummarizer {
         HEAD_DIM: headDim,
         PER: per,
         SUMMARY: summary === "box" ? 1 : 0,
+        // NHD: the whole row is one "head" of contiguous tokens.
+        HEAD_WORDS: hnd ? headWords : rowLength / per,
+        HEAD_STRIDE: hnd ? pageSize * headWords : 0,
+        TOKEN_STRIDE: hnd ? headWords : rowLength / per,
       },
     );
   }

@@ -10,6 +10,7 @@ import {
   type PageSummaryOptions,
   summaryFloatsPerPage,
 } from "./summaries.ts";
+import { slotStrides } from "./slot_layout.ts";
 
 /**
  * CPU oracle of the summaries (plain loops, f64 arithmetic rounded to f32 on
@@ -32,14 +33,16 @@ export function pageSummariesReference(
   options: PageSummaryOptions,
 ): Float32Array {
   const { packed, options: checked } = checkSummaryInputs(inputs, options);
-  const { numKvHeads: hkv, headDim: d, pageSize: p, summary } = checked;
+  const { numKvHeads: hkv, headDim: d, pageSize: p, summary, slotLayout } = checked;
+  const strides = slotStrides(slotLayout, p, hkv);
   const k = inputs.kCache;
   const out = new Float32Array(inputs.numPages * summaryFloatsPerPage(checked));
   for (let j = 0; j < packed.length / 4; j++) {
     const slot = packed[4 * j], page = packed[4 * j + 1], n = packed[4 * j + 2];
     for (let h = 0; h < hkv; h++) {
       for (let c = 0; c < d; c++) {
-        const at = (t: number) => k[((slot * p + t) * hkv + h) * d + c];
+        const at = (t: number) =>
+          k[(slot * strides.slot + t * strides.token + h * strides.head) * d + c];
         let lo = Infinity, hi = -Infinity;
         for (let t = 0; t < n; t++) {
           lo = Math.min(lo, at(t));
