@@ -10,6 +10,7 @@ import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/mem
 import { createRandom, type Random } from "../lib/workloads/random.ts";
 import type { KvArray } from "../lib/gpu/dtype.ts";
 import { assertArraysEqual } from "./_assert.ts";
+import { type SlotLayout, slotOffset } from "../lib/kernels/slot_layout.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
@@ -81,6 +82,34 @@ interface Scenario {
   shape: KvLayoutShape;
   layout?: HostPoolLayout;
   recall?: Partial<RecallerOptions>;
+  /** Layout of the GPU slots (default NHD). */
+  slotLayout?: SlotLayout;
+}
+
+/** `layer` (HND slots) with its slots rewritten token-major (NHD), for the references. */
+function hndAsNhd(layer: Layer, shape: KvLayoutShape): Layer {
+  const { pageSize: P, kvHeads: H, headDim: d } = shape;
+  const convert = (a: KvArray) => {
+    const out = a.slice();
+    for (let s = 0; s < a.length / (P * H * d); s++) {
+      for (let t = 0; t < P; t++) {
+        for (let h = 0; h < H; h++) {
+          const from = slotOffset("hnd", shape, s, t, h), to = slotOffset("nhd", shape, s, t, h);
+          out.set(a.subarray(from, from + d), to);
+        }
+      }
+    }
+    return out;
+  };
+  return { ...layer, kCache: convert(layer.kCache), vCache: convert(layer.vCache) };
+}
+
+/** Writes run `run` into (slot, head) of HND slots. */
+function placeHndRun(run: KvArray, layer: Layer, shape: KvLayoutShape, slot: number, head: number) {
+  const n = shape.pageSize * shape.headDim;
+  const at = slotOffset("hnd", shape, slot, 0, head);
+  layer.kCache.set(run.subarray(0, n), at);
+  layer.vCache.set(run.subarray(n, 2 * n), at);
 }
 
 // Offloads every (layer, slot) of random caches as pages of the pool (some per
@@ -100,7 +129,8 @@ async function roundTrip(device: GPUDevice, seed: number, scenario: Scenario) {
     layout: scenario.layout,
     chunkPages: 3, // pages 0..11 span four chunks
   });
-  using offloader = createOffloader(device, pool);
+  const hnd = scenario.slotLayout === "hnd";
+  using offloader = createOffloader(device, pool, { slotLayout: scenario.slotLayout });
   // Page of (layer, slot, head): slots 0-1 go whole (all heads) to pages 2s + 1;
   // slots 2-3 go head by head to pages that differ per head.
   const pageOf = (l: number, s: number, h: number) =>
@@ -127,7 +157,8 @@ async function roundTrip(device: GPUDevice, seed: number, scenario: Scenario) {
   for (let l = 0; l < L; l++) {
     for (let s = 0; s < slots; s++) {
       for (let h = 0; h < shape.kvHeads; h++) {
-        const want = nhdToHndReference(src[l], [{ slot: s, head: h }], shape);
+        const nhd = hnd ? hndAsNhd(src[l], shape) : src[l];
+        const want = nhdToHndReference(nhd, [{ slot: s, head: h }], shape);
         const got = pool.readRun({ layer: l, head: h, page: pageOf(l, s, h) });
         assert.deepEqual(bytesOf(got), bytesOf(want), `pool run ${l}/${s}/${h}`);
       }
@@ -140,6 +171,7 @@ async function roundTrip(device: GPUDevice, seed: number, scenario: Scenario) {
   const dst = makeLayers(device, rng, shape, L, dstSlots);
   using recaller = createRecaller(device, pool, {
     caches: dst.map((d) => d.buffers),
+    slotLayout: scenario.slotLayout,
     ...scenario.recall,
   });
   const jobs: RecallJob[] = [];
@@ -156,7 +188,12 @@ async function roundTrip(device: GPUDevice, seed: number, scenario: Scenario) {
   // Expected: the source slot's run scattered into the target slot.
   for (const job of jobs) {
     const s = [...Array(slots).keys()].find((s) => pageOf(job.layer, s, job.head) === job.page)!;
-    const run = nhdToHndReference(src[job.layer], [{ slot: s, head: job.head }], shape);
+    const nhd = hnd ? hndAsNhd(src[job.layer], shape) : src[job.layer];
+    const run = nhdToHndReference(nhd, [{ slot: s, head: job.head }], shape);
+    if (hnd) {
+      placeHndRun(run, dst[job.layer], shape, job.slot, job.head);
+      continue;
+    }
     hndToNhdReference(run, dst[job.layer], {
       ...shape,
       jobs: [{ run: 0, slot: job.slot, head: job.head }],
@@ -195,6 +232,26 @@ gpuTest(
       const recall = RECALL_OPTIONS[i % RECALL_OPTIONS.length](kvLayoutSizes(shape).runBytes);
       await roundTrip(device, 100 + i, { shape, recall });
     }
+  },
+);
+
+gpuTest(
+  "HND slots: offload copies runs as they are, recall (direct and staged) restores them bit for bit",
+  async ({ device }) => {
+    for (const [i, shape] of SHAPES.entries()) {
+      const recall = RECALL_OPTIONS[i % RECALL_OPTIONS.length](kvLayoutSizes(shape).runBytes);
+      await roundTrip(device, 300 + i, {
+        shape,
+        slotLayout: "hnd",
+        recall: { ...recall, hndPath: i % 2 === 0 ? "direct" : "staged" },
+      });
+    }
+    // A token-major host pool (the fragmented baseline) into HND slots.
+    await roundTrip(device, 9, {
+      shape: { pageSize: 4, kvHeads: 4, headDim: 8, dtype: "f16" },
+      layout: "nhd",
+      slotLayout: "hnd",
+    });
   },
 );
 

@@ -23,8 +23,15 @@ import {
   type NhdToHnd,
   type NhdToHndPlan,
 } from "../kernels/layout.ts";
-import { assertDevice, assertInteger, describeValue, disposedError } from "../gpu/errors.ts";
+import {
+  assertDevice,
+  assertInteger,
+  assertOneOf,
+  describeValue,
+  disposedError,
+} from "../gpu/errors.ts";
 import { createTrackedBuffer } from "../gpu/tracking.ts";
+import { SLOT_LAYOUTS, type SlotLayout } from "../kernels/slot_layout.ts";
 
 /** One page to offload: `page` (global index) sits in `slot` of the cache. */
 export interface OffloadJob {
@@ -93,6 +100,14 @@ export interface OffloaderOptions {
    * storage binding limit); bigger offloads are split over several.
    */
   maxBufferBytes?: number;
+  /**
+   * Layout of the cache slots (default `"nhd"`: each run is converted by
+   * the NHD -> HND kernel). With `"hnd"` slots (`[slot][Hkv][P][d]`) a run
+   * is the slot's K and V parts of that head, copied as they are (two
+   * `copyBufferToBuffer` per run, no conversion kernel); the caches then
+   * need `COPY_SRC` usage.
+   */
+  slotLayout?: SlotLayout;
 }
 
 interface RingEntry {
@@ -143,6 +158,7 @@ export class Offloader {
   readonly #sizes: KvLayoutSizes;
   #convert?: NhdToHnd;
   readonly #maxRuns: number;
+  readonly #slotLayout: SlotLayout;
   #free: RingEntry[] = [];
   #all: RingEntry[] = [];
   #encoded: Pending[] = [];
@@ -158,6 +174,15 @@ export class Offloader {
     this.#pool = pool;
     this.#label = options.label ?? "freekv offload";
     this.#sizes = kvLayoutSizes(pool, action);
+    this.#slotLayout = options.slotLayout ?? "nhd";
+    assertOneOf("slotLayout", this.#slotLayout, SLOT_LAYOUTS, action);
+    if (this.#slotLayout === "hnd" && (this.#sizes.runBytes / 2) % 4 !== 0) {
+      throw new RangeError(
+        `Cannot ${action} as a head's page of HND slots must be a multiple of 4 bytes to be copied: received ${
+          this.#sizes.runBytes / 2
+        } bytes (pageSize * headDim of ${pool.dtype})`,
+      );
+    }
     const limit = Math.min(
       device.limits.maxStorageBufferBindingSize,
       device.limits.maxBufferSize,
@@ -183,13 +208,15 @@ export class Offloader {
     }
     const pool = this.#pool;
     assertInteger("layer", request.layer, action, 0, pool.layers - 1);
+    const hnd = this.#slotLayout === "hnd";
+    const need = hnd ? GPUBufferUsage.COPY_SRC : GPUBufferUsage.STORAGE;
     for (const name of ["kCache", "vCache"] as const) {
       const b = request[name];
-      if (!(b instanceof GPUBuffer) || (b.usage & GPUBufferUsage.STORAGE) === 0) {
+      if (!(b instanceof GPUBuffer) || (b.usage & need) === 0) {
         throw new TypeError(
-          `Cannot ${action} as '${name}' must be a GPUBuffer with STORAGE usage: received ${
-            describeValue(b)
-          }`,
+          `Cannot ${action} as '${name}' must be a GPUBuffer with ${
+            hnd ? "COPY_SRC" : "STORAGE"
+          } usage: received ${describeValue(b)}`,
         );
       }
     }
@@ -228,19 +255,30 @@ export class Offloader {
     for (let start = 0; start < work.length; start += this.#maxRuns) {
       const slice = work.slice(start, start + this.#maxRuns);
       const entry = this.#take(slice.length);
-      entry.plan.update(slice);
-      entry.plan.encode(encoder, {
-        kCache: request.kCache,
-        vCache: request.vCache,
-        runs: entry.runs,
-      });
-      encoder.copyBufferToBuffer(
-        entry.runs,
-        0,
-        entry.read,
-        0,
-        slice.length * this.#sizes.runBytes,
-      );
+      if (hnd) {
+        // A head's page is already a run's K (and V) part: copy it as it is.
+        const { slotBytes, runBytes } = this.#sizes;
+        const half = runBytes / 2;
+        slice.forEach(({ slot, head }, i) => {
+          const at = slot * slotBytes + head * half;
+          encoder.copyBufferToBuffer(request.kCache, at, entry.read, i * runBytes, half);
+          encoder.copyBufferToBuffer(request.vCache, at, entry.read, i * runBytes + half, half);
+        });
+      } else {
+        entry.plan.update(slice);
+        entry.plan.encode(encoder, {
+          kCache: request.kCache,
+          vCache: request.vCache,
+          runs: entry.runs,
+        });
+        encoder.copyBufferToBuffer(
+          entry.runs,
+          0,
+          entry.read,
+          0,
+          slice.length * this.#sizes.runBytes,
+        );
+      }
       parts.push({
         entry,
         layer: request.layer,
@@ -283,9 +321,10 @@ export class Offloader {
     const n = this.#all.length;
     const entry: RingEntry = {
       capacity,
+      // HND slots copy straight into the readback buffer: no runs buffer needed.
       runs: createTrackedBuffer(this.#device, {
         label: `${this.#label} runs ${n}`,
-        size,
+        size: this.#slotLayout === "hnd" ? 16 : size,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
       }),
       read: createTrackedBuffer(this.#device, {

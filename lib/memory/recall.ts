@@ -27,6 +27,7 @@
 import type { HostPagePool } from "./host_pool.ts";
 import { type KvLayoutSizes, kvLayoutSizes, type NhdCacheBuffers } from "../kernels/layout.ts";
 import { type Chunk, type RecallState, StagingRing } from "./recall_staging.ts";
+import { SLOT_LAYOUTS, type SlotLayout } from "../kernels/slot_layout.ts";
 import {
   assertDevice,
   assertInteger,
@@ -85,7 +86,24 @@ export interface RecallerOptions {
   staging?: RecallStaging;
   /** Label prefix of GPU resources (default `"freekv recall"`). */
   label?: string;
+  /**
+   * Layout of the cache slots (default `"nhd"`). With `"hnd"` slots
+   * (`[slot][Hkv][P][d]`) a recalled (page, head) needs no scatter kernel:
+   * see `hndPath`.
+   */
+  slotLayout?: SlotLayout;
+  /**
+   * How an HND pool reaches HND slots (default `"direct"`): `"direct"` is two
+   * `queue.writeBuffer` per run, from the host run straight into the K and V
+   * caches at the slot's head offset (no staging buffer, no kernel);
+   * `"staged"` gathers chunks into the staging buffers as for NHD slots and
+   * places each run with two `copyBufferToBuffer`. Ignored for NHD slots.
+   */
+  hndPath?: HndRecallPath;
 }
+
+/** How HND runs reach HND slots: see {@linkcode RecallerOptions.hndPath}. */
+export type HndRecallPath = "direct" | "staged";
 
 /** Figures of one recall. */
 export interface RecallStats {
@@ -163,6 +181,8 @@ const BUFFERINGS: readonly RecallBuffering[] = ["double", "single"];
 export class Recaller {
   readonly #device: GPUDevice;
   readonly #pool: HostPagePool;
+  /** True when recalls are plain copies into the caches (NHD pool, or HND slots). */
+  readonly #copies: boolean;
   readonly #caches: RecallCaches;
   readonly #sizes: KvLayoutSizes;
   readonly #ring: StagingRing;
@@ -201,6 +221,19 @@ export class Recaller {
     const staging = options.staging ?? "write-buffer";
     assertOneOf("staging", staging, STAGINGS, action);
     const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
+    const slotLayout = options.slotLayout ?? "nhd";
+    assertOneOf("slotLayout", slotLayout, SLOT_LAYOUTS, action);
+    const hndPath = options.hndPath ?? "direct";
+    assertOneOf("hndPath", hndPath, ["direct", "staged"], action);
+    if (slotLayout === "hnd" && (kvLayoutSizes(pool, action).runBytes / 2) % 4 !== 0) {
+      throw new RangeError(
+        `Cannot ${action} as a head's page of HND slots must be a multiple of 4 bytes to be copied: received ${
+          kvLayoutSizes(pool, action).runBytes / 2
+        } bytes (pageSize * headDim of ${pool.dtype})`,
+      );
+    }
+    // Which path this recaller takes: a kernel scatter, or plain copies.
+    this.#copies = pool.layout === "nhd" || slotLayout === "hnd";
     this.#device = device;
     this.#pool = pool;
     this.#caches = caches;
@@ -214,6 +247,8 @@ export class Recaller {
       maxRuns: Math.max(1, Math.floor(Math.min(maxChunkBytes, limit) / this.#sizes.runBytes)),
       buffering,
       staging,
+      slotLayout,
+      direct: pool.layout === "nhd" || (slotLayout === "hnd" && hndPath === "direct"),
     }, { disposed: () => this.#disposed, queued: () => this.#queue.length });
   }
 
@@ -228,8 +263,8 @@ export class Recaller {
         }`,
       );
     }
-    const need = this.#pool.layout === "nhd" ? GPUBufferUsage.COPY_DST : GPUBufferUsage.STORAGE;
-    const needName = this.#pool.layout === "nhd" ? "COPY_DST" : "STORAGE";
+    const need = this.#copies ? GPUBufferUsage.COPY_DST : GPUBufferUsage.STORAGE;
+    const needName = this.#copies ? "COPY_DST" : "STORAGE";
     for (const name of ["kCache", "vCache"] as const) {
       const b = c[name];
       if (!(b instanceof GPUBuffer) || (b.usage & need) === 0) {
@@ -240,7 +275,7 @@ export class Recaller {
         );
       }
       const limit = this.#device.limits.maxStorageBufferBindingSize;
-      if (this.#pool.layout === "hnd" && b.size > limit) {
+      if (!this.#copies && b.size > limit) {
         throw new RangeError(
           `Cannot ${action} as '${name}' of layer ${layer} must be at most maxStorageBufferBindingSize (${limit} bytes): received ${b.size} bytes`,
         );
@@ -323,7 +358,7 @@ export class Recaller {
     state.submitted.catch(() => {}); // failures also reach `done` when asked for
     const chunks = this.#ring.chunks(state, byLayer);
     state.chunksLeft = chunks.length;
-    stats.chunks = pool.layout === "nhd" ? 0 : chunks.length;
+    stats.chunks = chunks.filter((c) => !c.fragmented).length;
     if (chunks.length === 0) {
       this.#submittedAll(state);
     } else {

@@ -25,6 +25,7 @@ import {
 } from "../kernels/layout.ts";
 import { disposedError } from "../gpu/errors.ts";
 import { createTrackedBuffer } from "../gpu/tracking.ts";
+import { type SlotLayout, slotStrides } from "../kernels/slot_layout.ts";
 
 /** The bookkeeping of one recall. */
 export interface RecallState {
@@ -77,6 +78,10 @@ export interface StagingOptions {
   maxRuns: number;
   buffering: RecallBuffering;
   staging: RecallStaging;
+  /** Layout of the cache slots. */
+  slotLayout: SlotLayout;
+  /** Copies straight from the pool into the slots (NHD pools, or HND runs into HND slots). */
+  direct: boolean;
 }
 
 /** What the ring asks its recaller. */
@@ -98,6 +103,8 @@ export class StagingRing {
   readonly #maxRuns: number;
   readonly #buffering: RecallBuffering;
   readonly #staging: RecallStaging;
+  readonly #slotLayout: SlotLayout;
+  readonly #direct: boolean;
   readonly #hooks: StagingHooks;
   #scatter?: HndToNhd;
   #slots: Slot[] = [];
@@ -114,6 +121,8 @@ export class StagingRing {
     this.#maxRuns = options.maxRuns;
     this.#buffering = options.buffering;
     this.#staging = options.staging;
+    this.#slotLayout = options.slotLayout;
+    this.#direct = options.direct;
     this.#hooks = hooks;
     const count = options.buffering === "double" ? 2 : 1;
     for (let index = 0; index < count; index++) {
@@ -158,7 +167,7 @@ export class StagingRing {
       // Sorted by (head, page) so that consecutive pages of a head coalesce.
       jobs: e.jobs.sort((a, b) => a.head - b.head || a.page - b.page),
     }));
-    if (this.#pool.layout === "nhd") {
+    if (this.#direct) {
       return [{ state, segments, runs: 0, fragmented: true }];
     }
     const max = this.#maxRuns;
@@ -277,7 +286,8 @@ export class StagingRing {
       scatters.push(scatter);
     }
     flushCopy();
-    while (slot.plans.length < chunk.segments.length) {
+    const hndSlots = this.#slotLayout === "hnd";
+    while (!hndSlots && slot.plans.length < chunk.segments.length) {
       slot.plans.push(this.#scatterKernel().plan([]));
     }
     const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
@@ -286,6 +296,22 @@ export class StagingRing {
       encoder.copyBufferToBuffer(slot.map!, 0, slot.gpu!, 0, bytes);
     }
     chunk.segments.forEach((seg, i) => {
+      if (hndSlots) {
+        // HND slots: a run's K and V parts are copied as they are.
+        const half = runBytes / 2, slotBytes = this.#sizes.slotBytes;
+        for (const job of scatters[i]) {
+          const at = job.slot * slotBytes + job.head * half;
+          encoder.copyBufferToBuffer(slot.gpu!, job.run * runBytes, seg.caches.kCache, at, half);
+          encoder.copyBufferToBuffer(
+            slot.gpu!,
+            job.run * runBytes + half,
+            seg.caches.vCache,
+            at,
+            half,
+          );
+        }
+        return;
+      }
       slot.plans[i].update(scatters[i]);
       slot.plans[i].encode(encoder, { ...seg.caches, runs: slot.gpu! });
     });
@@ -319,7 +345,7 @@ export class StagingRing {
     slot.gpu = createTrackedBuffer(this.#device, {
       label: `${this.#label} staging ${slot.index}`,
       size,
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
     });
     slot.map = this.#staging === "mapped"
       ? createTrackedBuffer(this.#device, {
@@ -332,16 +358,41 @@ export class StagingRing {
     slot.capacity = capacity;
   }
 
-  /** The fragmented baseline: one `writeBuffer` per (token, K/V) fragment. */
+  /**
+   * Copies straight from the pool into the slots: for an NHD pool the
+   * fragmented baseline, one `writeBuffer` per (token, K/V) fragment; for an
+   * HND pool into HND slots, two per run (its K part and its V part).
+   */
   fragmented(chunk: Chunk): void {
     const state = chunk.state;
     const t0 = performance.now();
     const pool = this.#pool;
-    const { rowBytes } = this.#sizes;
+    const { rowBytes, runBytes, slotBytes } = this.#sizes;
     const P = pool.pageSize, H = pool.kvHeads;
     const half = P * H * rowBytes;
     const queue = this.#device.queue;
+    const strides = slotStrides(this.#slotLayout, P, H);
     let copies = 0;
+    if (pool.layout === "hnd") {
+      const part = runBytes / 2;
+      for (const seg of chunk.segments) {
+        for (const job of seg.jobs) {
+          if (!pool.isOffloaded(job)) {
+            throw new RangeError(
+              `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+            );
+          }
+          const { bytes, byteOffset } = pool.location(job);
+          const at = job.slot * slotBytes + job.head * part;
+          queue.writeBuffer(seg.caches.kCache, at, bytes, byteOffset, part);
+          queue.writeBuffer(seg.caches.vCache, at, bytes, byteOffset + part, part);
+          copies += 2;
+        }
+      }
+      state.stats.copies += copies;
+      state.stats.copyMs += performance.now() - t0;
+      return;
+    }
     for (const seg of chunk.segments) {
       for (const job of seg.jobs) {
         if (!pool.isOffloaded(job)) {
@@ -352,7 +403,8 @@ export class StagingRing {
         const { bytes, byteOffset } = pool.location(job);
         for (let t = 0; t < P; t++) {
           const src = byteOffset + (t * H + job.head) * rowBytes;
-          const dst = ((job.slot * P + t) * H + job.head) * rowBytes;
+          const dst = (job.slot * strides.slot + t * strides.token + job.head * strides.head) *
+            rowBytes;
           queue.writeBuffer(seg.caches.kCache, dst, bytes, src, rowBytes);
           queue.writeBuffer(seg.caches.vCache, dst, bytes, src + half, rowBytes);
           copies += 2;
