@@ -161,6 +161,13 @@ const CONFIGS: Config[] = [
   { policy: "freekv", correction: "resident", tau: -1, cachePages: 0 },
   { policy: "freekv", correction: "resident", tau: 0.9 },
   { policy: "freekv", correction: "sync", tau: 0.9, cachePages: 0 },
+  // Head-major GPU slots: every kernel that indexes slots, offload and recall as copies.
+  { policy: "quest", slotLayout: "hnd" },
+  { policy: "sync-offload", slotLayout: "hnd" },
+  { policy: "sync-offload", hostLayout: "nhd", slotLayout: "hnd" },
+  { policy: "freekv", correction: "sync", tau: 0.9, cachePages: 0, slotLayout: "hnd" },
+  { policy: "freekv", correction: "resident", tau: 0.9, slotLayout: "hnd" },
+  { policy: "freekv", correction: "resident", tau: -1, slotLayout: "hnd" },
 ];
 for (const config of CONFIGS) {
   gpuTest(

@@ -146,6 +146,7 @@ export class RetrievalEngine {
       headDim: o.headDim,
       pageSize: o.pageSize,
       dtype: o.dtype,
+      slotLayout: o.slotLayout,
     });
     this.#ring = new ReadbackRing(device, "freekv engine");
     for (let l = 0; l < L; l++) this.#layers.push(new LayerState(device, o, l, modes[l]));

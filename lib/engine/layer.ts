@@ -40,6 +40,7 @@ import { NOT_RESIDENT, SlotCache } from "../memory/slot_cache.ts";
 import { type LayerMode, maxPagesOf, modeBudget, slotsPerSeq } from "./geometry.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
 import slotCopySource from "../../shaders/slot_copy.wgsl" with { type: "text" };
+import { slotStrides } from "../kernels/slot_layout.ts";
 
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
@@ -153,7 +154,12 @@ export class LayerState implements Disposable {
     const P = o.pageSize;
     const rowBytes = hkv * d * bytesPerElement(o.dtype);
     const cacheBytes = B * this.slotsPerSeq * P * rowBytes;
-    this.#append = createKvAppend(device, { numKvHeads: hkv, headDim: d, dtype: o.dtype });
+    this.#append = createKvAppend(device, {
+      numKvHeads: hkv,
+      headDim: d,
+      dtype: o.dtype,
+      headStride: slotStrides(o.slotLayout, P, hkv).head * d,
+    });
     this.kCache = this.#own(`layer ${index} K cache`, cacheBytes);
     this.vCache = this.#own(`layer ${index} V cache`, cacheBytes);
     this.length = new Int32Array(B);
@@ -171,6 +177,7 @@ export class LayerState implements Disposable {
         pageSize: P,
         dtype: o.dtype,
         summary: o.summary,
+        slotLayout: o.slotLayout,
       });
       this.summaries = this.#own(`layer ${index} page summaries`, B * maxPages * hkv * 2 * d * 4);
       this.selector = createPageSelector(device, {
@@ -291,8 +298,20 @@ export class LayerState implements Disposable {
     jobs.forEach((j, i) => data.set([j[0], j[1], j[2], 0], i * 4));
     const jobBuffer = this.scratch("slot copy jobs", data.byteLength);
     device.queue.writeBuffer(jobBuffer, 0, data);
-    const params = this.scratch("slot copy params", 16);
-    device.queue.writeBuffer(params, 0, new Uint32Array([P, hkv, headWords, jobs.length]));
+    const params = this.scratch("slot copy params", 32);
+    const strides = slotStrides(this.#o.slotLayout, P, hkv);
+    device.queue.writeBuffer(
+      params,
+      0,
+      new Uint32Array([
+        P,
+        hkv,
+        headWords,
+        jobs.length,
+        strides.token * headWords,
+        strides.head * headWords,
+      ]),
+    );
     const pipeline = cachedPipeline(device, "slot_copy", slotCopySource);
     const bind = device.createBindGroup({
       label: "freekv slot copy",

@@ -42,10 +42,11 @@ export class OffloadMemory implements Disposable {
       dtype: o.dtype,
       layout: o.hostLayout,
     });
-    this.#offloader = createOffloader(device, this.pool);
+    this.#offloader = createOffloader(device, this.pool, { slotLayout: o.slotLayout });
     this.#recaller = createRecaller(device, this.pool, {
       buffering: o.recallBuffering,
       staging: o.recallStaging,
+      slotLayout: o.slotLayout,
       caches: (layer: number) => ({ kCache: layers[layer].kCache, vCache: layers[layer].vCache }),
     });
   }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
+import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertFinite,
   assertHeadsDivide,
@@ -16,6 +16,7 @@ import {
 import { POOLING_MODES, type PoolingMode } from "../kernels/selection.ts";
 import { SUMMARY_KINDS, type SummaryKind } from "../kernels/summaries.ts";
 import { HOST_POOL_LAYOUTS, type HostPoolLayout } from "../memory/host_pool.ts";
+import { SLOT_LAYOUTS, type SlotLayout } from "../kernels/slot_layout.ts";
 
 /** Retrieval policies (see the README's policy table). */
 export type PolicyName = "full" | "streaming" | "quest" | "sync-offload" | "freekv";
@@ -86,6 +87,14 @@ export interface EngineOptions {
   summary?: SummaryKind;
   /** Host layout for the offload policies (default `hnd`; `nhd` is the fragmented baseline). */
   hostLayout?: HostPoolLayout;
+  /**
+   * Layout of the GPU cache slots (default `nhd`): `nhd` is token-major
+   * `[slot][P][Hkv][d]`, `hnd` head-major `[slot][Hkv][P][d]`, so one
+   * (page, KV head) is one contiguous run of `P * d` values in each of K and
+   * V: offload and recall are plain copies (no conversion or scatter
+   * kernel). Every policy follows it.
+   */
+  slotLayout?: SlotLayout;
   /** Keep layer 0 on full attention (default false). */
   fullFirstLayer?: boolean;
   /** Recall buffering (default `double`). */
@@ -177,6 +186,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
     pooling: "softmax-mean",
     summary: "minmax",
     hostLayout: "hnd",
+    slotLayout: "nhd",
     fullFirstLayer: false,
     recallBuffering: "double",
     recallStaging: "write-buffer",
@@ -205,6 +215,14 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
   assertOneOf("pooling", o.pooling, POOLING_MODES, a);
   assertOneOf("summary", o.summary, SUMMARY_KINDS, a);
   assertOneOf("hostLayout", o.hostLayout, HOST_POOL_LAYOUTS, a);
+  assertOneOf("slotLayout", o.slotLayout, SLOT_LAYOUTS, a);
+  if (o.slotLayout === "hnd" && (o.pageSize * o.headDim * bytesPerElement(o.dtype)) % 4 !== 0) {
+    throw new RangeError(
+      `Cannot ${a} as HND slots need a head's page (pageSize * headDim of ${o.dtype}) to be a multiple of 4 bytes: received ${
+        o.pageSize * o.headDim
+      } elements`,
+    );
+  }
   assertOneOf("recallBuffering", o.recallBuffering, ["double", "single"] as const, a);
   assertOneOf("recallStaging", o.recallStaging, ["write-buffer", "mapped"] as const, a);
   for (const name of ["fullFirstLayer", "profile"] as const) {

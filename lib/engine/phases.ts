@@ -8,6 +8,7 @@
 import type { PageRegions } from "../memory/page_plan.ts";
 import type { RecallJob } from "../memory/recall.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
+import { slotOffset } from "../kernels/slot_layout.ts";
 import type { LayerState } from "./layer.ts";
 import type { OffloadMemory } from "./offload_memory.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
@@ -52,7 +53,7 @@ export function appendPhase(
 ): void {
   const o = ctx.options;
   const P = o.pageSize;
-  const row = o.numKvHeads * o.headDim;
+  const kvShape = { pageSize: P, kvHeads: o.numKvHeads, headDim: o.headDim };
   const { sinkPages: S, windowPages: W } = state.budget;
   const dst = new Uint32Array(o.batch);
   const fills: { b: number; p: number }[] = [];
@@ -71,7 +72,7 @@ export function appendPhase(
         copies.push([base + homeSlot(o, "offload", leaving), base + poolSlot(o, slot), h]);
       }
     }
-    dst[b] = ((base + homeSlot(o, state.mode, p)) * P + (len % P)) * row;
+    dst[b] = slotOffset(o.slotLayout, kvShape, base + homeSlot(o, state.mode, p), len % P, 0);
     state.length[b] = len + 1;
     if ((len + 1) % P === 0 && p >= S) fills.push({ b, p });
   }

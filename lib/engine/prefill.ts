@@ -10,6 +10,7 @@ import { bytesPerElement } from "../gpu/dtype.ts";
 import { createBuffer } from "../gpu/buffers.ts";
 import { pageRegions } from "../memory/page_plan.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
+import { slotOffset } from "../kernels/slot_layout.ts";
 import type { LayerState } from "./layer.ts";
 import type { OffloadMemory } from "./offload_memory.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
@@ -48,8 +49,11 @@ export function recordPrefill(
   const pageIds = (from: number, to: number) =>
     Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
   const transient: GPUBuffer[] = [];
+  // Element offset of token `t` of `slot` (its first head), in the slot layout.
+  const kvShape = { pageSize: P, kvHeads: o.numKvHeads, headDim: o.headDim };
+  const at = (slot: number, t: number) => slotOffset(o.slotLayout, kvShape, slot, t, 0);
   if (mode === "full" || mode === "quest") {
-    const dst = new Uint32Array(n).map((_, t) => (seqBase * P + t) * row);
+    const dst = new Uint32Array(n).map((_, t) => at(seqBase + Math.floor(t / P), t % P));
     state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "prefill");
     if (mode === "quest" && fullPages > S) {
       state.planSummaries(
@@ -61,14 +65,14 @@ export function recordPrefill(
       ).encode(encoder, { kCache: state.kCache, summaries: state.summaries! });
     }
   } else {
-    // Stage the whole prompt as NHD pages (slot = page), then place sink and
+    // Stage the whole prompt as pages of the slot layout (slot = page), then place sink and
     // window pages in their slots and back the full pages up to the host.
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const bytes = regions.numPages * slotBytes;
     const tk = createBuffer(device, "freekv prefill staging K", usage, bytes);
     const tv = createBuffer(device, "freekv prefill staging V", usage, bytes);
     transient.push(tk, tv);
-    const dst = new Uint32Array(n).map((_, t) => t * row);
+    const dst = new Uint32Array(n).map((_, t) => at(Math.floor(t / P), t % P));
     state.encodeRows(encoder, k, v, tk, tv, dst, "prefill");
     const place = (p: number, slot: number) => {
       const at = (seqBase + slot) * slotBytes;
