@@ -1,13 +1,17 @@
-// Copies one KV head's rows of a page from one slot of an NHD cache to
-// another slot of the same cache (a page leaving the window keeps its place
-// on the GPU in a pool slot). Caches are viewed as u32 words; a head row is
-// `head_words` words. One workgroup row per job.
+// Copies one KV head's rows of a page from one slot of a cache to another
+// slot of the same cache (a page leaving the window keeps its place on the
+// GPU in a pool slot). Caches are viewed as u32 words; a head row is
+// `head_words` words, tokens are `token_stride` words apart and heads
+// `head_stride` (NHD slots: Hkv * head_words and head_words; HND slots:
+// head_words and P * head_words). One workgroup row per job.
 
 struct Params {
   page_size: u32,
   kv_heads: u32,
   head_words: u32,
   num_jobs: u32,
+  token_stride: u32,
+  head_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -23,9 +27,10 @@ fn main(@builtin(global_invocation_id) id: vec3u) {
   let job = jobs[j];
   let t = i / params.head_words;
   let w = i % params.head_words;
-  let row_words = params.kv_heads * params.head_words;
-  let src = (job.x * params.page_size + t) * row_words + job.z * params.head_words + w;
-  let dst = (job.y * params.page_size + t) * row_words + job.z * params.head_words + w;
+  let slot_words = params.page_size * params.kv_heads * params.head_words;
+  let at = t * params.token_stride + job.z * params.head_stride + w;
+  let src = job.x * slot_words + at;
+  let dst = job.y * slot_words + at;
   k_cache[dst] = k_cache[src];
   v_cache[dst] = v_cache[src];
 }
