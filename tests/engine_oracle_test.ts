@@ -99,7 +99,7 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
     values[l].set(prompt[l].v);
     await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
   }
-  const previous: (number[][] | null)[] = new Array(L).fill(null);
+  const previousQ: (Float32Array | null)[] = new Array(L).fill(null);
   let crossed = false;
   for (let s = 0; s < STEPS; s++) {
     const token = src.next();
@@ -130,7 +130,9 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         } else if (config.policy !== "freekv" || config.tau === 1) {
           expected = fresh![h];
         } else if (config.tau === -1) {
-          expected = previous[l]![h]; // the speculation, recalled one step behind
+          // The speculation: the previous step's query over this step's
+          // candidates (recalled one step behind).
+          expected = oracleTopK(keys[l], tokens, previousQ[l]!)[h];
         } else {
           // Resident correction: the speculation, or for a corrected head its
           // best pages among those on the GPU: always candidates, at most K.
@@ -145,7 +147,7 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         }
       }
       if (r.candidateCount > BUDGET.selectPages) crossed = true;
-      previous[l] = fresh;
+      previousQ[l] = token[l].q;
     }
   }
   assert.ok(crossed, "the decode must cross the point where candidates stop fitting");
@@ -240,5 +242,8 @@ gpuTest("the recording API refuses misuse without changing state", async ({ devi
   assert.equal(engine.length(1, 0), 21);
   engine[Symbol.dispose]();
   await assert.rejects(() => engine.beginStep(), /the engine must not be disposed/);
-  await assert.rejects(() => engine.recordLayer(enc, 0, token[0]), /the engine must not be disposed/);
+  await assert.rejects(
+    () => engine.recordLayer(enc, 0, token[0]),
+    /the engine must not be disposed/,
+  );
 });

@@ -113,6 +113,9 @@ gpuTest("freekv with tau -1 attends the previous step's selection", async ({ dev
   assert.deepEqual(never.pages[0], quest.pages[0]);
   for (let s = 1; s < 10; s++) {
     const r = pageRegions(45 + s + 1, budget);
+    // Where a page left the window the speculation was chosen over this
+    // step's candidates (the engine oracle test checks those steps).
+    if (r.windowStart !== pageRegions(45 + s, budget).windowStart) continue;
     for (let l = 0; l < 2; l++) {
       assert.ok(never.corrected[s][l].every((c) => c === 0));
       for (let i = 0; i < 2; i++) {

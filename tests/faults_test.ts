@@ -212,7 +212,9 @@ gpuTest("long run: memory flat after warm-up, statistics add up, nothing leaks",
   assert.ok(r.pagesRecalled > 0);
   assert.equal(r.bytesRecalled, r.pagesRecalled * r.pageBytes);
   assert.equal(r.gpuBytesGrowth, 0);
-  for (const s of r.samples) assert.equal(s.gpuBytes, r.samples[0].gpuBytes);
+  // Flat after warm-up (scratch buffers grow by powers of two until the
+  // largest recall of the run was seen).
+  for (const s of r.samples.slice(1)) assert.equal(s.gpuBytes, r.samples[1].gpuBytes);
   assert.ok(r.heapGrowth < 8 * 2 ** 20, `heap grew ${r.heapGrowth} bytes`);
   assert.equal(r.leakedBuffers, 0);
 });

@@ -81,6 +81,7 @@ function randomCase(rng: Random, id: number, shapes: Shape[]): Case {
     tau: pick(rng, [-1, 0.5, 0.9, 1]),
     correction: pick(rng, ["resident", "sync"] as const),
     cachePages: int(rng, 0, selectPages),
+    slotLayout: id % 2 === 1 ? "nhd" : "hnd",
   };
   return {
     id,
@@ -150,7 +151,8 @@ async function checkCase(device: GPUDevice, c: Case, rng: Random): Promise<void>
     k: keys.slice(0, c.prompt * row),
     v: values.slice(0, c.prompt * row),
   });
-  let previous: number[][] | null = null;
+  // The speculation is the previous step's query's top-k over this step's candidates.
+  let previousQ: Float32Array | null = null;
   let q = Float32Array.from({ length: hq * d }, () => rng.next() * 2 - 1);
   for (let s = 0; s < c.steps; s++) {
     const tokens = c.prompt + s + 1;
@@ -169,6 +171,9 @@ async function checkCase(device: GPUDevice, c: Case, rng: Random): Promise<void>
     for (let p = r.windowStart; p < r.numPages; p++) base.push(p);
     const K = c.budget.selectPages;
     const fresh = r.candidateCount >= K ? oracleTopK(c, keys, tokens, q) : null;
+    const previous = previousQ && r.candidateCount >= K
+      ? oracleTopK(c, keys, tokens, previousQ)
+      : null;
     const freekv = c.options.policy === "freekv";
     for (let h = 0; h < hkv; h++) {
       const got = attended[h];
@@ -198,7 +203,7 @@ async function checkCase(device: GPUDevice, c: Case, rng: Random): Promise<void>
         assert.ok(selected.length <= K, `${where} head ${h}: at most K selected`);
       }
     }
-    previous = fresh;
+    previousQ = q;
   }
 }
 

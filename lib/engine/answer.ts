@@ -20,7 +20,7 @@ export interface AnswerLayer {
   selects: boolean[];
   /** Sequences whose correction check is counted when the answer arrives. */
   checked: boolean[];
-  /** `[B][Hkv][K]` fresh selection. */
+  /** `[B][Hkv][K]` the next step's speculation. */
   fresh: Uint32Array;
   /** `[B][Hkv]` correction flags. */
   flags: Uint32Array;
@@ -56,16 +56,17 @@ export class StepAnswers implements Disposable {
     );
   }
 
-  /** Records the copy of `state`'s fresh selection, flags and hits into the answer. */
+  /** Records the copy of the speculation and `state`'s flags and hits into the answer. */
   record(
     encoder: GPUCommandEncoder,
     state: LayerState,
+    speculation: GPUBuffer,
     selects: boolean[],
     checked: boolean[],
   ): void {
     const rows = this.#rows, K = this.#k;
     const at = state.index * this.#layerBytes;
-    encoder.copyBufferToBuffer(state.fresh!, 0, this.#buffer, at, rows * K * 4);
+    encoder.copyBufferToBuffer(speculation, 0, this.#buffer, at, rows * K * 4);
     encoder.copyBufferToBuffer(state.flags!, 0, this.#buffer, at + rows * K * 4, rows * 4);
     encoder.copyBufferToBuffer(state.hits!, 0, this.#buffer, at + (rows * K + rows) * 4, rows * 4);
     this.#recording.push({ layer: state.index, selects: [...selects], checked: [...checked] });

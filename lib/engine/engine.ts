@@ -571,7 +571,7 @@ export class RetrievalEngine {
     encoder: GPUCommandEncoder,
     state: LayerState,
     q: GPUBuffer,
-    plan: { selects: boolean[]; checked: boolean[] },
+    plan: { selects: boolean[]; checked: boolean[]; speculation?: GPUBuffer },
   ): void {
     const o = this.options;
     encoder.copyBufferToBuffer(q, 0, state.qPrev!, 0, o.batch * o.numQueryHeads * o.headDim * 4);
@@ -581,8 +581,9 @@ export class RetrievalEngine {
       return;
     }
     const bytes = o.batch * o.numKvHeads * state.budget.selectPages * 4;
-    encoder.copyBufferToBuffer(state.fresh!, 0, state.spec!, 0, bytes);
-    this.#answers!.record(encoder, state, plan.selects, plan.checked);
+    const speculation = plan.speculation ?? state.fresh!;
+    encoder.copyBufferToBuffer(speculation, 0, state.spec!, 0, bytes);
+    this.#answers!.record(encoder, state, speculation, plan.selects, plan.checked);
   }
 
   /**

@@ -108,6 +108,8 @@ export class LayerState implements Disposable {
   selector?: PageSelector;
   /** The layer's selection plan, created on first use and updated after. */
   selectionPlan?: PageSelectionPlan;
+  /** freekv: the plan of the speculation's top-k over the next step's candidates. */
+  nextSelectionPlan?: PageSelectionPlan;
   similarity?: QuerySimilarity;
   similarityPlan?: QuerySimilarityPlan;
   /** `[B][Hkv][K]` this step's top-k. */
@@ -116,6 +118,11 @@ export class LayerState implements Disposable {
   spec?: GPUBuffer;
   /** `[B][Hkv][K]` this step's top-k among resident pages (freekv, resident correction). */
   best?: GPUBuffer;
+  /**
+   * `[B][Hkv][K]` the speculation for the next step when a page leaves the
+   * window then: top-k with this step's query over the next step's candidates.
+   */
+  next?: GPUBuffer;
   flags?: GPUBuffer;
   /** freekv: `[Hkv]` flags all 1. */
   correctAll?: GPUBuffer;
@@ -219,6 +226,7 @@ export class LayerState implements Disposable {
     if (mode === "offload" && o.policy === "freekv") {
       this.spec = this.#own(`layer ${index} speculative selection`, B * hkv * K * 4);
       this.best = this.#own(`layer ${index} resident-only selection`, B * hkv * K * 4);
+      this.next = this.#own(`layer ${index} next-step selection`, B * hkv * K * 4);
       this.flags = this.#own(`layer ${index} correction flags`, B * hkv * 4);
       this.cosine = this.#own(`layer ${index} query cosines`, B * hq * 4);
       this.groupMean = this.#own(`layer ${index} group-mean cosines`, B * hkv * 4);
@@ -392,6 +400,13 @@ export class LayerState implements Disposable {
     return this.selectionPlan;
   }
 
+  /** The plan of the next step's speculation (its own plan: both go into one submission). */
+  planNextSelection(step: PageSelectionStep): PageSelectionPlan {
+    if (this.nextSelectionPlan) this.nextSelectionPlan.update(step);
+    else this.nextSelectionPlan = this.selector!.plan(step);
+    return this.nextSelectionPlan;
+  }
+
   [Symbol.dispose](): void {
     this.#disposed = true;
     for (const b of this.#owned) b.destroy();
@@ -404,6 +419,7 @@ export class LayerState implements Disposable {
     this.similarityPlan?.[Symbol.dispose]();
     this.summaryPlan?.[Symbol.dispose]();
     this.selectionPlan?.[Symbol.dispose]();
+    this.nextSelectionPlan?.[Symbol.dispose]();
     this.summarizer?.[Symbol.dispose]?.();
     this.selector?.[Symbol.dispose]?.();
     this.similarity?.[Symbol.dispose]?.();

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { PageRegions } from "../memory/page_plan.ts";
+import { type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import type { RecallJob } from "../memory/recall.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
 import { slotOffset } from "../kernels/slot_layout.ts";
@@ -37,6 +37,8 @@ export interface SelectionPlan {
   useFlags: boolean;
   /** Corrected heads attend their top-k among resident pages (freekv, resident correction). */
   useBest: boolean;
+  /** freekv: the buffer holding the next step's speculation (`fresh` or `next`). */
+  speculation?: GPUBuffer;
 }
 
 /**
@@ -120,7 +122,13 @@ export function selectPhase(
   // Selection changes attention only past K candidates; freekv also selects
   // at exactly K so that the next step has a speculation.
   const needs = regions.map((r) => r.candidateCount > K);
-  const selects = regions.map((r) => freekv ? r.candidateCount >= K : r.candidateCount > K);
+  // freekv's speculation is chosen over the next step's candidates (a page
+  // leaving the window then is one of them), whenever they fill K pages.
+  const next = freekv
+    ? regions.map((_, b) => pageRegions(state.length[b] + 1, state.budget))
+    : regions;
+  const selects = next.map((r, b) => freekv ? r.candidateCount >= K : needs[b]);
+  const boundary = freekv && next.some((r, b) => r.windowStart !== regions[b].windowStart);
   const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
   if (freekv && checked.some(Boolean)) {
     state.similarityPlan ??= state.similarity!.plan({ batch: B, tau: o.tau });
@@ -133,27 +141,43 @@ export function selectPhase(
     });
   }
   const decision = decide(o, state, needs, checked, encoder);
-  if (selects.some(Boolean)) {
-    state.planSelection({
-      pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
-      // Sequences that do not select get a dummy range; their result is ignored.
-      candidateStart: Uint32Array.from(regions, (r, b) => selects[b] ? r.sinkCount : 0),
-      candidateEnd: Uint32Array.from(regions, (r, b) => selects[b] ? r.windowStart : K),
-      k: K,
-    }).encode(encoder, {
+  // This step's top-k (for corrected heads, and the speculation unless a
+  // page leaves the window next step).
+  const now = boundary ? needs : selects;
+  const residentOnly = decision.useBest
+    ? { mask: state.residency!, maskStride: ctx.maxPages, selected: state.best! }
+    : undefined;
+  const range = (rs: PageRegions[], on: boolean[]) => ({
+    pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
+    // Sequences that do not select get a dummy range; their result is ignored.
+    candidateStart: Uint32Array.from(rs, (r, b) => on[b] ? r.sinkCount : 0),
+    candidateEnd: Uint32Array.from(rs, (r, b) => on[b] ? r.windowStart : K),
+    k: K,
+  });
+  if (now.some(Boolean)) {
+    state.planSelection(range(regions, now)).encode(encoder, {
       q,
       summaries: state.summaries!,
       selected: state.fresh!,
-      // Resident correction: also the best K among the pages on the GPU.
-      ...(decision.useBest
-        ? {
-          residentOnly: { mask: state.residency!, maskStride: ctx.maxPages, selected: state.best! },
-        }
-        : {}),
+      ...(residentOnly ? { residentOnly } : {}),
+    });
+    ctx.stats.current!.pagesSelected += now.filter(Boolean).length * o.numKvHeads * K;
+  }
+  if (boundary && selects.some(Boolean)) {
+    state.planNextSelection(range(next, selects)).encode(encoder, {
+      q,
+      summaries: state.summaries!,
+      selected: state.next!,
     });
     ctx.stats.current!.pagesSelected += selects.filter(Boolean).length * o.numKvHeads * K;
   }
-  return { selects, needs, checked, ...decision };
+  return {
+    selects,
+    needs,
+    checked,
+    speculation: boundary ? state.next! : state.fresh!,
+    ...decision,
+  };
 }
 
 /** Whether the layer waits, and how its page tables pick selections. */
