@@ -81,6 +81,7 @@ function randomCase(rng: Random, id: number, shapes: Shape[]): Case {
     tau: pick(rng, [-1, 0.5, 0.9, 1]),
     correction: pick(rng, ["resident", "sync"] as const),
     cachePages: int(rng, 0, selectPages),
+    // Both GPU slot layouts, alternating (no draw: the other draws stay as they were).
     slotLayout: id % 2 === 1 ? "nhd" : "hnd",
   };
   return {
@@ -133,7 +134,8 @@ function referenceOver(
     pageTable: table,
     numPages: [n],
     lastPageLen: [r.lastPageLen],
-  }, { ...c.options, pageSize: c.budget.pageSize }).out;
+    // The oracle's cache is the keys in token order (NHD pages), whatever the engine's slots.
+  }, { ...c.options, pageSize: c.budget.pageSize, slotLayout: "nhd" }).out;
 }
 
 async function checkCase(device: GPUDevice, c: Case, rng: Random): Promise<void> {
