@@ -10,10 +10,15 @@ import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
 import { createHndToNhd, type NhdCacheBuffers } from "../lib/kernels/layout.ts";
 import { createRandom } from "../lib/workloads/random.ts";
 import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
+import { type SlotLayout, slotOffset } from "../lib/kernels/slot_layout.ts";
 
 /** One row of the recall table. */
 export interface RecallRow {
-  /** `big-write`, `big-write+scatter`, `hnd-double`, `hnd-double-mapped`, `hnd-single`, `nhd-fragmented`. */
+  /**
+   * `big-write`, `big-write+scatter`, `hnd-double`, `hnd-double-mapped`,
+   * `hnd-single`, `hnd-slots-direct`, `hnd-slots-staged`,
+   * `hnd-slots-staged-mapped` (HND GPU slots), `nhd-fragmented`.
+   */
   method: string;
   dtype: KvDtype;
   bytes: number;
@@ -98,6 +103,7 @@ async function verify(
   pool: HostPagePool,
   caches: NhdCacheBuffers[],
   jobs: RecallJob[],
+  slotLayout: SlotLayout = "nhd",
 ): Promise<void> {
   const { pageSize: P, kvHeads: H, headDim: d } = SHAPE;
   const e = pool.dtype === "f16" ? 2 : 4;
@@ -106,7 +112,9 @@ async function verify(
     const want8 = new Uint8Array(run.buffer, run.byteOffset, run.byteLength);
     const k = new Uint8Array(await readBuffer(device, caches[job.layer].kCache));
     for (let t = 0; t < P; t++) {
-      const at = ((job.slot * P + t) * H + job.head) * d * e;
+      const at =
+        slotOffset(slotLayout, { pageSize: P, kvHeads: H, headDim: d }, job.slot, t, job.head) *
+        e;
       const got = k.subarray(at, at + d * e);
       const exp = want8.subarray(t * d * e, (t + 1) * d * e);
       if (got.some((b, i) => b !== exp[i])) {
@@ -209,13 +217,28 @@ export async function runSuite(
       // the second, so it gets its best chunking: two 16 MiB chunks.
       ["hnd-double-mapped", { staging: "mapped", chunk: "bytes", maxChunkBytes: 16 << 20 }],
       ["hnd-single", { buffering: "single" }],
+      // HND GPU slots: no scatter pass. Direct: two writeBuffer per run from
+      // the pool; staged: the same staging as hnd-double, then two
+      // copyBufferToBuffer per run.
+      ["hnd-slots-direct", { slotLayout: "hnd", hndPath: "direct" }],
+      ["hnd-slots-staged", { slotLayout: "hnd", hndPath: "staged" }],
+      [
+        "hnd-slots-staged-mapped",
+        {
+          slotLayout: "hnd",
+          hndPath: "staged",
+          staging: "mapped",
+          chunk: "bytes",
+          maxChunkBytes: 16 << 20,
+        },
+      ],
     ];
     for (const [name, options] of variants) {
       log(`${dtype}: ${name}`);
       rowOptions.set(name, JSON.stringify(options));
       using recaller = createRecaller(device, hnd, { caches, ...options });
       await recaller.recall(jobs).done;
-      await verify(device, hnd, caches, jobs);
+      await verify(device, hnd, caches, jobs, options.slotLayout);
       results.set(
         name,
         await measure(reps, warmup, async () => {
@@ -279,6 +302,9 @@ export async function runSuite(
       ),
       hnd_double_speedup_vs_nhd_fragmented: round(dd.median_ms / b.median_ms),
       hnd_double_speedup_vs_single: round(get("hnd-single").median_ms / b.median_ms),
+      hnd_slots_direct_share_of_big_write: get("hnd-slots-direct").vs_big_write,
+      hnd_slots_staged_share_of_big_write: get("hnd-slots-staged").vs_big_write,
+      hnd_slots_staged_mapped_share_of_big_write: get("hnd-slots-staged-mapped").vs_big_write,
       target_85pct_of_big_write: b.gbps >= 0.85 * a.gbps,
       target_5x_vs_nhd: dd.median_ms >= 5 * b.median_ms,
     };

@@ -93,9 +93,11 @@ export interface RecallerOptions {
    */
   slotLayout?: SlotLayout;
   /**
-   * How an HND pool reaches HND slots (default `"direct"`): `"direct"` is two
+   * How an HND pool reaches HND slots (default `"staged"`, measured faster:
+   * `scripts/bench.ts --suite recall`, rows `hnd-slots-*`): `"direct"` is two
    * `queue.writeBuffer` per run, from the host run straight into the K and V
-   * caches at the slot's head offset (no staging buffer, no kernel);
+   * caches at the slot's head offset (no staging buffer, no kernel, but a
+   * fixed cost per call that small runs do not amortize);
    * `"staged"` gathers chunks into the staging buffers as for NHD slots and
    * places each run with two `copyBufferToBuffer`. Ignored for NHD slots.
    */
@@ -223,7 +225,7 @@ export class Recaller {
     const limit = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
     const slotLayout = options.slotLayout ?? "nhd";
     assertOneOf("slotLayout", slotLayout, SLOT_LAYOUTS, action);
-    const hndPath = options.hndPath ?? "direct";
+    const hndPath = options.hndPath ?? "staged";
     assertOneOf("hndPath", hndPath, ["direct", "staged"], action);
     if (slotLayout === "hnd" && (kvLayoutSizes(pool, action).runBytes / 2) % 4 !== 0) {
       throw new RangeError(
