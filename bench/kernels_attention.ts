@@ -17,6 +17,7 @@
  */
 
 import { type AttentionPlan, createPagedAttention } from "../lib/kernels/attention.ts";
+import type { SlotLayout } from "../lib/kernels/slot_layout.ts";
 import { type Gpu, requestGpu } from "../lib/gpu/device.ts";
 import { bytesPerElement, type KvDtype } from "../lib/gpu/dtype.ts";
 import { createBuffer } from "../lib/gpu/buffers.ts";
@@ -72,6 +73,7 @@ function makeLayers(
   tokens: number,
   layers: number,
   seed: number,
+  slotLayout: SlotLayout,
 ): Layers {
   const rng = createRandom(seed);
   const numPages = Math.ceil(tokens / P);
@@ -83,6 +85,7 @@ function makeLayers(
     headDim: D,
     pageSize: P,
     dtype,
+    slotLayout,
   });
   const init = randomNormalArray(rng, numSlots * slotElems);
   const cacheData = dtype === "f16" ? Float16Array.from(init) : init;
@@ -140,11 +143,19 @@ async function benchAttention(
   tokens: number,
   iterations: number,
   quick: boolean,
+  slotLayout: SlotLayout = "nhd",
 ): Promise<Row> {
   const kvBytes = 2 * tokens * HKV * D * bytesPerElement(dtype);
   // At least ~64 MiB of K/V per sample, like the roofline buffer.
   const layers = Math.max(2, Math.min(32, Math.ceil(((quick ? 48 : 64) << 20) / kvBytes)));
-  const set = makeLayers(device, dtype, tokens, layers, tokens + (dtype === "f16" ? 1 : 0));
+  const set = makeLayers(
+    device,
+    dtype,
+    tokens,
+    layers,
+    tokens + (dtype === "f16" ? 1 : 0),
+    slotLayout,
+  );
   try {
     const timing = await timeGpuWork(device, (encoder, ts) => {
       set.record(encoder, ts && { querySet: ts.querySet, begin: ts.beginIndex, end: ts.endIndex });
@@ -152,7 +163,7 @@ async function benchAttention(
     const ms = timing.medianMs / layers;
     const plan = set.plans[0];
     return {
-      kernel: `paged_attention ${dtype}`,
+      kernel: `paged_attention ${dtype} ${slotLayout}`,
       shape: `Hq ${HQ}, Hkv ${HKV}, d ${D}, P ${P}; batch 1 x ${tokens} tokens; ` +
         `${plan.numSplits} splits; ${layers} layers per sample`,
       bytes: kvBytes,
@@ -199,9 +210,14 @@ export async function benchAttentionKernels(
     gbps: read.gbps,
   });
   const dtypes: KvDtype[] = gpu.f16 ? ["f32", "f16"] : ["f32"];
-  for (const dtype of dtypes) add(await benchAttention(device, dtype, 2048, iterations, quick));
-  if (!quick) {
-    for (const dtype of dtypes) add(await benchAttention(device, dtype, 8192, iterations, quick));
+  // Both slot layouts, one after the other per case (ratios within one run).
+  const contexts = quick ? [2048] : [2048, 8192, 32768];
+  for (const tokens of contexts) {
+    for (const dtype of dtypes) {
+      for (const layout of ["nhd", "hnd"] as const) {
+        add(await benchAttention(device, dtype, tokens, iterations, quick, layout));
+      }
+    }
   }
   return rows;
 }
