@@ -41,6 +41,11 @@ const VARIANTS: { name: string; options: Partial<EngineOptions> & { policy: Poli
   { name: "sync-offload-hnd", options: { policy: "sync-offload", hostLayout: "hnd" } },
   { name: "freekv-sync", options: { policy: "freekv", correction: "sync" } },
   { name: "freekv", options: { policy: "freekv" } },
+  // Head-major GPU slots (slotLayout "hnd"): offload and recall without conversion kernels.
+  { name: "full-hnd-slots", options: { policy: "full", slotLayout: "hnd" } },
+  { name: "quest-hnd-slots", options: { policy: "quest", slotLayout: "hnd" } },
+  { name: "sync-offload-hnd-slots", options: { policy: "sync-offload", slotLayout: "hnd" } },
+  { name: "freekv-hnd-slots", options: { policy: "freekv", slotLayout: "hnd" } },
 ];
 
 /** Median milliseconds of a lone GPU-to-JS answer (a 4-byte readback), measured now. */
@@ -235,6 +240,19 @@ function ratiosOf(rows: DecodeRow[], hostWaitMs: number): Record<string, number>
       // Target: at least 0.8 x (layers - 1) x host_wait_ms.
       sync_hnd_minus_freekv_ms: hnd ? hnd.median_ms - f.median_ms : NaN,
       saved_waits_target_ms: 0.8 * (SHAPE.numLayers - 1) * hostWaitMs,
+      // HND GPU slots against NHD slots, policy by policy (< 1: HND faster).
+      hnd_slots_over_nhd_full: at("full-hnd-slots") && at("full")
+        ? at("full-hnd-slots")!.median_ms / at("full")!.median_ms
+        : NaN,
+      hnd_slots_over_nhd_quest: at("quest-hnd-slots") && at("quest")
+        ? at("quest-hnd-slots")!.median_ms / at("quest")!.median_ms
+        : NaN,
+      hnd_slots_over_nhd_sync_offload: at("sync-offload-hnd-slots") && hnd
+        ? at("sync-offload-hnd-slots")!.median_ms / hnd.median_ms
+        : NaN,
+      hnd_slots_over_nhd_freekv: at("freekv-hnd-slots")
+        ? at("freekv-hnd-slots")!.median_ms / f.median_ms
+        : NaN,
     });
   }
   return out;
