@@ -2,7 +2,11 @@
 // One decode step (all layers) per policy on the same synthetic trace:
 // Llama-3.1-8B attention shapes, 2 layers, 4K context, budget 2048.
 import { requestGpu } from "../lib/gpu/device.ts";
-import { createRetrievalEngine, type PolicyName, type RetrievalEngine } from "../lib/engine/engine.ts";
+import {
+  createRetrievalEngine,
+  type PolicyName,
+  type RetrievalEngine,
+} from "../lib/engine/engine.ts";
 import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
 import { createBuffer } from "../lib/gpu/buffers.ts";
 

@@ -180,7 +180,10 @@ Deno.test({
       ["--policy", "quest", "--budget", "32", "--sink", "16", "--window", "16", "--page-size", "8"],
     );
     assert.equal(small.code, 2);
-    assert.match(small.stderr, /--budget must be at least sink \+ window \+ one page \(40\): received 32/);
+    assert.match(
+      small.stderr,
+      /--budget must be at least sink \+ window \+ one page \(40\): received 32/,
+    );
     const bad = await runScript(["--max-tokens", "many"]);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /--max-tokens must be an integer of at least 0: received "many"/);

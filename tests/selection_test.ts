@@ -438,7 +438,10 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
     matches(TypeError, /the plan must not be disposed/),
   );
   selector[Symbol.dispose]();
-  assert.throws(() => selector.plan(ok), matches(TypeError, /the page selector must not be disposed/));
+  assert.throws(
+    () => selector.plan(ok),
+    matches(TypeError, /the page selector must not be disposed/),
+  );
   for (const b of [q, summaries, small, tiny, selected, noStorage]) b.destroy();
 });
 
