@@ -9,7 +9,7 @@ import { assertArraysEqual } from "./_assert.ts";
 import {
   createRetrievalEngine,
   type EngineOptions,
-  RetrievalEngine,
+  type RetrievalEngine,
 } from "../lib/engine/engine.ts";
 import { createPagedAttention } from "../lib/kernels/attention.ts";
 import { createPageSummarizer } from "../lib/kernels/summaries.ts";
