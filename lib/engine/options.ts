@@ -88,7 +88,8 @@ export interface EngineOptions {
   /** Host layout for the offload policies (default `hnd`; `nhd` is the fragmented baseline). */
   hostLayout?: HostPoolLayout;
   /**
-   * Layout of the GPU cache slots (default `nhd`): `nhd` is token-major
+   * Layout of the GPU cache slots (default `hnd`, faster for every policy
+   * in `scripts/bench.ts --suite decode --quick`): `nhd` is token-major
    * `[slot][P][Hkv][d]`, `hnd` head-major `[slot][Hkv][P][d]`, so one
    * (page, KV head) is one contiguous run of `P * d` values in each of K and
    * V: offload and recall are plain copies (no conversion or scatter
@@ -186,7 +187,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
     pooling: "softmax-mean",
     summary: "minmax",
     hostLayout: "hnd",
-    slotLayout: "nhd",
+    slotLayout: "hnd",
     fullFirstLayer: false,
     recallBuffering: "double",
     recallStaging: "write-buffer",
