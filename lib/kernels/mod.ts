@@ -116,3 +116,10 @@ export {
 export * from "./page_table.ts";
 export * from "./page_table_reference.ts";
 export * from "./roofline.ts";
+export {
+  SLOT_LAYOUTS,
+  type SlotLayout,
+  slotOffset,
+  type SlotStrides,
+  slotStrides,
+} from "./slot_layout.ts";
