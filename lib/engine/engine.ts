@@ -451,11 +451,6 @@ export class RetrievalEngine {
         `Cannot ${action} as 'layer' must be ${expected} (layers step in order): received ${layer}`,
       );
     }
-    if (this.#inStep && layer >= o.numLayers) {
-      throw new RangeError(
-        `Cannot ${action} as every layer of the step was recorded: received layer ${layer}`,
-      );
-    }
     checkStepInputs(o, action, inputs);
   }
 
