@@ -10,6 +10,7 @@ import {
   assertFinite,
   assertHeadsDivide,
   assertInteger,
+  assertObject,
   assertOneOf,
   describeValue,
 } from "../gpu/errors.ts";
@@ -171,11 +172,7 @@ const ACTION = "create a retrieval engine";
  */
 export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOptions {
   const a = ACTION;
-  if (options == null || typeof options !== "object") {
-    throw new TypeError(
-      `Cannot ${a} as 'options' must be an object: received ${describeValue(options)}`,
-    );
-  }
+  assertObject("options", options, a);
   const budget = resolveBudget(options);
   const o = {
     batch: 1,

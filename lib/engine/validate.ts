@@ -5,7 +5,13 @@
  * @module
  */
 
-import { assertAllFinite, assertInteger, assertLength, describeValue } from "../gpu/errors.ts";
+import {
+  assertAllFinite,
+  assertInteger,
+  assertLength,
+  assertObject,
+  describeValue,
+} from "../gpu/errors.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
 
 /** q, k, v of one decode step of one layer, for the whole batch. */
@@ -36,11 +42,7 @@ export function checkPrefillInputs(
   action: string,
   kv: PrefillInputs,
 ): number {
-  if (kv == null || typeof kv !== "object") {
-    throw new TypeError(
-      `Cannot ${action} as 'kv' must be an object: received ${describeValue(kv)}`,
-    );
-  }
+  assertObject("kv", kv, action);
   const row = o.numKvHeads * o.headDim;
   const n = kv.length ??
     (kv.k instanceof Float32Array && kv.k.length % row === 0 ? kv.k.length / row : NaN);
@@ -74,11 +76,7 @@ export function checkStepInputs(
   action: string,
   inputs: StepInputs,
 ): void {
-  if (inputs == null || typeof inputs !== "object") {
-    throw new TypeError(
-      `Cannot ${action} as 'inputs' must be an object: received ${describeValue(inputs)}`,
-    );
-  }
+  assertObject("inputs", inputs, action);
   const { batch: B, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = o;
   const sizes = { q: B * hq * d, k: B * hkv * d, v: B * hkv * d };
   for (const name of ["q", "k", "v"] as const) {

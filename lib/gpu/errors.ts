@@ -27,6 +27,32 @@ export function describeValue(value: unknown): string {
 }
 
 /**
+ * Throws a `TypeError` unless `value` is a non-null object (an options bag,
+ * a set of buffers, a step).
+ *
+ * @example
+ * ```ts
+ * import { assertObject } from "./errors.ts";
+ * try {
+ *   assertObject("options", null, "create a cache");
+ * } catch (e) {
+ *   console.log((e as Error).message); // Cannot create a cache as 'options' must be an object: received null
+ * }
+ * ```
+ */
+export function assertObject<T>(
+  name: string,
+  value: T,
+  action: string,
+): asserts value is T & object {
+  if (value == null || typeof value !== "object") {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must be an object: received ${describeValue(value)}`,
+    );
+  }
+}
+
+/**
  * Throws a `TypeError` unless `value` is an integer, and a `RangeError` unless
  * it lies in `[min, max]`.
  *

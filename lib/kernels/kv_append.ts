@@ -18,6 +18,7 @@ import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertDevice,
   assertInteger,
+  assertObject,
   assertOneOf,
   describeValue,
   disposedError,
@@ -107,11 +108,7 @@ const ACTION = "append KV rows";
 
 /** Validates {@linkcode KvAppendOptions} and fills the defaults. */
 export function checkKvAppendOptions(options: KvAppendOptions): Required<KvAppendOptions> {
-  if (options == null || typeof options !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
-    );
-  }
+  assertObject("options", options, ACTION);
   const { numKvHeads, headDim } = options;
   const dtype = options.dtype ?? "f32";
   assertInteger("numKvHeads", numKvHeads, ACTION, 1);

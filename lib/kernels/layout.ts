@@ -22,6 +22,7 @@ import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertDevice,
   assertInteger,
+  assertObject,
   assertOneOf,
   assertStorageBuffer,
   describeValue,
@@ -71,11 +72,7 @@ export interface KvLayoutSizes {
  * ```
  */
 export function kvLayoutSizes(shape: KvLayoutShape, action = "use a KV layout"): KvLayoutSizes {
-  if (shape === null || typeof shape !== "object") {
-    throw new TypeError(
-      `Cannot ${action} as 'shape' must be an object: received ${describeValue(shape)}`,
-    );
-  }
+  assertObject("shape", shape, action);
   assertInteger("pageSize", shape.pageSize, action, 1, 1 << 16);
   assertInteger("kvHeads", shape.kvHeads, action, 1, 1 << 16);
   assertInteger("headDim", shape.headDim, action, 1, 1 << 16);
@@ -393,11 +390,7 @@ class LayoutPlan<J> implements KvLayoutPlan {
     const k = this.#kernel;
     const action = k.action;
     if (this.#disposed) throw disposedError(action, "plan");
-    if (buffers === null || typeof buffers !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
-      );
-    }
+    assertObject("buffers", buffers, action);
     const limit = k.device.limits.maxStorageBufferBindingSize;
     for (const name of ["kCache", "vCache", "runs"] as const) {
       const buffer = buffers[name];

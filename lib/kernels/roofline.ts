@@ -12,7 +12,7 @@
  */
 
 import streamReadSource from "../../shaders/stream_read.wgsl" with { type: "text" };
-import { assertDevice, assertInteger, describeValue, disposedError } from "../gpu/errors.ts";
+import { assertDevice, assertInteger, assertObject, disposedError } from "../gpu/errors.ts";
 import { type KernelEncodeOptions, passTimestampWrites, timeGpuWork } from "../gpu/timing.ts";
 import {
   assertBufferSize,
@@ -152,11 +152,7 @@ class StreamPlan implements StreamReadPlan {
   }
 
   #check(step: StreamReadStep): { bytes: number; workgroups: number } {
-    if (step == null || typeof step !== "object") {
-      throw new TypeError(
-        `Cannot ${ACTION} as 'step' must be an object: received ${describeValue(step)}`,
-      );
-    }
+    assertObject("step", step, ACTION);
     const { device, options } = this.#stream;
     checkBytes(step.bytes, device);
     // Enough invocations to fill any adapter, few enough that each one loops.
@@ -190,11 +186,7 @@ class StreamPlan implements StreamReadPlan {
     options: KernelEncodeOptions = {},
   ): void {
     if (this.#disposed) throw disposedError(ACTION, "plan");
-    if (buffers == null || typeof buffers !== "object") {
-      throw new TypeError(
-        `Cannot ${ACTION} as 'buffers' must be an object: received ${describeValue(buffers)}`,
-      );
-    }
+    assertObject("buffers", buffers, ACTION);
     const source = assertBufferSize("source", buffers.source, this.#bytes, ACTION);
     const sink = assertBufferSize("sink", buffers.sink, SINK_BYTES, ACTION);
     const { device, pipeline } = this.#stream;

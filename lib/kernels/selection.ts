@@ -37,6 +37,7 @@ import {
   assertHeadsDivide,
   assertInteger,
   assertLength,
+  assertObject,
   assertOneOf,
   describeValue,
   disposedError,
@@ -170,11 +171,7 @@ export function checkSelectorOptions(
   options: PageSelectorOptions,
   device?: GPUDevice,
 ): Required<PageSelectorOptions> {
-  if (options == null || typeof options !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
-    );
-  }
+  assertObject("options", options, ACTION);
   const { numQueryHeads, numKvHeads, headDim } = options;
   const pooling = options.pooling ?? "softmax-mean";
   assertHeadsDivide(numQueryHeads, numKvHeads, ACTION);
@@ -213,11 +210,7 @@ export function checkSelectorOptions(
 
 /** Validates a {@linkcode PageSelectionStep} (without buffer bounds). */
 export function checkSelectionStep(step: PageSelectionStep): CheckedSelectionStep {
-  if (step == null || typeof step !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'step' must be an object: received ${describeValue(step)}`,
-    );
-  }
+  assertObject("step", step, ACTION);
   const { pageOffset, candidateStart, candidateEnd, k } = step;
   if (pageOffset == null || typeof pageOffset.length !== "number") {
     throw new TypeError(
@@ -410,11 +403,7 @@ class SelectionPlan implements PageSelectionPlan {
   ): void {
     const action = "encode page selection";
     if (this.#disposed) throw disposedError(action, "plan");
-    if (buffers == null || typeof buffers !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
-      );
-    }
+    assertObject("buffers", buffers, action);
     const { device, scorePipeline, topkPipeline } = this.#selector;
     const { numQueryHeads: hq, numKvHeads: hkv, headDim: d, lanesPerPage } = this.#selector.options;
     const step = this.#step;
@@ -448,15 +437,7 @@ class SelectionPlan implements PageSelectionPlan {
       device.createBindGroup({
         label: "freekv page top-k bind group",
         layout: topkPipeline.getBindGroupLayout(0),
-        entries: [
-          { binding: 0, resource: { buffer: this.#topkParams } },
-          { binding: 1, resource: { buffer: this.#seqs.buffer } },
-          { binding: 2, resource: { buffer: this.#scores.buffer } },
-          { binding: 3, resource: { buffer: this.#keys.buffer } },
-          { binding: 4, resource: { buffer: this.#winners.buffer } },
-          { binding: 5, resource: selected },
-          { binding: 6, resource: { buffer: this.#noMask } },
-        ],
+        entries: this.#topkEntries(selected, { buffer: this.#noMask }),
       }),
     ]);
     const masked = buffers.residentOnly
@@ -479,6 +460,19 @@ class SelectionPlan implements PageSelectionPlan {
       pass.dispatchWorkgroups(hkv, step.batch);
     }
     pass.end();
+  }
+
+  /** The top-k pass's bindings: its scratch, then the output and the residency mask. */
+  #topkEntries(selected: GPUBufferBinding, mask: GPUBufferBinding): GPUBindGroupEntry[] {
+    return [
+      { binding: 0, resource: { buffer: this.#topkParams } },
+      { binding: 1, resource: { buffer: this.#seqs.buffer } },
+      { binding: 2, resource: { buffer: this.#scores.buffer } },
+      { binding: 3, resource: { buffer: this.#keys.buffer } },
+      { binding: 4, resource: { buffer: this.#winners.buffer } },
+      { binding: 5, resource: selected },
+      { binding: 6, resource: mask },
+    ];
   }
 
   #maskedTopk(
@@ -516,15 +510,7 @@ class SelectionPlan implements PageSelectionPlan {
       const g = device.createBindGroup({
         label: "freekv resident-only top-k bind group",
         layout: pipeline.getBindGroupLayout(0),
-        entries: [
-          { binding: 0, resource: { buffer: this.#topkParams } },
-          { binding: 1, resource: { buffer: this.#seqs.buffer } },
-          { binding: 2, resource: { buffer: this.#scores.buffer } },
-          { binding: 3, resource: { buffer: this.#keys.buffer } },
-          { binding: 4, resource: { buffer: this.#winners.buffer } },
-          { binding: 5, resource: out },
-          { binding: 6, resource: mask },
-        ],
+        entries: this.#topkEntries(out, mask),
       });
       return [g, g];
     });

@@ -19,6 +19,7 @@ import {
   assertFinite,
   assertHeadsDivide,
   assertInteger,
+  assertObject,
   describeValue,
   disposedError,
 } from "../gpu/errors.ts";
@@ -106,11 +107,7 @@ const MAX_DISPATCH = 65535;
 
 /** Validates {@linkcode QuerySimilarityOptions}. */
 export function checkSimilarityOptions(options: QuerySimilarityOptions): QuerySimilarityOptions {
-  if (options == null || typeof options !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
-    );
-  }
+  assertObject("options", options, ACTION);
   const { numQueryHeads, numKvHeads, headDim } = options;
   assertHeadsDivide(numQueryHeads, numKvHeads, ACTION);
   assertInteger("numKvHeads", numKvHeads, ACTION, 1, MAX_DISPATCH);
@@ -145,11 +142,7 @@ class Similarity implements QuerySimilarity {
 }
 
 function checkStep(step: QuerySimilarityStep): void {
-  if (step == null || typeof step !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'step' must be an object: received ${describeValue(step)}`,
-    );
-  }
+  assertObject("step", step, ACTION);
   assertInteger("batch", step.batch, ACTION, 1, MAX_DISPATCH);
   assertFinite("tau", step.tau, ACTION);
 }
@@ -199,11 +192,7 @@ class SimilarityPlan implements QuerySimilarityPlan {
   ): void {
     if (this.#disposed) throw disposedError(ACTION, "plan");
     const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.#similarity.options;
-    if (buffers == null || typeof buffers !== "object") {
-      throw new TypeError(
-        `Cannot ${ACTION} as 'buffers' must be an object: received ${describeValue(buffers)}`,
-      );
-    }
+    assertObject("buffers", buffers, ACTION);
     const batch = this.#step.batch;
     const qNow = assertBufferSize("qNow", buffers.qNow, batch * hq * d * 4, ACTION);
     const qPrev = assertBufferSize("qPrev", buffers.qPrev, batch * hq * d * 4, ACTION);
@@ -285,11 +274,7 @@ export function checkSimilarityInputs(
   inputs: QuerySimilarityInputs,
   options: QuerySimilarityOptions,
 ): number {
-  if (inputs == null || typeof inputs !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'inputs' must be an object: received ${describeValue(inputs)}`,
-    );
-  }
+  assertObject("inputs", inputs, ACTION);
   const { qNow, qPrev, tau } = inputs;
   for (const [name, value] of [["qNow", qNow], ["qPrev", qPrev]] as const) {
     if (!(value instanceof Float32Array)) {

@@ -19,6 +19,7 @@ import {
   assertAllFinite,
   assertDevice,
   assertInteger,
+  assertObject,
   assertOneOf,
   describeValue,
   disposedError,
@@ -147,11 +148,7 @@ export function summaryFloatsPerPage(options: { numKvHeads: number; headDim: num
 
 /** Validates {@linkcode PageSummaryOptions} and fills the defaults. */
 export function checkSummaryOptions(options: PageSummaryOptions): Required<PageSummaryOptions> {
-  if (options == null || typeof options !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'options' must be an object: received ${describeValue(options)}`,
-    );
-  }
+  assertObject("options", options, ACTION);
   const { numKvHeads, headDim, pageSize } = options;
   const dtype = options.dtype ?? "f32";
   const summary = options.summary ?? "minmax";
@@ -191,11 +188,7 @@ export function packSummaryJobs(jobs: PageSummaryJobs, pageSize: number): Packed
     count = jobs.length;
     get = (i) => {
       const job = jobs[i];
-      if (job == null || typeof job !== "object") {
-        throw new TypeError(
-          `Cannot ${ACTION} as 'jobs[${i}]' must be an object: received ${describeValue(job)}`,
-        );
-      }
+      assertObject(`jobs[${i}]`, job, ACTION);
       return [job.srcSlot, job.dstPage, job.numTokens];
     };
   } else {
@@ -361,11 +354,7 @@ class SummaryPlan implements PageSummaryPlan {
     const { device, pipeline } = this.#summarizer;
     const opts = this.#summarizer.options;
     const { numKvHeads, headDim, pageSize, dtype } = opts;
-    if (buffers == null || typeof buffers !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'buffers' must be an object: received ${describeValue(buffers)}`,
-      );
-    }
+    assertObject("buffers", buffers, action);
     const kCache = bufferRange("kCache", buffers.kCache, action);
     const summaries = bufferRange("summaries", buffers.summaries, action);
     const slotBytes = pageSize * numKvHeads * headDim * bytesPerElement(dtype);
@@ -470,11 +459,7 @@ export function checkSummaryInputs(
 ): CheckedSummaryInputs {
   const dtype = options?.dtype ?? (inputs?.kCache instanceof Float16Array ? "f16" : "f32");
   const checked = checkSummaryOptions({ ...options, dtype });
-  if (inputs == null || typeof inputs !== "object") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'inputs' must be an object: received ${describeValue(inputs)}`,
-    );
-  }
+  assertObject("inputs", inputs, ACTION);
   const { kCache, numPages } = inputs;
   const expected = checked.dtype === "f16" ? Float16Array : Float32Array;
   if (!(kCache instanceof expected)) {

@@ -24,7 +24,13 @@ import {
   type KvArray,
   type KvDtype,
 } from "../gpu/dtype.ts";
-import { assertInteger, assertOneOf, describeValue, disposedError } from "../gpu/errors.ts";
+import {
+  assertInteger,
+  assertObject,
+  assertOneOf,
+  describeValue,
+  disposedError,
+} from "../gpu/errors.ts";
 
 /** Host layout of a {@linkcode HostPagePool}. */
 export type HostPoolLayout = "hnd" | "nhd";
@@ -127,11 +133,7 @@ export class HostPagePool {
   /** Creates an empty pool; nothing is allocated until pages are written. */
   constructor(options: HostPagePoolOptions) {
     const action = "create a host page pool";
-    if (options === null || typeof options !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'options' must be an object: received ${describeValue(options)}`,
-      );
-    }
+    assertObject("options", options, action);
     assertInteger("layers", options.layers, action, 1);
     assertInteger("kvHeads", options.kvHeads, action, 1);
     assertInteger("headDim", options.headDim, action, 1);
@@ -184,11 +186,7 @@ export class HostPagePool {
   }
 
   #checkKey(key: PageKey, action: string) {
-    if (key === null || typeof key !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'key' must be an object: received ${describeValue(key)}`,
-      );
-    }
+    assertObject("key", key, action);
     assertInteger("layer", key.layer, action, 0, this.layers - 1);
     assertInteger("head", key.head, action, 0, this.kvHeads - 1);
     assertInteger("page", key.page, action, 0, MAX_PAGE);

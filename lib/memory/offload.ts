@@ -26,6 +26,7 @@ import {
 import {
   assertDevice,
   assertInteger,
+  assertObject,
   assertOneOf,
   describeValue,
   disposedError,
@@ -201,11 +202,7 @@ export class Offloader {
   encode(encoder: GPUCommandEncoder, request: OffloadRequest): OffloadHandle {
     const action = "encode an offload";
     if (this.#disposed) throw disposedError(action, "offloader");
-    if (request === null || typeof request !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'request' must be an object: received ${describeValue(request)}`,
-      );
-    }
+    assertObject("request", request, action);
     const pool = this.#pool;
     assertInteger("layer", request.layer, action, 0, pool.layers - 1);
     const hnd = this.#slotLayout === "hnd";

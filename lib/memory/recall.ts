@@ -31,6 +31,7 @@ import { SLOT_LAYOUTS, type SlotLayout } from "../kernels/slot_layout.ts";
 import {
   assertDevice,
   assertInteger,
+  assertObject,
   assertOneOf,
   describeValue,
   disposedError,
@@ -198,11 +199,7 @@ export class Recaller {
   constructor(device: GPUDevice, pool: HostPagePool, options: RecallerOptions) {
     assertDevice(device, "create a recaller");
     const action = "create a recaller";
-    if (options === null || typeof options !== "object") {
-      throw new TypeError(
-        `Cannot ${action} as 'options' must be an object: received ${describeValue(options)}`,
-      );
-    }
+    assertObject("options", options, action);
     this.#sizes = kvLayoutSizes(pool, action);
     const caches = options.caches;
     if (typeof caches !== "function" && !Array.isArray(caches)) {

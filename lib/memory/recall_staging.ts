@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { HostPagePool } from "./host_pool.ts";
+import type { HostPagePool, PageLocation } from "./host_pool.ts";
 import type {
   RecallBuffering,
   RecallChunking,
@@ -65,6 +65,16 @@ interface Slot {
   ready: Promise<unknown>;
   // Used by submitted work and not re-mapped yet (mapped staging).
   needsRelease: boolean;
+}
+
+/** Where `job`'s page lies in the pool; throws when it left the pool before its recall. */
+function offloadedLocation(pool: HostPagePool, job: RecallJob): PageLocation {
+  if (!pool.isOffloaded(job)) {
+    throw new RangeError(
+      `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+    );
+  }
+  return pool.location(job);
 }
 
 /** The settings of a {@linkcode StagingRing}, checked by the recaller. */
@@ -377,12 +387,7 @@ export class StagingRing {
       const part = runBytes / 2;
       for (const seg of chunk.segments) {
         for (const job of seg.jobs) {
-          if (!pool.isOffloaded(job)) {
-            throw new RangeError(
-              `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-            );
-          }
-          const { bytes, byteOffset } = pool.location(job);
+          const { bytes, byteOffset } = offloadedLocation(pool, job);
           const at = job.slot * slotBytes + job.head * part;
           queue.writeBuffer(seg.caches.kCache, at, bytes, byteOffset, part);
           queue.writeBuffer(seg.caches.vCache, at, bytes, byteOffset + part, part);
@@ -395,12 +400,7 @@ export class StagingRing {
     }
     for (const seg of chunk.segments) {
       for (const job of seg.jobs) {
-        if (!pool.isOffloaded(job)) {
-          throw new RangeError(
-            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-          );
-        }
-        const { bytes, byteOffset } = pool.location(job);
+        const { bytes, byteOffset } = offloadedLocation(pool, job);
         for (let t = 0; t < P; t++) {
           const src = byteOffset + (t * H + job.head) * rowBytes;
           const dst = (job.slot * strides.slot + t * strides.token + job.head * strides.head) *
