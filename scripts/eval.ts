@@ -264,7 +264,11 @@ if (!values.trace) {
 
 // ---- Runs. ----
 const { requestGpu } = await import("../lib/gpu/device.ts");
-const { evaluateModel, evaluateTrace, generateStories } = await import("../lib/eval/run.ts");
+const [{ evaluateModel }, { evaluateTrace }, { generateStories }] = await Promise.all([
+  import("../lib/eval/run.ts"),
+  import("../lib/eval/trace_eval.ts"),
+  import("../lib/eval/stories.ts"),
+]);
 const progress = (m: string) => console.error(`eval: ${m}`);
 const t0 = performance.now();
 let rows: EvalRow[];

@@ -6,7 +6,7 @@
  */
 
 import { shareLabel } from "./config.ts";
-import type { EvalRow } from "./run.ts";
+import type { EvalRow } from "./row.ts";
 
 /** Options of {@linkcode formatTable}. */
 export interface TableOptions {

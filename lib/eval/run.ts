@@ -15,15 +15,10 @@
 
 import { createEngineBackend } from "../model/backends/engine.ts";
 import { createGpuModel } from "../model/gpu_model.ts";
-import { generateText } from "../model/generate.ts";
 import { argmax } from "../model/sampling.ts";
 import type { ModelWeights } from "../model/types.ts";
-import type { Trace } from "../workloads/trace.ts";
-import { createRetrievalEngine } from "../engine/engine.ts";
 import { type PolicyConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import {
-  attentionMassRecall,
-  groupMeanCosine,
   klFromLogProbs,
   logSoftmax,
   matchLength,
@@ -31,76 +26,16 @@ import {
   percentile,
   shareIdentical,
 } from "./metrics.ts";
-import { createTapBackend, readAttendedPages, type TapRecord, type TapShape } from "./tap.ts";
-import { createTrackedBuffer } from "../gpu/tracking.ts";
-
-/** A text to evaluate on: token ids, BOS first. */
-export interface EvalText {
-  /** Where it came from (a seed, a file). */
-  id: string;
-  /** Token ids. */
-  tokens: number[];
-}
-
-/** Options of {@linkcode generateStories}. */
-export interface StoryOptions {
-  /** One story per seed. */
-  seeds: number[];
-  /** Tokens per story, BOS included. */
-  length: number;
-  /** Sampling temperature (default 1: the model's own distribution). */
-  temperature?: number;
-  /** Called after each story. */
-  onStory?: (index: number, text: EvalText) => void;
-}
-
-/**
- * Lets the model write its own texts: one story per seed, sampled at
- * temperature 1 with full (dense) attention, BOS first, stop tokens ignored
- * (a story that ends starts another), `length` tokens each. The stories run
- * concurrently.
- *
- * @example
- * ```ts ignore
- * import { requestGpu } from "../gpu/device.ts";
- * import { loadModel } from "../model/load.ts";
- * import { generateStories } from "./run.ts";
- * using gpu = await requestGpu();
- * const { weights } = await loadModel("models/stories260K/stories260K.bin");
- * const texts = await generateStories(gpu.device, weights, { seeds: [1, 2], length: 64 });
- * console.log(texts[0].tokens.length); // 64
- * ```
- */
-export async function generateStories(
-  device: GPUDevice,
-  weights: ModelWeights,
-  options: StoryOptions,
-): Promise<EvalText[]> {
-  const { seeds, length } = options;
-  if (!Number.isInteger(length) || length < 2) {
-    throw new RangeError(
-      `Cannot generate stories as 'length' must be an integer of at least 2: received ${length}`,
-    );
-  }
-  const config = weights.config;
-  return await Promise.all(seeds.map(async (seed, index) => {
-    using model = createGpuModel(device, weights, { maxSeqLen: length });
-    const r = await generateText(model, [config.bosId], {
-      maxTokens: length - 1,
-      temperature: options.temperature ?? 1,
-      seed,
-      stopTokens: [],
-    });
-    const text = { id: `seed ${seed}`, tokens: [config.bosId, ...r.tokens] };
-    if (text.tokens.length < length) {
-      throw new Error(
-        `Cannot generate stories as the model stopped after ${text.tokens.length} of ${length} tokens (seed ${seed})`,
-      );
-    }
-    options.onStory?.(index, text);
-    return text;
-  }));
-}
+import {
+  attentionStats,
+  buildRow,
+  engineOptionsFor,
+  type EvalRow,
+  pool,
+  type TotalsLike,
+} from "./row.ts";
+import type { EvalText } from "./stories.ts";
+import { createTapBackend, type TapShape } from "./tap.ts";
 
 /** A share of the context (below 1) or a token count. */
 export type TokensOrShare = number;
@@ -138,94 +73,6 @@ export interface EvalOptions {
   onProgress?: (message: string) => void;
 }
 
-/** Statistics of one configuration at one context, over all texts. */
-export interface EvalRow {
-  /** The configuration's label (`freekv`, `freekv/mean`, `freekv/tau=0.8`). */
-  policy: string;
-  /** The engine policy. */
-  base_policy: string;
-  /** Index of the configuration in the list given. */
-  config_index: number;
-  /** Context length (tokens of each text used). */
-  context: number;
-  /** Tokens attended per step (the context for `full`). */
-  budget: number;
-  /** The budget as given (`1/4`, `96`). */
-  budget_spec: string;
-  /** budget / context. */
-  budget_share: number;
-  /** Tokens per page. */
-  page_size: number;
-  /** Sink tokens. */
-  sink: number;
-  /** Window tokens. */
-  window: number;
-  /** freekv's correction threshold (null for other policies). */
-  tau: number | null;
-  /** freekv's correction mode as the engine resolved it (null when the engine has none or the policy is not freekv). */
-  correction: string | null;
-  /** Pages the engine caches for corrections (null when it has no such option). */
-  cache_pages: number | null;
-  /** GQA pooling of page scores. */
-  pooling: string;
-  /** Page summary kind. */
-  summary: string;
-  /** Texts evaluated. */
-  texts: number;
-  /** Prompt tokens before the first scored step. */
-  prefix: number;
-  /** Teacher-forced steps scored, over all texts. */
-  steps: number;
-  /** Share of scored steps whose top-1 next token equals full's. */
-  agreement: number | null;
-  /** Mean KL(full || policy) of the next-token distributions, nats. */
-  kl: number | null;
-  /** 99th percentile of the per-step KL, nats. */
-  kl_p99: number | null;
-  /** Mean attention-mass recall over steps, layers and KV heads. */
-  mass_recall: number;
-  /** Lowest per-(layer, KV head) mean mass recall. */
-  mass_recall_min_head: number;
-  /** Greedy tokens before the first divergence from full, mean over texts. */
-  greedy_match_len: number | null;
-  /** Share of greedy tokens identical to full's at the same position. */
-  greedy_share: number | null;
-  /** Greedy tokens generated per text. */
-  greedy_tokens: number;
-  /** Share of checked head-steps freekv corrected (0 for other policies). */
-  corrected_share: number;
-  /** Share of a corrected head's pages found resident (null when the engine does not report it). */
-  resident_hit_rate: number | null;
-  /** Steps that waited on the host, per scored step (null when the engine does not report it). */
-  host_waits_per_step: number | null;
-  /** Mean adjacent-query cosine (group mean per KV head, as freekv compares with tau). */
-  cosine_mean: number;
-  /** 10th percentile of the adjacent-query cosine. */
-  cosine_p10: number;
-  /** Per layer, per KV head statistics: `[layer][head]`. */
-  per_head: {
-    mass_recall: number[][];
-    corrected_share: number[][];
-    cosine_mean: number[][];
-    cosine_p10: number[][];
-  };
-  /** Teacher-forced ms per step (wall, one sequence among several in flight). */
-  ms_per_step: number;
-  /**
-   * The main metrics per text (in text order), so that rows can be compared
-   * on a common subset of texts.
-   */
-  per_text: Array<{
-    id: string;
-    steps: number;
-    agreement: number | null;
-    kl: number | null;
-    mass_recall: number;
-    greedy_match_len: number | null;
-    corrected_share: number;
-  }>;
-}
-
 interface Reference {
   /** Log-probabilities of full's next-token distribution per scored step. */
   logProbs: Float32Array[];
@@ -261,65 +108,6 @@ function resolvePrefix(prefix: TokensOrShare, context: number): number {
   return p;
 }
 
-/** Runs `jobs` with at most `limit` in flight; resolves with their results in order. */
-async function pool<T>(jobs: Array<() => Promise<T>>, limit: number): Promise<T[]> {
-  const results = new Array<T>(jobs.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < jobs.length) {
-      const i = next++;
-      results[i] = await jobs[i]();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, jobs.length)) }, worker));
-  return results;
-}
-
-/** Mass recall per (layer, KV head) summed over steps, and adjacent-query cosines, from a tap record. */
-function attentionStats(
-  rec: TapRecord,
-  shape: TapShape,
-  pageSize: number,
-  skipMass: boolean,
-): { massSum: Float64Array; massSteps: number; cosines: number[][] } {
-  const { numLayers: L, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = shape;
-  const massSum = new Float64Array(L * hkv);
-  const cosines: number[][] = Array.from({ length: L * hkv }, () => []);
-  let massSteps = 0;
-  for (let l = 0; l < L; l++) {
-    for (let s = 0; s < rec.steps; s++) {
-      const q = rec.q[l].subarray(s * hq * d, (s + 1) * hq * d);
-      const pages = rec.attended[l][s];
-      if (skipMass) {
-        if (l === 0) massSteps++;
-        for (let h = 0; h < hkv; h++) massSum[l * hkv + h] += 1;
-      } else if (pages) {
-        if (l === 0) massSteps++;
-        const r = attentionMassRecall(q, rec.k[l], rec.prefillLength + s + 1, {
-          numQueryHeads: hq,
-          numKvHeads: hkv,
-          headDim: d,
-          pageSize,
-          attended: pages,
-        });
-        for (let h = 0; h < hkv; h++) massSum[l * hkv + h] += r[h];
-      }
-      if (s > 0) {
-        const c = groupMeanCosine(q, rec.q[l].subarray((s - 1) * hq * d, s * hq * d), shape);
-        for (let h = 0; h < hkv; h++) cosines[l * hkv + h].push(c[h]);
-      }
-    }
-  }
-  return { massSum, massSteps, cosines };
-}
-
-interface TotalsLike {
-  correctionsPerHead?: number[];
-  checksPerHead?: number[];
-  residentHitRate?: number;
-  hostWaits?: number;
-}
-
 /**
  * Evaluates every configuration at every context on every text against
  * `full` on the same model: see {@linkcode EvalRow} for what is measured.
@@ -329,7 +117,8 @@ interface TotalsLike {
  * ```ts ignore
  * import { requestGpu } from "../gpu/device.ts";
  * import { loadModel } from "../model/load.ts";
- * import { evaluateModel, generateStories } from "./run.ts";
+ * import { evaluateModel } from "./run.ts";
+ * import { generateStories } from "./stories.ts";
  * using gpu = await requestGpu();
  * const { weights } = await loadModel("models/stories260K/stories260K.bin");
  * const texts = await generateStories(gpu.device, weights, { seeds: [1], length: 128 });
@@ -381,14 +170,7 @@ export async function evaluateModel(
     reference: Reference | null,
   ): Promise<JobResult & { reference?: Reference }> => {
     const context = contexts[ci], prefix = prefixes[ci];
-    const inner = createEngineBackend(
-      device,
-      {
-        ...config,
-        ...rc.engine,
-        maxContext: context,
-      } as Parameters<typeof createEngineBackend>[1],
-    );
+    const inner = createEngineBackend(device, engineOptionsFor(config, rc, context));
     using tap = createTapBackend(device, inner, shape, context, {
       massStride: options.massStride,
     });
@@ -545,41 +327,24 @@ export async function evaluateModel(
           for (const c of p.cosines[i]) cos[i].push(c);
         }
       }
-      const perHead = (f: (i: number) => number) =>
-        Array.from({ length: L }, (_, l) => Array.from({ length: hkv }, (_, h) => f(l * hkv + h)));
       const massSteps = parts.reduce((a, p) => a + p.massSteps, 0);
-      const massHead = perHead((i) => massSum[i] / massSteps);
-      const allChecks = checks.reduce((a, b) => a + b, 0);
-      const allCorrections = corrections.reduce((a, b) => a + b, 0);
       const g = parts[0].greedy.length;
-      const eo = parts[0].engineOptions;
-      const isFreekv = rc.policy === "freekv";
       const hits = parts.map((p) => p.residentHitRate).filter((x): x is number => x !== null);
       const waits = parts.map((p) => p.hostWaits).filter((x): x is number => x !== null);
-      rows.push({
-        policy: rc.name,
-        base_policy: rc.policy,
-        config_index: k,
+      const heads = { numLayers: L, numKvHeads: hkv, massSum, massSteps, checks, corrections };
+      const config = {
+        rc,
+        configIndex: k,
         context: contexts[ci],
-        budget: rc.budget,
-        budget_spec: rc.policy === "full" ? "1" : rc.budgetSpec,
-        budget_share: rc.budget / contexts[ci],
-        page_size: rc.pageSize,
-        sink: rc.sink,
-        window: rc.window,
-        tau: isFreekv ? Number(eo.tau) : null,
-        correction: isFreekv && typeof eo.correction === "string" ? eo.correction : null,
-        cache_pages: typeof eo.cachePages === "number" && eo.cachePages >= 0 ? eo.cachePages : null,
-        pooling: String(eo.pooling ?? "softmax-mean"),
-        summary: String(eo.summary ?? "minmax"),
+        engineOptions: parts[0].engineOptions,
+      };
+      rows.push(buildRow(config, { ...heads, cosines: cos }, {
         texts: used.length,
         prefix: prefixes[ci],
         steps,
         agreement: parts.reduce((a, p) => a + p.agree, 0) / steps,
         kl: mean(kls),
         kl_p99: percentile(kls, 99),
-        mass_recall: massHead.flat().reduce((a, b) => a + b, 0) / (L * hkv),
-        mass_recall_min_head: Math.min(...massHead.flat()),
         greedy_match_len: g
           ? mean(parts.map((p, ti) => matchLength(p.greedy, refs[ti].greedy)))
           : null,
@@ -587,17 +352,8 @@ export async function evaluateModel(
           ? mean(parts.map((p, ti) => shareIdentical(p.greedy, refs[ti].greedy)))
           : null,
         greedy_tokens: g,
-        corrected_share: allChecks ? allCorrections / allChecks : 0,
-        resident_hit_rate: isFreekv && hits.length ? mean(hits) : null,
+        resident_hit_rate: hits.length ? mean(hits) : null,
         host_waits_per_step: waits.length ? waits.reduce((a, b) => a + b, 0) / steps : null,
-        cosine_mean: mean(cos.flat()),
-        cosine_p10: percentile(cos.flat(), 10),
-        per_head: {
-          mass_recall: massHead,
-          corrected_share: perHead((i) => (checks[i] ? corrections[i] / checks[i] : 0)),
-          cosine_mean: perHead((i) => mean(cos[i])),
-          cosine_p10: perHead((i) => percentile(cos[i], 10)),
-        },
         ms_per_step: mean(parts.map((p) => p.ms)),
         per_text: parts.map((p, i) => {
           const checked = p.checks.reduce((a, b) => a + b, 0);
@@ -611,167 +367,8 @@ export async function evaluateModel(
             corrected_share: checked ? p.corrections.reduce((a, b) => a + b, 0) / checked : 0,
           };
         }),
-      });
+      }));
     }
   }
-  return rows;
-}
-
-/** Options of {@linkcode evaluateTrace}. */
-export interface TraceEvalOptions {
-  /** Policy configurations. */
-  configs: PolicyConfig[];
-  /** Tokens prefilled before the scored steps (default: the trace's prompt length). */
-  prefix?: number;
-  /** Jobs in flight at once (default 6). */
-  concurrency?: number;
-  /** Progress lines. */
-  onProgress?: (message: string) => void;
-}
-
-/**
- * The attention-only metrics on a recorded trace (no model): each
- * configuration replays the trace's q, k, v through an engine; rows carry
- * mass recall, corrected share and cosine statistics, with the model
- * metrics (`agreement`, `kl`, greedy) null. The context is the trace's
- * token count.
- *
- * @example
- * ```ts ignore
- * import { requestGpu } from "../gpu/device.ts";
- * import { readTrace } from "../workloads/trace.ts";
- * import { evaluateTrace } from "./run.ts";
- * using gpu = await requestGpu();
- * const trace = await readTrace("story.trace");
- * const rows = await evaluateTrace(gpu.device, trace, { configs: [{ policy: "quest" }] });
- * ```
- */
-export async function evaluateTrace(
-  device: GPUDevice,
-  trace: Trace,
-  options: TraceEvalOptions,
-): Promise<EvalRow[]> {
-  const h = trace.header;
-  const shape: TapShape = h;
-  const { numLayers: L, numQueryHeads: hq, numKvHeads: hkv, headDim: d } = h;
-  const context = trace.numTokens;
-  const prefix = options.prefix ?? h.promptLength;
-  if (!Number.isInteger(prefix) || prefix < 1 || prefix >= context) {
-    throw new RangeError(
-      `Cannot evaluate a trace as the prefix must be an integer in [1, ${
-        context - 1
-      }] (the trace holds ${context} tokens): received ${prefix}`,
-    );
-  }
-  const resolved = options.configs.map((c) => resolveConfig(c, context));
-  const log = options.onProgress ?? (() => {});
-  let done = 0;
-  const rows = await pool(
-    resolved.map((rc, k) => async (): Promise<EvalRow> => {
-      using engine = createRetrievalEngine(
-        device,
-        {
-          ...shape,
-          ...rc.engine,
-          maxContext: context,
-        } as Parameters<typeof createRetrievalEngine>[1],
-      );
-      const out = createTrackedBuffer(device, {
-        label: "eval trace output",
-        size: hq * d * 4,
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
-      });
-      const eng = engine as unknown as { totals(): TotalsLike };
-      const steps = context - prefix;
-      const rec: TapRecord = {
-        prefillLength: prefix,
-        steps,
-        q: [],
-        k: [],
-        attended: Array.from({ length: L }, () => []),
-        corrected: Array.from({ length: L }, () => []),
-      };
-      try {
-        for (let l = 0; l < L; l++) {
-          const k = new Float32Array(context * hkv * d), v = new Float32Array(prefix * hkv * d);
-          const q = new Float32Array(steps * hq * d);
-          for (let t = 0; t < context; t++) {
-            k.set(trace.k(t, l), t * hkv * d);
-            if (t < prefix) v.set(trace.v(t, l), t * hkv * d);
-            else q.set(trace.q(t, l), (t - prefix) * hq * d);
-          }
-          rec.k.push(k);
-          rec.q.push(q);
-          await engine.prefill(0, l, { k: k.subarray(0, prefix * hkv * d), v });
-        }
-        for (let t = prefix; t < context; t++) {
-          for (let l = 0; l < L; l++) {
-            await engine.step(l, { q: trace.q(t, l), k: trace.k(t, l), v: trace.v(t, l), out });
-            rec.attended[l].push(await readAttendedPages(engine, l, hkv));
-          }
-        }
-        await engine.drain();
-      } finally {
-        out.destroy();
-      }
-      const totals = eng.totals();
-      const { massSum, massSteps, cosines } = attentionStats(rec, shape, rc.pageSize, false);
-      const checks = totals.checksPerHead ?? [], corrections = totals.correctionsPerHead ?? [];
-      const perHead = (f: (i: number) => number) =>
-        Array.from(
-          { length: L },
-          (_, l) => Array.from({ length: hkv }, (_, hh) => f(l * hkv + hh)),
-        );
-      const massHead = perHead((i) => massSum[i] / massSteps);
-      const allChecks = checks.reduce((a, b) => a + b, 0);
-      const eo = engine.options as unknown as Record<string, unknown>;
-      const isFreekv = rc.policy === "freekv";
-      log(`${++done}/${resolved.length} ${rc.name} on the trace`);
-      return {
-        policy: rc.name,
-        base_policy: rc.policy,
-        config_index: k,
-        context,
-        budget: rc.budget,
-        budget_spec: rc.policy === "full" ? "1" : rc.budgetSpec,
-        budget_share: rc.budget / context,
-        page_size: rc.pageSize,
-        sink: rc.sink,
-        window: rc.window,
-        tau: isFreekv ? Number(eo.tau) : null,
-        correction: isFreekv && typeof eo.correction === "string" ? eo.correction : null,
-        cache_pages: typeof eo.cachePages === "number" && eo.cachePages >= 0 ? eo.cachePages : null,
-        pooling: String(eo.pooling ?? "softmax-mean"),
-        summary: String(eo.summary ?? "minmax"),
-        texts: 1,
-        prefix,
-        steps,
-        agreement: null,
-        kl: null,
-        kl_p99: null,
-        mass_recall: massHead.flat().reduce((a, b) => a + b, 0) / (L * hkv),
-        mass_recall_min_head: Math.min(...massHead.flat()),
-        greedy_match_len: null,
-        greedy_share: null,
-        greedy_tokens: 0,
-        corrected_share: allChecks ? corrections.reduce((a, b) => a + b, 0) / allChecks : 0,
-        resident_hit_rate: isFreekv && typeof totals.residentHitRate === "number"
-          ? totals.residentHitRate
-          : null,
-        host_waits_per_step: typeof totals.hostWaits === "number" ? totals.hostWaits / steps : null,
-        cosine_mean: mean(cosines.flat()),
-        cosine_p10: percentile(cosines.flat(), 10),
-        per_head: {
-          mass_recall: massHead,
-          corrected_share: perHead((i) => (checks[i] ? (corrections[i] ?? 0) / checks[i] : 0)),
-          cosine_mean: perHead((i) => mean(cosines[i])),
-          cosine_p10: perHead((i) => percentile(cosines[i], 10)),
-        },
-        ms_per_step: 0,
-        per_text: [],
-      };
-    }),
-    options.concurrency ?? 6,
-  );
   return rows;
 }

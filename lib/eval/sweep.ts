@@ -16,6 +16,7 @@ import {
   shareLabel,
   type SUMMARY_KINDS,
 } from "./config.ts";
+import type { EvalRow } from "./row.ts";
 
 /** Knob lists of a sweep; a knob left out keeps the engine's default. */
 export interface SweepSpec {
@@ -201,35 +202,23 @@ export interface SweepAxes<Row> {
   xTickFormat?: (x: number) => string;
 }
 
-/** The fields of an evaluation row the sweep axes read. */
-export interface SweepRowFields {
-  /** Label of the configuration. */
-  policy: string;
-  /** Engine policy. */
-  base_policy: string;
-  /** Context length. */
-  context: number;
-  /** budget / context. */
-  budget_share: number;
-  /** The budget as given. */
-  budget_spec: string;
-  /** Tokens per page. */
-  page_size: number;
-  /** Sink tokens. */
-  sink: number;
-  /** Window tokens. */
-  window: number;
-  /** freekv threshold. */
-  tau: number | null;
-  /** freekv correction mode. */
-  correction: string | null;
-  /** Cached pages. */
-  cache_pages: number | null;
-  /** Pooling. */
-  pooling: string;
-  /** Summary kind. */
-  summary: string;
-}
+/** The fields of an evaluation row ({@linkcode EvalRow}) the sweep axes read. */
+export type SweepRowFields = Pick<
+  EvalRow,
+  | "policy"
+  | "base_policy"
+  | "context"
+  | "budget_share"
+  | "budget_spec"
+  | "page_size"
+  | "sink"
+  | "window"
+  | "tau"
+  | "correction"
+  | "cache_pages"
+  | "pooling"
+  | "summary"
+>;
 
 /**
  * The axes a sweep is drawn on: the budget sweep against the budget share,
