@@ -8,7 +8,8 @@
  * its story (same model, tokens and positions), so that pass runs one model.
  *
  * The model comes in as bytes (fetched by the page, read by Deno), so no
- * file system is needed. Only the module's public API is used (`mod.ts`).
+ * file system is needed. Only the module's public API is used (`mod.ts`),
+ * and the evaluation's metrics (`lib/eval/metrics.ts`).
  *
  * @module
  */
@@ -25,6 +26,7 @@ import {
   resolveBudget,
   type Tokenizer,
 } from "../mod.ts";
+import { klDivergence, matchLength } from "../lib/eval/metrics.ts";
 
 /** The model and tokenizer parsed from their files' bytes. */
 export interface StoryModel {
@@ -85,22 +87,6 @@ export interface StoryResult {
   correctedShare: number;
   /** Pages recalled in that run. */
   pagesRecalled: number;
-}
-
-/** KL(p || q) of the softmax distributions of two logit vectors, in nats. */
-export function klDivergence(pLogits: Float32Array, qLogits: Float32Array): number {
-  const logSoftmax = (x: Float32Array) => {
-    let max = -Infinity;
-    for (const v of x) max = Math.max(max, v);
-    let sum = 0;
-    for (const v of x) sum += Math.exp(v - max);
-    const lse = max + Math.log(sum);
-    return Array.from(x, (v) => v - lse);
-  };
-  const lp = logSoftmax(pLogits), lq = logSoftmax(qLogits);
-  let d = 0;
-  for (let i = 0; i < lp.length; i++) d += Math.exp(lp[i]) * (lp[i] - lq[i]);
-  return d;
 }
 
 /** Runs the demo on `device`: greedy stories, then (unless skipped) teacher forcing. */
@@ -166,8 +152,7 @@ export async function runStory(
     }
   }
   const full = runs.full.tokens, fkv = runs.freekv.tokens;
-  let prefix = 0;
-  while (prefix < full.length && full[prefix] === fkv[prefix]) prefix++;
+  const prefix = matchLength(full, fkv);
 
   let agreement = NaN, kl = NaN, totals = greedyTotals;
   if (!options.skipTeacherForcing) {
