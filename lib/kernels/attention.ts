@@ -373,7 +373,7 @@ class Plan implements AttentionPlan {
     if (changed) this.#bindings.clear();
     device.queue.writeBuffer(this.#meta.buffer, 0, meta);
     if (t.pageTable) {
-      device.queue.writeBuffer(this.#table.buffer, 0, new Uint32Array(t.pageTable));
+      device.queue.writeBuffer(this.#table.buffer, 0, t.pageTable as Uint32Array<ArrayBuffer>);
     }
     const params = new Uint32Array(PARAM_WORDS);
     params[0] = t.batch;
