@@ -4,7 +4,6 @@
  *
  * Usage: deno run -A scripts/eval.ts [options] (see --help)
  */
-import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
 import { POLICIES, type PolicyName } from "../lib/engine/engine.ts";
 import {
@@ -82,46 +81,37 @@ Options:
                         (no model, no device; the sweep flags are ignored)
   --help                this text`;
 
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      texts: { type: "string" },
-      seed: { type: "string" },
-      contexts: { type: "string" },
-      prefix: { type: "string" },
-      "greedy-tokens": { type: "string" },
-      policies: { type: "string" },
-      budgets: { type: "string" },
-      "page-sizes": { type: "string" },
-      "sink-pages": { type: "string" },
-      "window-pages": { type: "string" },
-      taus: { type: "string" },
-      poolings: { type: "string" },
-      summaries: { type: "string" },
-      corrections: { type: "string" },
-      "cache-pages": { type: "string" },
-      "sweep-contexts": { type: "string" },
-      "sweep-budgets": { type: "string" },
-      "sweep-policies": { type: "string" },
-      "sweep-texts": { type: "string" },
-      "score-last": { type: "string" },
-      concurrency: { type: "string" },
-      "mass-stride": { type: "string" },
-      trace: { type: "string" },
-      json: { type: "boolean", default: false },
-      markdown: { type: "boolean", default: false },
-      plot: { type: "string" },
-      from: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-} catch (error) {
-  fail(`${(error as Error).message} (see --help)`);
-}
-const values = parsed.values;
+const values = flags.parse(Deno.args, {
+  model: { type: "string" },
+  texts: { type: "string" },
+  seed: { type: "string" },
+  contexts: { type: "string" },
+  prefix: { type: "string" },
+  "greedy-tokens": { type: "string" },
+  policies: { type: "string" },
+  budgets: { type: "string" },
+  "page-sizes": { type: "string" },
+  "sink-pages": { type: "string" },
+  "window-pages": { type: "string" },
+  taus: { type: "string" },
+  poolings: { type: "string" },
+  summaries: { type: "string" },
+  corrections: { type: "string" },
+  "cache-pages": { type: "string" },
+  "sweep-contexts": { type: "string" },
+  "sweep-budgets": { type: "string" },
+  "sweep-policies": { type: "string" },
+  "sweep-texts": { type: "string" },
+  "score-last": { type: "string" },
+  concurrency: { type: "string" },
+  "mass-stride": { type: "string" },
+  trace: { type: "string" },
+  json: { type: "boolean", default: false },
+  markdown: { type: "boolean", default: false },
+  plot: { type: "string" },
+  from: { type: "string" },
+  help: { type: "boolean", short: "h", default: false },
+});
 if (values.help) {
   console.log(HELP);
   Deno.exit(0);

@@ -7,7 +7,6 @@
  * stdout; statistics go to stderr, or with --json everything is one JSON
  * object on stdout.
  */
-import { parseArgs } from "node:util";
 import { flagChecks } from "./_flags.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
@@ -78,38 +77,29 @@ Options:
   --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
   --help                this text`;
 
-let parsed;
-try {
-  parsed = parseArgs({
-    args: Deno.args,
-    options: {
-      model: { type: "string" },
-      tokenizer: { type: "string" },
-      prompt: { type: "string", default: "" },
-      "max-tokens": { type: "string" },
-      temperature: { type: "string" },
-      "top-p": { type: "string" },
-      seed: { type: "string" },
-      dtype: { type: "string" },
-      "max-seq-len": { type: "string" },
-      "ignore-rope-scaling": { type: "boolean", default: false },
-      policy: { type: "string", default: "full" },
-      budget: { type: "string" },
-      "page-size": { type: "string" },
-      tau: { type: "string" },
-      correction: { type: "string" },
-      "cache-pages": { type: "string" },
-      sink: { type: "string" },
-      window: { type: "string" },
-      json: { type: "boolean", default: false },
-      "record-trace": { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
-} catch (error) {
-  fail(`${(error as Error).message} (see --help)`);
-}
-const values = parsed.values;
+const values = flags.parse(Deno.args, {
+  model: { type: "string" },
+  tokenizer: { type: "string" },
+  prompt: { type: "string", default: "" },
+  "max-tokens": { type: "string" },
+  temperature: { type: "string" },
+  "top-p": { type: "string" },
+  seed: { type: "string" },
+  dtype: { type: "string" },
+  "max-seq-len": { type: "string" },
+  "ignore-rope-scaling": { type: "boolean", default: false },
+  policy: { type: "string", default: "full" },
+  budget: { type: "string" },
+  "page-size": { type: "string" },
+  tau: { type: "string" },
+  correction: { type: "string" },
+  "cache-pages": { type: "string" },
+  sink: { type: "string" },
+  window: { type: "string" },
+  json: { type: "boolean", default: false },
+  "record-trace": { type: "string" },
+  help: { type: "boolean", short: "h", default: false },
+});
 if (values.help) {
   console.log(HELP);
   Deno.exit(0);
