@@ -224,10 +224,10 @@ export class Recaller {
     assertOneOf("slotLayout", slotLayout, SLOT_LAYOUTS, action);
     const hndPath = options.hndPath ?? "staged";
     assertOneOf("hndPath", hndPath, ["direct", "staged"], action);
-    if (slotLayout === "hnd" && (kvLayoutSizes(pool, action).runBytes / 2) % 4 !== 0) {
+    if (slotLayout === "hnd" && (this.#sizes.runBytes / 2) % 4 !== 0) {
       throw new RangeError(
         `Cannot ${action} as a head's page of HND slots must be a multiple of 4 bytes to be copied: received ${
-          kvLayoutSizes(pool, action).runBytes / 2
+          this.#sizes.runBytes / 2
         } bytes (pageSize * headDim of ${pool.dtype})`,
       );
     }
