@@ -3,9 +3,10 @@
  * Deno: stories260K tells a greedy story with `full` attention and with
  * `freekv` retrieval under a budget below the story length, then a teacher-
  * forced pass over full's story measures next-token agreement and the KL
- * divergence of freekv's next-token distributions from full's. Unlike the
- * demo, the reference distributions are the ones full computed while telling
- * its story (same model, tokens and positions), so that pass runs one model.
+ * divergence of freekv's next-token distributions from full's. The
+ * reference distributions are the ones full computed while telling its
+ * story (same model, tokens and positions), so that pass runs one model.
+ * `scripts/demo.ts` calls it with the files read from disk.
  *
  * The model comes in as bytes (fetched by the page, read by Deno), so no
  * file system is needed. Only the module's public API is used (`mod.ts`),
