@@ -521,10 +521,9 @@ export class RetrievalEngine {
         candidateCount: r.candidateCount,
       }));
       const step = { sequences, useFlags, useBest };
-      if (!state.tablePlan) state.tablePlan = state.tableBuilder!.plan(step);
-      else state.tablePlan.update(step);
+      const tablePlan = state.planTable(step);
       state.flushResidency();
-      state.tablePlan.encode(encoder, {
+      tablePlan.encode(encoder, {
         fresh: state.fresh!,
         spec: useFlags ? state.spec : undefined,
         flags: useFlags ? state.flags : undefined,
@@ -534,7 +533,7 @@ export class RetrievalEngine {
         pages: state.pages!,
         hits: state.hits!,
       });
-      numPages = [...state.tablePlan.entries];
+      numPages = [...tablePlan.entries];
       maxPages = state.tableBuilder!.maxEntries;
     }
     this.#stats.current!.pagesAttended += numPages.reduce((a, n) => a + n, 0) * hkv;
@@ -546,9 +545,7 @@ export class RetrievalEngine {
       maxPages,
       numSlots: B * state.slotsPerSeq,
     };
-    if (!state.attentionPlan) state.attentionPlan = this.#attention.plan(tables);
-    else state.attentionPlan.update(tables);
-    state.attentionPlan.encode(encoder, {
+    state.planAttention(this.#attention, tables).encode(encoder, {
       q,
       kCache: state.kCache,
       vCache: state.vCache,

@@ -11,8 +11,8 @@ import { bytesPerElement } from "../gpu/dtype.ts";
 import { createBuffer, readBuffer } from "../gpu/buffers.ts";
 import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
-import type { AttentionPlan } from "../kernels/attention.ts";
-import { createKvAppend, type KvAppend, type KvAppendPlan } from "../kernels/kv_append.ts";
+import type { AttentionPlan, AttentionTables, PagedAttention } from "../kernels/attention.ts";
+import { createKvAppend, type KvAppend } from "../kernels/kv_append.ts";
 import {
   createPageSummarizer,
   type PageSummarizer,
@@ -34,6 +34,7 @@ import {
   createPageTableBuilder,
   type PageTableBuilder,
   type PageTablePlan,
+  type PageTableStep,
 } from "../kernels/page_table.ts";
 import type { PageBudget } from "../memory/page_plan.ts";
 import { NOT_RESIDENT, SlotCache } from "../memory/slot_cache.ts";
@@ -102,15 +103,10 @@ export class LayerState implements Disposable {
   /** Flags of the latest correction outcome known, per (sequence, KV head). */
   readonly lastCorrections: Uint8Array;
   summarizer?: PageSummarizer;
-  /** The layer's summary plan, created on first use and updated after. */
-  summaryPlan?: PageSummaryPlan;
   summaries?: GPUBuffer;
   selector?: PageSelector;
-  /** The layer's selection plan, created on first use and updated after. */
-  selectionPlan?: PageSelectionPlan;
-  /** freekv: the plan of the speculation's top-k over the next step's candidates. */
-  nextSelectionPlan?: PageSelectionPlan;
   similarity?: QuerySimilarity;
+  /** freekv: the correction check (batch and tau are fixed per engine). */
   similarityPlan?: QuerySimilarityPlan;
   /** `[B][Hkv][K]` this step's top-k. */
   fresh?: GPUBuffer;
@@ -135,18 +131,20 @@ export class LayerState implements Disposable {
   caches?: SlotCache[];
   readonly dirtyRows = new Set<number>();
   tableBuilder?: PageTableBuilder;
-  tablePlan?: PageTablePlan;
   table?: GPUBuffer;
   pages?: GPUBuffer;
   hits?: GPUBuffer;
-  attentionPlan?: AttentionPlan;
   /** full / streaming: pages attended per (sequence, KV head), known on the CPU. */
   cpuPages: number[][];
   #device: GPUDevice;
   #o: ResolvedEngineOptions;
   #scratch = new Map<string, GPUBuffer>();
   #append: KvAppend;
-  #appendPlans = new Map<string, KvAppendPlan>();
+  /**
+   * The layer's kernel plans by use, each made on first use and re-planned
+   * after: one plan per use, so that a whole step shares one submission.
+   */
+  #plans = new Map<string, Disposable>();
   #owned: GPUBuffer[] = [];
   #disposed = false;
 
@@ -242,6 +240,7 @@ export class LayerState implements Disposable {
         numKvHeads: hkv,
         headDim: d,
       });
+      this.similarityPlan = this.similarity.plan({ batch: B, tau: o.tau });
     }
   }
 
@@ -290,9 +289,7 @@ export class LayerState implements Disposable {
     dstOffsets: Uint32Array,
     tag: string,
   ): void {
-    let plan = this.#appendPlans.get(tag);
-    if (!plan) this.#appendPlans.set(tag, plan = this.#append.plan({ dstOffsets }));
-    else plan.update({ dstOffsets });
+    const plan = this.#reuse(`append ${tag}`, { dstOffsets }, (x) => this.#append.plan(x));
     plan.encode(encoder, { k, v, kCache, vCache });
   }
 
@@ -344,7 +341,7 @@ export class LayerState implements Disposable {
     if (!this.pages) return this.cpuPages.map((p) => [...p].sort((a, b) => a - b));
     const m = this.tableBuilder!.maxEntries;
     const all = new Uint32Array(await readBuffer(this.#device, this.pages, this.pages.size));
-    const entries = this.tablePlan?.entries ?? [];
+    const entries = (this.#plans.get("page table") as PageTablePlan | undefined)?.entries ?? [];
     const hkv = this.#o.numKvHeads;
     return Array.from(
       { length: this.#o.batch * hkv },
@@ -386,25 +383,42 @@ export class LayerState implements Disposable {
     }
   }
 
-  /** The layer's summary plan for `jobs` (created on first use, updated after). */
+  #reuse<I, P extends Disposable & { update(input: I): void }>(
+    key: string,
+    input: I,
+    make: (input: I) => P,
+  ): P {
+    const plan = this.#plans.get(key) as P | undefined;
+    if (plan) {
+      plan.update(input);
+      return plan;
+    }
+    const made = make(input);
+    this.#plans.set(key, made);
+    return made;
+  }
+
+  /** The layer's summary plan for `jobs`. */
   planSummaries(jobs: PageSummaryJobs): PageSummaryPlan {
-    if (this.summaryPlan) this.summaryPlan.update(jobs);
-    else this.summaryPlan = this.summarizer!.plan(jobs);
-    return this.summaryPlan;
+    return this.#reuse("summaries", jobs, (x) => this.summarizer!.plan(x));
   }
 
-  /** The layer's selection plan for `step` (created on first use, updated after). */
-  planSelection(step: PageSelectionStep): PageSelectionPlan {
-    if (this.selectionPlan) this.selectionPlan.update(step);
-    else this.selectionPlan = this.selector!.plan(step);
-    return this.selectionPlan;
+  /**
+   * The layer's selection plan for `step`: `now` for this step's top-k,
+   * `next` for freekv's speculation over the next step's candidates.
+   */
+  planSelection(step: PageSelectionStep, use: "now" | "next" = "now"): PageSelectionPlan {
+    return this.#reuse(`selection ${use}`, step, (x) => this.selector!.plan(x));
   }
 
-  /** The plan of the next step's speculation (its own plan: both go into one submission). */
-  planNextSelection(step: PageSelectionStep): PageSelectionPlan {
-    if (this.nextSelectionPlan) this.nextSelectionPlan.update(step);
-    else this.nextSelectionPlan = this.selector!.plan(step);
-    return this.nextSelectionPlan;
+  /** The layer's page-table plan for `step`. */
+  planTable(step: PageTableStep): PageTablePlan {
+    return this.#reuse("page table", step, (x) => this.tableBuilder!.plan(x));
+  }
+
+  /** The layer's attention plan for `tables`. */
+  planAttention(attention: PagedAttention, tables: AttentionTables): AttentionPlan {
+    return this.#reuse("attention", tables, (x) => attention.plan(x));
   }
 
   [Symbol.dispose](): void {
@@ -413,13 +427,9 @@ export class LayerState implements Disposable {
     for (const b of this.#scratch.values()) b.destroy();
     this.#owned = [];
     this.#scratch.clear();
-    for (const p of this.#appendPlans.values()) p[Symbol.dispose]();
-    this.attentionPlan?.[Symbol.dispose]();
-    this.tablePlan?.[Symbol.dispose]();
+    for (const p of this.#plans.values()) p[Symbol.dispose]();
+    this.#plans.clear();
     this.similarityPlan?.[Symbol.dispose]();
-    this.summaryPlan?.[Symbol.dispose]();
-    this.selectionPlan?.[Symbol.dispose]();
-    this.nextSelectionPlan?.[Symbol.dispose]();
     this.summarizer?.[Symbol.dispose]?.();
     this.selector?.[Symbol.dispose]?.();
     this.similarity?.[Symbol.dispose]?.();

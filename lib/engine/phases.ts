@@ -131,8 +131,7 @@ export function selectPhase(
   const boundary = freekv && next.some((r, b) => r.windowStart !== regions[b].windowStart);
   const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
   if (freekv && checked.some(Boolean)) {
-    state.similarityPlan ??= state.similarity!.plan({ batch: B, tau: o.tau });
-    state.similarityPlan.encode(encoder, {
+    state.similarityPlan!.encode(encoder, {
       qNow: q,
       qPrev: state.qPrev!,
       cosine: state.cosine!,
@@ -164,7 +163,7 @@ export function selectPhase(
     ctx.stats.current!.pagesSelected += now.filter(Boolean).length * o.numKvHeads * K;
   }
   if (boundary && selects.some(Boolean)) {
-    state.planNextSelection(range(next, selects)).encode(encoder, {
+    state.planSelection(range(next, selects), "next").encode(encoder, {
       q,
       summaries: state.summaries!,
       selected: state.next!,
