@@ -8,7 +8,7 @@
 
 import pageTableSource from "../../shaders/page_table.wgsl" with { type: "text" };
 import { assertDevice, assertInteger, disposedError } from "../gpu/errors.ts";
-import { createBuffer } from "../gpu/buffers.ts";
+import { BindGroupCache, createBuffer } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
@@ -156,6 +156,9 @@ class Plan implements PageTablePlan {
   #params: GPUBuffer;
   #seq: GPUBuffer | null = null;
   #dummy: GPUBuffer | null = null;
+  #pipeline: GPUComputePipeline | null = null;
+  // The engine encodes the same buffers every step: build their bind group once.
+  #bindings = new BindGroupCache(4);
   #disposed = false;
   entries: number[] = [];
 
@@ -204,6 +207,7 @@ class Plan implements PageTablePlan {
     const device = this.#device;
     if (!this.#seq || this.#seq.size < meta.byteLength) {
       this.#seq?.destroy();
+      this.#bindings.clear();
       this.#seq = createBuffer(
         device,
         "freekv page table sequences",
@@ -270,7 +274,7 @@ class Plan implements PageTablePlan {
       GPUBufferUsage.STORAGE,
       16,
     );
-    const pipeline = cachedPipeline(this.#device, "page_table", pageTableSource);
+    const pipeline = this.#pipeline ??= cachedPipeline(this.#device, "page_table", pageTableSource);
     const resources = [
       this.#params,
       this.#seq!,
@@ -283,11 +287,12 @@ class Plan implements PageTablePlan {
       buffers.hits,
       buffers.best ?? this.#dummy,
     ];
-    const bind = this.#device.createBindGroup({
-      label: "freekv page table",
-      layout: pipeline.getBindGroupLayout(0),
-      entries: resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
-    });
+    const bind = this.#bindings.get(resources, () =>
+      this.#device.createBindGroup({
+        label: "freekv page table",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
+      }));
     const ts = options.timestampWrites;
     const pass = encoder.beginComputePass({
       label: "freekv page table",
