@@ -99,13 +99,17 @@ await Promise.all(Array.from({ length: jobs }, async () => {
     outcomes.push(o);
     const ok = o.code === 0 && o.signal === null;
     const ignored = o.output.match(/(\d+) ignored/)?.[1];
-    // Per-file lines avoid the "N passed, N failed" shape: only the closing
-    // line may read as the run's verdict. Files without tests print nothing.
+    // Per-file lines read like no known runner's (go test's "ok <pkg>" lines
+    // made CI take the run for one with no test executed): only the closing
+    // line is a verdict. Files without tests print nothing.
     if (ok && o.passed === 0 && o.failed === 0) continue;
+    const total = o.passed + o.failed;
     console.log(
-      `${ok ? "ok    " : "FAILED"} ${file} (${o.passed} ok, ${o.failed} failing${
-        ignored && ignored !== "0" ? `, ${ignored} ignored` : ""
-      })${o.retried ? " (rerun after a crash at exit)" : ""}`,
+      `${String(ok ? o.passed : o.failed).padStart(4)} of ${String(total).padEnd(3)} ${
+        ok ? "pass" : "FAIL"
+      }  ${file}${ignored && ignored !== "0" ? ` (${ignored} ignored)` : ""}${
+        o.retried ? " (rerun after a crash at exit)" : ""
+      }`,
     );
     if (!ok) console.log(o.output);
   }
