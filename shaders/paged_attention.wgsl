@@ -39,6 +39,10 @@
 // a sequence is never a hole, so every split that ends a sequence has mass;
 // a split of holes only leaves (m, l) = (NEG_BIG, 0), which the merge weighs
 // by zero.
+//
+// A sliding window (seq_meta[b].w > 0) gives no mass to tokens at positions
+// below it; a token's position comes from its entry's page id, read from
+// `page_table` at params.ids_offset (same row layout as the slots).
 
 override PAGE_SIZE: u32; // P
 override NUM_KV_HEADS: u32; // Hkv
@@ -74,21 +78,22 @@ struct Params {
   table_offset: u32, // where the page table starts in `page_table`
   ml_offset: u32, // where the (m, l) entries start in `partial`
   scale: f32, // 1 / sqrt(d)
-  _pad: u32,
+  ids_offset: u32, // where the page ids start in `page_table` (read only with a window)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4f>; // [b][Hq][d/4]
 @group(0) @binding(2) var<storage, read> k_cache: array<kv_word>; // [slot][P][Hkv][words] or [slot][Hkv][P][words]
 @group(0) @binding(3) var<storage, read> v_cache: array<kv_word>;
-// [b][4] = (numPages, lastPageLen, numSplits, 0).
+// [b][4] = (numPages, lastPageLen, numSplits, first visible token or 0).
 @group(0) @binding(4) var<storage, read> seq_meta: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<vec4f>; // [b][Hq][d/4]
 @group(0) @binding(6) var<storage, read_write> lse: array<f32>; // [b][Hq]
 // [b][Hq][maxSplits][d/4] accumulators, then from params.ml_offset
 // [b][Hq][maxSplits] of (m, l, 0, 0).
 @group(0) @binding(7) var<storage, read_write> partial: array<vec4f>;
-// From params.table_offset: slot ids [b][Hkv][maxPages], EMPTY_SLOT for holes.
+// From params.table_offset: slot ids [b][Hkv][maxPages], EMPTY_SLOT for holes;
+// from params.ids_offset (sliding windows only): their page ids, same layout.
 @group(0) @binding(8) var<storage, read> page_table: array<u32>;
 
 var<workgroup> q_sh: array<vec4f, Q_LEN>; // [head][col], scaled, padding heads zero
@@ -105,7 +110,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let b = wid.z;
   let hq0 = (b * NUM_KV_HEADS + h) * GROUP; // first query head of the group
   if (lid == 0u) {
-    info_sh = vec4u(seq_meta[b * 4u], seq_meta[b * 4u + 1u], seq_meta[b * 4u + 2u], 0u);
+    info_sh = vec4u(
+      seq_meta[b * 4u],
+      seq_meta[b * 4u + 1u],
+      seq_meta[b * 4u + 2u],
+      seq_meta[b * 4u + 3u],
+    );
   }
   for (var i = lid; i < Q_LEN; i += WORKGROUP_SIZE) {
     var value = vec4f(0.0);
@@ -115,6 +125,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   let info = workgroupUniformLoad(&info_sh);
   let num_pages = info.x;
   let num_splits = info.z;
+  let first_token = info.w;
   if (split >= num_splits) { return; }
 
   let p0 = split * params.pages_per_split;
@@ -123,6 +134,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   var t_end = p1 * PAGE_SIZE;
   if (p1 == num_pages) { t_end = (p1 - 1u) * PAGE_SIZE + info.y; }
   let table = params.table_offset + (b * NUM_KV_HEADS + h) * params.max_pages;
+  let ids = params.ids_offset + (b * NUM_KV_HEADS + h) * params.max_pages;
   let slot_words = PAGE_SIZE * NUM_KV_HEADS * NUM_WORDS;
   let head_base = h * HEAD_STRIDE;
 
@@ -152,6 +164,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       let hole = entry == EMPTY_SLOT;
       let slot = select(entry, 0u, hole);
       live[u] = lid + u * WORKGROUP_SIZE < n && !hole;
+      if (first_token > 0u && live[u]) {
+        live[u] = page_table[ids + t / PAGE_SIZE] * PAGE_SIZE + t % PAGE_SIZE >= first_token;
+      }
       rows[u] = slot * slot_words + (t % PAGE_SIZE) * TOKEN_STRIDE + head_base;
       for (var gv = 0u; gv < GROUP_VECS; gv++) { s[u * GROUP_VECS + gv] = vec4f(0.0); }
     }

@@ -554,3 +554,133 @@ gpuTest(
     });
   },
 );
+
+/** Page ids for `x`'s table: entry order is a shuffle of the page order. */
+function withWindow(
+  rng: Random,
+  x: PagedAttentionInputs,
+  hkv: number,
+  firstToken: number[],
+  pageSize: number,
+): PagedAttentionInputs {
+  const maxPages = x.maxPages!;
+  const pageIds = new Uint32Array(x.pageTable.length).fill(EMPTY_SLOT);
+  for (let b = 0; b < x.numPages.length; b++) {
+    for (let h = 0; h < hkv; h++) {
+      // The last entry holds the newest page; the others any order.
+      const n = x.numPages[b];
+      const order = shuffled(rng, n - 1);
+      order.push(n - 1);
+      order.forEach((page, e) => pageIds[(b * hkv + h) * maxPages + e] = page);
+    }
+  }
+  assert.ok(firstToken.every((f, b) => f <= (x.numPages[b] - 1) * pageSize));
+  return { ...x, pageIds, firstToken };
+}
+
+Deno.test("attention reference: a window at a page boundary weighs like holes at the pages before it", () => {
+  const shape = { numQueryHeads: 4, numKvHeads: 2, headDim: 8, pageSize: 4 };
+  const rng = createRandom(31);
+  const x = withWindow(rng, makeInputs(rng, { shape, lengths: [37, 20] }), 2, [12, 8], 4);
+  const holes = x.pageTable.slice();
+  for (let b = 0; b < 2; b++) {
+    for (let e = 0; e < x.maxPages!; e++) {
+      for (let h = 0; h < 2; h++) {
+        const i = (b * 2 + h) * x.maxPages! + e;
+        if (x.pageIds![i] * 4 < x.firstToken![b]) holes[i] = EMPTY_SLOT;
+      }
+    }
+  }
+  const got = pagedAttentionReference(x, shape);
+  const want = pagedAttentionReference({ ...x, pageTable: holes, firstToken: undefined }, shape);
+  assert.deepEqual(got, want);
+  const none = pagedAttentionReference({ ...x, firstToken: [0, 0] }, shape);
+  assert.notDeepEqual(got.out, none.out);
+});
+
+gpuTest(
+  "attention: sliding window mid-page against the reference (CPU and GPU tables)",
+  async (gpu) => {
+    const device = gpu.device;
+    const shape = { numQueryHeads: 8, numKvHeads: 2, headDim: 16, pageSize: 4 };
+    const rng = createRandom(32);
+    const base = makeInputs(rng, { shape, lengths: [150, 41, 3] });
+    // Mid-page, page boundary, none.
+    const x = withWindow(rng, base, 2, [37, 8, 0], 4);
+    const want = pagedAttentionReference(x, shape);
+    // One-shot (CPU table and ids, several splits).
+    const got = await pagedAttention(device, x, { ...shape, minSplitTokens: 16 });
+    assertResultClose(got, want, TOL.f32, "CPU tables");
+    // GPU table and ids in one buffer, ids 256 bytes after the table.
+    using attention = createPagedAttention(device, { ...shape, minSplitTokens: 16 });
+    const numSlots = x.kCache.length / (4 * 2 * 16);
+    using plan = attention.plan({
+      numPages: x.numPages,
+      lastPageLen: x.lastPageLen,
+      maxPages: x.maxPages!,
+      numSlots,
+      firstToken: x.firstToken,
+    });
+    const tableBytes = x.pageTable.byteLength;
+    const idsAt = Math.ceil(tableBytes / 256) * 256 + 256;
+    const S = GPUBufferUsage.STORAGE;
+    const both = new Uint32Array((idsAt + tableBytes) / 4);
+    both.set(x.pageTable);
+    both.set(x.pageIds!, idsAt / 4);
+    const tables = createBuffer(device, "test table and ids", S, both);
+    const q = createBuffer(device, "test q", S, x.q);
+    const k = createBuffer(device, "test k", S, x.kCache as Float32Array);
+    const v = createBuffer(device, "test v", S, x.vCache as Float32Array);
+    const out = createBuffer(device, "test out", S | GPUBufferUsage.COPY_SRC, x.q.length * 4);
+    try {
+      const encoder = device.createCommandEncoder();
+      const table = { buffer: tables, offset: 0, size: tableBytes };
+      plan.encode(encoder, {
+        q,
+        kCache: k,
+        vCache: v,
+        out,
+        pageTable: table,
+        pageIds: { buffer: tables, offset: idsAt, size: tableBytes },
+      });
+      device.queue.submit([encoder.finish()]);
+      const o = new Float32Array(await readBuffer(device, out, x.q.length * 4));
+      assertClose(o, want.out, { abs: TOL.f32, rel: TOL.f32 }, "GPU tables");
+      // The ids must follow the table in its buffer, at one distance per plan.
+      assert.throws(
+        () =>
+          plan.encode(device.createCommandEncoder(), {
+            q,
+            kCache: k,
+            vCache: v,
+            out,
+            pageTable: table,
+          }),
+        /'pageIds' must be given/,
+      );
+      assert.throws(
+        () =>
+          plan.encode(device.createCommandEncoder(), {
+            q,
+            kCache: k,
+            vCache: v,
+            out,
+            pageTable: table,
+            pageIds: { buffer: tables, offset: idsAt - 256, size: tableBytes },
+          }),
+        /keep its distance/,
+      );
+    } finally {
+      for (const b of [tables, q, k, v, out]) b.destroy();
+    }
+    // The last token must stay visible.
+    await assert.rejects(
+      () => pagedAttention(device, { ...x, firstToken: [150, 8, 0] }, shape),
+      /'firstToken\[0\]' must leave a sequence's last token visible/,
+    );
+    await assert.rejects(
+      () => pagedAttention(device, { ...x, pageIds: undefined }, shape),
+      /'pageIds' must be given/,
+    );
+  },
+);

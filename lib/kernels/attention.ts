@@ -75,6 +75,13 @@ export interface AttentionBuffers {
    * below `numSlots` or a hole, and no sequence's last page a hole.
    */
   pageTable?: GPUBuffer | BufferSlice;
+  /**
+   * Page ids parallel to `pageTable` on the GPU, needed when the plan has a
+   * sliding window (`firstToken`) and the table comes from `pageTable`. They
+   * must lie in the same buffer, after the table, at the same distance from
+   * it in every encode of one plan.
+   */
+  pageIds?: GPUBuffer | BufferSlice;
 }
 
 /**
@@ -297,6 +304,7 @@ class Plan implements AttentionPlan {
   #partial: GrowableBuffer;
   #lseScratch: GrowableBuffer;
   #bindings = new BindGroupCache<BindEntry>();
+  #idsOffset: number | undefined;
   #disposed = false;
 
   constructor(attention: Attention, tables: Tables) {
@@ -362,18 +370,28 @@ class Plan implements AttentionPlan {
       meta[b * 4] = t.numPages[b];
       meta[b * 4 + 1] = t.lastPageLen[b];
       meta[b * 4 + 2] = Math.ceil(t.numPages[b] / pagesPerSplit);
+      meta[b * 4 + 3] = t.firstToken?.[b] ?? 0;
     }
     const entries = t.batch * hq * numSplits;
     const cols = headDim / 4;
     const partialBytes = numSplits > 1 ? entries * (cols + 1) * 16 : 16;
     let changed = this.#meta.ensure(meta.byteLength);
-    if (t.pageTable) changed = this.#table.ensure(t.pageTable.byteLength) || changed;
+    const ids = t.pageTable && t.firstToken ? t.pageIds : undefined;
+    const tableWords = (t.pageTable?.length ?? 0) + (ids?.length ?? 0);
+    if (t.pageTable) changed = this.#table.ensure(tableWords * 4) || changed;
     changed = this.#partial.ensure(partialBytes) || changed;
     changed = this.#lseScratch.ensure(t.batch * hq * 4) || changed;
     if (changed) this.#bindings.clear();
     device.queue.writeBuffer(this.#meta.buffer, 0, meta);
     if (t.pageTable) {
       device.queue.writeBuffer(this.#table.buffer, 0, t.pageTable as Uint32Array<ArrayBuffer>);
+      if (ids) {
+        device.queue.writeBuffer(
+          this.#table.buffer,
+          t.pageTable.byteLength,
+          ids as Uint32Array<ArrayBuffer>,
+        );
+      }
     }
     const params = new Uint32Array(PARAM_WORDS);
     params[0] = t.batch;
@@ -383,6 +401,8 @@ class Plan implements AttentionPlan {
     params[4] = 0; // the page table starts its binding
     params[5] = entries * cols;
     new Float32Array(params.buffer)[6] = 1 / Math.sqrt(headDim);
+    // CPU ids follow the CPU table; GPU ids get their offset at the first encode.
+    params[7] = ids ? t.pageTable!.length : this.#idsOffset ?? 0;
     device.queue.writeBuffer(this.#params, 0, params);
     this.#tables = t;
     this.#pagesPerSplit = pagesPerSplit;
@@ -415,8 +435,10 @@ class Plan implements AttentionPlan {
     let table: Required<BufferSlice>;
     if (buffers.pageTable !== undefined) {
       table = assertBufferSize("pageTable", buffers.pageTable, tableBytes, ACTION);
+      if (t.firstToken) table = this.#withPageIds(table, buffers.pageIds, tableBytes);
     } else if (t.pageTable) {
-      table = { buffer: this.#table.buffer, offset: 0, size: tableBytes };
+      const words = t.firstToken ? 2 : 1;
+      table = { buffer: this.#table.buffer, offset: 0, size: tableBytes * words };
     } else {
       throw new TypeError(
         `Cannot ${ACTION} as 'pageTable' must be given as a buffer when the plan has no table: received undefined`,
@@ -445,6 +467,40 @@ class Plan implements AttentionPlan {
     mergePass.setBindGroup(0, entry.merge);
     mergePass.dispatchWorkgroups(hq, t.batch);
     mergePass.end();
+  }
+
+  /** The binding that spans the GPU page table and its page ids (sliding windows). */
+  #withPageIds(
+    table: Required<BufferSlice>,
+    pageIds: GPUBuffer | BufferSlice | undefined,
+    tableBytes: number,
+  ): Required<BufferSlice> {
+    if (pageIds === undefined) {
+      throw new TypeError(
+        `Cannot ${ACTION} as 'pageIds' must be given with 'pageTable' when the plan has a sliding window ('firstToken'): received undefined`,
+      );
+    }
+    const ids = assertBufferSize("pageIds", pageIds, tableBytes, ACTION);
+    const distance = ids.offset - table.offset;
+    if (ids.buffer !== table.buffer || distance < tableBytes || distance % 4 !== 0) {
+      throw new RangeError(
+        `Cannot ${ACTION} as 'pageIds' must lie in the buffer of 'pageTable', after the table: received offset ${ids.offset} ${
+          ids.buffer === table.buffer ? "in the same buffer" : "in another buffer"
+        } (table at ${table.offset}, ${tableBytes} bytes)`,
+      );
+    }
+    if (this.#idsOffset !== undefined && this.#idsOffset !== distance / 4) {
+      throw new RangeError(
+        `Cannot ${ACTION} as 'pageIds' must keep its distance from 'pageTable' across the encodes of one plan (${
+          this.#idsOffset * 4
+        } bytes): received ${distance}`,
+      );
+    }
+    if (this.#idsOffset === undefined) {
+      this.#idsOffset = distance / 4;
+      this.attention.device.queue.writeBuffer(this.#params, 28, new Uint32Array([distance / 4]));
+    }
+    return { buffer: table.buffer, offset: table.offset, size: distance + tableBytes };
   }
 
   #bindGroups(

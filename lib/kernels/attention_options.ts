@@ -105,6 +105,17 @@ export interface AttentionTables {
   maxPages: number;
   /** Slots of the KV cache buffers; every used slot id must be below it. */
   numSlots: number;
+  /**
+   * Sliding window: per sequence, the first token position that gets
+   * attention mass (0 = every token). Positions come from page ids
+   * (`pageIds`, or `AttentionBuffers.pageIds`).
+   */
+  firstToken?: ArrayLike<number>;
+  /**
+   * Page ids `[batch][Hkv][maxPages]` parallel to `pageTable`, needed with a
+   * `firstToken` above 0 (token `t` of entry `e` is at `pageIds[e] * pageSize + t`).
+   */
+  pageIds?: Uint32Array;
 }
 
 /** The action every attention error message names. */
@@ -268,6 +279,9 @@ export interface Tables {
   lastPageLen: ArrayLike<number>;
   maxPages: number;
   numSlots: number;
+  /** Per sequence first visible token; undefined when no sequence has a window. */
+  firstToken: Uint32Array | undefined;
+  pageIds: Uint32Array | undefined;
 }
 
 export function validateTables(shape: AttentionShape, tables: AttentionTables): Tables {
@@ -323,7 +337,55 @@ export function validateTables(shape: AttentionShape, tables: AttentionTables): 
       }
     }
   }
-  return { batch, pageTable, numPages, lastPageLen, maxPages, numSlots };
+  const { firstToken, pageIds } = checkWindow(tables, batch, hkv, pageSize);
+  return { batch, pageTable, numPages, lastPageLen, maxPages, numSlots, firstToken, pageIds };
+}
+
+function checkWindow(
+  tables: AttentionTables,
+  batch: number,
+  hkv: number,
+  pageSize: number,
+): { firstToken: Uint32Array | undefined; pageIds: Uint32Array | undefined } {
+  const { firstToken, pageIds, pageTable, numPages, lastPageLen, maxPages } = tables;
+  if (pageIds !== undefined && !(pageIds instanceof Uint32Array)) {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'pageIds' must be a Uint32Array: received ${describeValue(pageIds)}`,
+    );
+  }
+  if (firstToken === undefined) return { firstToken: undefined, pageIds: undefined };
+  if (firstToken == null || typeof firstToken.length !== "number") {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'firstToken' must be an array: received ${describeValue(firstToken)}`,
+    );
+  }
+  assertLength("firstToken", firstToken, batch, ACTION);
+  for (let b = 0; b < batch; b++) {
+    assertInteger(`firstToken[${b}]`, firstToken[b], ACTION, 0, 0xffffffff);
+  }
+  const windowed = Array.from(firstToken).some((t) => t > 0);
+  if (!windowed) return { firstToken: undefined, pageIds: undefined };
+  if (pageTable === undefined) return { firstToken: Uint32Array.from(firstToken), pageIds };
+  if (pageIds === undefined) {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'pageIds' must be given with a 'firstToken' above 0 (positions come from page ids): received undefined`,
+    );
+  }
+  assertLength("pageIds", pageIds, pageTable.length, ACTION);
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < hkv; h++) {
+      const last = (b * hkv + h) * maxPages + numPages[b] - 1;
+      const position = pageIds[last] * pageSize + lastPageLen[b] - 1;
+      if (position < firstToken[b]) {
+        throw new RangeError(
+          `Cannot ${ACTION} as 'firstToken[${b}]' must leave a sequence's last token visible (position ${position}, KV head ${h}): received ${
+            firstToken[b]
+          }`,
+        );
+      }
+    }
+  }
+  return { firstToken: Uint32Array.from(firstToken), pageIds };
 }
 
 /** Inputs of `pagedAttention` and `pagedAttentionReference`. */
@@ -342,6 +404,10 @@ export interface PagedAttentionInputs {
   lastPageLen: ArrayLike<number>;
   /** Page table row length (default `pageTable.length / (batch * Hkv)`). */
   maxPages?: number;
+  /** Sliding window: first visible token per sequence (see {@linkcode AttentionTables}). */
+  firstToken?: ArrayLike<number>;
+  /** Page ids parallel to `pageTable`, needed with a `firstToken` above 0. */
+  pageIds?: Uint32Array;
 }
 
 /** Attention output and log-sum-exp. */
@@ -406,6 +472,8 @@ export function validateInputs(shape: AttentionShape, inputs: PagedAttentionInpu
     lastPageLen,
     maxPages,
     numSlots: kCache.length / slotElems,
+    firstToken: inputs.firstToken,
+    pageIds: inputs.pageIds,
   });
   assertLength("q", q, batch * hq * headDim, ACTION);
   assertAllFinite("q", q, ACTION);

@@ -58,7 +58,10 @@ export function pagedAttentionReference(
         const slot = x.pageTable![(b * hkv + kvh) * x.maxPages + p];
         if (slot === EMPTY_SLOT) continue;
         const len = p === pages - 1 ? x.lastPageLen[b] : P;
+        const first = x.firstToken ? x.firstToken[b] : 0;
+        const pageId = first > 0 ? x.pageIds![(b * hkv + kvh) * x.maxPages + p] : 0;
         for (let t = 0; t < len; t++) {
+          if (pageId * P + t < first) continue; // outside the sliding window
           const row = (slot * strides.slot + t * strides.token + kvh * strides.head) * d;
           let s = 0;
           for (let i = 0; i < d; i++) s += x.q[qo + i] * x.kCache[row + i];
