@@ -65,8 +65,7 @@ Options:
   --sink N              sink tokens (default budget/4 in whole pages)
   --window N            window tokens (default budget/4 in whole pages)
                         (not the model's own sliding_window: Mistral/Qwen2 windows
-                        from config.json are applied by --policy dense; the engine
-                        policies need --max-seq-len at most the model's window)
+                        from config.json are applied by every policy)
   --tau X               correction threshold of freekv, in [-1, 1] (default 0.9)
   --correction MODE     freekv's correction: resident (attend the corrected head's
                         pages already on the GPU, no host wait) or sync (wait and

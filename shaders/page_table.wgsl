@@ -6,6 +6,9 @@
 // previous step's selection (`spec`), per head by the correction flag. A page
 // that is not resident becomes a hole (EMPTY), which attention skips. When
 // every candidate fits the budget the candidates themselves are attended.
+// Under a sliding window the sink pages before the window are left out and
+// candidates start at the window's first page (attention masks the tokens
+// before the window within that page).
 
 const EMPTY: u32 = 0xffffffffu;
 
@@ -25,7 +28,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-// [b] = (sinkCount, windowStart, numPages, candidateCount)
+// [2b] = (sinkFrom, sinkCount, windowStart, numPages), [2b + 1] = (candidateStart, 0, 0, 0)
 @group(0) @binding(1) var<storage, read> seq: array<vec4u>;
 @group(0) @binding(2) var<storage, read> fresh: array<u32>; // [b][h][k]
 @group(0) @binding(3) var<storage, read> spec: array<u32>; // [b][h][k]
@@ -65,18 +68,22 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
     return;
   }
   let b = bh / params.kv_heads;
-  let s = seq[b];
+  let s = seq[2u * b];
+  let candidate_start = seq[2u * b + 1u].x;
+  let sink_count = s.y;
+  let window_start = s.z;
+  let num_pages = s.w;
   let base = b * params.slots_per_seq;
   let row = bh * params.max_entries;
   var n = 0u;
   var resident = 0u;
-  for (var p = 0u; p < s.x; p++) {
+  for (var p = s.x; p < sink_count; p++) {
     table[row + n] = base + home_slot(p);
     pages[row + n] = p;
     n++;
   }
-  if (s.w <= params.k) {
-    for (var p = s.x; p < s.y; p++) {
+  if (window_start - candidate_start <= params.k) {
+    for (var p = candidate_start; p < window_start; p++) {
       let slot = pool_slot(bh, p);
       table[row + n] = select(base + slot, EMPTY, slot == EMPTY);
       pages[row + n] = select(p, EMPTY, slot == EMPTY);
@@ -110,7 +117,7 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
       n++;
     }
   }
-  for (var p = s.y; p < s.z; p++) {
+  for (var p = window_start; p < num_pages; p++) {
     table[row + n] = base + home_slot(p);
     pages[row + n] = p;
     n++;

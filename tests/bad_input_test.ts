@@ -239,6 +239,24 @@ const CASES: Case[] = [
     /'cachePages' must be at least 0: received -1/,
   ),
   engineOption(
+    "slidingWindow -1",
+    { slidingWindow: -1 },
+    RangeError,
+    /'slidingWindow' must be at least 0: received -1/,
+  ),
+  engineOption(
+    "slidingWindow per layer, wrong length",
+    { slidingWindow: [16] },
+    TypeError,
+    /'slidingWindow' must be a number or an array of one window per layer \(2\)/,
+  ),
+  engineOption(
+    "slidingWindow per layer, fractional",
+    { slidingWindow: [16, 1.5] },
+    TypeError,
+    /'slidingWindow\[1\]' must be an integer: received 1.5/,
+  ),
+  engineOption(
     "pooling unknown",
     { pooling: "min" },
     TypeError,

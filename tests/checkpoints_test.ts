@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { gpuTest, testGpu } from "./_gpu.ts";
 import { createBuffer } from "../lib/gpu/buffers.ts";
-import { createDenseAttentionBackend } from "../lib/model/backends/dense.ts";
+import { type AttentionBackend, createDenseAttentionBackend } from "../lib/model/backends/dense.ts";
 import { createEngineBackend } from "../lib/model/backends/engine.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { hfConfigFromModel, modelConfigFromHf, writeHfCheckpoint } from "../lib/model/hf_config.ts";
@@ -69,9 +69,14 @@ async function gpuMatchesReference(
   weights: ModelWeights,
   prompt: number,
   length: number,
+  attention?: AttentionBackend,
 ): Promise<number> {
   const expected = referenceLogits(weights, length);
-  using model = createGpuModel(device, weights, { maxSeqLen: 192, prefillChunk: 64 });
+  using model = createGpuModel(device, weights, {
+    maxSeqLen: 192,
+    prefillChunk: 64,
+    ...(attention ? { attention } : {}),
+  });
   let worst = 0;
   const check = (got: Float32Array, pos: number) => {
     worst = Math.max(worst, maxAbsDiff(got, expected[pos]));
@@ -282,7 +287,7 @@ gpuTest(
 );
 
 gpuTest(
-  "Mistral and Qwen2 sliding windows: prefill in blocks and decode match the CPU reference",
+  "Mistral and Qwen2 sliding windows: prefill in blocks and decode (dense and engine backends) match the CPU reference",
   async ({ device }) => {
     // Mistral: a 24-token window on every layer, prompt (100) and story far past it.
     const mistral = await checkpoint(base.weights, (j) => {
@@ -314,6 +319,42 @@ gpuTest(
     assert.deepEqual(qwen.config.slidingWindowLayers, [3, 4]);
     assert.ok(effect(qwen, 40) > 0.01, "the window must change the logits");
     await gpuMatchesReference(device, qwen, 70, 90);
+    // The retrieval engine applies the windows too: with `full` its logits
+    // are the reference's, and the other policies decode inside the window.
+    const engineOptions = {
+      maxContext: 192,
+      pageSize: 4,
+      budget: 16,
+      sink: 4,
+      window: 4,
+    };
+    for (const weights of [mistral, qwen]) {
+      using full = createEngineBackend(device, {
+        ...weights.config,
+        ...engineOptions,
+        policy: "full",
+      });
+      await gpuMatchesReference(device, weights, 70, 100, full);
+    }
+    for (const policy of ["streaming", "quest", "freekv"] as const) {
+      using backend = createEngineBackend(device, {
+        ...mistral.config,
+        ...engineOptions,
+        policy,
+      });
+      using model = createGpuModel(device, mistral, { maxSeqLen: 192, attention: backend });
+      await model.prefill(STORY.slice(0, 70));
+      for (let pos = 70; pos < 90; pos++) {
+        const logits = await model.decode(STORY[pos], pos);
+        assert.ok(logits.every(Number.isFinite), `${policy} position ${pos}`);
+      }
+      // Attended pages lie in the window (24 tokens: pages 16.. of 90 tokens
+      // at page 4; the sink page 0 has left it).
+      const pages = await backend.engine.attendedPages(1);
+      for (const p of pages.flat()) {
+        assert.ok(p >= Math.floor((90 - 24) / 4), `${policy} page ${p}`);
+      }
+    }
   },
 );
 
@@ -378,37 +419,20 @@ gpuTest(
   "windows and dynamic scaling the decoder cannot honour are refused by name",
   async ({ device }) => {
     const windowed = { ...base.weights, config: { ...base.config, slidingWindow: 24 } };
-    // The retrieval engine holds more than the window: refused.
-    assert.throws(
-      () =>
-        createEngineBackend(device, {
-          ...windowed.config,
-          maxContext: 64,
-          policy: "freekv",
-          pageSize: 4,
-          budget: 16,
-          sink: 4,
-          window: 4,
-        }),
-      (e) =>
-        e instanceof RangeError &&
-        /'sliding_window' \(24 tokens\) must be at least 'maxContext'.*received maxContext 64/.test(
-          e.message,
-        ),
-    );
-    // Within the window it is exact and accepted.
+    // The retrieval engine applies windows: a model longer than its window is accepted.
     {
       using engine = createEngineBackend(device, {
         ...windowed.config,
-        maxContext: 24,
-        policy: "full",
+        maxContext: 64,
+        policy: "freekv",
         pageSize: 4,
         budget: 16,
         sink: 4,
         window: 4,
       });
-      using model = createGpuModel(device, windowed, { attention: engine, maxSeqLen: 24 });
-      assert.equal(model.maxSeqLen, 24);
+      using model = createGpuModel(device, windowed, { attention: engine, maxSeqLen: 64 });
+      assert.equal(model.maxSeqLen, 64);
+      assert.deepEqual(engine.engine.options.slidingWindow, new Array(5).fill(24));
     }
     // A backend that does not say it applies the window: refused.
     const plain = createDenseAttentionBackend(device, base.config, { maxSeqLen: 64 });

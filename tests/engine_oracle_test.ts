@@ -25,12 +25,17 @@ const BUDGET = { pageSize: 4, sinkPages: 1, windowPages: 2, selectPages: 3 };
 const PROMPT = 10;
 const STEPS = 36; // candidates grow from 0 past K = 3
 
-type Config = Partial<EngineOptions> & { policy: PolicyName };
+type Config = Partial<EngineOptions> & { policy: PolicyName; slidingWindow?: number };
 
 /** Top-k pages per KV head of `q` over the full pages of `keys` (CPU oracle). */
-function oracleTopK(keys: Float32Array, tokens: number, q: Float32Array): number[][] {
+function oracleTopK(
+  keys: Float32Array,
+  tokens: number,
+  q: Float32Array,
+  slidingWindow: number,
+): number[][] {
   const { numKvHeads: hkv, headDim: d } = SHAPE;
-  const r = pageRegions(tokens, BUDGET);
+  const r = pageRegions(tokens, BUDGET, slidingWindow);
   const fullPages = Math.floor(tokens / BUDGET.pageSize);
   const summaries = pageSummariesReference({
     kCache: keys.subarray(0, fullPages * BUDGET.pageSize * hkv * d),
@@ -45,7 +50,7 @@ function oracleTopK(keys: Float32Array, tokens: number, q: Float32Array): number
     q,
     summaries,
     pageOffset: [0],
-    candidateStart: [r.sinkCount],
+    candidateStart: [r.candidateStart],
     candidateEnd: [r.windowStart],
     k: BUDGET.selectPages,
   }, { numQueryHeads: SHAPE.numQueryHeads, numKvHeads: hkv, headDim: d });
@@ -53,11 +58,23 @@ function oracleTopK(keys: Float32Array, tokens: number, q: Float32Array): number
   return Array.from({ length: hkv }, (_, h) => [...sel.selected.subarray(h * K, (h + 1) * K)]);
 }
 
-/** Pages every policy attends besides its selection. */
-function sinkAndWindow(tokens: number): number[] {
-  const r = pageRegions(tokens, BUDGET);
+/**
+ * Pages a policy attends besides its selection: its sink pages inside the
+ * sliding window and its window (streaming spends the budget on them), or
+ * every page in the sliding window (full).
+ */
+function sinkAndWindow(tokens: number, policy: PolicyName, slidingWindow: number): number[] {
+  const P = BUDGET.pageSize;
+  const budget = policy === "streaming"
+    ? { ...BUDGET, windowPages: SMALL.budget / P - BUDGET.sinkPages, selectPages: 0 }
+    : BUDGET;
+  const r = pageRegions(tokens, budget, slidingWindow);
   const pages: number[] = [];
-  for (let p = 0; p < r.sinkCount; p++) pages.push(p);
+  if (policy === "full") {
+    for (let p = Math.floor(r.firstToken / P); p < r.numPages; p++) pages.push(p);
+    return pages;
+  }
+  for (let p = r.sinkFrom; p < r.sinkCount; p++) pages.push(p);
   for (let p = r.windowStart; p < r.numPages; p++) pages.push(p);
   return pages;
 }
@@ -69,12 +86,13 @@ function referenceOver(
   tokens: number,
   q: Float32Array,
   pagesPerHead: number[][],
+  slidingWindow: number,
 ): Float32Array {
   const n = Math.max(...pagesPerHead.map((p) => p.length));
   const table = new Uint32Array(SHAPE.numKvHeads * n).fill(EMPTY_SLOT);
   // Holes first, so that every head's last entry is the sequence's last page.
   pagesPerHead.forEach((pages, h) => table.set(pages, h * n + n - pages.length));
-  const r = pageRegions(tokens, BUDGET);
+  const r = pageRegions(tokens, BUDGET, slidingWindow);
   return pagedAttentionReference({
     q,
     kCache: keys,
@@ -82,6 +100,8 @@ function referenceOver(
     pageTable: table,
     numPages: [n],
     lastPageLen: [r.lastPageLen],
+    // Slot = page here, so the table is its own page ids.
+    ...(slidingWindow > 0 ? { firstToken: [r.firstToken], pageIds: table } : {}),
   }, { ...SHAPE, pageSize: BUDGET.pageSize }).out;
 }
 
@@ -89,6 +109,7 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
   const { numLayers: L, numKvHeads: hkv, headDim: d } = SHAPE;
   const row = hkv * d;
   using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, ...config });
+  const W = config.slidingWindow ?? 0;
   const src = createSyntheticSource({ ...SHAPE, seed: 21, shiftProbability: 0.3 });
   const prompt = takePrompt(src, PROMPT, { queries: false });
   const cap = SMALL.maxContext * row;
@@ -111,12 +132,17 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
       const attended = await engine.attendedPages(l);
       const where = `${config.policy} ${config.correction ?? ""} step ${s} layer ${l}`;
       // The output is attention over exactly the pages reported.
-      const want = referenceOver(keys[l], values[l], tokens, token[l].q, attended);
+      const want = referenceOver(keys[l], values[l], tokens, token[l].q, attended, W);
       assertClose(out, want, 1e-4, where);
-      const r = pageRegions(tokens, BUDGET);
-      const base = sinkAndWindow(tokens);
+      const r = pageRegions(tokens, BUDGET, W);
+      const base = sinkAndWindow(tokens, config.policy, W);
+      if (config.policy === "full" || config.policy === "streaming") {
+        for (let h = 0; h < hkv; h++) assert.deepEqual(attended[h], base, `${where} head ${h}`);
+        crossed ||= r.candidateCount > BUDGET.selectPages;
+        continue;
+      }
       const fresh = r.candidateCount >= BUDGET.selectPages
-        ? oracleTopK(keys[l], tokens, token[l].q)
+        ? oracleTopK(keys[l], tokens, token[l].q, W)
         : null;
       for (let h = 0; h < hkv; h++) {
         const got = attended[h];
@@ -126,20 +152,19 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         const selected = got.filter((p) => !base.includes(p));
         let expected: number[] | null = null;
         if (r.candidateCount <= BUDGET.selectPages) {
-          expected = Array.from({ length: r.candidateCount }, (_, i) => r.sinkCount + i);
+          expected = Array.from({ length: r.candidateCount }, (_, i) => r.candidateStart + i);
         } else if (config.policy !== "freekv" || config.tau === 1) {
           expected = fresh![h];
         } else if (config.tau === -1) {
           // The speculation: the previous step's query over this step's
           // candidates (recalled one step behind).
-          expected = oracleTopK(keys[l], tokens, previousQ[l]!)[h];
+          expected = oracleTopK(keys[l], tokens, previousQ[l]!, W)[h];
         } else {
           // Resident correction: the speculation, or for a corrected head its
           // best pages among those on the GPU: always candidates, at most K.
-          const r = pageRegions(tokens, BUDGET);
           assert.ok(selected.length <= BUDGET.selectPages, `${where} head ${h}: ${selected}`);
           for (const p of selected) {
-            assert.ok(p >= r.sinkCount && p < r.windowStart, `${where} head ${h}: page ${p}`);
+            assert.ok(p >= r.candidateStart && p < r.windowStart, `${where} head ${h}: page ${p}`);
           }
         }
         if (expected) {
@@ -170,6 +195,15 @@ const CONFIGS: Config[] = [
   { policy: "freekv", correction: "sync", tau: 0.9, cachePages: 0, slotLayout: "hnd" },
   { policy: "freekv", correction: "resident", tau: 0.9, slotLayout: "hnd" },
   { policy: "freekv", correction: "resident", tau: -1, slotLayout: "hnd" },
+  // A 22-token sliding window (mid-page): the sink leaves it, candidates
+  // start at its first page, attention masks the tokens before it.
+  { policy: "full", slidingWindow: 22 },
+  { policy: "streaming", slidingWindow: 22 },
+  { policy: "quest", slidingWindow: 22 },
+  { policy: "sync-offload", slidingWindow: 22 },
+  { policy: "freekv", correction: "sync", tau: 1, slidingWindow: 22 },
+  { policy: "freekv", correction: "resident", tau: -1, slidingWindow: 22 },
+  { policy: "freekv", correction: "resident", tau: 0.9, slidingWindow: 22 },
 ];
 for (const config of CONFIGS) {
   gpuTest(

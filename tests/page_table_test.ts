@@ -34,9 +34,13 @@ gpuTest("page tables built on the GPU equal the CPU reference", async ({ device 
       identity,
     };
     const B = 1 + Math.floor(rng.next() * 3);
+    // Every other trial has a sliding window (sinks before it left out,
+    // candidates from its first page).
+    const slidingWindow = trial % 2 === 0 ? 0 : 1 + Math.floor(rng.next() * 12 * pageSize);
     const sequences = Array.from({ length: B }, () => {
       const tokens = 1 + Math.floor(rng.next() * (maxPages * pageSize - 1));
-      return pageRegions(tokens, { pageSize, sinkPages: S, windowPages: W, selectPages: k });
+      const budget = { pageSize, sinkPages: S, windowPages: W, selectPages: k };
+      return pageRegions(tokens, budget, slidingWindow);
     });
     const rows = B * hkv;
     // Selections: distinct candidate pages per head (ids past maxPages become holes too).

@@ -426,7 +426,10 @@ export class RetrievalEngine {
     const v = state.input("v", inputs.v, B * hkv * d * 4);
     const out = inputs.out ?? state.scratch("out", B * hq * d * 4);
     appendPhase(this.#context(), encoder, state, k, v);
-    const regions = Array.from({ length: B }, (_, b) => pageRegions(state.length[b], state.budget));
+    const regions = Array.from(
+      { length: B },
+      (_, b) => pageRegions(state.length[b], state.budget, state.slidingWindow),
+    );
     if (state.mode === "full" || state.mode === "streaming") {
       this.#attendPhase(encoder, state, q, out, regions, false);
       return encoder;
@@ -507,10 +510,12 @@ export class RetrievalEngine {
     let numPages: number[];
     let maxPages: number;
     let pageTable: Uint32Array | undefined;
+    let pageIds: Uint32Array | undefined;
     if (state.mode === "full" || state.mode === "streaming") {
       maxPages = state.mode === "full" ? this.maxPages : state.slotsPerSeq;
       const built = residentPageTable(o, state.mode, regions, state.slotsPerSeq, maxPages);
       pageTable = built.pageTable;
+      pageIds = built.pageIds;
       numPages = built.numPages;
       built.pages.forEach((pages, b) => state.cpuPages.fill(pages, b * hkv, (b + 1) * hkv));
     } else {
@@ -519,6 +524,8 @@ export class RetrievalEngine {
         windowStart: r.windowStart,
         numPages: r.numPages,
         candidateCount: r.candidateCount,
+        sinkFrom: r.sinkFrom,
+        candidateStart: r.candidateStart,
       }));
       const step = { sequences, useFlags, useBest };
       const tablePlan = state.planTable(step);
@@ -535,7 +542,12 @@ export class RetrievalEngine {
       });
       numPages = [...tablePlan.entries];
       maxPages = state.tableBuilder!.maxEntries;
+      if (state.slidingWindow > 0) {
+        const bytes = B * hkv * maxPages * 4;
+        encoder.copyBufferToBuffer(state.pages!, 0, state.table!, state.pageIdsOffset, bytes);
+      }
     }
+    const windowed = state.slidingWindow > 0;
     this.#stats.current!.pagesAttended += numPages.reduce((a, n) => a + n, 0) * hkv;
     const tables = {
       batch: B,
@@ -544,13 +556,21 @@ export class RetrievalEngine {
       lastPageLen,
       maxPages,
       numSlots: B * state.slotsPerSeq,
+      ...(windowed ? { firstToken: regions.map((r) => r.firstToken), pageIds } : {}),
+    };
+    const tableBytes = B * hkv * maxPages * 4;
+    const gpuTable = pageTable ? {} : {
+      pageTable: { buffer: state.table!, offset: 0, size: tableBytes },
+      ...(windowed
+        ? { pageIds: { buffer: state.table!, offset: state.pageIdsOffset, size: tableBytes } }
+        : {}),
     };
     state.planAttention(this.#attention, tables).encode(encoder, {
       q,
       kCache: state.kCache,
       vCache: state.vCache,
       out,
-      ...(pageTable ? {} : { pageTable: state.table! }),
+      ...gpuTable,
     });
   }
 

@@ -151,8 +151,9 @@ export function poolSlot(options: ResolvedEngineOptions, i: number): number {
 
 /**
  * The page table of a layer whose attended pages are known on the CPU
- * (`full`: every page; `streaming`: sink + window), rows of `maxPages`
- * slots per (sequence, KV head), with the pages per sequence.
+ * (`full`: every page; `streaming`: sink + window; under a sliding window
+ * only pages that reach into it), rows of `maxPages` slots per (sequence,
+ * KV head), with their page ids and the pages per sequence.
  *
  * @example
  * ```ts
@@ -173,19 +174,27 @@ export function residentPageTable(
   regions: readonly PageRegions[],
   slotsPerSequence: number,
   maxPages: number,
-): { pageTable: Uint32Array; numPages: number[]; pages: number[][] } {
+): { pageTable: Uint32Array; pageIds: Uint32Array; numPages: number[]; pages: number[][] } {
   const hkv = options.numKvHeads;
   const pageTable = new Uint32Array(regions.length * hkv * maxPages);
+  const pageIds = new Uint32Array(pageTable.length);
   const numPages: number[] = [];
   const pages = regions.map((r, b) => {
     const list: number[] = [];
+    const first = Math.floor(r.firstToken / options.pageSize);
     for (let p = 0; p < r.numPages; p++) {
-      if (mode === "full" || p < r.sinkCount || p >= r.windowStart) list.push(p);
+      const kept = mode === "full"
+        ? p >= first
+        : (p >= r.sinkFrom && p < r.sinkCount) || p >= r.windowStart;
+      if (kept) list.push(p);
     }
     numPages.push(list.length);
     const slots = list.map((p) => b * slotsPerSequence + homeSlot(options, mode, p));
-    for (let h = 0; h < hkv; h++) pageTable.set(slots, (b * hkv + h) * maxPages);
+    for (let h = 0; h < hkv; h++) {
+      pageTable.set(slots, (b * hkv + h) * maxPages);
+      pageIds.set(list, (b * hkv + h) * maxPages);
+    }
     return list;
   });
-  return { pageTable, numPages, pages };
+  return { pageTable, pageIds, numPages, pages };
 }

@@ -90,6 +90,8 @@ export class LayerState implements Disposable {
   readonly index: number;
   readonly mode: LayerMode;
   readonly budget: PageBudget;
+  /** Sliding window in tokens (0: full attention). */
+  readonly slidingWindow: number;
   readonly slotsPerSeq: number;
   readonly kCache: GPUBuffer;
   readonly vCache: GPUBuffer;
@@ -133,6 +135,8 @@ export class LayerState implements Disposable {
   tableBuilder?: PageTableBuilder;
   table?: GPUBuffer;
   pages?: GPUBuffer;
+  /** Where `table` holds a copy of `pages` (sliding windows only; else 0). */
+  pageIdsOffset = 0;
   hits?: GPUBuffer;
   /** full / streaming: pages attended per (sequence, KV head), known on the CPU. */
   cpuPages: number[][];
@@ -154,6 +158,7 @@ export class LayerState implements Disposable {
     this.index = index;
     this.mode = mode;
     this.budget = modeBudget(o, mode);
+    this.slidingWindow = o.slidingWindow[index];
     this.slotsPerSeq = slotsPerSeq(o, mode);
     const { batch: B, numKvHeads: hkv, headDim: d, numQueryHeads: hq } = o;
     const P = o.pageSize;
@@ -192,11 +197,12 @@ export class LayerState implements Disposable {
         pooling: o.pooling,
       });
       this.fresh = this.#own(`layer ${index} selection`, B * hkv * K * 4);
-      this.table = this.#own(
-        `layer ${index} page table`,
-        B * hkv * (this.budget.sinkPages + K + this.budget.windowPages) * 4,
-      );
-      this.pages = this.#own(`layer ${index} attended pages`, this.table.size);
+      const tableBytes = B * hkv * (this.budget.sinkPages + K + this.budget.windowPages) * 4;
+      // A sliding window's attention reads the page ids after the table
+      // (copied there from `pages`, at the next 256-byte boundary).
+      this.pageIdsOffset = this.slidingWindow > 0 ? Math.ceil(tableBytes / 256) * 256 : 0;
+      this.table = this.#own(`layer ${index} page table`, this.pageIdsOffset + tableBytes);
+      this.pages = this.#own(`layer ${index} attended pages`, tableBytes);
       this.hits = this.#own(`layer ${index} resident hits`, B * hkv * 4);
       this.tableBuilder = createPageTableBuilder(device, {
         numKvHeads: hkv,

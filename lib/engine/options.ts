@@ -99,6 +99,14 @@ export interface EngineOptions {
   slotLayout?: SlotLayout;
   /** Keep layer 0 on full attention (default false). */
   fullFirstLayer?: boolean;
+  /**
+   * Sliding-window attention (Mistral, Qwen2): the query at position `p`
+   * sees keys `p - w + 1 ..= p`. A number applies to every layer, an array
+   * gives each layer's window; 0 is full attention (default). Sink pages
+   * before the window are not attended and selection only picks pages that
+   * reach into it.
+   */
+  slidingWindow?: number | readonly number[];
   /** Recall buffering (default `double`). */
   recallBuffering?: "double" | "single";
   /**
@@ -113,8 +121,11 @@ export interface EngineOptions {
   profile?: boolean;
 }
 
-/** Engine options with every default filled in. */
-export type ResolvedEngineOptions = Required<EngineOptions>;
+/** Engine options with every default filled in (`slidingWindow` per layer). */
+export type ResolvedEngineOptions = Required<Omit<EngineOptions, "slidingWindow">> & {
+  /** Window of each layer in tokens, 0 for full attention. */
+  slidingWindow: readonly number[];
+};
 
 /** Budget knobs as a user gives them; see {@linkcode resolveBudget}. */
 export interface BudgetInput {
@@ -157,6 +168,27 @@ export function resolveBudget(input: BudgetInput): Required<BudgetInput> {
 
 const ACTION = "create a retrieval engine";
 
+function resolveSlidingWindow(
+  window: number | readonly number[] | undefined,
+  numLayers: number,
+  action: string,
+): number[] {
+  if (window === undefined) return new Array(numLayers).fill(0);
+  if (typeof window === "number") {
+    assertInteger("slidingWindow", window, action, 0);
+    return new Array(numLayers).fill(window);
+  }
+  if (!Array.isArray(window) || window.length !== numLayers) {
+    throw new TypeError(
+      `Cannot ${action} as 'slidingWindow' must be a number or an array of one window per layer (${numLayers}): received ${
+        describeValue(window)
+      }`,
+    );
+  }
+  window.forEach((w, i) => assertInteger(`slidingWindow[${i}]`, w, action, 0));
+  return [...window];
+}
+
 /**
  * Validates `options` and fills in the defaults.
  *
@@ -195,6 +227,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
   for (const name of ["numLayers", "numQueryHeads", "numKvHeads", "headDim"] as const) {
     assertInteger(name, o[name], a, 1);
   }
+  o.slidingWindow = resolveSlidingWindow(options.slidingWindow, o.numLayers, a);
   assertInteger("maxContext", o.maxContext, a, 1);
   assertInteger("batch", o.batch, a, 1);
   assertInteger("pageSize", o.pageSize, a, 1);

@@ -125,10 +125,14 @@ export function selectPhase(
   // freekv's speculation is chosen over the next step's candidates (a page
   // leaving the window then is one of them), whenever they fill K pages.
   const next = freekv
-    ? regions.map((_, b) => pageRegions(state.length[b] + 1, state.budget))
+    ? regions.map((_, b) => pageRegions(state.length[b] + 1, state.budget, state.slidingWindow))
     : regions;
   const selects = next.map((r, b) => freekv ? r.candidateCount >= K : needs[b]);
-  const boundary = freekv && next.some((r, b) => r.windowStart !== regions[b].windowStart);
+  // Next step a page leaves the window, or the sliding window leaves a page behind.
+  const boundary = freekv &&
+    next.some((r, b) =>
+      r.windowStart !== regions[b].windowStart || r.candidateStart !== regions[b].candidateStart
+    );
   const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
   if (freekv && checked.some(Boolean)) {
     state.similarityPlan!.encode(encoder, {
@@ -149,7 +153,7 @@ export function selectPhase(
   const range = (rs: PageRegions[], on: boolean[]) => ({
     pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
     // Sequences that do not select get a dummy range; their result is ignored.
-    candidateStart: Uint32Array.from(rs, (r, b) => on[b] ? r.sinkCount : 0),
+    candidateStart: Uint32Array.from(rs, (r, b) => on[b] ? r.candidateStart : 0),
     candidateEnd: Uint32Array.from(rs, (r, b) => on[b] ? r.windowStart : K),
     k: K,
   });

@@ -37,7 +37,7 @@ export function recordPrefill(
   const P = o.pageSize;
   const row = o.numKvHeads * o.headDim;
   const { sinkPages: S, selectPages: K } = state.budget;
-  const regions = pageRegions(n, state.budget);
+  const regions = pageRegions(n, state.budget, state.slidingWindow);
   const fullPages = Math.floor(n / P);
   const device = ctx.device;
   const k = state.input("prefill k", kIn, n * row * 4);

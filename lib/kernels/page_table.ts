@@ -41,8 +41,12 @@ export interface PageTableSequence {
   windowStart: number;
   /** Pages holding a token. */
   numPages: number;
-  /** Selection candidates (`windowStart - sinkCount`). */
+  /** Selection candidates (`windowStart - candidateStart`). */
   candidateCount: number;
+  /** First sink page attended (default 0; a sliding window leaves out those before it). */
+  sinkFrom?: number;
+  /** First candidate page (default `sinkCount`; later under a sliding window). */
+  candidateStart?: number;
 }
 
 /** Per-step inputs of {@linkcode PageTableBuilder.plan}. */
@@ -187,22 +191,30 @@ class Plan implements PageTablePlan {
     }
     const { selectPages: k, maxPages, numKvHeads } = this.#shape;
     const { sinkPages: S, windowPages: W } = this.#shape;
-    const meta = new Uint32Array(sequences.length * 4);
+    const meta = new Uint32Array(sequences.length * 8);
     const entries: number[] = [];
     sequences.forEach((s, b) => {
       const name = `sequences[${b}]`;
       assertInteger(`${name}.numPages`, s.numPages, ACTION, 1, maxPages);
       assertInteger(`${name}.sinkCount`, s.sinkCount, ACTION, 0, Math.min(S, s.numPages));
       assertInteger(`${name}.windowStart`, s.windowStart, ACTION, s.sinkCount, s.numPages);
-      if (s.numPages - s.windowStart > W || s.candidateCount !== s.windowStart - s.sinkCount) {
+      const sinkFrom = s.sinkFrom ?? 0;
+      const candidateStart = s.candidateStart ?? s.sinkCount;
+      assertInteger(`${name}.sinkFrom`, sinkFrom, ACTION, 0, s.sinkCount);
+      assertInteger(`${name}.candidateStart`, candidateStart, ACTION, s.sinkCount, s.windowStart);
+      if (
+        s.numPages - s.windowStart > W || s.candidateCount !== s.windowStart - candidateStart
+      ) {
         throw new RangeError(
-          `Cannot ${ACTION} as '${name}' must have at most ${W} window pages and candidateCount = windowStart - sinkCount: received ${
+          `Cannot ${ACTION} as '${name}' must have at most ${W} window pages and candidateCount = windowStart - candidateStart: received ${
             JSON.stringify(s)
           }`,
         );
       }
-      meta.set([s.sinkCount, s.windowStart, s.numPages, s.candidateCount], b * 4);
-      entries.push(s.sinkCount + Math.min(k, s.candidateCount) + s.numPages - s.windowStart);
+      meta.set([sinkFrom, s.sinkCount, s.windowStart, s.numPages, candidateStart], b * 8);
+      entries.push(
+        s.sinkCount - sinkFrom + Math.min(k, s.candidateCount) + s.numPages - s.windowStart,
+      );
     });
     const device = this.#device;
     if (!this.#seq || this.#seq.size < meta.byteLength) {

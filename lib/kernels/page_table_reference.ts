@@ -75,10 +75,11 @@ export function pageTableReference(
         pages[row + n] = slot === EMPTY_PAGE ? EMPTY_PAGE : p;
         n++;
       };
-      for (let p = 0; p < s.sinkCount; p++) put(p, home(p));
+      const candidateStart = s.candidateStart ?? s.sinkCount;
+      for (let p = s.sinkFrom ?? 0; p < s.sinkCount; p++) put(p, home(p));
       const slotOf = (p: number) => (p < maxPages ? poolSlot(p) : EMPTY_PAGE);
       if (s.candidateCount <= k) {
-        for (let p = s.sinkCount; p < s.windowStart; p++) {
+        for (let p = candidateStart; p < s.windowStart; p++) {
           if (slotOf(p) !== EMPTY_PAGE) hits[bh]++;
           put(p, slotOf(p));
         }

@@ -28,15 +28,23 @@ export interface PageRegions {
   sinkCount: number;
   /** First window page: window is `[windowStart, numPages)`. */
   windowStart: number;
-  /** Selection candidates: `[sinkCount, windowStart)`. */
+  /** Selection candidates: `[candidateStart, windowStart)`. */
   candidateCount: number;
+  /** First token a sliding window lets the query see (0 without one). */
+  firstToken: number;
+  /** First sink page inside the sliding window (0 without one): sinks attended are `[sinkFrom, sinkCount)`. */
+  sinkFrom: number;
+  /** First candidate page: `sinkCount`, or the sliding window's first page when that is later. */
+  candidateStart: number;
   /** Pages selected: `min(selectPages, candidateCount)`. */
   selectCount: number;
 }
 
 /**
  * Splits a sequence of `numTokens` tokens into sink, candidate and window
- * pages.
+ * pages. With a sliding window of `slidingWindow` tokens (0: none), the last
+ * token sees tokens `numTokens - slidingWindow ..`: sink pages wholly before
+ * that are not attended and candidates start at the window's first page.
  *
  * @example
  * ```ts
@@ -45,12 +53,19 @@ export interface PageRegions {
  * console.log(r.numPages, r.candidateCount, r.selectCount); // 13 10 3
  * ```
  */
-export function pageRegions(numTokens: number, budget: PageBudget): PageRegions {
+export function pageRegions(
+  numTokens: number,
+  budget: PageBudget,
+  slidingWindow = 0,
+): PageRegions {
   const numPages = Math.ceil(numTokens / budget.pageSize);
   const lastPageLen = numTokens - (numPages - 1) * budget.pageSize;
   const sinkCount = Math.min(budget.sinkPages, numPages);
   const windowStart = Math.max(sinkCount, numPages - budget.windowPages);
-  const candidateCount = windowStart - sinkCount;
+  const firstToken = slidingWindow > 0 ? Math.max(0, numTokens - slidingWindow) : 0;
+  const firstPage = Math.floor(firstToken / budget.pageSize);
+  const candidateStart = Math.min(windowStart, Math.max(sinkCount, firstPage));
+  const candidateCount = windowStart - candidateStart;
   return {
     numPages,
     lastPageLen,
@@ -58,6 +73,9 @@ export function pageRegions(numTokens: number, budget: PageBudget): PageRegions 
     windowStart,
     candidateCount,
     selectCount: Math.min(budget.selectPages, candidateCount),
+    firstToken,
+    sinkFrom: Math.min(sinkCount, firstPage),
+    candidateStart,
   };
 }
 

@@ -10,7 +10,7 @@ import {
   type EngineOptions,
   type RetrievalEngine,
 } from "../../engine/engine.ts";
-import { assertSlidingWindow, shortestAttentionWindow } from "../sliding_window.ts";
+import { assertSlidingWindow, attentionWindow } from "../sliding_window.ts";
 import type { ModelConfig } from "../types.ts";
 import type { AttentionBackend, AttentionStepIo } from "./dense.ts";
 import { assertDevice } from "../../gpu/errors.ts";
@@ -33,9 +33,9 @@ export interface EngineBackend extends AttentionBackend {
 }
 
 /**
- * Creates a decoder attention backend that runs `options.policy`. The engine
- * has no sliding window yet: a model whose `slidingWindow` is shorter than
- * `maxContext` is refused (up to the window, full attention is exact).
+ * Creates a decoder attention backend that runs `options.policy`. A model's
+ * sliding window (`slidingWindow`, `slidingWindowLayers`) becomes the
+ * engine's per-layer `slidingWindow`: every policy attends only inside it.
  *
  * @example
  * ```ts
@@ -58,13 +58,12 @@ export function createEngineBackend(
   const action = "create an engine attention backend";
   const windowed = { numLayers: options.numLayers, slidingWindow, slidingWindowLayers };
   assertSlidingWindow(windowed, action);
-  const window = shortestAttentionWindow(windowed);
-  if (window > 0 && window < options.maxContext) {
-    throw new RangeError(
-      `Cannot ${action} as the model's 'sliding_window' (${window} tokens) must be at least 'maxContext' (the retrieval engine does not apply sliding windows yet): received maxContext ${options.maxContext}; lower maxContext (--max-seq-len) to ${window} or use the dense backend (--policy dense)`,
-    );
-  }
-  const engine = createRetrievalEngine(device, { ...engineOptions, batch: 1 });
+  const windows = Array.from({ length: options.numLayers }, (_, l) => attentionWindow(windowed, l));
+  const engine = createRetrievalEngine(device, {
+    ...engineOptions,
+    ...(windows.some((w) => w > 0) ? { slidingWindow: windows } : {}),
+    batch: 1,
+  });
   let prefilled = 0;
   const checkPos = (layer: number, pos: number) => {
     const length = engine.length(layer, 0);
@@ -76,7 +75,7 @@ export function createEngineBackend(
   };
   return {
     engine,
-    // Never holds more tokens than the window, so full attention is the window.
+    // The engine masks keys outside each layer's window.
     appliesSlidingWindow: true,
     async prefill(layer: number, k: GPUBuffer, v: GPUBuffer, length: number): Promise<void> {
       // A prefill of layer 0 after a whole prompt starts a new sequence.
