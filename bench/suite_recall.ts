@@ -124,6 +124,9 @@ async function verify(
   }
 }
 
+/** The row of the engine's default recall (`slotLayout` hnd, `hndPath` staged). */
+const DEFAULT_PATH = "hnd-slots-staged";
+
 /** Runs the suite; prints a table unless `json`. */
 export async function runSuite(
   { quick, json }: { quick: boolean; json: boolean },
@@ -305,7 +308,10 @@ export async function runSuite(
       hnd_slots_direct_share_of_big_write: get("hnd-slots-direct").vs_big_write,
       hnd_slots_staged_share_of_big_write: get("hnd-slots-staged").vs_big_write,
       hnd_slots_staged_mapped_share_of_big_write: get("hnd-slots-staged-mapped").vs_big_write,
-      target_85pct_of_big_write: b.gbps >= 0.85 * a.gbps,
+      // The engine's default recall path: HND pool, HND slots, staged copies.
+      default_path: DEFAULT_PATH,
+      default_path_share_of_big_write: get(DEFAULT_PATH).vs_big_write,
+      target_85pct_of_big_write: get(DEFAULT_PATH).gbps >= 0.85 * a.gbps,
       target_5x_vs_nhd: dd.median_ms >= 5 * b.median_ms,
     };
   });
