@@ -142,5 +142,17 @@ gpuTest("page-table plan refuses bad regions and buffers before GPU work", ({ de
       pages: small,
       hits: small,
     }), /'fresh' must be a GPUBuffer of at least 16 bytes: received a buffer of 4/);
-  small.destroy();
+  // Table and page ids may share a buffer, but not overlap in it.
+  const shared = createBuffer(device, "shared", usage, 512);
+  const four = createBuffer(device, "four", usage, 16);
+  assert.throws(() =>
+    plan.encode(device.createCommandEncoder(), {
+      fresh: four,
+      spec: four,
+      flags: four,
+      table: { buffer: shared, offset: 0, size: 256 },
+      pages: { buffer: shared, offset: 0, size: 256 },
+      hits: four,
+    }), /'pages' must not overlap 'table' in their buffer/);
+  for (const b of [small, shared, four]) b.destroy();
 });

@@ -542,10 +542,6 @@ export class RetrievalEngine {
       });
       numPages = [...tablePlan.entries];
       maxPages = state.tableBuilder!.maxEntries;
-      if (state.slidingWindow > 0) {
-        const bytes = B * hkv * maxPages * 4;
-        encoder.copyBufferToBuffer(state.pages!, 0, state.table!, state.pageIdsOffset, bytes);
-      }
     }
     const windowed = state.slidingWindow > 0;
     this.#stats.current!.pagesAttended += numPages.reduce((a, n) => a + n, 0) * hkv;
@@ -558,13 +554,9 @@ export class RetrievalEngine {
       numSlots: B * state.slotsPerSeq,
       ...(windowed ? { firstToken: regions.map((r) => r.firstToken), pageIds } : {}),
     };
-    const tableBytes = B * hkv * maxPages * 4;
-    const gpuTable = pageTable ? {} : {
-      pageTable: { buffer: state.table!, offset: 0, size: tableBytes },
-      ...(windowed
-        ? { pageIds: { buffer: state.table!, offset: state.pageIdsOffset, size: tableBytes } }
-        : {}),
-    };
+    const gpuTable = pageTable
+      ? {}
+      : { pageTable: state.table!, ...(windowed ? { pageIds: state.pages! } : {}) };
     state.planAttention(this.#attention, tables).encode(encoder, {
       q,
       kCache: state.kCache,

@@ -8,7 +8,7 @@
  */
 
 import { bytesPerElement } from "../gpu/dtype.ts";
-import { createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { type BufferSlice, createBuffer, readBuffer } from "../gpu/buffers.ts";
 import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan, AttentionTables, PagedAttention } from "../kernels/attention.ts";
@@ -133,10 +133,10 @@ export class LayerState implements Disposable {
   caches?: SlotCache[];
   readonly dirtyRows = new Set<number>();
   tableBuilder?: PageTableBuilder;
-  table?: GPUBuffer;
-  pages?: GPUBuffer;
-  /** Where `table` holds a copy of `pages` (sliding windows only; else 0). */
-  pageIdsOffset = 0;
+  /** Attention slots `[B][Hkv][maxEntries]` built on the GPU. */
+  table?: Required<BufferSlice>;
+  /** Their page ids, after `table` in the same buffer. */
+  pages?: Required<BufferSlice>;
   hits?: GPUBuffer;
   /** full / streaming: pages attended per (sequence, KV head), known on the CPU. */
   cpuPages: number[][];
@@ -197,12 +197,13 @@ export class LayerState implements Disposable {
         pooling: o.pooling,
       });
       this.fresh = this.#own(`layer ${index} selection`, B * hkv * K * 4);
+      // The page ids follow the slots in one buffer (at the next 256-byte
+      // boundary): attention under a sliding window reads both from there.
       const tableBytes = B * hkv * (this.budget.sinkPages + K + this.budget.windowPages) * 4;
-      // A sliding window's attention reads the page ids after the table
-      // (copied there from `pages`, at the next 256-byte boundary).
-      this.pageIdsOffset = this.slidingWindow > 0 ? Math.ceil(tableBytes / 256) * 256 : 0;
-      this.table = this.#own(`layer ${index} page table`, this.pageIdsOffset + tableBytes);
-      this.pages = this.#own(`layer ${index} attended pages`, tableBytes);
+      const idsOffset = Math.ceil(tableBytes / 256) * 256;
+      const buffer = this.#own(`layer ${index} page table`, idsOffset + tableBytes);
+      this.table = { buffer, offset: 0, size: tableBytes };
+      this.pages = { buffer, offset: idsOffset, size: tableBytes };
       this.hits = this.#own(`layer ${index} resident hits`, B * hkv * 4);
       this.tableBuilder = createPageTableBuilder(device, {
         numKvHeads: hkv,
@@ -346,7 +347,8 @@ export class LayerState implements Disposable {
   async readAttendedPages(): Promise<number[][]> {
     if (!this.pages) return this.cpuPages.map((p) => [...p].sort((a, b) => a - b));
     const m = this.tableBuilder!.maxEntries;
-    const all = new Uint32Array(await readBuffer(this.#device, this.pages, this.pages.size));
+    const { buffer, offset, size } = this.pages;
+    const all = new Uint32Array(await readBuffer(this.#device, buffer, size, offset));
     const entries = (this.#plans.get("page table") as PageTablePlan | undefined)?.entries ?? [];
     const hkv = this.#o.numKvHeads;
     return Array.from(

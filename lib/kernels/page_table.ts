@@ -8,7 +8,12 @@
 
 import pageTableSource from "../../shaders/page_table.wgsl" with { type: "text" };
 import { assertDevice, assertInteger, disposedError } from "../gpu/errors.ts";
-import { BindGroupCache, createBuffer } from "../gpu/buffers.ts";
+import {
+  assertBufferSize,
+  BindGroupCache,
+  type BufferSlice,
+  createBuffer,
+} from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
 
@@ -74,9 +79,13 @@ export interface PageTableBuffers {
   /** `[b][h][maxPages]` u32 local pool slots (required unless `identity`). */
   residency?: GPUBuffer;
   /** Output `[b][h][maxEntries]` u32 absolute slots. */
-  table: GPUBuffer;
-  /** Output `[b][h][maxEntries]` u32 page ids ({@linkcode EMPTY_PAGE} for holes). */
-  pages: GPUBuffer;
+  table: GPUBuffer | BufferSlice;
+  /**
+   * Output `[b][h][maxEntries]` u32 page ids ({@linkcode EMPTY_PAGE} for
+   * holes); may share `table`'s buffer (a range that does not overlap it),
+   * as attention under a sliding window reads them there.
+   */
+  pages: GPUBuffer | BufferSlice;
   /** Output `[b][h]` u32 resident pages of the fresh (or speculative) selection. */
   hits: GPUBuffer;
   /** `[b][h][k]` u32 top-k among resident pages (required with `useBest`). */
@@ -262,8 +271,6 @@ class Plan implements PageTablePlan {
     const rows = this.#batch * hkv;
     const need: [string, GPUBuffer | undefined, number][] = [
       ["fresh", buffers.fresh, rows * k * 4],
-      ["table", buffers.table, rows * this.#maxEntries * 4],
-      ["pages", buffers.pages, rows * this.#maxEntries * 4],
       ["hits", buffers.hits, rows * 4],
     ];
     if (this.#useFlags) {
@@ -280,6 +287,17 @@ class Plan implements PageTablePlan {
         );
       }
     }
+    const outputBytes = rows * this.#maxEntries * 4;
+    const table = assertBufferSize("table", buffers.table, outputBytes, ACTION);
+    const pages = assertBufferSize("pages", buffers.pages, outputBytes, ACTION);
+    if (
+      table.buffer === pages.buffer && table.offset < pages.offset + pages.size &&
+      pages.offset < table.offset + table.size
+    ) {
+      throw new RangeError(
+        `Cannot ${ACTION} as 'pages' must not overlap 'table' in their buffer: received table at ${table.offset} (${table.size} bytes), pages at ${pages.offset} (${pages.size} bytes)`,
+      );
+    }
     this.#dummy ??= createBuffer(
       this.#device,
       "freekv page table unused",
@@ -287,23 +305,25 @@ class Plan implements PageTablePlan {
       16,
     );
     const pipeline = this.#pipeline ??= cachedPipeline(this.#device, "page_table", pageTableSource);
+    const whole = (buffer: GPUBuffer) => ({ buffer, offset: 0, size: buffer.size });
     const resources = [
-      this.#params,
-      this.#seq!,
-      buffers.fresh,
-      buffers.spec ?? this.#dummy,
-      buffers.flags ?? this.#dummy,
-      buffers.residency ?? this.#dummy,
-      buffers.table,
-      buffers.pages,
-      buffers.hits,
-      buffers.best ?? this.#dummy,
+      whole(this.#params),
+      whole(this.#seq!),
+      whole(buffers.fresh),
+      whole(buffers.spec ?? this.#dummy),
+      whole(buffers.flags ?? this.#dummy),
+      whole(buffers.residency ?? this.#dummy),
+      table,
+      pages,
+      whole(buffers.hits),
+      whole(buffers.best ?? this.#dummy),
     ];
-    const bind = this.#bindings.get(resources, () =>
+    const key = resources.flatMap((r) => [r.buffer, r.offset, r.size]);
+    const bind = this.#bindings.get(key, () =>
       this.#device.createBindGroup({
         label: "freekv page table",
         layout: pipeline.getBindGroupLayout(0),
-        entries: resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
+        entries: resources.map((resource, binding) => ({ binding, resource })),
       }));
     const ts = options.timestampWrites;
     const pass = encoder.beginComputePass({
