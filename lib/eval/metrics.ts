@@ -7,6 +7,8 @@
  * @module
  */
 
+import { querySimilarityReference } from "../kernels/similarity_reference.ts";
+
 /**
  * Log-softmax of a logit vector, in f64.
  *
@@ -191,21 +193,12 @@ export function groupMeanCosine(
   qPrev: ArrayLike<number>,
   shape: { numQueryHeads: number; numKvHeads: number; headDim: number },
 ): Float64Array {
-  const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = shape;
-  const group = hq / hkv;
-  const out = new Float64Array(hkv);
-  for (let h = 0; h < hq; h++) {
-    let dot = 0, a = 0, b = 0;
-    for (let j = 0; j < d; j++) {
-      const x = qNow[h * d + j], y = qPrev[h * d + j];
-      dot += x * y;
-      a += x * x;
-      b += y * y;
-    }
-    const den = Math.sqrt(a * b);
-    out[Math.floor(h / group)] += (den > 0 ? dot / den : 0) / group;
-  }
-  return out;
+  // The similarity kernel's own oracle: the statistic is what freekv compares with tau.
+  const { groupMean } = querySimilarityReference(
+    { qNow: Float32Array.from(qNow), qPrev: Float32Array.from(qPrev), tau: 0 },
+    shape,
+  );
+  return Float64Array.from(groupMean);
 }
 
 /**
