@@ -633,41 +633,21 @@ gpuTest(
     const v = createBuffer(device, "test v", S, x.vCache as Float32Array);
     const out = createBuffer(device, "test out", S | GPUBufferUsage.COPY_SRC, x.q.length * 4);
     try {
-      const encoder = device.createCommandEncoder();
       const table = { buffer: tables, offset: 0, size: tableBytes };
-      plan.encode(encoder, {
-        q,
-        kCache: k,
-        vCache: v,
-        out,
-        pageTable: table,
-        pageIds: { buffer: tables, offset: idsAt, size: tableBytes },
-      });
-      device.queue.submit([encoder.finish()]);
+      const encodeWith = (pageIds?: { buffer: GPUBuffer; offset: number; size: number }) => {
+        const encoder = device.createCommandEncoder();
+        plan.encode(encoder, { q, kCache: k, vCache: v, out, pageTable: table, pageIds });
+        return encoder;
+      };
+      device.queue.submit([
+        encodeWith({ buffer: tables, offset: idsAt, size: tableBytes }).finish(),
+      ]);
       const o = new Float32Array(await readBuffer(device, out, x.q.length * 4));
       assertClose(o, want.out, { abs: TOL.f32, rel: TOL.f32 }, "GPU tables");
       // The ids must follow the table in its buffer, at one distance per plan.
+      assert.throws(() => encodeWith(), /'pageIds' must be given/);
       assert.throws(
-        () =>
-          plan.encode(device.createCommandEncoder(), {
-            q,
-            kCache: k,
-            vCache: v,
-            out,
-            pageTable: table,
-          }),
-        /'pageIds' must be given/,
-      );
-      assert.throws(
-        () =>
-          plan.encode(device.createCommandEncoder(), {
-            q,
-            kCache: k,
-            vCache: v,
-            out,
-            pageTable: table,
-            pageIds: { buffer: tables, offset: idsAt - 256, size: tableBytes },
-          }),
+        () => encodeWith({ buffer: tables, offset: idsAt - 256, size: tableBytes }),
         /keep its distance/,
       );
     } finally {

@@ -58,10 +58,12 @@ export function createEngineBackend(
   const action = "create an engine attention backend";
   const windowed = { numLayers: options.numLayers, slidingWindow, slidingWindowLayers };
   assertSlidingWindow(windowed, action);
-  const windows = Array.from({ length: options.numLayers }, (_, l) => attentionWindow(windowed, l));
   const engine = createRetrievalEngine(device, {
     ...engineOptions,
-    ...(windows.some((w) => w > 0) ? { slidingWindow: windows } : {}),
+    slidingWindow: Array.from(
+      { length: options.numLayers },
+      (_, l) => attentionWindow(windowed, l),
+    ),
     batch: 1,
   });
   let prefilled = 0;
