@@ -519,15 +519,8 @@ export class RetrievalEngine {
       numPages = built.numPages;
       built.pages.forEach((pages, b) => state.cpuPages.fill(pages, b * hkv, (b + 1) * hkv));
     } else {
-      const sequences = regions.map((r) => ({
-        sinkCount: r.sinkCount,
-        windowStart: r.windowStart,
-        numPages: r.numPages,
-        candidateCount: r.candidateCount,
-        sinkFrom: r.sinkFrom,
-        candidateStart: r.candidateStart,
-      }));
-      const step = { sequences, useFlags, useBest };
+      // Page regions carry every field a page-table sequence has.
+      const step = { sequences: regions, useFlags, useBest };
       const tablePlan = state.planTable(step);
       state.flushResidency();
       tablePlan.encode(encoder, {
