@@ -73,6 +73,11 @@ Options:
   --cache-pages N       extra GPU slots per KV head for recently used pages
                         (default: as many as the selected pages)
   --json                print one JSON object (text, tokens, statistics) on stdout
+  --tokens-per-wait N   decode steps recorded per host wait (default 8): tokens are
+                        sampled on the GPU and read back together, and the
+                        engine's CPU side (freekv's recalls) follows N steps
+                        behind; 1 samples each token on the CPU from its logits
+                        (top-p always does)
   --record-trace FILE   record every layer's post-RoPE q, k, v of every token to FILE
   --help                this text`;
 
@@ -97,6 +102,7 @@ const values = flags.parse(Deno.args, {
   window: { type: "string" },
   json: { type: "boolean", default: false },
   "record-trace": { type: "string" },
+  "tokens-per-wait": { type: "string" },
   help: { type: "boolean", short: "h", default: false },
 });
 if (values.help) {
@@ -138,6 +144,7 @@ if (!CORRECTION_MODES.includes(correction as CorrectionMode)) {
   );
 }
 const cachePages = intFlag("cache-pages", values["cache-pages"], 0);
+const tokensPerWait = intFlag("tokens-per-wait", values["tokens-per-wait"], 1) ?? 8;
 
 const modelPath = values.model ?? DEFAULT_MODEL;
 const tokenizerPath = values.tokenizer ??
@@ -179,6 +186,8 @@ try {
       tau,
       correction: correction as CorrectionMode,
       ...(cachePages === undefined ? {} : { cachePages }),
+      // The host takes each step's answer when the decoder next waits.
+      answerLag: tokensPerWait,
     });
 } catch (error) {
   fail((error as Error).message);
@@ -208,7 +217,14 @@ try {
 using model = gpuModel;
 
 const encoder = new TextEncoder();
-const it = generate(model, prompt, { maxTokens, temperature, topP, seed, tokenizer });
+const it = generate(model, prompt, {
+  maxTokens,
+  temperature,
+  topP,
+  seed,
+  tokenizer,
+  tokensPerWait,
+});
 let result: GenerationResult;
 while (true) {
   const r = await it.next();
@@ -248,7 +264,7 @@ if (values.json) {
     `generate: ${gpu.description}; policy ${policy}; ${s.promptTokens} prompt tokens ` +
       `prefilled in ${s.prefillMs.toFixed(1)} ms; ${s.generatedTokens} tokens generated ` +
       `(${result.stopReason}); decode ${s.decodeTokensPerSecond.toFixed(1)} tokens/s, ` +
-      `median step ${s.medianStepMs.toFixed(2)} ms`,
+      `median step ${s.medianStepMs.toFixed(2)} ms, ${s.decodeWaits} host waits`,
   );
   if (engineBackend) {
     const t = engineBackend.engine.totals();

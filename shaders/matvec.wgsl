@@ -1,5 +1,8 @@
 // Decode projection: y[out_offset + r] = sum_c W[r][c] * x[c] (+ bias[out_offset + r])
-// for the rows r of one part of W. One workgroup per row.
+// for the rows r of one part of W. A workgroup of 64 invocations computes
+// 64 / LANES rows, LANES invocations per row: short rows get few lanes, so
+// that most invocations do work and a small matrix needs few workgroups
+// (one row per workgroup of 64 lanes wastes both, worst on a CPU adapter).
 struct Params {
   rows: u32,
   cols: u32,
@@ -8,6 +11,7 @@ struct Params {
 
 const WG = 64u;
 override HAS_BIAS: bool = false;
+override LANES: u32 = 64u; // a power of two, at most WG
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -23,35 +27,37 @@ fn main(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  let r = wid.x + wid.y * nwg.x;
-  if (r >= p.rows) {
-    return;
-  }
-  let base = r * p.cols;
+  let lane = lid % LANES;
+  let r = (wid.x + wid.y * nwg.x) * (WG / LANES) + lid / LANES;
+  // Rows past the end still take part in the barriers below.
+  let live = r < p.rows;
   var acc = 0.0;
-  if (WDTYPE != 0u && (p.cols & 1u) == 0u) {
-    // Even rows of 16-bit weights start on a word: read both halves at once.
-    let half_cols = p.cols / 2u;
-    let word_base = base / 2u;
-    for (var k = lid; k < half_cols; k += WG) {
-      let pair = load_pair(word_base + k);
-      acc += pair.x * x[2u * k] + pair.y * x[2u * k + 1u];
-    }
-  } else {
-    for (var c = lid; c < p.cols; c += WG) {
-      acc += load_weight(base + c) * x[c];
+  if (live) {
+    let base = r * p.cols;
+    if (WDTYPE != 0u && (p.cols & 1u) == 0u) {
+      // Even rows of 16-bit weights start on a word: read both halves at once.
+      let half_cols = p.cols / 2u;
+      let word_base = base / 2u;
+      for (var k = lane; k < half_cols; k += LANES) {
+        let pair = load_pair(word_base + k);
+        acc += pair.x * x[2u * k] + pair.y * x[2u * k + 1u];
+      }
+    } else {
+      for (var c = lane; c < p.cols; c += LANES) {
+        acc += load_weight(base + c) * x[c];
+      }
     }
   }
   red[lid] = acc;
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (lid < s) {
+  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) {
       red[lid] += red[lid + s];
     }
     workgroupBarrier();
   }
-  if (lid == 0u) {
-    var result = red[0];
+  if (live && lane == 0u) {
+    var result = red[lid];
     if (HAS_BIAS) {
       result += bias[p.out_offset + r];
     }

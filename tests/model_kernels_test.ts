@@ -12,6 +12,7 @@ import {
   planResidualAdd,
   planRmsNorm,
   planRope,
+  planSampleToken,
   planSwiglu,
   recordPlans,
   ropeInvFreq,
@@ -25,6 +26,7 @@ import {
   residualAddReference,
   rmsnormReference,
   ropeReference,
+  sampleTokenReference,
   swigluReference,
 } from "../lib/model/kernels_reference.ts";
 import { bf16BitsFromFloat, convertTensor, tensorToFloat32 } from "../lib/model/weight_convert.ts";
@@ -254,6 +256,67 @@ gpuTest("causal attention: GQA 1, 2, 4, 7, head_dim 8..256, offsets", async ({ d
     qb.destroy(), kb.destroy(), vb.destroy(), out.destroy(), seq.destroy();
   }
 });
+
+/** Inverse-CDF bounds (f64) of `token` at `temperature`: [mass before it, mass through it). */
+function cdfBounds(logits: Float32Array, temperature: number, token: number): [number, number] {
+  let max = -Infinity;
+  for (const l of logits) max = Math.max(max, l);
+  let total = 0, before = 0;
+  for (let i = 0; i < logits.length; i++) {
+    const e = Math.exp((logits[i] - max) / temperature);
+    if (i < token) before += e;
+    total += e;
+  }
+  const own = Math.exp((logits[token] - max) / temperature);
+  return [before / total, (before + own) / total];
+}
+
+gpuTest(
+  "token sampling: greedy ties, temperatures, vocab sizes, one step per submit",
+  async ({ device }) => {
+    const rng = createRandom(12);
+    for (const vocab of [1, 3, 255, 256, 257, 512, 5003, 32000]) {
+      const steps = 12;
+      const rows = Array.from({ length: steps }, (_, j) => {
+        const x = randomNormalArray(rng, vocab, 3);
+        // Plant a tie for the maximum in every other row: the lower index wins.
+        if (j % 2 === 0 && vocab > 2) {
+          const a = 1 + Math.floor(rng.next() * (vocab - 1)), b = Math.floor(rng.next() * a);
+          x[a] = x[b] = 50;
+        }
+        return x;
+      });
+      const temperatures = rows.map((_, j) => [0, 0.5, 1, 2, 0.01, 0][j % 6]);
+      const coins = Float32Array.from(rows, () => rng.next());
+      const logits = createBuffer(device, "logits", S, vocab * 4);
+      const coinBuf = createBuffer(device, "coins", S, coins);
+      const token = createBuffer(device, "token", S, 4);
+      const history = createBuffer(device, "history", S, steps * 4);
+      using plan = planSampleToken(device, { logits, coins: coinBuf, token, history, vocab });
+      for (let j = 0; j < steps; j++) {
+        device.queue.writeBuffer(logits, 0, rows[j] as Float32Array<ArrayBuffer>);
+        plan.setStep(j, temperatures[j]);
+        run(device, [plan]);
+      }
+      assert.throws(() => plan.setStep(steps, 0), /'step' must be .*received 12/);
+      assert.throws(() => plan.setStep(0, -1), /'temperature' must be at least 0: received -1/);
+      const got = new Uint32Array(await readBuffer(device, history));
+      assert.equal(new Uint32Array(await readBuffer(device, token))[0], got[steps - 1]);
+      for (let j = 0; j < steps; j++) {
+        const want = sampleTokenReference(rows[j], temperatures[j], coins[j]);
+        const where = `vocab ${vocab} step ${j} T ${temperatures[j]}`;
+        if (temperatures[j] === 0 || got[j] === want) {
+          assert.equal(got[j], want, where);
+          continue;
+        }
+        // f32 sums may move a coin within rounding of a boundary to a neighbour.
+        const [lo, hi] = cdfBounds(rows[j], temperatures[j], got[j]);
+        assert.ok(coins[j] >= lo - 1e-5 && coins[j] < hi + 1e-5, `${where}: ${got[j]} vs ${want}`);
+      }
+      for (const b of [logits, coinBuf, token, history]) b.destroy();
+    }
+  },
+);
 
 gpuTest("kernel plans reject bad sizes before any GPU work", ({ device }) => {
   const b = createBuffer(device, "b", S, 64);

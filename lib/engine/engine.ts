@@ -7,7 +7,8 @@
  * A decode step is recorded without host waits where the policy allows:
  * top-k, the correction check and the page tables run on the GPU; the
  * selections of every layer come back in one answer per step, and the CPU
- * recalls the missing pages one step behind (`beginStep` of the next step).
+ * recalls the missing pages one step behind (`beginStep` of the next step;
+ * `answerLag` steps behind when set).
  *
  * @module
  */
@@ -116,7 +117,8 @@ export class RetrievalEngine {
   #memory?: OffloadMemory;
   #ring: ReadbackRing;
   #answers?: StepAnswers;
-  #pending: PendingAnswer | null = null;
+  /** Answers of ended steps not yet taken, oldest first (at most `answerLag`). */
+  #pending: PendingAnswer[] = [];
   #inStep = false;
   #nextLayer = 0;
   #tick = 0;
@@ -285,8 +287,9 @@ export class RetrievalEngine {
   }
 
   /**
-   * Begins a decode step: takes the previous step's answer (awaiting it only
-   * if it has not arrived), recalls the pages its selections miss and
+   * Begins a decode step: takes the answer of the step `answerLag` steps
+   * back (the previous one by default; awaiting it only if it has not
+   * arrived), recalls the pages its selections miss and
    * updates the residency maps, in queue order before this step's work.
    */
   beginStep(): Promise<void> {
@@ -324,18 +327,18 @@ export class RetrievalEngine {
     this.#stats.begin(this.#stats.steps);
     this.#tick++;
     try {
-      await this.#takeAnswer();
+      // The answer of step t is taken when step t + answerLag begins.
+      while (this.#pending.length >= this.options.answerLag) await this.#takeAnswer();
     } catch (error) {
       this.#inStep = false;
       throw error;
     }
   }
 
-  /** Admits the pending answer's selections and recalls what they miss. */
+  /** Admits the oldest pending answer's selections and recalls what they miss. */
   async #takeAnswer(tick = this.#tick): Promise<void> {
-    const pending = this.#pending;
+    const pending = this.#pending.shift();
     if (!pending) return;
-    this.#pending = null;
     // Let callbacks of an answer that already arrived run (the decoder's own
     // wait for its logits usually brings it): only a real wait counts.
     if (!pending.settled) await new Promise((resolve) => setTimeout(resolve, 0));
@@ -351,10 +354,7 @@ export class RetrievalEngine {
     for (const { layer, selects, checked, fresh, flags, hits } of layers) {
       const state = this.#layers[layer];
       for (let b = 0; b < o.batch; b++) {
-        if (!selects[b] || !state.prefilled[b]) {
-          state.hasSpec[b] = false;
-          continue;
-        }
+        if (!selects[b] || !state.prefilled[b]) continue;
         for (let h = 0; h < hkv; h++) {
           const bh = b * hkv + h;
           if (checked[b]) {
@@ -364,7 +364,6 @@ export class RetrievalEngine {
           }
           this.#memory!.admit(state, b, h, fresh.subarray(bh * K, (bh + 1) * K), tick, jobs);
         }
-        state.hasSpec[b] = true;
       }
     }
     for (const state of this.#layers) state.flushResidency();
@@ -573,10 +572,10 @@ export class RetrievalEngine {
     const o = this.options;
     encoder.copyBufferToBuffer(q, 0, state.qPrev!, 0, o.batch * o.numQueryHeads * o.headDim * 4);
     state.hasPrev.fill(true);
-    if (!plan.selects.some(Boolean)) {
-      state.hasSpec.fill(false);
-      return;
-    }
+    // Known when recorded: the GPU holds the speculation from here on, even
+    // while its answer is still on its way (answerLag > 1).
+    plan.selects.forEach((s, b) => state.hasSpec[b] = s);
+    if (!plan.selects.some(Boolean)) return;
     const bytes = o.batch * o.numKvHeads * state.budget.selectPages * 4;
     const speculation = plan.speculation ?? state.fresh!;
     encoder.copyBufferToBuffer(speculation, 0, state.spec!, 0, bytes);
@@ -610,7 +609,7 @@ export class RetrievalEngine {
     const answer = this.#answers?.end(encoder, this.#ring) ?? null;
     this.device.queue.submit([encoder.finish()]);
     this.#memory?.flush();
-    if (answer) this.#pending = answer.start();
+    if (answer) this.#pending.push(answer.start());
     this.#inStep = false;
     this.#nextLayer = 0;
     const stats = this.#stats.current!;
@@ -684,7 +683,7 @@ export class RetrievalEngine {
     this.#checkAlive("drain the engine");
     // The answer serves the next step: admit its pages with that step's tick,
     // as beginStep would, so that draining leaves the LRU order unchanged.
-    if (!this.#inStep) await this.#takeAnswer(this.#tick + 1);
+    if (!this.#inStep) { while (this.#pending.length) await this.#takeAnswer(this.#tick + 1); }
     await this.#memory?.drain();
     await this.device.queue.onSubmittedWorkDone();
   }
@@ -694,8 +693,8 @@ export class RetrievalEngine {
     if (this.#disposed) return;
     this.#disposed = true;
     // Nobody will take the pending answer: keep its failure from going unhandled.
-    this.#pending?.layers.catch(() => {});
-    this.#pending = null;
+    for (const p of this.#pending) p.layers.catch(() => {});
+    this.#pending = [];
     for (const l of this.#layers) l[Symbol.dispose]();
     this.#answers?.[Symbol.dispose]();
     this.#ring[Symbol.dispose]();

@@ -115,6 +115,16 @@ export interface EngineOptions {
    */
   recallStaging?: "write-buffer" | "mapped";
   /**
+   * Steps the host follows behind the GPU (default 1): the selections of
+   * step `t` are read, and the pages they miss recalled, when step
+   * `t + answerLag` begins. Above 1 a decoder can record several steps
+   * before waiting once (tokens sampled on the GPU); meanwhile a freekv
+   * head attends the pages of its selection that are already resident
+   * (the others are holes until recalled), as corrected heads do under
+   * `correction: "resident"`.
+   */
+  answerLag?: number;
+  /**
    * Time attention with GPU timestamps (one extra readback per layer; for
    * breakdowns only). Default false.
    */
@@ -220,6 +230,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
     fullFirstLayer: false,
     recallBuffering: "double",
     recallStaging: "write-buffer",
+    answerLag: 1,
     profile: false,
     ...options,
     ...budget,
@@ -256,6 +267,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
   }
   assertOneOf("recallBuffering", o.recallBuffering, ["double", "single"] as const, a);
   assertOneOf("recallStaging", o.recallStaging, ["write-buffer", "mapped"] as const, a);
+  assertInteger("answerLag", o.answerLag, a, 1);
   for (const name of ["fullFirstLayer", "profile"] as const) {
     if (typeof o[name] !== "boolean") {
       throw new TypeError(

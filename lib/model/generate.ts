@@ -9,6 +9,7 @@
 import { assertFinite, assertInteger } from "../gpu/errors.ts";
 import { median } from "../gpu/timing.ts";
 import type { GpuModel } from "./gpu_model.ts";
+import { createRandom } from "../workloads/random.ts";
 import { createSampler, type Sampler } from "./sampling.ts";
 import { createTextStream, type Tokenizer } from "./tokenizer.ts";
 
@@ -37,6 +38,18 @@ export interface GenerateOptions {
   tokenizer?: Tokenizer;
   /** Stops generation (throwing the signal's reason) when aborted. */
   signal?: AbortSignal;
+  /**
+   * Decode steps recorded per host wait (default 8). Above 1, tokens are
+   * sampled on the GPU ({@linkcode GpuModel.decodeSampled}) and come back
+   * together, so Deno's ~11 ms per GPU answer is paid once per group
+   * instead of once per token; a stop token ends generation with the rest
+   * of its group discarded (the model's position then lies past it). 1
+   * reads every token's logits back and samples on the CPU, which is also
+   * what top-p and a custom `sampler` do. Greedy tokens are the same either
+   * way; at temperature > 0 the same draws pick the same tokens up to f32
+   * rounding at the edge of a token's mass.
+   */
+  tokensPerWait?: number;
 }
 
 /** One generated token. */
@@ -70,9 +83,11 @@ export interface GenerationStats {
   decodeSteps: number;
   /** Wall time of all decode steps (decode + sampling). */
   decodeMs: number;
+  /** Host answers the decode steps awaited (one per token, or one per group of `tokensPerWait`). */
+  decodeWaits: number;
   /** Decode steps per second. */
   decodeTokensPerSecond: number;
-  /** Milliseconds of every decode step, in order. */
+  /** Milliseconds of every decode step, in order (a group's time shared by its steps). */
   stepMs: number[];
   /** Median of `stepMs` (0 without steps). */
   medianStepMs: number;
@@ -127,6 +142,8 @@ export async function* generate(
   if (options.seed !== undefined) assertInteger("seed", options.seed, action);
   if (options.temperature !== undefined) assertFinite("temperature", options.temperature, action);
   if (options.topP !== undefined) assertFinite("topP", options.topP, action);
+  const tokensPerWait = options.tokensPerWait ?? 8;
+  assertInteger("tokensPerWait", tokensPerWait, action, 1);
   if (prompt == null || typeof prompt.length !== "number" || prompt.length < 1) {
     throw new RangeError(
       `Cannot ${action} as 'prompt' must hold at least one token id: received ${
@@ -134,45 +151,63 @@ export async function* generate(
       }`,
     );
   }
-  const sampler = options.sampler ?? createSampler({
-    temperature: options.temperature ?? 0,
-    topP: options.topP ?? 1,
-    seed: options.seed ?? 0,
-  });
+  const temperature = options.temperature ?? 0;
+  const topP = options.topP ?? 1;
+  // One source of draws: the first token's CPU sample, then the GPU's coins.
+  const random = createRandom(options.seed ?? 0);
+  const sampler = options.sampler ?? createSampler({ temperature, topP, random });
+  const onGpu = options.sampler === undefined && topP >= 1 && tokensPerWait > 1;
   const stop = new Set(options.stopTokens ?? [model.config.eosId, model.config.bosId]);
   const stream = options.tokenizer ? createTextStream(options.tokenizer) : undefined;
   if (stream) { for (let i = 0; i < prompt.length; i++) stream.push(prompt[i]); }
 
   const tStart = performance.now();
-  let logits = await model.prefill(prompt);
+  const logits = await model.prefill(prompt);
   const prefillMs = performance.now() - tStart;
   const tokens: number[] = [];
   const stepMs: number[] = [];
+  let decodeWaits = 0;
   let text = "";
   let stopReason: StopReason = "max-tokens";
   let pos = prompt.length;
-  for (let index = 0; index < maxTokens; index++) {
-    options.signal?.throwIfAborted();
-    const t0 = performance.now();
-    if (index > 0) {
-      if (pos >= model.maxSeqLen) {
-        stopReason = "max-seq-len";
-        break;
+  // Tokens come in groups: the first from the prefill's logits, then one
+  // group per host wait (one token each on the CPU path).
+  let group: number[] = [sampler.sample(logits)];
+  let groupMs = performance.now() - tStart;
+  let index = 0;
+  generation: while (index < maxTokens) {
+    for (const token of group) {
+      if (stop.has(token)) {
+        stopReason = "stop-token";
+        break generation;
       }
-      logits = await model.decode(tokens[index - 1], pos++);
+      tokens.push(token);
+      const piece = stream ? stream.push(token) : "";
+      text += piece;
+      yield { token, text: piece, index, position: prompt.length + index, ms: groupMs };
+      if (++index >= maxTokens) break generation;
     }
-    const token = sampler.sample(logits);
-    // Time of the model and sampler only, not of the consumer between yields.
-    const ms = performance.now() - (index === 0 ? tStart : t0);
-    if (index > 0) stepMs.push(ms);
-    if (stop.has(token)) {
-      stopReason = "stop-token";
+    options.signal?.throwIfAborted();
+    if (pos >= model.maxSeqLen) {
+      stopReason = "max-seq-len";
       break;
     }
-    tokens.push(token);
-    const piece = stream ? stream.push(token) : "";
-    text += piece;
-    yield { token, text: piece, index, position: prompt.length + index, ms };
+    const count = onGpu ? Math.min(tokensPerWait, maxTokens - index, model.maxSeqLen - pos) : 1;
+    const last = tokens[tokens.length - 1];
+    const t0 = performance.now();
+    if (onGpu) {
+      const coins = temperature > 0
+        ? Float32Array.from({ length: count }, () => random.next())
+        : undefined;
+      group = [...await model.decodeSampled(last, pos, { count, temperature, coins })];
+    } else {
+      group = [sampler.sample(await model.decode(last, pos))];
+    }
+    decodeWaits++;
+    pos += count;
+    // Time of the model and sampler only, not of the consumer between yields.
+    groupMs = (performance.now() - t0) / count;
+    for (let j = 0; j < count; j++) stepMs.push(groupMs);
   }
   if (stream) {
     const rest = stream.flush();
@@ -191,6 +226,7 @@ export async function* generate(
       prefillTokensPerSecond: prompt.length / (prefillMs / 1000),
       decodeSteps: stepMs.length,
       decodeMs,
+      decodeWaits,
       decodeTokensPerSecond: stepMs.length ? stepMs.length / (decodeMs / 1000) : 0,
       stepMs,
       medianStepMs: medianOrZero(stepMs),

@@ -10,6 +10,7 @@
 import { createBuffer } from "../gpu/buffers.ts";
 import {
   assertDevice,
+  assertFinite,
   assertHeadsDivide,
   assertInteger,
   assertOneOf,
@@ -38,6 +39,7 @@ import {
   uploadVector,
   writeSeqStart,
 } from "./kernels.ts";
+import { planSampleToken, type SampleTokenPlan } from "./kernels_sampling.ts";
 import { assertRopeScalingRange, modelRopeInvFreq } from "./rope_scaling.ts";
 import { assertSlidingWindow, attentionWindow, shortestAttentionWindow } from "./sliding_window.ts";
 import type { ModelConfig, ModelWeights, Tensor, WeightDtype } from "./types.ts";
@@ -60,6 +62,16 @@ export interface GpuModelOptions {
   maxBindingBytes?: number;
 }
 
+/** Options of {@linkcode GpuModel.decodeSampled}. */
+export interface SampledDecodeOptions {
+  /** Decode steps to run, which is also the number of tokens sampled (at least 1). */
+  count: number;
+  /** 0 (the default) is greedy; otherwise tokens are drawn from `softmax(logits / temperature)`. */
+  temperature?: number;
+  /** One uniform number in [0, 1) per step, used at temperature > 0 (as a CPU sampler's draws). */
+  coins?: ArrayLike<number>;
+}
+
 /** A model on the GPU, ready to prefill and decode one sequence at a time. */
 export interface GpuModel {
   /** Hyper-parameters. */
@@ -80,6 +92,16 @@ export interface GpuModel {
   prefill(tokens: ArrayLike<number>): Promise<Float32Array>;
   /** Runs `token` at position `pos` (which must equal `position`, or 0 to start over) and returns its logits. */
   decode(token: number, pos: number): Promise<Float32Array>;
+  /**
+   * Runs `options.count` decode steps from `token` at `pos` (which must
+   * equal `position`, or 0), each sampling its next token on the GPU and
+   * feeding it to the next step, and returns the sampled tokens after one
+   * host wait for them all. Token `j` is sampled from the logits at position
+   * `pos + j`, as {@linkcode decode} plus a CPU sampler would pick it (at
+   * temperature > 0 up to f32 rounding at the edge of a token's mass).
+   * The last token is not fed back: the next call starts from it.
+   */
+  decodeSampled(token: number, pos: number, options: SampledDecodeOptions): Promise<Uint32Array>;
   /** Destroys the weights and buffers (and the default backend). */
   [Symbol.dispose](): void;
 }
@@ -166,8 +188,9 @@ const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsag
 
 /**
  * Uploads `weights` and plans the decode step. Prefill plans are built per
- * prompt. Per decode step the model submits once per layer plus once for
- * the classifier (the backend may await between layers).
+ * prompt. A decode step is one submit when the backend records (more if it
+ * must wait inside the step); otherwise one per layer plus one for the
+ * classifier.
  *
  * @example
  * ```ts
@@ -443,18 +466,17 @@ export function createGpuModel(
       busy = true;
     };
 
-    const finish = async (
-      encoder: GPUCommandEncoder,
-      submit?: (encoder: GPUCommandEncoder) => void,
-    ): Promise<Float32Array> => {
-      recordPlans(encoder, finalPlans, "final norm and classifier");
-      encoder.copyBufferToBuffer(logits, 0, readback, 0, vocab * 4);
-      if (submit) submit(encoder);
-      else device.queue.submit([encoder.finish()]);
+    const readLogits = async (): Promise<Float32Array> => {
       await readback.mapAsync(GPUMapMode.READ);
       const out = new Float32Array(readback.getMappedRange().slice(0));
       readback.unmap();
       return out;
+    };
+    const finish = (encoder: GPUCommandEncoder): Promise<Float32Array> => {
+      recordPlans(encoder, finalPlans, "final norm and classifier");
+      encoder.copyBufferToBuffer(logits, 0, readback, 0, vocab * 4);
+      device.queue.submit([encoder.finish()]);
+      return readLogits();
     };
 
     const checkToken = (name: string, token: unknown, what: string) =>
@@ -582,44 +604,151 @@ export function createGpuModel(
       }
     };
 
-    const decode = async (token: number, pos: number): Promise<Float32Array> => {
-      const what = "decode a token";
-      checkToken("token", token, what);
+    const checkPosition = (pos: number, what: string) => {
       assertInteger("pos", pos, what, 0, maxSeqLen - 1);
       if (pos !== position && pos !== 0) {
         throw new RangeError(
           `Cannot ${what} as 'pos' must be the next position (${position}) or 0 to start over: received ${pos}`,
         );
       }
+    };
+
+    /**
+     * Records and submits the decode step at `pos` (its input token already
+     * written to `tokenBuf`); `tail` records what follows the classifier.
+     */
+    const runStep = async (pos: number, tail: (encoder: GPUCommandEncoder) => void) => {
+      writeSeqStart(device, seq, pos);
+      // Backends that record let a whole token go in one encoder (one
+      // submit, unless the policy waits inside the step).
+      const recording = backend.recordStep !== undefined;
+      if (recording) await backend.beginStep?.(pos);
+      let enc = device.createCommandEncoder({ label: "decode step" });
+      for (let l = 0; l < L; l++) {
+        recordPlans(
+          enc,
+          l === 0 ? [decodeEmbed, ...decodePre[0]] : [...decodePost[l - 1], ...decodePre[l]],
+          `decode layer ${l}`,
+        );
+        const io = { q, k, v, out: att };
+        if (recording) enc = await backend.recordStep!(enc, l, pos, io);
+        else {
+          device.queue.submit([enc.finish()]);
+          await backend.step(l, pos, io);
+          enc = device.createCommandEncoder({ label: `decode layer ${l + 1}` });
+        }
+      }
+      recordPlans(enc, [...decodePost[L - 1], ...finalPlans], "decode mlp and classifier");
+      tail(enc);
+      if (backend.endStep) backend.endStep(enc);
+      else device.queue.submit([enc.finish()]);
+      position = pos + 1;
+    };
+
+    const decode = async (token: number, pos: number): Promise<Float32Array> => {
+      const what = "decode a token";
+      checkToken("token", token, what);
+      checkPosition(pos, what);
       enter(what);
       try {
         device.queue.writeBuffer(tokenBuf, 0, new Uint32Array([token]));
-        writeSeqStart(device, seq, pos);
-        // Backends that record let a whole token go in one encoder (one
-        // submit, unless the policy waits inside the step).
-        const recording = backend.recordStep !== undefined;
-        if (recording) await backend.beginStep?.(pos);
-        let enc = device.createCommandEncoder({ label: "decode step" });
-        for (let l = 0; l < L; l++) {
-          recordPlans(
-            enc,
-            l === 0 ? [decodeEmbed, ...decodePre[0]] : [...decodePost[l - 1], ...decodePre[l]],
-            `decode layer ${l}`,
+        await runStep(pos, (enc) => enc.copyBufferToBuffer(logits, 0, readback, 0, vocab * 4));
+        return await readLogits();
+      } finally {
+        busy = false;
+      }
+    };
+
+    // Sampling buffers grow to the longest run asked for.
+    let sampling: {
+      steps: number;
+      coins: GPUBuffer;
+      history: GPUBuffer;
+      read: GPUBuffer;
+      plan: SampleTokenPlan;
+    } | undefined;
+    const disposeSampling = () => {
+      if (!sampling) return;
+      sampling.plan[Symbol.dispose]();
+      for (const b of [sampling.coins, sampling.history, sampling.read]) b.destroy();
+      sampling = undefined;
+    };
+    const samplingFor = (steps: number) => {
+      if (sampling && sampling.steps >= steps) return sampling;
+      disposeSampling();
+      const size = Math.max(16, 2 ** Math.ceil(Math.log2(steps)));
+      const coins = createBuffer(device, "sampling coins", STORAGE, size * 4);
+      const history = createBuffer(device, "sampled tokens", STORAGE, size * 4);
+      const read = createBuffer(
+        device,
+        "sampled tokens readback",
+        GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        size * 4,
+      );
+      const plan = planSampleToken(device, { logits, coins, token: tokenBuf, history, vocab });
+      return sampling = { steps: size, coins, history, read, plan };
+    };
+
+    const decodeSampled = async (
+      token: number,
+      pos: number,
+      options: SampledDecodeOptions,
+    ): Promise<Uint32Array> => {
+      const what = "decode sampled tokens";
+      checkToken("token", token, what);
+      checkPosition(pos, what);
+      if (options == null || typeof options !== "object") {
+        throw new TypeError(
+          `Cannot ${what} as 'options' must be an object with 'count': received ${options}`,
+        );
+      }
+      const { count } = options;
+      assertInteger("count", count, what, 1, maxSeqLen - pos);
+      const temperature = options.temperature ?? 0;
+      assertFinite("temperature", temperature, what);
+      if (temperature < 0) {
+        throw new RangeError(
+          `Cannot ${what} as 'temperature' must be at least 0: received ${temperature}`,
+        );
+      }
+      const coins = options.coins;
+      if (temperature > 0) {
+        if (coins == null || typeof coins.length !== "number" || coins.length < count) {
+          throw new RangeError(
+            `Cannot ${what} as 'coins' must hold one number in [0, 1) per step (${count}) at temperature ${temperature}: received ${
+              coins == null ? coins : `length ${coins.length}`
+            }`,
           );
-          const io = { q, k, v, out: att };
-          if (recording) enc = await backend.recordStep!(enc, l, pos, io);
-          else {
-            device.queue.submit([enc.finish()]);
-            await backend.step(l, pos, io);
-            enc = device.createCommandEncoder({ label: `decode layer ${l + 1}` });
+        }
+        for (let j = 0; j < count; j++) {
+          if (!(coins[j] >= 0 && coins[j] < 1)) {
+            throw new RangeError(
+              `Cannot ${what} as 'coins[${j}]' must be in [0, 1): received ${coins[j]}`,
+            );
           }
         }
-        recordPlans(enc, decodePost[L - 1], `decode layer ${L - 1} mlp`);
-        const out = await finish(
-          enc,
-          backend.endStep ? (e: GPUCommandEncoder) => backend.endStep!(e) : undefined,
-        );
-        position = pos + 1;
+      }
+      enter(what);
+      try {
+        const s = samplingFor(count);
+        device.queue.writeBuffer(tokenBuf, 0, new Uint32Array([token]));
+        if (temperature > 0) {
+          device.queue.writeBuffer(
+            s.coins,
+            0,
+            Float32Array.from({ length: count }, (_, j) => coins![j]),
+          );
+        }
+        for (let j = 0; j < count; j++) {
+          s.plan.setStep(j, temperature);
+          await runStep(pos + j, (enc) => recordPlans(enc, [s.plan], "sample token"));
+        }
+        const enc = device.createCommandEncoder({ label: "sampled tokens readback" });
+        enc.copyBufferToBuffer(s.history, 0, s.read, 0, count * 4);
+        device.queue.submit([enc.finish()]);
+        await s.read.mapAsync(GPUMapMode.READ, 0, count * 4);
+        const out = new Uint32Array(s.read.getMappedRange(0, count * 4).slice(0));
+        s.read.unmap();
         return out;
       } finally {
         busy = false;
@@ -636,9 +765,11 @@ export function createGpuModel(
       weightBytes,
       prefill,
       decode,
+      decodeSampled,
       [Symbol.dispose]() {
         if (disposed) return;
         disposed = true;
+        disposeSampling();
         disposeAll();
       },
     };

@@ -9,7 +9,8 @@
  * By family: `kernels_plan.ts` (the plan and its helpers),
  * `kernels_weights.ts` (weights on the GPU), `kernels_linear.ts`
  * (embedding, projections), `kernels_pointwise.ts` (RMSNorm, RoPE, SwiGLU,
- * residual add) and `kernels_attention.ts` (causal attention). The
+ * residual add), `kernels_attention.ts` (causal attention) and
+ * `kernels_sampling.ts` (next-token sampling). The
  * plain-loop CPU oracles live in `kernels_reference.ts`.
  *
  * @module
@@ -49,6 +50,11 @@ export {
   type RopePlanOptions,
   type SwigluPlanOptions,
 } from "./kernels_pointwise.ts";
+export {
+  planSampleToken,
+  type SampleTokenPlan,
+  type SampleTokenPlanOptions,
+} from "./kernels_sampling.ts";
 export {
   type CausalAttentionPlanOptions,
   MAX_ATTENTION_HEAD_DIM,

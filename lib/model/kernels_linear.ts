@@ -80,6 +80,15 @@ export function planEmbedding(device: GPUDevice, options: EmbeddingPlanOptions):
   return makePlan("embedding", dispatches, owned);
 }
 
+/**
+ * Invocations per row of the matrix-vector kernel: about 32 columns each,
+ * a power of two from 1 to 64 (64 lanes, one row per workgroup, from 2048
+ * columns up).
+ */
+function matvecLanes(cols: number): number {
+  return Math.min(64, 2 ** Math.max(0, Math.ceil(Math.log2(cols / 32))));
+}
+
 /** Options of {@linkcode planMatmul} and {@linkcode planMatvec}. */
 export interface LinearPlanOptions {
   /** Weight `[out, in]`. */
@@ -145,7 +154,11 @@ export function planMatvec(device: GPUDevice, options: LinearPlanOptions): Kerne
   const action = "plan a matrix-vector product";
   checkLinear(options, 1, action);
   const { weight } = options;
-  const pipeline = weightPipeline(device, "matvec", matvecSrc, weight.dtype, !!options.bias);
+  const lanes = matvecLanes(weight.cols);
+  const pipeline = weightPipeline(device, "matvec", matvecSrc, weight.dtype, !!options.bias, {
+    LANES: lanes,
+  });
+  const rowsPerGroup = 64 / lanes;
   const owned: GPUBuffer[] = [];
   const dispatches = weight.parts.map((part, i): Dispatch => {
     const label = `matvec part ${i}`;
@@ -154,7 +167,7 @@ export function planMatvec(device: GPUDevice, options: LinearPlanOptions): Kerne
     return {
       pipeline,
       bindGroup: linearBindGroup(device, label, pipeline, u, part, options),
-      workgroups: grid(part.rows, action),
+      workgroups: grid(Math.ceil(part.rows / rowsPerGroup), action),
     };
   });
   return makePlan("matvec", dispatches, owned);

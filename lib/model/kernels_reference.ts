@@ -226,3 +226,38 @@ export function causalAttentionReference(
   }
   return out;
 }
+
+/**
+ * Token sampling (the oracle of `planSampleToken`): at temperature 0 the
+ * largest logit (lowest index on ties); otherwise the first token whose
+ * cumulative `softmax(logits / temperature)` mass, in f64, exceeds `coin`
+ * (the last token of nonzero mass if rounding leaves none).
+ *
+ * @example
+ * ```ts
+ * import { sampleTokenReference } from "./kernels_reference.ts";
+ * console.log(sampleTokenReference([0, 2, 2], 0, 0)); // 1
+ * console.log(sampleTokenReference([0, 0], 1, 0.75)); // 1
+ * ```
+ */
+export function sampleTokenReference(
+  logits: ArrayLike<number>,
+  temperature: number,
+  coin: number,
+): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  if (temperature === 0) return best;
+  const max = logits[best];
+  let total = 0;
+  for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
+  const target = coin * total;
+  let cdf = 0, last = best;
+  for (let i = 0; i < logits.length; i++) {
+    const e = Math.exp((logits[i] - max) / temperature);
+    cdf += e;
+    if (target < cdf) return i;
+    if (e > 0) last = i;
+  }
+  return last;
+}

@@ -169,8 +169,9 @@ export function weightPipeline(
   src: string,
   dtype: WeightDtype,
   hasBias?: boolean,
+  extra: Record<string, number> = {},
 ): GPUComputePipeline {
-  const constants: Record<string, number> = { WDTYPE: DTYPE_CODE[dtype] };
+  const constants: Record<string, number> = { WDTYPE: DTYPE_CODE[dtype], ...extra };
   if (hasBias !== undefined) constants.HAS_BIAS = hasBias ? 1 : 0;
   return cachedPipeline(device, name, weightLoadSrc + "\n" + src, constants);
 }
