@@ -239,6 +239,18 @@ const CASES: Case[] = [
     /'cachePages' must be at least 0: received -1/,
   ),
   engineOption(
+    "answerLag 0",
+    { answerLag: 0 },
+    RangeError,
+    /'answerLag' must be at least 1: received 0/,
+  ),
+  engineOption(
+    "answerLag fractional",
+    { answerLag: 1.5 },
+    TypeError,
+    /'answerLag' must be an integer: received 1.5/,
+  ),
+  engineOption(
     "slidingWindow -1",
     { slidingWindow: -1 },
     RangeError,

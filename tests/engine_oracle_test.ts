@@ -121,7 +121,10 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
     await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
   }
   const previousQ: (Float32Array | null)[] = new Array(L).fill(null);
-  let crossed = false;
+  const lag = config.answerLag ?? 1;
+  // Per layer, per step: the speculation the rule expects (tau -1).
+  const speculations: (number[][] | null)[][] = Array.from({ length: L }, () => []);
+  let crossed = false, holes = 0;
   for (let s = 0; s < STEPS; s++) {
     const token = src.next();
     const tokens = PROMPT + s + 1;
@@ -158,7 +161,21 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         } else if (config.tau === -1) {
           // The speculation: the previous step's query over this step's
           // candidates (recalled one step behind).
-          expected = oracleTopK(keys[l], tokens, previousQ[l]!, W)[h];
+          const spec = oracleTopK(keys[l], tokens, previousQ[l]!, W);
+          speculations[l][s] = spec;
+          if (lag === 1) expected = spec[h];
+          else {
+            // answerLag steps behind, the pages of the speculation taken
+            // when this step began are resident; the others may be holes.
+            const taken = speculations[l][s - lag + 1]?.[h] ?? [];
+            for (const p of selected) {
+              assert.ok(spec[h].includes(p), `${where} head ${h}: ${p} not in ${spec[h]}`);
+            }
+            for (const p of spec[h].filter((p) => taken.includes(p))) {
+              assert.ok(selected.includes(p), `${where} head ${h}: recalled page ${p} missing`);
+            }
+            if (selected.length < spec[h].length) holes++;
+          }
         } else {
           // Resident correction: the speculation, or for a corrected head its
           // best pages among those on the GPU: always candidates, at most K.
@@ -176,6 +193,8 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
     }
   }
   assert.ok(crossed, "the decode must cross the point where candidates stop fitting");
+  // The lag is real: some speculative pages were not yet recalled when attended.
+  if (lag > 1 && config.tau === -1) assert.ok(holes > 0, "no step attended before its recall");
   await engine.drain();
 }
 
@@ -204,6 +223,10 @@ const CONFIGS: Config[] = [
   { policy: "freekv", correction: "sync", tau: 1, slidingWindow: 22 },
   { policy: "freekv", correction: "resident", tau: -1, slidingWindow: 22 },
   { policy: "freekv", correction: "resident", tau: 0.9, slidingWindow: 22 },
+  // The host three steps behind: speculative pages are recalled later.
+  { policy: "freekv", correction: "resident", tau: -1, answerLag: 3 },
+  { policy: "freekv", correction: "resident", tau: 0.9, answerLag: 3 },
+  { policy: "freekv", correction: "sync", tau: 0.9, answerLag: 3, slidingWindow: 22 },
 ];
 for (const config of CONFIGS) {
   gpuTest(
@@ -245,6 +268,42 @@ gpuTest(
       // The first step after prefill may select synchronously.
       assert.deepEqual(perStep.slice(2), new Array(6).fill(waits), config.policy);
       assert.equal(engine.lastStepStats()!.step, 7);
+    }
+  },
+);
+
+gpuTest(
+  "answerLag 4 with a decoder that waits once per 4 steps: no host wait inside a group",
+  async ({ device }) => {
+    for (const lag of [1, 4]) {
+      using engine = createRetrievalEngine(device, {
+        ...SHAPE,
+        ...SMALL,
+        policy: "freekv",
+        answerLag: lag,
+      });
+      const src = createSyntheticSource({ ...SHAPE, seed: 5 });
+      const prompt = takePrompt(src, 60, { queries: false });
+      for (let l = 0; l < SHAPE.numLayers; l++) {
+        await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
+      }
+      const perStep: number[] = [];
+      for (let s = 0; s < 16; s++) {
+        const token = src.next();
+        await engine.beginStep();
+        let encoder = device.createCommandEncoder();
+        for (let l = 0; l < SHAPE.numLayers; l++) {
+          encoder = await engine.recordLayer(encoder, l, token[l]);
+        }
+        engine.endStep(encoder);
+        perStep.push(engine.lastStepStats()!.hostWaits);
+        if (s % 4 === 3) await device.queue.onSubmittedWorkDone();
+      }
+      const inGroups = perStep.slice(4).reduce((a, b) => a + b, 0);
+      // Lag 1 waits for the previous step inside every group; lag 4 never.
+      if (lag === 4) assert.equal(inGroups, 0, `lag 4: ${perStep}`);
+      else assert.ok(inGroups >= 9, `lag 1: ${perStep}`);
+      await engine.drain();
     }
   },
 );

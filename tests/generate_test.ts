@@ -86,6 +86,45 @@ gpuTest("seeded sampling is reproducible, and matches the CPU reference", async 
   assert.deepEqual(a.tokens, expected);
 });
 
+gpuTest(
+  "tokensPerWait: GPU-sampled groups give the CPU path's tokens, one wait per group",
+  async ({ device }) => {
+    using model = createGpuModel(device, weights);
+    const prompt = tokenizer.encode("Once upon a time", { bos: true });
+    const cpu = await generateText(model, prompt, { maxTokens: 40, tokensPerWait: 1 });
+    assert.equal(cpu.stats.decodeWaits, 39);
+    for (const tokensPerWait of [8, 5]) {
+      const gpu = await generateText(model, prompt, { maxTokens: 40, tokensPerWait });
+      assert.deepEqual(gpu.tokens, cpu.tokens, `tokensPerWait ${tokensPerWait}`);
+      assert.equal(gpu.stats.decodeWaits, Math.ceil(39 / tokensPerWait));
+      assert.equal(gpu.stats.decodeSteps, 39);
+    }
+    // Temperature without top-p samples on the GPU with the seeded draws.
+    const opts = { maxTokens: 30, temperature: 0.9, seed: 42 };
+    const hot = await generateText(model, prompt, { ...opts, tokensPerWait: 8 });
+    const hotCpu = await generateText(model, prompt, { ...opts, tokensPerWait: 1 });
+    assert.deepEqual(hot.tokens, hotCpu.tokens);
+    assert.ok(hot.stats.decodeWaits < hotCpu.stats.decodeWaits);
+    // A stop token inside a group ends generation there; the group's later
+    // steps ran, so the model's position lies past it.
+    const stopped = await generateText(model, prompt, {
+      maxTokens: 40,
+      stopTokens: [cpu.tokens[10]],
+      tokensPerWait: 8,
+    });
+    assert.equal(stopped.stopReason, "stop-token");
+    assert.deepEqual(stopped.tokens, cpu.tokens.slice(0, 10));
+    assert.equal(stopped.stats.decodeSteps, 16);
+    assert.equal(model.position, prompt.length + 16);
+    // maxSeqLen cuts the last group short.
+    using short = createGpuModel(device, weights, { maxSeqLen: 10 });
+    const capped = await generateText(short, [1], { maxTokens: 50, tokensPerWait: 8 });
+    assert.equal(capped.stopReason, "max-seq-len");
+    assert.equal(capped.tokens.length, 10);
+    assert.equal(capped.stats.decodeWaits, 2);
+  },
+);
+
 gpuTest("generate rejects bad options before running", async ({ device }) => {
   using model = createGpuModel(device, weights);
   await assert.rejects(
@@ -99,6 +138,11 @@ gpuTest("generate rejects bad options before running", async ({ device }) => {
   await assert.rejects(
     () => generateText(model, [1], { temperature: NaN }),
     (e) => e instanceof TypeError && /'temperature' must be a finite number/.test(e.message),
+  );
+  await assert.rejects(
+    () => generateText(model, [1], { tokensPerWait: 0 }),
+    (e) =>
+      e instanceof RangeError && /'tokensPerWait' must be at least 1: received 0/.test(e.message),
   );
 });
 

@@ -11,6 +11,7 @@ import { loadLlama2c } from "../lib/model/llama2c.ts";
 import { loadLlama2cTokenizer } from "../lib/model/tokenizer.ts";
 import { createReferenceModel } from "../lib/model/reference.ts";
 import { argmax } from "../lib/model/sampling.ts";
+import { sampleTokenReference } from "../lib/model/kernels_reference.ts";
 import type { ModelConfig, ModelWeights, Tensor, WeightDtype } from "../lib/model/types.ts";
 import { convertTensor } from "../lib/model/weight_convert.ts";
 import { maxAbsDiff } from "./_assert.ts";
@@ -247,6 +248,51 @@ gpuTest("a custom backend receives prefill and step calls in order", async ({ de
   spy[Symbol.dispose]();
 });
 
+gpuTest(
+  "decodeSampled: greedy tokens equal decode + argmax, one step per token, position advanced",
+  async ({ device }) => {
+    const weights = syntheticModel({ numLayers: 2 });
+    using model = createGpuModel(device, weights, { maxSeqLen: 40 });
+    const prompt = [1, 7, 9];
+    let logits = await model.prefill(prompt);
+    const expected: number[] = [];
+    let token = argmax(logits);
+    const first = token;
+    for (let pos = prompt.length; pos < prompt.length + 20; pos++) {
+      logits = await model.decode(token, pos);
+      token = argmax(logits);
+      expected.push(token);
+    }
+    await model.prefill(prompt);
+    // Groups of 7, 1 and 12 steps: each starts from the last token of the one before.
+    const got: number[] = [];
+    let last = first;
+    for (const count of [7, 1, 12]) {
+      const group = await model.decodeSampled(last, model.position, { count });
+      assert.equal(group.length, count);
+      got.push(...group);
+      last = group[count - 1];
+    }
+    assert.deepEqual(got, expected);
+    assert.equal(model.position, prompt.length + 20);
+    // Temperature: the sampler's draws pick the tokens the CPU would from each step's logits.
+    await model.prefill(prompt);
+    const coins = [0.1, 0.5, 0.9, 0.3, 0.7];
+    const sampled = await model.decodeSampled(first, prompt.length, {
+      count: 5,
+      temperature: 0.8,
+      coins,
+    });
+    await model.prefill(prompt);
+    let input = first;
+    for (let j = 0; j < 5; j++) {
+      const l = await model.decode(input, prompt.length + j);
+      assert.equal(sampled[j], sampleTokenReference(l, 0.8, coins[j]), `step ${j}`);
+      input = sampled[j];
+    }
+  },
+);
+
 gpuTest("bad input: clear errors before any GPU work, state unchanged", async ({ device }) => {
   const weights = syntheticModel({ numLayers: 1 });
   using model = createGpuModel(device, weights, { maxSeqLen: 8 });
@@ -278,6 +324,32 @@ gpuTest("bad input: clear errors before any GPU work, state unchanged", async ({
     () => model.decode(5, 5),
     (e) => e instanceof RangeError && /'pos' must be the next position \(3\)/.test(e.message),
   );
+  assert.equal(model.position, 3);
+  const refusals: [() => Promise<unknown>, RegExp][] = [
+    [() => model.decodeSampled(5, 3, { count: 0 }), /'count' must be between 1 and 5: received 0/],
+    [() => model.decodeSampled(5, 3, { count: 6 }), /'count' must be between 1 and 5: received 6/],
+    [() => model.decodeSampled(5, 4, { count: 1 }), /'pos' must be the next position \(3\)/],
+    [() => model.decodeSampled(97, 3, { count: 1 }), /'token' must be between 0 and 96/],
+    [
+      () => model.decodeSampled(5, 3, { count: 2, temperature: -1 }),
+      /'temperature' must be at least 0: received -1/,
+    ],
+    [
+      () => model.decodeSampled(5, 3, { count: 2, temperature: 1, coins: [0.5] }),
+      /'coins' must hold one number in \[0, 1\) per step \(2\) at temperature 1: received length 1/,
+    ],
+    [
+      () => model.decodeSampled(5, 3, { count: 2, temperature: 1, coins: [0.5, 1] }),
+      /'coins\[1\]' must be in \[0, 1\): received 1/,
+    ],
+    [
+      () => model.decodeSampled(5, 3, undefined as unknown as { count: number }),
+      /'options' must be an object with 'count'/,
+    ],
+  ];
+  for (const [call, message] of refusals) {
+    await assert.rejects(call, (e) => e instanceof Error && message.test(e.message));
+  }
   assert.equal(model.position, 3);
   for (let pos = 3; pos < 8; pos++) await model.decode(5, pos);
   await assert.rejects(
