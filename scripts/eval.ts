@@ -64,6 +64,9 @@ Options:
   CORRECTION_MODES.join(", ")
 } (default: the engine's)
   --cache-pages LIST    pages freekv caches for corrections (default: the engine's)
+  --answer-lags LIST    steps freekv's host follows behind the GPU (engine option
+                        answerLag; scripts/generate.ts runs with its
+                        --tokens-per-wait, 8 by default) (default 1)
   --sweep-contexts LIST contexts the knob sweeps run at (default: all)
   --sweep-budgets LIST  budgets the knob sweeps run at (default: all)
   --sweep-policies LIST policies the knob sweeps run for (default: all of --policies)
@@ -98,6 +101,7 @@ const values = flags.parse(Deno.args, {
   summaries: { type: "string" },
   corrections: { type: "string" },
   "cache-pages": { type: "string" },
+  "answer-lags": { type: "string" },
   "sweep-contexts": { type: "string" },
   "sweep-budgets": { type: "string" },
   "sweep-policies": { type: "string" },
@@ -204,6 +208,7 @@ const spec: SweepSpec = {
   summaries: enumList("summaries", values.summaries, SUMMARY_KINDS),
   corrections: enumList("corrections", values.corrections, CORRECTION_MODES),
   cachePages: intList("cache-pages", values["cache-pages"], 0),
+  answerLags: intList("answer-lags", values["answer-lags"], 1),
   sweepBudgets: budgetList("sweep-budgets", values["sweep-budgets"]),
 };
 const sweepContexts = intList("sweep-contexts", values["sweep-contexts"], 3);

@@ -52,6 +52,8 @@ export interface PolicyConfig {
   correction?: (typeof CORRECTION_MODES)[number];
   /** Pages cached on the GPU for corrections (engine option; needs an engine that has it). */
   cachePages?: number;
+  /** Steps the engine's host follows behind the GPU (engine option, default 1). */
+  answerLag?: number;
   /** Any other engine option. */
   [engineOption: string]: unknown;
 }
@@ -91,6 +93,7 @@ const ENGINE_FIELDS: Record<string, (v: unknown) => string | null> = {
   summary: oneOf(SUMMARY_KINDS),
   correction: oneOf(CORRECTION_MODES),
   cachePages: integer(0),
+  answerLag: integer(1),
   dtype: oneOf(["f32", "f16"]),
   fullFirstLayer: boolean,
   fuseCorrection: boolean,

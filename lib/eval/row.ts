@@ -40,6 +40,8 @@ export interface EvalRow {
   correction: string | null;
   /** Pages the engine caches for corrections (null when it has no such option). */
   cache_pages: number | null;
+  /** Steps the engine's host followed behind the GPU (engine option `answerLag`). */
+  answer_lag: number;
   /** GQA pooling of page scores. */
   pooling: string;
   /** Page summary kind. */
@@ -233,6 +235,7 @@ export function buildRow(
     tau: isFreekv ? Number(eo.tau) : null,
     correction: isFreekv && typeof eo.correction === "string" ? eo.correction : null,
     cache_pages: typeof eo.cachePages === "number" && eo.cachePages >= 0 ? eo.cachePages : null,
+    answer_lag: typeof eo.answerLag === "number" ? eo.answerLag : 1,
     pooling: String(eo.pooling ?? "softmax-mean"),
     summary: String(eo.summary ?? "minmax"),
     texts: m.texts,

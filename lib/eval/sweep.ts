@@ -40,6 +40,8 @@ export interface SweepSpec {
   corrections?: Array<(typeof CORRECTION_MODES)[number]>;
   /** Pages cached on the GPU for corrections. */
   cachePages?: number[];
+  /** Steps freekv's host follows behind the GPU (engine option `answerLag`). */
+  answerLags?: number[];
   /** Budgets the knob sweeps run at (default: every budget). */
   sweepBudgets?: Array<number | string>;
 }
@@ -54,7 +56,8 @@ export type SweepKnob =
   | "pooling"
   | "summary"
   | "correction"
-  | "cachePages";
+  | "cachePages"
+  | "answerLag";
 
 /** One sweep: the knob, and the configurations (indices into `configs`) along it. */
 export interface Sweep {
@@ -113,6 +116,7 @@ const KNOBS: Array<{
   },
   { knob: "correction", list: "corrections", field: "correction", policies: ["freekv"] },
   { knob: "cachePages", list: "cachePages", field: "cachePages", policies: ["freekv"] },
+  { knob: "answerLag", list: "answerLags", field: "answerLag", policies: ["freekv"] },
 ];
 
 function valueLabel(knob: SweepKnob, value: unknown): string {
@@ -216,6 +220,7 @@ export type SweepRowFields = Pick<
   | "tau"
   | "correction"
   | "cache_pages"
+  | "answer_lag"
   | "pooling"
   | "summary"
 >;
@@ -258,6 +263,7 @@ export function sweepAxes<Row extends SweepRowFields>(knob: SweepKnob): SweepAxe
         sinkPages: (r) => r.sink / r.page_size,
         windowPages: (r) => r.window / r.page_size,
         cachePages: (r) => r.cache_pages ?? NaN,
+        answerLag: (r) => r.answer_lag,
       };
       const labels: Record<string, string> = {
         tau: "tau",
@@ -265,6 +271,7 @@ export function sweepAxes<Row extends SweepRowFields>(knob: SweepKnob): SweepAxe
         sinkPages: "sink (pages)",
         windowPages: "window (pages)",
         cachePages: "cached pages",
+        answerLag: "answer lag (steps)",
       };
       return {
         x: x[knob],
