@@ -219,6 +219,7 @@ Deno.test("tables and plots", () => {
     tau: 0.9,
     correction: "sync",
     cache_pages: null,
+    answer_lag: 1,
     pooling: "softmax-mean",
     summary: "minmax",
     texts: 1,
