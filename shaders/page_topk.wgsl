@@ -19,6 +19,9 @@ override POOLING: u32; // 0: softmax-mean, 1: mean, 2: max
 // candidates are resident. Rows of `mask` are MASK_STRIDE logical pages.
 override MASKED: bool = false;
 override MASK_STRIDE: u32 = 0u;
+// With MASKED: only KV heads whose `flags` entry is 1 (corrected) run; the
+// others leave their rows of `selected` as they were, as nothing reads them.
+override FLAGGED: bool = false;
 
 const WG: u32 = 64u;
 const SIDE: u32 = 8u; // WG = SIDE * SIDE, for the two-level reductions
@@ -38,6 +41,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> winners: array<u32>; // [b][Hkv][k]
 @group(0) @binding(5) var<storage, read_write> selected: array<u32>; // [b][Hkv][k]
 @group(0) @binding(6) var<storage, read> mask: array<u32>; // [b][Hkv][MASK_STRIDE] when MASKED
+@group(0) @binding(7) var<storage, read> flags: array<u32>; // [b][Hkv] when FLAGGED
 
 var<workgroup> red: array<vec2<f32>, WG>;
 var<workgroup> red2: array<vec2<f32>, SIDE>;
@@ -48,6 +52,7 @@ var<workgroup> hist: array<atomic<u32>, 512>;
 var<workgroup> group_sums: array<u32, 16>;
 var<workgroup> winner_count: atomic<u32>;
 var<workgroup> tied: u32;
+var<workgroup> skip_head: u32;
 
 const NEG_INF: f32 = -3.4028234663852886e38; // lowest finite f32: no inf literal in WGSL
 
@@ -145,6 +150,15 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let head0 = (b * params.num_kv_heads + kvh) * GROUP;
   let kbase = (b * params.num_kv_heads + kvh) * params.max_count;
   let obase = (b * params.num_kv_heads + kvh) * k;
+  if (MASKED && FLAGGED) {
+    if (t == 0u) {
+      skip_head = select(1u, 0u, flags[b * params.num_kv_heads + kvh] == 1u);
+    }
+    // A uniform load, so that the whole workgroup leaves together.
+    if (workgroupUniformLoad(&skip_head) == 1u) {
+      return;
+    }
+  }
 
   for (var i = t; i < 256u; i += WG) {
     atomicStore(&hist[i], 0u); // the first round's histogram

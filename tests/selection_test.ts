@@ -446,7 +446,7 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
 });
 
 gpuTest(
-  "resident-only top-k: the best k among resident pages, the rest by index",
+  "resident-only top-k: the best k among resident pages, the rest by index; flagged heads only",
   async ({ device }) => {
     const shape: Shape = { numKvHeads: 2, group: 3, headDim: 16, counts: [20, 13], k: 4 };
     const options: PageSelectorOptions = { numQueryHeads: 6, numKvHeads: 2, headDim: 16 };
@@ -457,7 +457,7 @@ gpuTest(
     const B = shape.counts.length;
     const mask = new Uint32Array(B * 2 * stride).fill(0xffffffff);
     for (let i = 0; i < mask.length; i++) if (rng.next() < 0.4) mask[i] = 0;
-    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
     const bufs = {
       q: createBuffer(device, "q", usage, inputs.q),
       summaries: createBuffer(device, "s", usage, inputs.summaries),
@@ -476,6 +476,7 @@ gpuTest(
     });
     device.queue.submit([enc.finish()]);
     const got = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
+    const wanted: number[][] = [];
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < 2; h++) {
         const row = pooled[b * 2 + h];
@@ -488,8 +489,30 @@ gpuTest(
         const want = order.slice(0, shape.k).map((n) => start + n);
         const at = (b * 2 + h) * shape.k;
         assert.deepEqual([...got.subarray(at, at + shape.k)], want, `sequence ${b} head ${h}`);
+        wanted.push(want);
       }
     }
+    // With flags, only heads flagged 1 (corrected) are selected; the other
+    // rows keep what was there.
+    const flags = Uint32Array.from([1, 0, 2, 1]);
+    const sentinel = 0xdeadbeef;
+    const flagBuf = createBuffer(device, "flags", usage, flags);
+    device.queue.writeBuffer(bufs.best, 0, new Uint32Array(B * 2 * shape.k).fill(sentinel));
+    const enc2 = device.createCommandEncoder();
+    plan.encode(enc2, {
+      q: bufs.q,
+      summaries: bufs.summaries,
+      selected: bufs.selected,
+      residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best, flags: flagBuf },
+    });
+    device.queue.submit([enc2.finish()]);
+    const flagged = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
+    for (let bh = 0; bh < B * 2; bh++) {
+      const row = [...flagged.subarray(bh * shape.k, (bh + 1) * shape.k)];
+      const want = flags[bh] === 1 ? wanted[bh] : new Array(shape.k).fill(sentinel);
+      assert.deepEqual(row, want, `flagged pass, row ${bh} (flag ${flags[bh]})`);
+    }
+    flagBuf.destroy();
     Object.values(bufs).forEach((x) => x.destroy());
   },
 );

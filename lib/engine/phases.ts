@@ -148,7 +148,13 @@ export function selectPhase(
   // page leaves the window next step).
   const now = boundary ? needs : selects;
   const residentOnly = decision.useBest
-    ? { mask: state.residency!, maskStride: ctx.maxPages, selected: state.best! }
+    ? {
+      mask: state.residency!,
+      maskStride: ctx.maxPages,
+      selected: state.best!,
+      // The page table reads `best` only for corrected heads.
+      flags: state.flags!,
+    }
     : undefined;
   const range = (rs: PageRegions[], on: boolean[]) => ({
     pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),

@@ -116,6 +116,12 @@ export interface PageSelectionBuffers {
     mask: GPUBuffer | BufferSlice;
     maskStride: number;
     selected: GPUBuffer | BufferSlice;
+    /**
+     * Optional `[batch][Hkv]` u32 correction flags: only heads whose flag
+     * is 1 are selected (the others' rows of `selected` are left as they
+     * were), so the pass costs in proportion to the corrected heads.
+     */
+    flags?: GPUBuffer | BufferSlice;
   };
 }
 
@@ -437,7 +443,7 @@ class SelectionPlan implements PageSelectionPlan {
       device.createBindGroup({
         label: "freekv page top-k bind group",
         layout: topkPipeline.getBindGroupLayout(0),
-        entries: this.#topkEntries(selected, { buffer: this.#noMask }),
+        entries: this.#topkEntries(selected, { buffer: this.#noMask }, { buffer: this.#noMask }),
       }),
     ]);
     const masked = buffers.residentOnly
@@ -462,8 +468,12 @@ class SelectionPlan implements PageSelectionPlan {
     pass.end();
   }
 
-  /** The top-k pass's bindings: its scratch, then the output and the residency mask. */
-  #topkEntries(selected: GPUBufferBinding, mask: GPUBufferBinding): GPUBindGroupEntry[] {
+  /** The top-k pass's bindings: its scratch, then the output, the residency mask and the flags. */
+  #topkEntries(
+    selected: GPUBufferBinding,
+    mask: GPUBufferBinding,
+    flags: GPUBufferBinding,
+  ): GPUBindGroupEntry[] {
     return [
       { binding: 0, resource: { buffer: this.#topkParams } },
       { binding: 1, resource: { buffer: this.#seqs.buffer } },
@@ -472,6 +482,7 @@ class SelectionPlan implements PageSelectionPlan {
       { binding: 4, resource: { buffer: this.#winners.buffer } },
       { binding: 5, resource: selected },
       { binding: 6, resource: mask },
+      { binding: 7, resource: flags },
     ];
   }
 
@@ -498,19 +509,33 @@ class SelectionPlan implements PageSelectionPlan {
       "batch * numKvHeads * maskStride u32",
       action,
     );
+    const flags = r.flags
+      ? sized(
+        "residentOnly.flags",
+        r.flags,
+        step.batch * options.numKvHeads * 4,
+        "batch * numKvHeads u32",
+        action,
+      )
+      : { buffer: this.#noMask, offset: 0, size: this.#noMask.size };
     const pipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
       GROUP: options.numQueryHeads / options.numKvHeads,
       POOLING: POOLING_MODES.indexOf(options.pooling),
       MASKED: 1,
       MASK_STRIDE: r.maskStride,
+      FLAGGED: r.flags ? 1 : 0,
     });
     // -1 tells these keys from the unmasked pass's.
-    const key = [-1, r.maskStride, ...[mask, out].flatMap((x) => [x.buffer, x.offset, x.size])];
+    const key = [
+      -1,
+      r.maskStride,
+      ...[mask, out, flags].flatMap((x) => [x.buffer, x.offset, x.size]),
+    ];
     const [group] = this.#bindings.get(key, () => {
       const g = device.createBindGroup({
         label: "freekv resident-only top-k bind group",
         layout: pipeline.getBindGroupLayout(0),
-        entries: this.#topkEntries(out, mask),
+        entries: this.#topkEntries(out, mask, flags),
       });
       return [g, g];
     });
