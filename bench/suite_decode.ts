@@ -5,6 +5,7 @@ import {
   createRetrievalEngine,
   type EngineOptions,
   type PolicyName,
+  type RetrievalEngine,
 } from "../lib/engine/engine.ts";
 import { measureReadBandwidth } from "../lib/kernels/roofline.ts";
 import { createSyntheticSource, takePrompt, type TokenQkv } from "../lib/workloads/synthetic.ts";
@@ -48,6 +49,43 @@ const VARIANTS: { name: string; options: Partial<EngineOptions> & { policy: Poli
   { name: "sync-offload-nhd-slots", options: { policy: "sync-offload", slotLayout: "nhd" } },
   { name: "freekv-nhd-slots", options: { policy: "freekv", slotLayout: "nhd" } },
 ];
+
+/** Median step times of quest and freekv measured with their steps alternating. */
+export interface PairedRow {
+  context: number;
+  batch: number;
+  quest_median_ms: number;
+  freekv_median_ms: number;
+}
+
+const PAIRED = ["quest", "freekv"] as const;
+
+function pairedRatio(paired: PairedRow[], context: number, batch: number): number {
+  const p = paired.find((r) => r.context === context && r.batch === batch);
+  return p ? p.freekv_median_ms / p.quest_median_ms : NaN;
+}
+
+/**
+ * One decode step as a decoder records it: begin, every layer into one
+ * encoder, end (one submit), then the GPU finishes the token. Returns its
+ * milliseconds.
+ */
+async function timedStep(
+  engine: RetrievalEngine,
+  layers: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }[],
+  out: GPUBuffer,
+): Promise<number> {
+  const device = engine.device;
+  const t0 = performance.now();
+  await engine.beginStep();
+  let encoder = device.createCommandEncoder({ label: "bench step" });
+  for (let l = 0; l < SHAPE.numLayers; l++) {
+    encoder = await engine.recordLayer(encoder, l, { ...layers[l], out });
+  }
+  engine.endStep(encoder);
+  await device.queue.onSubmittedWorkDone();
+  return performance.now() - t0;
+}
 
 /** Median milliseconds of a lone GPU-to-JS answer (a 4-byte readback), measured now. */
 async function measureHostWait(device: GPUDevice): Promise<number> {
@@ -93,6 +131,7 @@ export async function runSuite(
   const hostWaitMs = await measureHostWait(device);
   log(`a lone host answer takes ${hostWaitMs.toFixed(1)} ms`);
   const rows: DecodeRow[] = [];
+  const paired: PairedRow[] = [];
   const skipped: { policy: string; context: number; batch: number; reason: string }[] = [];
   for (const { nominal, batch } of configs) {
     const context = nominal - 64;
@@ -153,17 +192,7 @@ export async function runSuite(
         const latencies: number[] = [], waits: number[] = [], waitMs: number[] = [];
         const before = engine.totals();
         for (let s = 0; s < warmup + steps; s++) {
-          // One decode step as a decoder records it: begin, every layer into
-          // one encoder, end (one submit), then the GPU finishes the token.
-          const t0 = performance.now();
-          await engine.beginStep();
-          let encoder = device.createCommandEncoder({ label: "bench step" });
-          for (let l = 0; l < SHAPE.numLayers; l++) {
-            encoder = await engine.recordLayer(encoder, l, { ...stepBuffers[s][l], out });
-          }
-          engine.endStep(encoder);
-          await device.queue.onSubmittedWorkDone();
-          const ms = performance.now() - t0;
+          const ms = await timedStep(engine, stepBuffers[s], out);
           if (s >= warmup) {
             latencies.push(ms);
             waits.push(engine.lastStepStats()!.hostWaits);
@@ -204,10 +233,45 @@ export async function runSuite(
         engine[Symbol.dispose]();
       }
     }
+    // quest and freekv again, their steps alternating on the same inputs, so
+    // that the machine's drift (2x between runs here) falls on both alike.
+    log(`paired quest/freekv: prefill`);
+    const pair = PAIRED.map((name) =>
+      createRetrievalEngine(device, {
+        ...SHAPE,
+        ...BUDGET,
+        batch,
+        maxContext: nominal,
+        ...VARIANTS.find((v) => v.name === name)!.options,
+      })
+    );
+    try {
+      for (const engine of pair) {
+        for (let b = 0; b < batch; b++) {
+          for (let l = 0; l < SHAPE.numLayers; l++) {
+            await engine.prefill(b, l, { k: prompts[b][l].k, v: prompts[b][l].v });
+          }
+        }
+        await engine.drain();
+      }
+      const times: number[][] = pair.map(() => []);
+      for (let s = 0; s < warmup + steps; s++) {
+        // Alternate which goes first.
+        for (const i of s % 2 === 0 ? [0, 1] : [1, 0]) {
+          const ms = await timedStep(pair[i], stepBuffers[s], out);
+          if (s >= warmup) times[i].push(ms);
+        }
+      }
+      const [quest, freekv] = times.map((t) => quantile(t, 0.5));
+      paired.push({ context, batch, quest_median_ms: quest, freekv_median_ms: freekv });
+      log(`paired: quest ${quest.toFixed(1)} ms, freekv ${freekv.toFixed(1)} ms`);
+    } finally {
+      for (const engine of pair) engine[Symbol.dispose]();
+    }
     out.destroy();
     for (const s of stepBuffers) for (const l of s) for (const b of Object.values(l)) b.destroy();
   }
-  const ratios = ratiosOf(rows, hostWaitMs);
+  const ratios = ratiosOf(rows, hostWaitMs, paired);
   if (!json) printTable(rows, roofline.gbps, hostWaitMs, ratios);
   return {
     suite: "decode",
@@ -216,13 +280,18 @@ export async function runSuite(
     roofline_gbps: roofline.gbps,
     host_wait_ms: hostWaitMs,
     rows,
+    paired,
     skipped,
     ratios,
   };
 }
 
 /** Speed ratios that the targets are stated in, per (context, batch). */
-function ratiosOf(rows: DecodeRow[], hostWaitMs: number): Record<string, number>[] {
+function ratiosOf(
+  rows: DecodeRow[],
+  hostWaitMs: number,
+  paired: PairedRow[],
+): Record<string, number>[] {
   const out: Record<string, number>[] = [];
   const keys = new Set(rows.map((r) => `${r.context}x${r.batch}`));
   for (const key of keys) {
@@ -240,6 +309,7 @@ function ratiosOf(rows: DecodeRow[], hostWaitMs: number): Record<string, number>
       sync_nhd_over_freekv: ratio("sync-offload-nhd"),
       sync_hnd_over_freekv: ratio("sync-offload-hnd"),
       freekv_over_quest: at("quest") ? f.median_ms / at("quest")!.median_ms : NaN,
+      freekv_over_quest_paired: pairedRatio(paired, f.context, f.batch),
       full_over_freekv: ratio("full"),
       // Target: at least 0.8 x (layers - 1) x host_wait_ms.
       sync_hnd_minus_freekv_ms: hnd ? hnd.median_ms - f.median_ms : NaN,
@@ -290,9 +360,11 @@ function printTable(
         r.sync_nhd_over_freekv.toFixed(2)
       }x, sync-hnd/freekv ${r.sync_hnd_over_freekv.toFixed(2)}x, freekv/quest ${
         r.freekv_over_quest.toFixed(2)
-      }x, full/freekv ${r.full_over_freekv.toFixed(2)}x, sync-hnd - freekv ${
-        r.sync_hnd_minus_freekv_ms.toFixed(1)
-      } ms (target >= ${r.saved_waits_target_ms.toFixed(1)} ms)`,
+      }x (steps alternating: ${r.freekv_over_quest_paired.toFixed(2)}x), full/freekv ${
+        r.full_over_freekv.toFixed(2)
+      }x, sync-hnd - freekv ${r.sync_hnd_minus_freekv_ms.toFixed(1)} ms (target >= ${
+        r.saved_waits_target_ms.toFixed(1)
+      } ms)`,
     );
   }
 }
