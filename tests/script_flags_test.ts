@@ -12,6 +12,11 @@ const CASES: [script: string, args: string[], says: RegExp][] = [
     /--budget must be a multiple of --page-size \(8\): received 100/,
   ],
   ["generate.ts", ["--bogus"], /Unknown option '--bogus'.*\(see --help\)/],
+  [
+    "generate.ts",
+    ["--tokens-per-wait", "0"],
+    /--tokens-per-wait must be an integer of at least 1: received "0"/,
+  ],
   ["demo.ts", ["--tau", "5"], /--tau must be in \[-1, 1\].*received "5"/],
   ["demo.ts", ["--max-tokens", "0"], /--max-tokens must be an integer of at least 1: received "0"/],
   [
@@ -36,6 +41,11 @@ const CASES: [script: string, args: string[], says: RegExp][] = [
   ],
   ["bench.ts", ["--quick=3"], /--quick.*\(see --help\)/],
   ["eval.ts", ["--taus", "0.9,2"], /--taus items must be in \[-1, 1\]: received 2/],
+  [
+    "eval.ts",
+    ["--answer-lags", "0"],
+    /--answer-lags must be an integer of at least 1: received "0"/,
+  ],
   ["soak.ts", ["--steps", "0"], /--steps must be an integer of at least 1: received "0"/],
   ["soak.ts", ["--policy", "best"], /--policy must be one of .*: received "best"/],
 ];
