@@ -113,3 +113,45 @@ gpuTest(
     }
   },
 );
+
+gpuTest(
+  "GPU-sampled groups through the engine: the per-token path's tokens at answerLag 1, no wait inside a group at answerLag 8",
+  async ({ device }) => {
+    const variants = [
+      ...POLICIES.map((policy) => ({ policy })),
+      { policy: "freekv" as const, correction: "sync" as const },
+    ];
+    const budget = { maxContext: 128, pageSize: 8, budget: 32, sink: 8, window: 8 };
+    for (const variant of variants) {
+      const run = async (tokensPerWait: number, answerLag: number) => {
+        using attention = createEngineBackend(device, {
+          ...config,
+          ...budget,
+          ...variant,
+          answerLag,
+        });
+        using model = createGpuModel(device, weights, { attention, maxSeqLen: 128 });
+        const r = await generateText(model, [config.bosId], {
+          maxTokens: 60,
+          stopTokens: [],
+          tokensPerWait,
+        });
+        return { tokens: r.tokens, waits: attention.engine.totals().hostWaits };
+      };
+      const name = JSON.stringify(variant);
+      const perToken = await run(1, 1);
+      // At lag 1 the engine's steps are the same whichever way the decoder groups them.
+      const grouped = await run(8, 1);
+      assert.deepEqual(grouped.tokens, perToken.tokens, name);
+      const lagged = await run(8, 8);
+      assert.equal(lagged.tokens.length, 60, name);
+      if (variant.policy === "freekv" && !("correction" in variant)) {
+        // At most the first step after prefill waits (it selects synchronously).
+        assert.ok(lagged.waits <= 1, `${name}: ${lagged.waits} host waits`);
+        assert.ok(perToken.waits <= 1, `${name}: ${perToken.waits} host waits per token`);
+        // At lag 1 a group's steps wait for each other's answers.
+        assert.ok(grouped.waits > 10, `${name}: ${grouped.waits} host waits at lag 1`);
+      }
+    }
+  },
+);
