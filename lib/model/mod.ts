@@ -8,7 +8,9 @@
  * - Running: {@linkcode createGpuModel} over an attention backend, either
  *   {@linkcode createEngineBackend} (any retrieval policy) or
  *   {@linkcode createDenseAttentionBackend} (plain causal attention);
- *   {@linkcode generate} and {@linkcode generateText} decode tokens.
+ *   {@linkcode generate} and {@linkcode generateText} decode tokens, sampled
+ *   on the GPU and read back `tokensPerWait` (8) at a time; give the engine
+ *   backend the same `answerLag` so that freekv's recalls follow the groups.
  * - Checking: {@linkcode createReferenceModel}, a plain-loop CPU forward
  *   pass, is the oracle of the GPU decoder.
  *
@@ -23,6 +25,7 @@
  * const loaded = await loadModel("models/stories260K/stories260K.bin");
  * using attention = createEngineBackend(gpu.device, {
  *   ...loaded.config, ...resolveBudget({ budget: 96, pageSize: 8 }), maxContext: 512, policy: "freekv",
+ *   answerLag: 8,
  * });
  * using model = createGpuModel(gpu.device, loaded.weights, { attention, maxSeqLen: 512 });
  * const { text } = await generateText(model, [loaded.config.bosId], {
