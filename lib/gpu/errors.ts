@@ -85,22 +85,30 @@ export function assertInteger(
 }
 
 /**
- * Throws a `TypeError` unless `value` is a finite number.
+ * Throws a `TypeError` unless `value` is a finite number, and a
+ * `RangeError` when it is below `min`.
  *
  * @example
  * ```ts
  * import { assertFinite } from "./errors.ts";
  * assertFinite("tau", 0.9, "create an engine");
+ * assertFinite("temperature", 0.8, "sample", 0);
  * ```
  */
 export function assertFinite(
   name: string,
   value: unknown,
   action: string,
+  min = -Infinity,
 ): asserts value is number {
   if (typeof value !== "number" || !Number.isFinite(value)) {
     throw new TypeError(
       `Cannot ${action} as '${name}' must be a finite number: received ${describeValue(value)}`,
+    );
+  }
+  if (value < min) {
+    throw new RangeError(
+      `Cannot ${action} as '${name}' must be at least ${min}: received ${value}`,
     );
   }
 }

@@ -705,12 +705,7 @@ export function createGpuModel(
       const { count } = options;
       assertInteger("count", count, what, 1, maxSeqLen - pos);
       const temperature = options.temperature ?? 0;
-      assertFinite("temperature", temperature, what);
-      if (temperature < 0) {
-        throw new RangeError(
-          `Cannot ${what} as 'temperature' must be at least 0: received ${temperature}`,
-        );
-      }
+      assertFinite("temperature", temperature, what, 0);
       const coins = options.coins;
       if (temperature > 0) {
         if (coins == null || typeof coins.length !== "number" || coins.length < count) {

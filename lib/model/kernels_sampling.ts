@@ -100,12 +100,7 @@ export function planSampleToken(
     setStep(step: number, temperature: number): void {
       const what = "set a sampling step";
       assertInteger("step", step, what, 0, steps - 1);
-      assertFinite("temperature", temperature, what);
-      if (temperature < 0) {
-        throw new RangeError(
-          `Cannot ${what} as 'temperature' must be at least 0: received ${temperature}`,
-        );
-      }
+      assertFinite("temperature", temperature, what, 0);
       device.queue.writeBuffer(
         params,
         0,

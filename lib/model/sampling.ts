@@ -68,16 +68,11 @@ export function argmax(values: ArrayLike<number>): number {
 export function createSampler(options: SamplerOptions = {}): Sampler {
   const temperature = options.temperature ?? 1;
   const topP = options.topP ?? 1;
-  assertFinite("temperature", temperature, "create a sampler");
+  assertFinite("temperature", temperature, "create a sampler", 0);
   assertFinite("topP", topP, "create a sampler");
   if (!(topP > 0 && topP <= 1)) {
     throw new RangeError(
       `Cannot create a sampler as 'topP' must be in (0, 1] (1 keeps every token): received ${topP}`,
-    );
-  }
-  if (temperature < 0) {
-    throw new RangeError(
-      `Cannot create a sampler as 'temperature' must be at least 0: received ${temperature}`,
     );
   }
   if (options.topK !== undefined) assertInteger("topK", options.topK, "create a sampler", 1);
