@@ -10,6 +10,7 @@ import { tensorToFloat32 } from "./weight_convert.ts";
 // The batched oracles loop over the single-vector ones of the CPU forward
 // pass; RoPE stays separate (f64 angles here, llama2.c's f32 angles there).
 import { matvec, rmsnorm, swiglu } from "./reference.ts";
+import { argmax } from "./sampling.ts";
 
 /**
  * Embedding lookup: row `tokens[t]` of `table` for each token.
@@ -245,8 +246,7 @@ export function sampleTokenReference(
   temperature: number,
   coin: number,
 ): number {
-  let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  const best = argmax(logits);
   if (temperature === 0) return best;
   const max = logits[best];
   let total = 0;
