@@ -11,12 +11,9 @@ import {
   type PolicyName,
 } from "../lib/engine/engine.ts";
 import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
-import { pagedAttentionReference } from "../lib/kernels/attention_reference.ts";
-import { pageSummariesReference } from "../lib/kernels/summaries_reference.ts";
-import { selectPagesReference } from "../lib/kernels/selection_reference.ts";
-import { EMPTY_SLOT } from "../lib/kernels/attention.ts";
 import { pageRegions } from "../lib/memory/page_plan.ts";
 import { assertClose } from "./_assert.ts";
+import { attentionOverPages, oracleTopK } from "./_oracle.ts";
 
 const SHAPE = { numLayers: 2, numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
 // 1 sink page, 2 window pages, 3 selected pages of 4 tokens.
@@ -26,37 +23,6 @@ const PROMPT = 10;
 const STEPS = 36; // candidates grow from 0 past K = 3
 
 type Config = Partial<EngineOptions> & { policy: PolicyName; slidingWindow?: number };
-
-/** Top-k pages per KV head of `q` over the full pages of `keys` (CPU oracle). */
-function oracleTopK(
-  keys: Float32Array,
-  tokens: number,
-  q: Float32Array,
-  slidingWindow: number,
-): number[][] {
-  const { numKvHeads: hkv, headDim: d } = SHAPE;
-  const r = pageRegions(tokens, BUDGET, slidingWindow);
-  const fullPages = Math.floor(tokens / BUDGET.pageSize);
-  const summaries = pageSummariesReference({
-    kCache: keys.subarray(0, fullPages * BUDGET.pageSize * hkv * d),
-    jobs: Array.from({ length: fullPages }, (_, p) => ({
-      srcSlot: p,
-      dstPage: p,
-      numTokens: BUDGET.pageSize,
-    })),
-    numPages: fullPages,
-  }, { numKvHeads: hkv, headDim: d, pageSize: BUDGET.pageSize });
-  const sel = selectPagesReference({
-    q,
-    summaries,
-    pageOffset: [0],
-    candidateStart: [r.candidateStart],
-    candidateEnd: [r.windowStart],
-    k: BUDGET.selectPages,
-  }, { numQueryHeads: SHAPE.numQueryHeads, numKvHeads: hkv, headDim: d });
-  const K = BUDGET.selectPages;
-  return Array.from({ length: hkv }, (_, h) => [...sel.selected.subarray(h * K, (h + 1) * K)]);
-}
 
 /**
  * Pages a policy attends besides its selection: its sink pages inside the
@@ -77,32 +43,6 @@ function sinkAndWindow(tokens: number, policy: PolicyName, slidingWindow: number
   for (let p = r.sinkFrom; p < r.sinkCount; p++) pages.push(p);
   for (let p = r.windowStart; p < r.numPages; p++) pages.push(p);
   return pages;
-}
-
-/** CPU attention of q over `pagesPerHead` of the whole cache (slot = page). */
-function referenceOver(
-  keys: Float32Array,
-  values: Float32Array,
-  tokens: number,
-  q: Float32Array,
-  pagesPerHead: number[][],
-  slidingWindow: number,
-): Float32Array {
-  const n = Math.max(...pagesPerHead.map((p) => p.length));
-  const table = new Uint32Array(SHAPE.numKvHeads * n).fill(EMPTY_SLOT);
-  // Holes first, so that every head's last entry is the sequence's last page.
-  pagesPerHead.forEach((pages, h) => table.set(pages, h * n + n - pages.length));
-  const r = pageRegions(tokens, BUDGET, slidingWindow);
-  return pagedAttentionReference({
-    q,
-    kCache: keys,
-    vCache: values,
-    pageTable: table,
-    numPages: [n],
-    lastPageLen: [r.lastPageLen],
-    // Slot = page here, so the table is its own page ids.
-    ...(slidingWindow > 0 ? { firstToken: [r.firstToken], pageIds: table } : {}),
-  }, { ...SHAPE, pageSize: BUDGET.pageSize }).out;
 }
 
 async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
@@ -135,7 +75,8 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
       const attended = await engine.attendedPages(l);
       const where = `${config.policy} ${config.correction ?? ""} step ${s} layer ${l}`;
       // The output is attention over exactly the pages reported.
-      const want = referenceOver(keys[l], values[l], tokens, token[l].q, attended, W);
+      const cache = { keys: keys[l], values: values[l], tokens };
+      const want = attentionOverPages(SHAPE, BUDGET, cache, token[l].q, attended, W);
       assertClose(out, want, 1e-4, where);
       const r = pageRegions(tokens, BUDGET, W);
       const base = sinkAndWindow(tokens, config.policy, W);
@@ -145,7 +86,7 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         continue;
       }
       const fresh = r.candidateCount >= BUDGET.selectPages
-        ? oracleTopK(keys[l], tokens, token[l].q, W)
+        ? oracleTopK(SHAPE, BUDGET, keys[l], tokens, token[l].q, W)
         : null;
       for (let h = 0; h < hkv; h++) {
         const got = attended[h];
@@ -161,7 +102,7 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         } else if (config.tau === -1) {
           // The speculation: the previous step's query over this step's
           // candidates (recalled one step behind).
-          const spec = oracleTopK(keys[l], tokens, previousQ[l]!, W);
+          const spec = oracleTopK(SHAPE, BUDGET, keys[l], tokens, previousQ[l]!, W);
           speculations[l][s] = spec;
           if (lag === 1) expected = spec[h];
           else {
@@ -235,6 +176,33 @@ for (const config of CONFIGS) {
   );
 }
 
+/** An engine of `config` with a 60-token synthetic prompt prefilled, and the source of its next tokens. */
+async function prefilledEngine(device: GPUDevice, config: Partial<EngineOptions>, seed: number) {
+  const engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, ...config });
+  const src = createSyntheticSource({ ...SHAPE, seed });
+  const prompt = takePrompt(src, 60, { queries: false });
+  for (let l = 0; l < SHAPE.numLayers; l++) {
+    await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
+  }
+  return { engine, src };
+}
+
+/** Records the next token's step, every layer into one encoder, as a decoder does; returns its host waits. */
+async function recordStep(
+  device: GPUDevice,
+  engine: ReturnType<typeof createRetrievalEngine>,
+  src: ReturnType<typeof createSyntheticSource>,
+): Promise<number> {
+  const token = src.next();
+  await engine.beginStep();
+  let encoder = device.createCommandEncoder();
+  for (let l = 0; l < SHAPE.numLayers; l++) {
+    encoder = await engine.recordLayer(encoder, l, token[l]);
+  }
+  engine.endStep(encoder);
+  return engine.lastStepStats()!.hostWaits;
+}
+
 gpuTest(
   "host waits per step: none for full, streaming, quest and freekv resident; one per layer for sync-offload",
   async ({ device }) => {
@@ -246,24 +214,14 @@ gpuTest(
       [{ policy: "sync-offload" }, SHAPE.numLayers],
     ];
     for (const [config, waits] of expected) {
-      using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, ...config });
-      const src = createSyntheticSource({ ...SHAPE, seed: 3 });
-      const prompt = takePrompt(src, 60, { queries: false });
-      for (let l = 0; l < SHAPE.numLayers; l++) {
-        await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
-      }
+      const { engine, src } = await prefilledEngine(device, config, 3);
+      using _engine = engine;
       const perStep: number[] = [];
       for (let s = 0; s < 8; s++) {
-        const token = src.next();
-        await engine.beginStep();
-        let encoder = device.createCommandEncoder();
-        for (let l = 0; l < SHAPE.numLayers; l++) {
-          encoder = await engine.recordLayer(encoder, l, token[l]);
-        }
-        engine.endStep(encoder);
+        const stepWaits = await recordStep(device, engine, src);
         // Like a decoder waiting for its logits: the step's answer rides the same wait.
         await device.queue.onSubmittedWorkDone();
-        perStep.push(engine.lastStepStats()!.hostWaits);
+        perStep.push(stepWaits);
       }
       // The first step after prefill may select synchronously.
       assert.deepEqual(perStep.slice(2), new Array(6).fill(waits), config.policy);
@@ -276,27 +234,15 @@ gpuTest(
   "answerLag 4 with a decoder that waits once per 4 steps: no host wait inside a group",
   async ({ device }) => {
     for (const lag of [1, 4]) {
-      using engine = createRetrievalEngine(device, {
-        ...SHAPE,
-        ...SMALL,
-        policy: "freekv",
-        answerLag: lag,
-      });
-      const src = createSyntheticSource({ ...SHAPE, seed: 5 });
-      const prompt = takePrompt(src, 60, { queries: false });
-      for (let l = 0; l < SHAPE.numLayers; l++) {
-        await engine.prefill(0, l, { k: prompt[l].k, v: prompt[l].v });
-      }
+      const { engine, src } = await prefilledEngine(
+        device,
+        { policy: "freekv", answerLag: lag },
+        5,
+      );
+      using _engine = engine;
       const perStep: number[] = [];
       for (let s = 0; s < 16; s++) {
-        const token = src.next();
-        await engine.beginStep();
-        let encoder = device.createCommandEncoder();
-        for (let l = 0; l < SHAPE.numLayers; l++) {
-          encoder = await engine.recordLayer(encoder, l, token[l]);
-        }
-        engine.endStep(encoder);
-        perStep.push(engine.lastStepStats()!.hostWaits);
+        perStep.push(await recordStep(device, engine, src));
         if (s % 4 === 3) await device.queue.onSubmittedWorkDone();
       }
       const inGroups = perStep.slice(4).reduce((a, b) => a + b, 0);

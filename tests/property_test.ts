@@ -8,10 +8,7 @@ import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
 import { assertClose } from "./_assert.ts";
 import { createRetrievalEngine, type EngineOptions } from "../lib/engine/engine.ts";
-import { pagedAttentionReference } from "../lib/kernels/attention_reference.ts";
-import { pageSummariesReference } from "../lib/kernels/summaries_reference.ts";
-import { selectPagesReference } from "../lib/kernels/selection_reference.ts";
-import { EMPTY_SLOT } from "../lib/kernels/attention.ts";
+import { attentionOverPages, oracleTopK } from "./_oracle.ts";
 import { type PageBudget, pageRegions } from "../lib/memory/page_plan.ts";
 import { createRandom, type Random } from "../lib/workloads/random.ts";
 
@@ -93,51 +90,6 @@ function randomCase(rng: Random, id: number, shapes: Shape[]): Case {
   };
 }
 
-function oracleTopK(c: Case, keys: Float32Array, tokens: number, q: Float32Array): number[][] {
-  const { numKvHeads: hkv, headDim: d, numQueryHeads: hq } = c.options;
-  const P = c.budget.pageSize;
-  const r = pageRegions(tokens, c.budget);
-  const fullPages = Math.floor(tokens / P);
-  const summaries = pageSummariesReference({
-    kCache: keys.subarray(0, fullPages * P * hkv * d),
-    jobs: Array.from({ length: fullPages }, (_, p) => ({ srcSlot: p, dstPage: p, numTokens: P })),
-    numPages: fullPages,
-  }, { numKvHeads: hkv, headDim: d, pageSize: P });
-  const K = c.budget.selectPages;
-  const sel = selectPagesReference({
-    q,
-    summaries,
-    pageOffset: [0],
-    candidateStart: [r.sinkCount],
-    candidateEnd: [r.windowStart],
-    k: K,
-  }, { numQueryHeads: hq, numKvHeads: hkv, headDim: d });
-  return Array.from({ length: hkv }, (_, h) => [...sel.selected.subarray(h * K, (h + 1) * K)]);
-}
-
-function referenceOver(
-  c: Case,
-  keys: Float32Array,
-  values: Float32Array,
-  tokens: number,
-  q: Float32Array,
-  pagesPerHead: number[][],
-): Float32Array {
-  const n = Math.max(...pagesPerHead.map((p) => p.length));
-  const table = new Uint32Array(c.options.numKvHeads * n).fill(EMPTY_SLOT);
-  pagesPerHead.forEach((pages, h) => table.set(pages, h * n + n - pages.length));
-  const r = pageRegions(tokens, c.budget);
-  return pagedAttentionReference({
-    q,
-    kCache: keys,
-    vCache: values,
-    pageTable: table,
-    numPages: [n],
-    lastPageLen: [r.lastPageLen],
-    // The oracle's cache is the keys in token order (NHD pages), whatever the engine's slots.
-  }, { ...c.options, pageSize: c.budget.pageSize, slotLayout: "nhd" }).out;
-}
-
 async function checkCase(device: GPUDevice, c: Case, rng: Random): Promise<void> {
   const { numKvHeads: hkv, headDim: d, numQueryHeads: hq } = c.options;
   const row = hkv * d;
@@ -166,15 +118,20 @@ async function checkCase(device: GPUDevice, c: Case, rng: Random): Promise<void>
     const out = (await engine.step(0, { q, k: k.slice(), v: v.slice() }))!;
     const attended = await engine.attendedPages(0);
     const where = `${where0} step ${s}`;
-    assertClose(out, referenceOver(c, keys, values, tokens, q, attended), 2e-4, where);
+    assertClose(
+      out,
+      attentionOverPages(c.options, c.budget, { keys, values, tokens }, q, attended),
+      2e-4,
+      where,
+    );
     const r = pageRegions(tokens, c.budget);
     const base: number[] = [];
     for (let p = 0; p < r.sinkCount; p++) base.push(p);
     for (let p = r.windowStart; p < r.numPages; p++) base.push(p);
     const K = c.budget.selectPages;
-    const fresh = r.candidateCount >= K ? oracleTopK(c, keys, tokens, q) : null;
+    const fresh = r.candidateCount >= K ? oracleTopK(c.options, c.budget, keys, tokens, q) : null;
     const previous = previousQ && r.candidateCount >= K
-      ? oracleTopK(c, keys, tokens, previousQ)
+      ? oracleTopK(c.options, c.budget, keys, tokens, previousQ)
       : null;
     const freekv = c.options.policy === "freekv";
     for (let h = 0; h < hkv; h++) {
