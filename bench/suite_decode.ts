@@ -34,7 +34,8 @@ export interface DecodeRow {
 const SHAPE = { numLayers: 8, numQueryHeads: 32, numKvHeads: 8, headDim: 128 };
 const BUDGET = { pageSize: 32, budget: 2048, sink: 512, window: 512 };
 // Policy rows: name in the table -> engine options.
-const VARIANTS: { name: string; options: Partial<EngineOptions> & { policy: PolicyName } }[] = [
+type VariantOptions = Partial<EngineOptions> & { policy: PolicyName };
+const VARIANTS: { name: string; options: VariantOptions }[] = [
   { name: "full", options: { policy: "full" } },
   { name: "streaming", options: { policy: "streaming" } },
   { name: "quest", options: { policy: "quest" } },
@@ -141,6 +142,22 @@ export async function runSuite(
       (_, b) => createSyntheticSource({ ...SHAPE, seed: 100 + b, shiftProbability }),
     );
     const prompts = sources.map((s) => takePrompt(s, context, { queries: false }));
+    const engineFor = (options: VariantOptions) =>
+      createRetrievalEngine(device, {
+        ...SHAPE,
+        ...BUDGET,
+        batch,
+        maxContext: nominal,
+        ...options,
+      });
+    const prefill = async (engine: RetrievalEngine) => {
+      for (let b = 0; b < batch; b++) {
+        for (let l = 0; l < SHAPE.numLayers; l++) {
+          await engine.prefill(b, l, { k: prompts[b][l].k, v: prompts[b][l].v });
+        }
+      }
+      await engine.drain();
+    };
     const tokens: TokenQkv[][][] = sources.map((s) =>
       Array.from({ length: warmup + steps }, () => s.next())
     );
@@ -168,13 +185,7 @@ export async function runSuite(
     for (const variant of VARIANTS) {
       let engine;
       try {
-        engine = createRetrievalEngine(device, {
-          ...SHAPE,
-          ...BUDGET,
-          batch,
-          maxContext: nominal,
-          ...variant.options,
-        });
+        engine = engineFor(variant.options);
       } catch (error) {
         if (!(error instanceof RangeError)) throw error;
         skipped.push({ policy: variant.name, context, batch, reason: error.message });
@@ -183,12 +194,7 @@ export async function runSuite(
       }
       try {
         log(`${variant.name}: prefill`);
-        for (let b = 0; b < batch; b++) {
-          for (let l = 0; l < SHAPE.numLayers; l++) {
-            await engine.prefill(b, l, { k: prompts[b][l].k, v: prompts[b][l].v });
-          }
-        }
-        await engine.drain();
+        await prefill(engine);
         const latencies: number[] = [], waits: number[] = [], waitMs: number[] = [];
         const before = engine.totals();
         for (let s = 0; s < warmup + steps; s++) {
@@ -236,24 +242,9 @@ export async function runSuite(
     // quest and freekv again, their steps alternating on the same inputs, so
     // that the machine's drift (2x between runs here) falls on both alike.
     log(`paired quest/freekv: prefill`);
-    const pair = PAIRED.map((name) =>
-      createRetrievalEngine(device, {
-        ...SHAPE,
-        ...BUDGET,
-        batch,
-        maxContext: nominal,
-        ...VARIANTS.find((v) => v.name === name)!.options,
-      })
-    );
+    const pair = PAIRED.map((name) => engineFor(VARIANTS.find((v) => v.name === name)!.options));
     try {
-      for (const engine of pair) {
-        for (let b = 0; b < batch; b++) {
-          for (let l = 0; l < SHAPE.numLayers; l++) {
-            await engine.prefill(b, l, { k: prompts[b][l].k, v: prompts[b][l].v });
-          }
-        }
-        await engine.drain();
-      }
+      for (const engine of pair) await prefill(engine);
       const times: number[][] = pair.map(() => []);
       for (let s = 0; s < warmup + steps; s++) {
         // Alternate which goes first.
