@@ -3,15 +3,21 @@
 // Greedy (temperature 0): the largest logit, the lowest index on ties.
 // Otherwise: the first token whose cumulative softmax(logits / temperature)
 // mass exceeds coins[step] times the total (the last token of nonzero mass
-// if rounding leaves none). Writes the token to `token` (the next step's
-// input) and to history[step]. One workgroup; each invocation owns one
-// contiguous chunk of the vocabulary, so the scan needs one serial pass over
-// the chunk sums and one over a chunk.
+// if rounding leaves none). The step is the position (the decoder's own
+// uniform, already rewritten per step) minus the run's first position.
+// Writes the token to `token` (the next step's input) and to history[step].
+// One workgroup; each invocation owns one contiguous chunk of the
+// vocabulary, so the scan needs one serial pass over the chunk sums and one
+// over a chunk.
 struct Params {
   vocab: u32,
   temperature: f32,
-  step: u32, // rewritten before every step (queue order)
+  first: u32, // position of the run's first step
   _pad: u32,
+}
+
+struct Seq {
+  start: u32,
 }
 
 const WG = 256u;
@@ -21,6 +27,7 @@ const WG = 256u;
 @group(0) @binding(2) var<storage, read> coins: array<f32>;
 @group(0) @binding(3) var<storage, read_write> token: array<u32>;
 @group(0) @binding(4) var<storage, read_write> history: array<u32>;
+@group(0) @binding(5) var<uniform> seq: Seq;
 
 var<workgroup> best_value: array<f32, WG>;
 var<workgroup> best_index: array<u32, WG>;
@@ -29,7 +36,7 @@ var<workgroup> last_nonzero: array<u32, WG>;
 
 fn emit(t: u32) {
   token[0] = t;
-  history[p.step] = t;
+  history[seq.start - p.first] = t;
 }
 
 @compute @workgroup_size(WG)
@@ -96,7 +103,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
       fallback = last_nonzero[c];
     }
   }
-  let goal = coins[p.step] * total;
+  let goal = coins[seq.start - p.first] * total;
   var before = 0.0;
   for (var c = 0u; c < WG; c++) {
     let after = before + chunk_sum[c];

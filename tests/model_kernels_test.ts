@@ -18,6 +18,7 @@ import {
   ropeInvFreq,
   uploadMatrix,
   uploadVector,
+  writeSeqStart,
 } from "../lib/model/kernels.ts";
 import {
   causalAttentionReference,
@@ -292,14 +293,24 @@ gpuTest(
       const coinBuf = createBuffer(device, "coins", S, coins);
       const token = createBuffer(device, "token", S, 4);
       const history = createBuffer(device, "history", S, steps * 4);
-      using plan = planSampleToken(device, { logits, coins: coinBuf, token, history, vocab });
+      // Steps at positions 100.. (the step index is the position minus the run's first).
+      const seq = createSeqUniform(device, "position", 100);
+      using plan = planSampleToken(device, {
+        logits,
+        coins: coinBuf,
+        token,
+        history,
+        seq,
+        vocab,
+      });
       for (let j = 0; j < steps; j++) {
         device.queue.writeBuffer(logits, 0, rows[j] as Float32Array<ArrayBuffer>);
-        plan.setStep(j, temperatures[j]);
+        writeSeqStart(device, seq, 100 + j);
+        plan.setRun(100, temperatures[j]);
         run(device, [plan]);
       }
-      assert.throws(() => plan.setStep(steps, 0), /'step' must be .*received 12/);
-      assert.throws(() => plan.setStep(0, -1), /'temperature' must be at least 0: received -1/);
+      assert.throws(() => plan.setRun(-1, 0), /'first' must be between 0 and \d+: received -1/);
+      assert.throws(() => plan.setRun(0, -1), /'temperature' must be at least 0: received -1/);
       const got = new Uint32Array(await readBuffer(device, history));
       assert.equal(new Uint32Array(await readBuffer(device, token))[0], got[steps - 1]);
       for (let j = 0; j < steps; j++) {
@@ -313,7 +324,7 @@ gpuTest(
         const [lo, hi] = cdfBounds(rows[j], temperatures[j], got[j]);
         assert.ok(coins[j] >= lo - 1e-5 && coins[j] < hi + 1e-5, `${where}: ${got[j]} vs ${want}`);
       }
-      for (const b of [logits, coinBuf, token, history]) b.destroy();
+      for (const b of [logits, coinBuf, token, history, seq]) b.destroy();
     }
   },
 );

@@ -685,7 +685,14 @@ export function createGpuModel(
         GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
         size * 4,
       );
-      const plan = planSampleToken(device, { logits, coins, token: tokenBuf, history, vocab });
+      const plan = planSampleToken(device, {
+        logits,
+        coins,
+        token: tokenBuf,
+        history,
+        seq,
+        vocab,
+      });
       return sampling = { steps: size, coins, history, read, plan };
     };
 
@@ -734,8 +741,9 @@ export function createGpuModel(
             Float32Array.from({ length: count }, (_, j) => coins![j]),
           );
         }
+        // Each step finds its index from the position runStep writes.
+        s.plan.setRun(pos, temperature);
         for (let j = 0; j < count; j++) {
-          s.plan.setStep(j, temperature);
           await runStep(pos + j, (enc) => recordPlans(enc, [s.plan], "sample token"));
         }
         const enc = device.createCommandEncoder({ label: "sampled tokens readback" });

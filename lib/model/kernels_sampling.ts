@@ -31,18 +31,24 @@ export interface SampleTokenPlanOptions {
   token: GPUBuffer | BufferSlice;
   /** u32 `[steps]`: every step's sampled token, at its step index. */
   history: GPUBuffer | BufferSlice;
+  /**
+   * Uniform from `createSeqUniform`: the step's position, which the decoder
+   * rewrites before every step anyway; the step index is this position
+   * minus the run's first ({@linkcode SampleTokenPlan.setRun}).
+   */
+  seq: GPUBuffer;
   /** Vocabulary size. */
   vocab: number;
 }
 
-/** A {@linkcode planSampleToken} plan; the step index and temperature are set per step. */
+/** A {@linkcode planSampleToken} plan; the run's first position and temperature are set per run. */
 export interface SampleTokenPlan extends KernelPlan {
   /**
-   * Queues the write of the step index (where the coin is read and the
-   * token is written in `history`) and the temperature (0: greedy) for the
-   * next submit that records the plan.
+   * Queues the write of the run's first position (step `j` runs at
+   * position `first + j`, reads `coins[j]` and writes `history[j]`) and the
+   * temperature (0: greedy) for the submits that follow.
    */
-  setStep(step: number, temperature: number): void;
+  setRun(first: number, temperature: number): void;
 }
 
 /**
@@ -55,15 +61,16 @@ export interface SampleTokenPlan extends KernelPlan {
  * import { requestGpu } from "../gpu/device.ts";
  * import { createBuffer, readBuffer } from "../gpu/buffers.ts";
  * import { planSampleToken } from "./kernels_sampling.ts";
- * import { recordPlans } from "./kernels.ts";
+ * import { createSeqUniform, recordPlans } from "./kernels.ts";
  * using gpu = await requestGpu();
  * const d = gpu.device, S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC;
  * const logits = createBuffer(d, "logits", S, new Float32Array([0.5, 2, 1]));
  * const coins = createBuffer(d, "coins", S, new Float32Array([0.5]));
  * const token = createBuffer(d, "token", S, 4);
  * const history = createBuffer(d, "history", S, 4);
- * using plan = planSampleToken(d, { logits, coins, token, history, vocab: 3 });
- * plan.setStep(0, 0);
+ * const seq = createSeqUniform(d, "position", 5);
+ * using plan = planSampleToken(d, { logits, coins, token, history, seq, vocab: 3 });
+ * plan.setRun(5, 0);
  * const enc = d.createCommandEncoder({ label: "example" });
  * recordPlans(enc, [plan], "example");
  * d.queue.submit([enc.finish()]);
@@ -81,7 +88,6 @@ export function planSampleToken(
   checkFits("token", options.token, 1, action);
   checkFits("coins", options.coins, 1, action);
   checkFits("history", options.history, 1, action);
-  const steps = Math.floor(Math.min(sliceBytes(options.coins), sliceBytes(options.history)) / 4);
   const pipeline = cachedPipeline(device, "sample_token", sampleTokenSrc);
   const params = uniform(device, "sample token", [vocab, { f32: 0 }, 0, 0]);
   const plan = makePlan("sample token", [{
@@ -92,19 +98,20 @@ export function planSampleToken(
       options.coins,
       options.token,
       options.history,
+      options.seq,
     ]),
     workgroups: [1, 1, 1],
   }], [params]);
   return {
     ...plan,
-    setStep(step: number, temperature: number): void {
-      const what = "set a sampling step";
-      assertInteger("step", step, what, 0, steps - 1);
+    setRun(first: number, temperature: number): void {
+      const what = "set a sampling run";
+      assertInteger("first", first, what, 0, 0xffffffff);
       assertFinite("temperature", temperature, what, 0);
       device.queue.writeBuffer(
         params,
         0,
-        new Uint8Array(packUniforms([vocab, { f32: temperature }, step, 0])),
+        new Uint8Array(packUniforms([vocab, { f32: temperature }, first, 0])),
       );
     },
   };
