@@ -12,14 +12,7 @@ import type { BufferSlice } from "../gpu/buffers.ts";
 import { packUniforms } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { assertFinite, assertInteger } from "../gpu/errors.ts";
-import {
-  bindGroup,
-  checkFits,
-  type KernelPlan,
-  makePlan,
-  sliceBytes,
-  uniform,
-} from "./kernels_plan.ts";
+import { bindGroup, checkFits, type KernelPlan, makePlan, uniform } from "./kernels_plan.ts";
 
 /** Options of {@linkcode planSampleToken}. */
 export interface SampleTokenPlanOptions {
