@@ -3,7 +3,9 @@
 //    (softmax-mean: softmax over the candidates per query head, with the
 //    logits scaled by `scale`, then the mean over the group; mean; max),
 //    stored as an order-preserving u32 key (NaN lowest);
-// 2. radix select, 8 bits a round, of the k-th largest composite key
+// 2. up to COUNTING_MAX candidates, each one's rank by counting the keys
+//    that beat it (larger, or equal at a lower index); above it, a radix
+//    select, 8 bits a round, of the k-th largest composite key
 //    (key, inverted candidate index): 4 rounds on the key, then, only when
 //    the k-th key is tied, 4 rounds on the inverted index so that the lowest
 //    indices win the tie;
@@ -53,6 +55,10 @@ var<workgroup> group_sums: array<u32, 16>;
 var<workgroup> winner_count: atomic<u32>;
 var<workgroup> tied: u32;
 var<workgroup> skip_head: u32;
+// Up to COUNTING_MAX candidates, every candidate is ranked by counting
+// instead (0: always radix select).
+override COUNTING_MAX: u32 = 128u;
+var<workgroup> small_keys: array<u32, max(COUNTING_MAX, 1u)>;
 
 const NEG_INF: f32 = -3.4028234663852886e38; // lowest finite f32: no inf literal in WGSL
 
@@ -215,6 +221,28 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
       key = 0u;
     }
     keys[kbase + n] = key;
+    if (count <= COUNTING_MAX) {
+      small_keys[n] = key;
+    }
+  }
+
+  // Few candidates: each one's rank is the count of keys that beat it
+  // (larger, or equal at a lower index), with no radix rounds: far fewer
+  // barriers and atomics, which a CPU adapter pays dearly for.
+  if (count <= COUNTING_MAX) {
+    workgroupBarrier();
+    for (var n = t; n < count; n += WG) {
+      let kn = small_keys[n];
+      var rank = 0u;
+      for (var j = 0u; j < count; j++) {
+        let kj = small_keys[j];
+        rank += select(0u, 1u, kj > kn || (kj == kn && j < n));
+      }
+      if (rank < k) {
+        selected[obase + rank] = seq.y + n;
+      }
+    }
+    return;
   }
 
   // 2. Radix select on the key.

@@ -46,6 +46,16 @@ const CASES: [script: string, args: string[], says: RegExp][] = [
     ["--answer-lags", "0"],
     /--answer-lags must be an integer of at least 1: received "0"/,
   ],
+  [
+    "profile.ts",
+    ["--policies", "full,best"],
+    /--policies must list names from .*: received "best"/,
+  ],
+  [
+    "profile.ts",
+    ["--max-tokens", "0"],
+    /--max-tokens must be an integer of at least 1: received "0"/,
+  ],
   ["soak.ts", ["--steps", "0"], /--steps must be an integer of at least 1: received "0"/],
   ["soak.ts", ["--policy", "best"], /--policy must be one of .*: received "best"/],
 ];

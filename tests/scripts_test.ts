@@ -16,7 +16,9 @@ async function runScript(script: string, args: string[]) {
 }
 
 Deno.test("every script answers --help", async () => {
-  for (const script of ["generate.ts", "demo.ts", "bench.ts", "accuracy.ts", "test.ts"]) {
+  for (
+    const script of ["generate.ts", "demo.ts", "bench.ts", "accuracy.ts", "test.ts", "profile.ts"]
+  ) {
     const r = await runScript(script, ["--help"]);
     assert.equal(r.code, 0, `${script}: ${r.stderr}`);
     assert.match(r.stdout, /Usage: deno run -A scripts\//, script);
@@ -53,5 +55,40 @@ Deno.test({
       bad.stderr,
       /accuracy: --budget must be an integer of at least 1: received "zero"/,
     );
+  },
+});
+
+Deno.test({
+  name: "profile: GPU time per pass label for full and a retrieval policy",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("profile.ts", [
+      "--policies",
+      "quest",
+      "--max-tokens",
+      "40",
+      "--budget",
+      "32",
+      "--page-size",
+      "4",
+      "--json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.deepEqual(report.policies.map((p: { policy: string }) => p.policy), ["full", "quest"]);
+    for (const p of report.policies) {
+      assert.ok(p.tokens > 30 && p.tokensPerSecond > 0 && p.gpuMsPerToken > 0, p.policy);
+      // One attention pass per layer and token (5 layers).
+      const attention = p.passes.find((x: { label: string }) =>
+        x.label === "freekv paged attention"
+      );
+      assert.ok(Math.abs(attention.passesPerToken - 5) < 1e-9, p.policy);
+    }
+    const [quest] = report.versusFull;
+    assert.equal(quest.policy, "quest");
+    assert.ok(
+      quest.addedPasses.some((x: { label: string }) => x.label === "freekv page selection"),
+    );
+    assert.ok(report.floors.dispatchUs > 0);
   },
 });

@@ -184,6 +184,39 @@ gpuTest("ties: duplicated pages and all-equal pages select the lower page index"
   assert.deepEqual([...(await selectPages(gpu.device, many, options))], want);
 });
 
+gpuTest(
+  "top-k by counting and by radix select agree with the oracle around the switch",
+  async (gpu) => {
+    // countingTopkMax 0 always takes the radix select; 1024 counts up to 1024 candidates.
+    for (const countingTopkMax of [0, 128, 1024]) {
+      for (const [i, count] of [1, 7, 64, 127, 128, 129, 300].entries()) {
+        const shape = {
+          numKvHeads: 2,
+          group: 2,
+          headDim: 8,
+          counts: [count, 3],
+          k: Math.min(count, 3),
+        };
+        const options = { numQueryHeads: 4, numKvHeads: 2, headDim: 8, countingTopkMax };
+        const { inputs, want } = separatedInputs(3000 + 10 * i, shape, options);
+        const got = await noGpuErrors(gpu.device, () => selectPages(gpu.device, inputs, options));
+        assert.deepEqual(got, want, `count ${count}, countingTopkMax ${countingTopkMax}`);
+        // All tied (a zero query): the lowest candidate indices, in order.
+        const tied = { ...inputs, q: new Float32Array(inputs.q.length) };
+        const lowest = (b: number) =>
+          Array.from({ length: shape.k }, (_, j) => inputs.candidateStart[b] + j);
+        const expected = [0, 1].flatMap((b) => [...lowest(b), ...lowest(b)]);
+        assert.deepEqual([...selectPagesReference(tied, options).selected], expected);
+        assert.deepEqual(
+          [...(await selectPages(gpu.device, tied, options))],
+          expected,
+          `tied, count ${count}, countingTopkMax ${countingTopkMax}`,
+        );
+      }
+    }
+  },
+);
+
 Deno.test("selection oracle: pooling modes on a hand-computed case", () => {
   // Two query heads, one KV head, d = 4; pages scored by q . upper for q >= 0.
   const inputs = {
@@ -313,6 +346,12 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
       [{}, { lanesPerPage: 2 }],
       RangeError,
       /'lanesPerPage' must be a power of two dividing headDim \/ 4 = 1: received 2/,
+    ],
+    [
+      "counting top-k limit",
+      [{}, { countingTopkMax: 2000 }],
+      RangeError,
+      /'countingTopkMax' must be between 0 and 1024: received 2000/,
     ],
     ["k = 0", [{ k: 0 }], RangeError, /'k' must be at least 1: received 0/],
     [

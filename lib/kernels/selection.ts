@@ -81,6 +81,13 @@ export interface PageSelectorOptions {
    * on it beyond f32 summation order.
    */
   lanesPerPage?: number;
+  /**
+   * Tuning: up to this many candidates per (sequence, KV head), top-k ranks
+   * each candidate by counting the keys that beat it; above it, a radix
+   * select. 0 to 1024, default 128; 0 always takes the radix select. Results
+   * do not depend on it.
+   */
+  countingTopkMax?: number;
 }
 
 /** What to select, the input of {@linkcode PageSelector.plan}: one entry per sequence of the batch, and `k`. */
@@ -157,6 +164,10 @@ const ACTION = "select pages";
 // Workgroup size of the scoring kernel (page_score.wgsl).
 const WG = 64;
 const MAX_DISPATCH = 65535;
+// Counting top-k: default and largest candidate count (its keys live in
+// workgroup memory, 4 bytes each).
+const COUNTING_TOPK_MAX = 128;
+const COUNTING_TOPK_LIMIT = 1024;
 
 /** A validated {@linkcode PageSelectionStep}. */
 export interface CheckedSelectionStep {
@@ -211,7 +222,9 @@ export function checkSelectorOptions(
       lanesPerPage *= 2;
     }
   }
-  return { numQueryHeads, numKvHeads, headDim, pooling, scale, lanesPerPage };
+  const countingTopkMax = options.countingTopkMax ?? COUNTING_TOPK_MAX;
+  assertInteger("countingTopkMax", countingTopkMax, ACTION, 0, COUNTING_TOPK_LIMIT);
+  return { numQueryHeads, numKvHeads, headDim, pooling, scale, lanesPerPage, countingTopkMax };
 }
 
 /** Validates a {@linkcode PageSelectionStep} (without buffer bounds). */
@@ -302,6 +315,7 @@ class Selector implements PageSelector {
     this.topkPipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
       GROUP: group,
       POOLING: POOLING_MODES.indexOf(options.pooling),
+      COUNTING_MAX: options.countingTopkMax,
     });
   }
 
@@ -521,6 +535,7 @@ class SelectionPlan implements PageSelectionPlan {
     const pipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
       GROUP: options.numQueryHeads / options.numKvHeads,
       POOLING: POOLING_MODES.indexOf(options.pooling),
+      COUNTING_MAX: options.countingTopkMax,
       MASKED: 1,
       MASK_STRIDE: r.maskStride,
       FLAGGED: r.flags ? 1 : 0,

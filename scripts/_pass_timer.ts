@@ -1,0 +1,227 @@
+// GPU time per compute pass, by pass label, for one device: every compute
+// pass recorded on the device gets timestamp writes, every dispatch is
+// counted. A diagnostic for scripts/profile.ts: it patches the WebGPU
+// prototypes of this process while installed (the library never does), and
+// a pass that asks for timestamps itself keeps its own and is not timed.
+
+/** GPU time and counts of the passes of one label. */
+export interface PassTotals {
+  /** Nanoseconds between the pass's begin and end timestamps, summed. */
+  ns: number;
+  passes: number;
+  dispatches: number;
+}
+
+/** Times the compute passes of one device until disposed. */
+export interface PassTimer extends Disposable {
+  /** Reads back every timed pass so far (one host wait). */
+  collect(): Promise<void>;
+  /** Totals per pass label since the last `reset`, collected passes only. */
+  totals(): Map<string, PassTotals>;
+  /** Forgets the totals (passes not yet collected are dropped too). */
+  reset(): Promise<void>;
+}
+
+const QUERIES = 4096; // a query set's limit: 2048 passes per encoder
+// A command buffer's passes are read back after this many submits, so
+// that query sets and readback buffers stay few.
+const COLLECT_EVERY = 64;
+
+interface Recorded {
+  labels: string[];
+  dispatches: number[];
+  querySet: GPUQuerySet;
+}
+
+/** Starts timing the compute passes of `device`. */
+export function installPassTimer(device: GPUDevice): PassTimer {
+  const encoders = new WeakMap<GPUCommandEncoder, Recorded>();
+  const passes = new WeakMap<GPUComputePassEncoder, { rec: Recorded; index: number }>();
+  const ready: { rec: Recorded; resolve: GPUBuffer; read: GPUBuffer }[] = [];
+  const totals = new Map<string, PassTotals>();
+  const proto = {
+    create: GPUDevice.prototype.createCommandEncoder,
+    begin: GPUCommandEncoder.prototype.beginComputePass,
+    finish: GPUCommandEncoder.prototype.finish,
+    dispatch: GPUComputePassEncoder.prototype.dispatchWorkgroups,
+    submit: GPUQueue.prototype.submit,
+  };
+  let submits = 0;
+  let collecting: Promise<void> = Promise.resolve();
+
+  GPUDevice.prototype.createCommandEncoder = function (descriptor) {
+    const encoder = proto.create.call(this, descriptor);
+    if (this === device) {
+      encoders.set(encoder, {
+        labels: [],
+        dispatches: [],
+        querySet: device.createQuerySet({ type: "timestamp", count: QUERIES }),
+      });
+    }
+    return encoder;
+  };
+  GPUCommandEncoder.prototype.beginComputePass = function (descriptor) {
+    const rec = encoders.get(this);
+    if (!rec || descriptor?.timestampWrites || rec.labels.length * 2 >= QUERIES) {
+      return proto.begin.call(this, descriptor);
+    }
+    const index = rec.labels.length;
+    rec.labels.push(descriptor?.label || "(unlabelled pass)");
+    rec.dispatches.push(0);
+    const pass = proto.begin.call(this, {
+      ...descriptor,
+      timestampWrites: {
+        querySet: rec.querySet,
+        beginningOfPassWriteIndex: 2 * index,
+        endOfPassWriteIndex: 2 * index + 1,
+      },
+    });
+    passes.set(pass, { rec, index });
+    return pass;
+  };
+  GPUComputePassEncoder.prototype.dispatchWorkgroups = function (x, y, z) {
+    const at = passes.get(this);
+    if (at) at.rec.dispatches[at.index]++;
+    return proto.dispatch.call(this, x, y, z);
+  };
+  GPUCommandEncoder.prototype.finish = function (descriptor) {
+    const rec = encoders.get(this);
+    if (rec?.labels.length) {
+      const bytes = rec.labels.length * 16;
+      const resolve = device.createBuffer({
+        label: "pass timer resolve",
+        size: bytes,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      const read = device.createBuffer({
+        label: "pass timer read",
+        size: bytes,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      this.resolveQuerySet(rec.querySet, 0, rec.labels.length * 2, resolve, 0);
+      this.copyBufferToBuffer(resolve, 0, read, 0, bytes);
+      ready.push({ rec, resolve, read });
+    } else rec?.querySet.destroy();
+    return proto.finish.call(this, descriptor);
+  };
+  GPUQueue.prototype.submit = function (buffers) {
+    proto.submit.call(this, buffers);
+    if (this === device.queue && ++submits % COLLECT_EVERY === 0) {
+      collecting = collecting.then(() => collect(false));
+    }
+  };
+
+  async function collect(all: boolean): Promise<void> {
+    // Encoders finished but not yet submitted stay for the next collection.
+    const items = ready.splice(0, all ? ready.length : Math.max(0, ready.length - 4));
+    await Promise.all(items.map((x) => x.read.mapAsync(GPUMapMode.READ)));
+    for (const { rec, resolve, read } of items) {
+      const t = new BigUint64Array(read.getMappedRange());
+      rec.labels.forEach((label, i) => {
+        const e = totals.get(label) ?? { ns: 0, passes: 0, dispatches: 0 };
+        e.ns += Number(t[2 * i + 1] - t[2 * i]);
+        e.passes++;
+        e.dispatches += rec.dispatches[i];
+        totals.set(label, e);
+      });
+      read.unmap();
+      read.destroy();
+      resolve.destroy();
+      rec.querySet.destroy();
+    }
+  }
+
+  return {
+    async collect() {
+      await collecting;
+      await collect(true);
+    },
+    totals: () => new Map(totals),
+    async reset() {
+      await collecting;
+      await collect(true);
+      totals.clear();
+    },
+    [Symbol.dispose]() {
+      GPUDevice.prototype.createCommandEncoder = proto.create;
+      GPUCommandEncoder.prototype.beginComputePass = proto.begin;
+      GPUCommandEncoder.prototype.finish = proto.finish;
+      GPUComputePassEncoder.prototype.dispatchWorkgroups = proto.dispatch;
+      GPUQueue.prototype.submit = proto.submit;
+    },
+  };
+}
+
+/**
+ * This adapter's floors: the GPU time of a compute pass holding one tiny
+ * dispatch, and of one more tiny dispatch inside a pass, in nanoseconds
+ * (medians of `repeats` runs of `count` passes or dispatches each).
+ * Measure them before installing a timer.
+ */
+export async function measureFloors(
+  device: GPUDevice,
+  count = 200,
+  repeats = 5,
+): Promise<{ passNs: number; dispatchNs: number }> {
+  const buffer = device.createBuffer({ size: 256, usage: GPUBufferUsage.STORAGE });
+  const module = device.createShaderModule({
+    code: `@group(0) @binding(0) var<storage, read_write> a: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(local_invocation_index) i: u32) { a[i] += 1u; }`,
+  });
+  const pipeline = device.createComputePipeline({
+    layout: "auto",
+    compute: { module, entryPoint: "main" },
+  });
+  const group = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [{ binding: 0, resource: { buffer } }],
+  });
+  const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
+  const resolve = device.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+  });
+  const read = device.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  // Wall of `passes` passes of `perPass` dispatches, from the first pass's
+  // begin to the last one's end.
+  const time = async (passes: number, perPass: number): Promise<number> => {
+    const encoder = device.createCommandEncoder({ label: "floor" });
+    for (let p = 0; p < passes; p++) {
+      const writes: GPUComputePassTimestampWrites = { querySet };
+      if (p === 0) writes.beginningOfPassWriteIndex = 0;
+      if (p === passes - 1) writes.endOfPassWriteIndex = 1;
+      const pass = encoder.beginComputePass({ timestampWrites: writes });
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, group);
+      for (let d = 0; d < perPass; d++) pass.dispatchWorkgroups(1);
+      pass.end();
+    }
+    encoder.resolveQuerySet(querySet, 0, 2, resolve, 0);
+    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16);
+    device.queue.submit([encoder.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(read.getMappedRange());
+    const ns = Number(t[1] - t[0]);
+    read.unmap();
+    return ns;
+  };
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
+  const one: number[] = [];
+  const manyPasses: number[] = [];
+  const manyDispatches: number[] = [];
+  await time(count, 1); // warm-up
+  for (let r = 0; r < repeats; r++) {
+    one.push(await time(1, 1));
+    manyPasses.push(await time(count, 1));
+    manyDispatches.push(await time(1, count + 1));
+  }
+  for (const b of [buffer, resolve, read]) b.destroy();
+  querySet.destroy();
+  return {
+    passNs: median(manyPasses) / count,
+    dispatchNs: (median(manyDispatches) - median(one)) / count,
+  };
+}

@@ -1,0 +1,232 @@
+/**
+ * Where a decode step's GPU time goes, per policy: greedy generation with
+ * the bundled stories260K model (or any model by flag), once plainly for
+ * tokens/s, once with timestamp queries around every compute pass for GPU
+ * time per pass label, passes and dispatches per token; then what each
+ * policy costs beyond `full` per token, on the GPU and on the host.
+ *
+ * Usage: deno run -A scripts/profile.ts [--policies LIST] [--max-tokens N] ... (see --help)
+ */
+import { flagChecks } from "./_flags.ts";
+import { installPassTimer, measureFloors, type PassTotals } from "./_pass_timer.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { loadModel } from "../lib/model/load.ts";
+import { createGpuModel } from "../lib/model/gpu_model.ts";
+import { type AttentionBackend, createDenseAttentionBackend } from "../lib/model/backends/dense.ts";
+import { generate, type GenerationResult } from "../lib/model/generate.ts";
+import { createEngineBackend } from "../lib/model/backends/engine.ts";
+import { POLICIES, type PolicyName } from "../lib/engine/engine.ts";
+import type { LoadedModel } from "../lib/model/load.ts";
+
+const HELP = `Usage: deno run -A scripts/profile.ts [options]
+
+Decodes greedily from BOS with each policy, first plainly (tokens/s), then
+with a timestamp query around every compute pass (GPU time per pass label,
+passes and dispatches per token), and splits what each policy costs beyond
+full per token into GPU time in passes (less the attention it saves) and the
+rest (JavaScript, WebGPU's host side, copies, waits). Also reports this
+adapter's GPU time of an empty pass and of a tiny dispatch.
+Progress goes to stderr.
+
+Options:
+  --model PATH          llama2.c .bin or Hugging Face directory
+                        (default: models/stories260K/stories260K.bin)
+  --policies LIST       comma-separated policies (default full,quest,freekv);
+                        full is always run, first, as the reference
+  --max-tokens N        tokens to generate per run (default 300)
+  --budget N            KV tokens attended per step (default 96)
+  --page-size N         KV page size in tokens (default 8)
+  --tokens-per-wait N   decode steps per host wait (default 8)
+  --json                print one JSON object on stdout
+  --help                this text`;
+
+const flags = flagChecks("profile");
+const fail: (message: string) => never = flags.fail;
+const values = flags.parse(Deno.args, {
+  model: { type: "string" },
+  policies: { type: "string", default: "full,quest,freekv" },
+  "max-tokens": { type: "string", default: "300" },
+  budget: { type: "string", default: "96" },
+  "page-size": { type: "string", default: "8" },
+  "tokens-per-wait": { type: "string", default: "8" },
+  json: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+});
+if (values.help) {
+  console.log(HELP);
+  Deno.exit(0);
+}
+const maxTokens = flags.intFlag("max-tokens", values["max-tokens"], 1)!;
+const tokensPerWait = flags.intFlag("tokens-per-wait", values["tokens-per-wait"], 1)!;
+const retrieval = flags.retrieval({
+  budget: flags.intFlag("budget", values.budget, 1),
+  pageSize: flags.intFlag("page-size", values["page-size"], 1),
+});
+const requested = values.policies!.split(",").map((s) => s.trim()).filter(Boolean);
+for (const p of requested) {
+  if (p !== "dense" && !POLICIES.includes(p as PolicyName)) {
+    fail(
+      `--policies must list names from ${POLICIES.join(", ")}, dense: received ${
+        JSON.stringify(p)
+      }`,
+    );
+  }
+}
+const policies = ["full", ...requested.filter((p) => p !== "full")];
+const progress = (m: string) => console.error(`profile: ${m}`);
+
+const modelPath = values.model ?? "models/stories260K/stories260K.bin";
+let loaded: LoadedModel;
+try {
+  loaded = await loadModel(modelPath, {
+    tokenizer: values.model === undefined ? "models/stories260K/tok512.bin" : undefined,
+  });
+} catch (error) {
+  fail((error as Error).message);
+}
+const { config, weights } = loaded;
+const maxSeqLen = Math.min(config.maxSeqLen, maxTokens + 1);
+
+using gpu = await requestGpu();
+const device = gpu.device;
+if (!gpu.timestamps) fail(`the adapter (${gpu.description}) has no timestamp-query`);
+
+progress("measuring the floors of a pass and a dispatch");
+const floors = await measureFloors(device);
+
+/** One greedy generation of `policy`; the timer, when given, is reset after the prefill. */
+async function decode(policy: string): Promise<GenerationResult> {
+  const backend: AttentionBackend = policy === "dense"
+    ? createDenseAttentionBackend(device, config, { maxSeqLen })
+    : createEngineBackend(device, {
+      ...config,
+      ...retrieval,
+      maxContext: maxSeqLen,
+      policy: policy as PolicyName,
+      answerLag: tokensPerWait,
+    });
+  using _backend = backend;
+  using model = createGpuModel(device, weights, { attention: backend, maxSeqLen });
+  const it = generate(model, [config.bosId], { maxTokens, tokensPerWait });
+  while (true) {
+    const r = await it.next();
+    if (r.done) return r.value;
+  }
+}
+
+interface PolicyProfile {
+  policy: string;
+  tokens: number;
+  tokensPerSecond: number;
+  msPerToken: number;
+  gpuMsPerToken: number;
+  passesPerToken: number;
+  dispatchesPerToken: number;
+  passes: { label: string; msPerToken: number; passesPerToken: number; dispatches: number }[];
+}
+
+const profiles: PolicyProfile[] = [];
+for (const policy of policies) {
+  progress(`${policy}: decoding ${maxTokens} tokens`);
+  const plain = await decode(policy);
+  progress(`${policy}: decoding again with every pass timed`);
+  const timer = installPassTimer(device);
+  let totals: Map<string, PassTotals>;
+  let steps: number;
+  try {
+    const timed = await decode(policy);
+    await timer.collect();
+    totals = timer.totals();
+    steps = timed.stats.decodeSteps;
+  } finally {
+    timer[Symbol.dispose]();
+  }
+  // Decode passes only: prefill passes are few and labelled as such.
+  const rows = [...totals].filter(([label]) => !label.startsWith("prefill"));
+  const sum = (f: (t: PassTotals) => number) => rows.reduce((a, [, t]) => a + f(t), 0);
+  profiles.push({
+    policy,
+    tokens: plain.stats.decodeSteps,
+    tokensPerSecond: plain.stats.decodeTokensPerSecond,
+    msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
+    gpuMsPerToken: sum((t) => t.ns) / 1e6 / steps,
+    passesPerToken: sum((t) => t.passes) / steps,
+    dispatchesPerToken: sum((t) => t.dispatches) / steps,
+    passes: rows
+      .sort((a, b) => b[1].ns - a[1].ns)
+      .map(([label, t]) => ({
+        label,
+        msPerToken: t.ns / 1e6 / steps,
+        passesPerToken: t.passes / steps,
+        dispatches: t.dispatches / t.passes,
+      })),
+  });
+}
+
+const full = profiles[0];
+const attentionMs = (p: PolicyProfile) =>
+  p.passes.filter((x) => /attention|append/.test(x.label)).reduce((a, x) => a + x.msPerToken, 0);
+// What a policy costs beyond full, per token: GPU time in passes (its own
+// kernels, less the attention it saves) and the rest of the wall time
+// (JavaScript, WebGPU's host side, copies and waits).
+const versusFull = profiles.slice(1).map((p) => ({
+  policy: p.policy,
+  ratioToFull: p.tokensPerSecond / full.tokensPerSecond,
+  extraMsPerToken: p.msPerToken - full.msPerToken,
+  extraGpuMsPerToken: p.gpuMsPerToken - full.gpuMsPerToken,
+  attentionSavedMsPerToken: attentionMs(full) - attentionMs(p),
+  extraHostMsPerToken: (p.msPerToken - p.gpuMsPerToken) - (full.msPerToken - full.gpuMsPerToken),
+  addedPasses: p.passes.filter((x) => !full.passes.some((y) => y.label === x.label)),
+  // At full's speed times 0.9 a policy may spend this much more per token.
+  budgetAt09MsPerToken: full.msPerToken / 0.9 - full.msPerToken,
+}));
+
+const report = {
+  model: modelPath,
+  adapter: gpu.description,
+  retrieval,
+  maxTokens,
+  tokensPerWait,
+  floors: { passUs: floors.passNs / 1e3, dispatchUs: floors.dispatchNs / 1e3 },
+  policies: profiles,
+  versusFull,
+};
+if (values.json) {
+  console.log(JSON.stringify(report, null, 2));
+} else {
+  const f = (x: number, d = 2) => x.toFixed(d);
+  console.log(
+    `${gpu.description}; floors: a pass ${f(floors.passNs / 1e3, 1)} us, a dispatch ${
+      f(floors.dispatchNs / 1e3, 1)
+    } us`,
+  );
+  for (const p of profiles) {
+    console.log(
+      `\n${p.policy}: ${f(p.tokensPerSecond, 1)} tokens/s (${
+        f(p.msPerToken)
+      } ms/token); GPU in passes ${f(p.gpuMsPerToken)} ms/token; ${
+        f(p.passesPerToken, 1)
+      } passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`,
+    );
+    for (const x of p.passes) {
+      console.log(
+        `  ${x.label.padEnd(34)} ${f(x.msPerToken, 3).padStart(7)} ms/token  ${
+          f(x.passesPerToken, 2).padStart(6)
+        } passes/token  ${f(x.dispatches, 1).padStart(4)} dispatches/pass`,
+      );
+    }
+  }
+  for (const v of versusFull) {
+    console.log(
+      `\n${v.policy} vs full: ${f(v.ratioToFull)}x the tokens/s; +${
+        f(v.extraMsPerToken)
+      } ms/token = GPU in passes ${f(v.extraGpuMsPerToken)} (attention saves ${
+        f(v.attentionSavedMsPerToken)
+      }; added passes ${
+        v.addedPasses.map((x) => `${x.label} ${f(x.msPerToken)}`).join(", ")
+      }) + host and the rest ${f(v.extraHostMsPerToken)}; 0.9x full allows +${
+        f(v.budgetAt09MsPerToken)
+      }`,
+    );
+  }
+}
