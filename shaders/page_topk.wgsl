@@ -1,4 +1,5 @@
-// GQA pooling and top-k of one (sequence, KV head) per workgroup.
+// GQA pooling and top-k of one (sequence, KV head) per workgroup (with
+// page_pool.wgsl appended).
 // 1. pooled score per candidate page from the GROUP raw scores
 //    (softmax-mean: softmax over the candidates per query head, with the
 //    logits scaled by `scale`, then the mean over the group; mean; max),
@@ -26,7 +27,6 @@ override MASK_STRIDE: u32 = 0u;
 override FLAGGED: bool = false;
 
 const WG: u32 = 64u;
-const SIDE: u32 = 8u; // WG = SIDE * SIDE, for the two-level reductions
 
 struct Params {
   num_kv_heads: u32,
@@ -45,9 +45,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read> mask: array<u32>; // [b][Hkv][MASK_STRIDE] when MASKED
 @group(0) @binding(7) var<storage, read> flags: array<u32>; // [b][Hkv] when FLAGGED
 
-var<workgroup> red: array<vec2<f32>, WG>;
-var<workgroup> red2: array<vec2<f32>, SIDE>;
-var<workgroup> stats: array<vec2<f32>, GROUP>; // (max logit, 1 / sum of exp) per query head
 // Two 256-bin histograms, alternating between rounds so that clearing the
 // next one needs no extra barrier; per round also the sums of 16 bins each.
 var<workgroup> hist: array<atomic<u32>, 512>;
@@ -60,46 +57,11 @@ var<workgroup> skip_head: u32;
 override COUNTING_MAX: u32 = 128u;
 var<workgroup> small_keys: array<u32, max(COUNTING_MAX, 1u)>;
 
-const NEG_INF: f32 = -3.4028234663852886e38; // lowest finite f32: no inf literal in WGSL
+// The scores' row of the workgroup's first query head (raw_score).
+var<private> head0: u32;
 
-// Order-preserving map of f32 to u32 (larger float, larger key); -0 counts
-// as +0 so that equal floats give equal keys, NaN maps below everything.
-fn order_key(x: f32) -> u32 {
-  let u = bitcast<u32>(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    return 0u;
-  }
-  if (u == 0x80000000u) {
-    return 0x80000000u;
-  }
-  return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
-}
-
-// Merges two partial softmax sums (max logit, sum of exp((x - max) * scale)).
-fn merge_softmax(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-  let m = max(a.x, b.x);
-  return vec2<f32>(m, a.y * exp((a.x - m) * params.scale) + b.y * exp((b.x - m) * params.scale));
-}
-
-// Two-level reduction of partial softmax sums: 2 barriers. `red2` is
-// rewritten only after the first barrier of the next call, which every
-// reader of this call has passed.
-fn reduce_softmax(t: u32, v: vec2<f32>) -> vec2<f32> {
-  red[t] = v;
-  workgroupBarrier();
-  if (t < SIDE) {
-    var acc = red[t * SIDE];
-    for (var i = 1u; i < SIDE; i++) {
-      acc = merge_softmax(acc, red[t * SIDE + i]);
-    }
-    red2[t] = acc;
-  }
-  workgroupBarrier();
-  var acc = red2[0];
-  for (var i = 1u; i < SIDE; i++) {
-    acc = merge_softmax(acc, red2[i]);
-  }
-  return acc;
+fn raw_score(g: u32, n: u32) -> f32 {
+  return scores[(head0 + g) * params.max_count + n];
 }
 
 // After a round's histogram: sums of its 16-bin groups, and the clearing of
@@ -153,7 +115,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let seq = seqs[b];
   let count = seq.z;
   let k = params.k;
-  let head0 = (b * params.num_kv_heads + kvh) * GROUP;
+  head0 = (b * params.num_kv_heads + kvh) * GROUP;
   let kbase = (b * params.num_kv_heads + kvh) * params.max_count;
   let obase = (b * params.num_kv_heads + kvh) * k;
   if (MASKED && FLAGGED) {
@@ -174,49 +136,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   }
 
   // 1. Softmax statistics per query head, then the pooled keys.
-  if (POOLING == 0u) {
-    for (var g = 0u; g < GROUP; g++) {
-      // Online softmax sum: rescale when the running max grows.
-      let row = (head0 + g) * params.max_count;
-      var acc = vec2<f32>(NEG_INF, 0.0);
-      for (var n = t; n < count; n += WG) {
-        let x = scores[row + n];
-        if (x > acc.x) {
-          acc = vec2<f32>(x, acc.y * exp((acc.x - x) * params.scale) + 1.0);
-        } else {
-          acc.y += exp((x - acc.x) * params.scale);
-        }
-      }
-      acc = reduce_softmax(t, acc);
-      if (t == 0u) {
-        stats[g] = vec2<f32>(acc.x, 1.0 / acc.y);
-      }
-    }
-  }
-  workgroupBarrier();
-  let inv_group = 1.0 / f32(GROUP);
+  pool_stats(t, count);
   for (var n = t; n < count; n += WG) {
-    var pooled: f32;
-    if (POOLING == 0u) {
-      pooled = 0.0;
-      for (var g = 0u; g < GROUP; g++) {
-        let st = stats[g];
-        pooled += exp((scores[(head0 + g) * params.max_count + n] - st.x) * params.scale) * st.y;
-      }
-      pooled *= inv_group;
-    } else if (POOLING == 1u) {
-      pooled = 0.0;
-      for (var g = 0u; g < GROUP; g++) {
-        pooled += scores[(head0 + g) * params.max_count + n];
-      }
-      pooled *= inv_group;
-    } else {
-      pooled = scores[head0 * params.max_count + n];
-      for (var g = 1u; g < GROUP; g++) {
-        pooled = max(pooled, scores[(head0 + g) * params.max_count + n]);
-      }
-    }
-    var key = order_key(pooled);
+    var key = pooled_key(n);
     if (MASKED && mask[(b * params.num_kv_heads + kvh) * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
       key = 0u;
     }

@@ -187,6 +187,15 @@ gpuTest("ties: duplicated pages and all-equal pages select the lower page index"
 gpuTest(
   "top-k by counting and by radix select agree with the oracle around the switch",
   async (gpu) => {
+    // 32 query heads of d 128 per KV head do not fit one workgroup's memory:
+    // scoring and the counting top-k then run as two dispatches.
+    const wide = { numKvHeads: 1, group: 32, headDim: 128, counts: [100], k: 8 };
+    const wideOptions = { numQueryHeads: 32, numKvHeads: 1, headDim: 128 };
+    const split = separatedInputs(2900, wide, wideOptions);
+    assert.deepEqual(
+      await noGpuErrors(gpu.device, () => selectPages(gpu.device, split.inputs, wideOptions)),
+      split.want,
+    );
     // countingTopkMax 0 always takes the radix select; 1024 counts up to 1024 candidates.
     for (const countingTopkMax of [0, 128, 1024]) {
       for (const [i, count] of [1, 7, 64, 127, 128, 129, 300].entries()) {
@@ -484,74 +493,92 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
   for (const b of [q, summaries, small, tiny, selected, noStorage]) b.destroy();
 });
 
-gpuTest(
-  "resident-only top-k: the best k among resident pages, the rest by index; flagged heads only",
-  async ({ device }) => {
-    const shape: Shape = { numKvHeads: 2, group: 3, headDim: 16, counts: [20, 13], k: 4 };
-    const options: PageSelectorOptions = { numQueryHeads: 6, numKvHeads: 2, headDim: 16 };
-    const { inputs } = separatedInputs(40, shape, options);
-    const { pooled } = selectPagesReference(inputs, options);
-    const rng = createRandom(9);
-    const stride = 32;
-    const B = shape.counts.length;
-    const mask = new Uint32Array(B * 2 * stride).fill(0xffffffff);
-    for (let i = 0; i < mask.length; i++) if (rng.next() < 0.4) mask[i] = 0;
-    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-    const bufs = {
-      q: createBuffer(device, "q", usage, inputs.q),
-      summaries: createBuffer(device, "s", usage, inputs.summaries),
-      selected: createBuffer(device, "sel", usage, B * 2 * shape.k * 4),
-      mask: createBuffer(device, "mask", usage, mask),
-      best: createBuffer(device, "best", usage, B * 2 * shape.k * 4),
-    };
-    using selector = createPageSelector(device, options);
-    using plan = selector.plan(inputs);
-    const enc = device.createCommandEncoder();
-    plan.encode(enc, {
-      q: bufs.q,
-      summaries: bufs.summaries,
-      selected: bufs.selected,
-      residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best },
-    });
-    device.queue.submit([enc.finish()]);
-    const got = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
-    const wanted: number[][] = [];
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < 2; h++) {
-        const row = pooled[b * 2 + h];
-        const start = inputs.candidateStart[b];
-        const resident = (n: number) => mask[(b * 2 + h) * stride + start + n] !== 0xffffffff;
-        const order = [...row.keys()].sort((x, y) =>
-          Number(resident(y)) - Number(resident(x)) ||
-          (resident(x) ? row[y] - row[x] : 0) || x - y
-        );
-        const want = order.slice(0, shape.k).map((n) => start + n);
-        const at = (b * 2 + h) * shape.k;
-        assert.deepEqual([...got.subarray(at, at + shape.k)], want, `sequence ${b} head ${h}`);
-        wanted.push(want);
-      }
+// countingTopkMax 0: score, radix top-k and resident-only top-k as three
+// dispatches; the default: one dispatch (page_select.wgsl) for these counts.
+for (const countingTopkMax of [0, undefined]) {
+  gpuTest(
+    `resident-only top-k: the best k among resident pages, the rest by index; flagged heads only (countingTopkMax ${
+      countingTopkMax ?? "default"
+    })`,
+    ({ device }) => residentOnlyCase(device, countingTopkMax),
+  );
+}
+
+async function residentOnlyCase(device: GPUDevice, countingTopkMax?: number): Promise<void> {
+  const shape: Shape = { numKvHeads: 2, group: 3, headDim: 16, counts: [20, 13], k: 4 };
+  const options: PageSelectorOptions = {
+    numQueryHeads: 6,
+    numKvHeads: 2,
+    headDim: 16,
+    ...(countingTopkMax === undefined ? {} : { countingTopkMax }),
+  };
+  const { inputs } = separatedInputs(40, shape, options);
+  const { pooled } = selectPagesReference(inputs, options);
+  const rng = createRandom(9);
+  const stride = 32;
+  const B = shape.counts.length;
+  const mask = new Uint32Array(B * 2 * stride).fill(0xffffffff);
+  for (let i = 0; i < mask.length; i++) if (rng.next() < 0.4) mask[i] = 0;
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const bufs = {
+    q: createBuffer(device, "q", usage, inputs.q),
+    summaries: createBuffer(device, "s", usage, inputs.summaries),
+    selected: createBuffer(device, "sel", usage, B * 2 * shape.k * 4),
+    mask: createBuffer(device, "mask", usage, mask),
+    best: createBuffer(device, "best", usage, B * 2 * shape.k * 4),
+  };
+  using selector = createPageSelector(device, options);
+  using plan = selector.plan(inputs);
+  const enc = device.createCommandEncoder();
+  plan.encode(enc, {
+    q: bufs.q,
+    summaries: bufs.summaries,
+    selected: bufs.selected,
+    residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best },
+  });
+  device.queue.submit([enc.finish()]);
+  const got = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
+  const wanted: number[][] = [];
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < 2; h++) {
+      const row = pooled[b * 2 + h];
+      const start = inputs.candidateStart[b];
+      const resident = (n: number) => mask[(b * 2 + h) * stride + start + n] !== 0xffffffff;
+      const order = [...row.keys()].sort((x, y) =>
+        Number(resident(y)) - Number(resident(x)) ||
+        (resident(x) ? row[y] - row[x] : 0) || x - y
+      );
+      const want = order.slice(0, shape.k).map((n) => start + n);
+      const at = (b * 2 + h) * shape.k;
+      assert.deepEqual([...got.subarray(at, at + shape.k)], want, `sequence ${b} head ${h}`);
+      wanted.push(want);
     }
-    // With flags, only heads flagged 1 (corrected) are selected; the other
-    // rows keep what was there.
-    const flags = Uint32Array.from([1, 0, 2, 1]);
-    const sentinel = 0xdeadbeef;
-    const flagBuf = createBuffer(device, "flags", usage, flags);
-    device.queue.writeBuffer(bufs.best, 0, new Uint32Array(B * 2 * shape.k).fill(sentinel));
-    const enc2 = device.createCommandEncoder();
-    plan.encode(enc2, {
-      q: bufs.q,
-      summaries: bufs.summaries,
-      selected: bufs.selected,
-      residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best, flags: flagBuf },
-    });
-    device.queue.submit([enc2.finish()]);
-    const flagged = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
-    for (let bh = 0; bh < B * 2; bh++) {
-      const row = [...flagged.subarray(bh * shape.k, (bh + 1) * shape.k)];
-      const want = flags[bh] === 1 ? wanted[bh] : new Array(shape.k).fill(sentinel);
-      assert.deepEqual(row, want, `flagged pass, row ${bh} (flag ${flags[bh]})`);
-    }
-    flagBuf.destroy();
-    Object.values(bufs).forEach((x) => x.destroy());
-  },
-);
+  }
+  // With flags, only heads flagged 1 (corrected) are selected; the other
+  // rows keep what was there.
+  const flags = Uint32Array.from([1, 0, 2, 1]);
+  const sentinel = 0xdeadbeef;
+  const flagBuf = createBuffer(device, "flags", usage, flags);
+  device.queue.writeBuffer(bufs.best, 0, new Uint32Array(B * 2 * shape.k).fill(sentinel));
+  const enc2 = device.createCommandEncoder();
+  plan.encode(enc2, {
+    q: bufs.q,
+    summaries: bufs.summaries,
+    selected: bufs.selected,
+    residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best, flags: flagBuf },
+  });
+  device.queue.submit([enc2.finish()]);
+  const flagged = new Uint32Array(await readBuffer(device, bufs.best, bufs.best.size));
+  for (let bh = 0; bh < B * 2; bh++) {
+    const row = [...flagged.subarray(bh * shape.k, (bh + 1) * shape.k)];
+    const want = flags[bh] === 1 ? wanted[bh] : new Array(shape.k).fill(sentinel);
+    assert.deepEqual(row, want, `flagged pass, row ${bh} (flag ${flags[bh]})`);
+  }
+  // The plain top-k of the same dispatch is the oracle's.
+  assert.deepEqual(
+    new Uint32Array(await readBuffer(device, bufs.selected, bufs.selected.size)),
+    selectPagesReference(inputs, options).selected,
+  );
+  flagBuf.destroy();
+  Object.values(bufs).forEach((x) => x.destroy());
+}

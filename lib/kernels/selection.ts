@@ -29,7 +29,9 @@
  */
 
 import pageScoreSource from "../../shaders/page_score.wgsl" with { type: "text" };
-import pageTopkSource from "../../shaders/page_topk.wgsl" with { type: "text" };
+import pageTopkMain from "../../shaders/page_topk.wgsl" with { type: "text" };
+import pagePoolSource from "../../shaders/page_pool.wgsl" with { type: "text" };
+import pageSelectMain from "../../shaders/page_select.wgsl" with { type: "text" };
 import {
   assertAllFinite,
   assertDevice,
@@ -164,6 +166,8 @@ const ACTION = "select pages";
 // Workgroup size of the scoring kernel (page_score.wgsl).
 const WG = 64;
 const MAX_DISPATCH = 65535;
+const pageTopkSource = pageTopkMain + pagePoolSource;
+const pageSelectSource = pageSelectMain + pagePoolSource;
 // Counting top-k: default and largest candidate count (its keys live in
 // workgroup memory, 4 bytes each).
 const COUNTING_TOPK_MAX = 128;
@@ -300,12 +304,24 @@ class Selector implements PageSelector {
   readonly device: GPUDevice;
   readonly scorePipeline: GPUComputePipeline;
   readonly topkPipeline: GPUComputePipeline;
+  /**
+   * Most candidates that one dispatch scores and ranks (page_select.wgsl):
+   * `countingTopkMax` when its workgroup memory fits the device, else 0.
+   */
+  readonly fusedMaxCount: number;
   #disposed = false;
 
   constructor(device: GPUDevice, options: Required<PageSelectorOptions>) {
     this.options = Object.freeze({ ...options });
     this.device = device;
     const group = options.numQueryHeads / options.numKvHeads;
+    const max = options.countingTopkMax;
+    // q, raw scores and keys, the reductions' scratch, the softmax statistics.
+    const fusedBytes = 4 * group * options.headDim + 4 * group * max + 4 * max + 8 * (WG + 8) +
+      8 * group + 4;
+    this.fusedMaxCount = max > 0 && fusedBytes <= device.limits.maxComputeWorkgroupStorageSize
+      ? max
+      : 0;
     this.scorePipeline = cachedPipeline(device, "page_score", pageScoreSource, {
       HEAD_DIM: options.headDim,
       GROUP: group,
@@ -319,6 +335,20 @@ class Selector implements PageSelector {
     });
   }
 
+  /** The one-dispatch selection, plain or with the resident-only top-k. */
+  selectPipeline(residentOnly?: { maskStride: number; flagged: boolean }): GPUComputePipeline {
+    const o = this.options;
+    return cachedPipeline(this.device, "page_select", pageSelectSource, {
+      HEAD_DIM: o.headDim,
+      GROUP: o.numQueryHeads / o.numKvHeads,
+      POOLING: POOLING_MODES.indexOf(o.pooling),
+      MAX_COUNT: this.fusedMaxCount,
+      ...(residentOnly
+        ? { MASKED: 1, MASK_STRIDE: residentOnly.maskStride, FLAGGED: residentOnly.flagged ? 1 : 0 }
+        : {}),
+    });
+  }
+
   plan(step: PageSelectionStep): PageSelectionPlan {
     if (this.#disposed) throw disposedError(ACTION, "page selector");
     return new SelectionPlan(this, step);
@@ -327,6 +357,15 @@ class Selector implements PageSelector {
   [Symbol.dispose](): void {
     this.#disposed = true;
   }
+}
+
+/** The validated bindings of a resident-only top-k. */
+interface ResidentBuffers {
+  maskStride: number;
+  flagged: boolean;
+  out: GPUBufferBinding;
+  mask: GPUBufferBinding;
+  flags: GPUBufferBinding;
 }
 
 class SelectionPlan implements PageSelectionPlan {
@@ -339,6 +378,8 @@ class SelectionPlan implements PageSelectionPlan {
   #winners: GrowableBuffer;
   /** Bound as the mask of the unmasked top-k, which never reads it. */
   #noMask: GPUBuffer;
+  /** Bound as the resident-only output of the plain one-dispatch selection, which never writes it. */
+  #noBest: GPUBuffer;
   #step!: CheckedSelectionStep;
   // Bounded: the engine cycles through a few buffers per layer.
   #bindings = new BindGroupCache<[GPUBindGroup, GPUBindGroup]>(16);
@@ -352,6 +393,7 @@ class SelectionPlan implements PageSelectionPlan {
     this.#scoreParams = createBuffer(device, "freekv page score params", uniform, 16);
     this.#topkParams = createBuffer(device, "freekv page top-k params", uniform, 16);
     this.#noMask = createBuffer(device, "freekv page top-k no mask", GPUBufferUsage.STORAGE, 16);
+    this.#noBest = createBuffer(device, "freekv page select no output", GPUBufferUsage.STORAGE, 16);
     const scratch = (name: string) =>
       new GrowableBuffer(
         device,
@@ -441,6 +483,14 @@ class SelectionPlan implements PageSelectionPlan {
       "batch * numKvHeads * k u32",
       action,
     );
+    const resident = buffers.residentOnly
+      ? this.#residentBuffers(buffers.residentOnly, outBytes, action)
+      : null;
+    const ts = options.timestampWrites;
+    if (step.maxCount <= this.#selector.fusedMaxCount) {
+      this.#encodeFused(encoder, q, summaries, selected, resident, ts);
+      return;
+    }
     const key = [q, summaries, selected].flatMap((x) => [x.buffer, x.offset, x.size]);
     const [scoreGroup, topkGroup] = this.#bindings.get(key, () => [
       device.createBindGroup({
@@ -460,10 +510,7 @@ class SelectionPlan implements PageSelectionPlan {
         entries: this.#topkEntries(selected, { buffer: this.#noMask }, { buffer: this.#noMask }),
       }),
     ]);
-    const masked = buffers.residentOnly
-      ? this.#maskedTopk(buffers.residentOnly, outBytes, action)
-      : null;
-    const ts = options.timestampWrites;
+    const masked = resident ? this.#maskedTopk(resident) : null;
     const pass = encoder.beginComputePass({
       label: "freekv page selection",
       timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
@@ -500,12 +547,13 @@ class SelectionPlan implements PageSelectionPlan {
     ];
   }
 
-  #maskedTopk(
+  /** Validates the resident-only top-k's buffers. */
+  #residentBuffers(
     r: NonNullable<PageSelectionBuffers["residentOnly"]>,
     outBytes: number,
     action: string,
-  ): { pipeline: GPUComputePipeline; group: GPUBindGroup } {
-    const { device, options } = this.#selector;
+  ): ResidentBuffers {
+    const { options } = this.#selector;
     const step = this.#step;
     assertInteger("residentOnly.maskStride", r.maskStride, action, 1);
     const out = sized(
@@ -532,13 +580,62 @@ class SelectionPlan implements PageSelectionPlan {
         action,
       )
       : { buffer: this.#noMask, offset: 0, size: this.#noMask.size };
+    return { maskStride: r.maskStride, flagged: r.flags !== undefined, out, mask, flags };
+  }
+
+  /** Scores, pools and ranks in one dispatch (page_select.wgsl), resident-only top-k included. */
+  #encodeFused(
+    encoder: GPUCommandEncoder,
+    q: GPUBufferBinding,
+    summaries: GPUBufferBinding,
+    selected: GPUBufferBinding,
+    resident: ResidentBuffers | null,
+    ts: KernelEncodeOptions["timestampWrites"],
+  ): void {
+    const { device, options } = this.#selector;
+    const pipeline = this.#selector.selectPipeline(resident ?? undefined);
+    const noMask = { buffer: this.#noMask, offset: 0, size: this.#noMask.size };
+    const noBest = { buffer: this.#noBest, offset: 0, size: this.#noBest.size };
+    const bound = [q, summaries, selected, resident?.mask ?? noMask, resident?.flags ?? noMask];
+    const key = [
+      "fused",
+      resident ? resident.maskStride : 0,
+      resident?.flagged ?? false,
+      ...[...bound, resident?.out ?? noBest].flatMap((x) => [x.buffer, x.offset, x.size]),
+    ];
+    const [group] = this.#bindings.get(key, () => {
+      const g = device.createBindGroup({
+        label: "freekv page select bind group",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: this.#topkParams } },
+          { binding: 1, resource: { buffer: this.#seqs.buffer } },
+          ...bound.map((resource, i) => ({ binding: i + 2, resource })),
+          { binding: 7, resource: resident?.out ?? noBest },
+        ],
+      });
+      return [g, g];
+    });
+    const pass = encoder.beginComputePass({
+      label: "freekv page selection",
+      timestampWrites: passTimestampWrites(ts, ts?.beginIndex, ts?.endIndex),
+    });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(options.numKvHeads, this.#step.batch);
+    pass.end();
+  }
+
+  #maskedTopk(r: ResidentBuffers): { pipeline: GPUComputePipeline; group: GPUBindGroup } {
+    const { device, options } = this.#selector;
+    const { out, mask, flags } = r;
     const pipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
       GROUP: options.numQueryHeads / options.numKvHeads,
       POOLING: POOLING_MODES.indexOf(options.pooling),
       COUNTING_MAX: options.countingTopkMax,
       MASKED: 1,
       MASK_STRIDE: r.maskStride,
-      FLAGGED: r.flags ? 1 : 0,
+      FLAGGED: r.flagged ? 1 : 0,
     });
     // -1 tells these keys from the unmasked pass's.
     const key = [
@@ -563,6 +660,7 @@ class SelectionPlan implements PageSelectionPlan {
     this.#scoreParams.destroy();
     this.#topkParams.destroy();
     this.#noMask.destroy();
+    this.#noBest.destroy();
     for (const b of [this.#seqs, this.#scores, this.#keys, this.#winners]) b[Symbol.dispose]();
     this.#bindings.clear();
   }

@@ -1,0 +1,124 @@
+// Page selection of one (sequence, KV head) per workgroup in one dispatch,
+// when its candidates fit workgroup memory (at most MAX_COUNT): the raw
+// scores of every query head of the group (page_score.wgsl's sum over
+// channels of max(q * lower, q * upper), in the same order), the pooled keys
+// (page_pool.wgsl, appended), and each candidate's rank by counting the keys
+// that beat it (larger, or equal at a lower index). With MASKED, also the
+// resident-only top-k of the same keys into `best` (non-resident pages get
+// the lowest key), for every KV head or, with FLAGGED, the flagged ones.
+// Replaces page_score + page_topk (+ the resident-only page_topk).
+
+override HEAD_DIM: u32; // d, a multiple of 4
+override GROUP: u32; // query heads per KV head
+override POOLING: u32; // 0: softmax-mean, 1: mean, 2: max
+override MAX_COUNT: u32; // most candidates per (sequence, KV head)
+override MASKED: bool = false;
+override MASK_STRIDE: u32 = 0u; // logical pages per row of `mask`
+override FLAGGED: bool = false;
+
+const WG: u32 = 64u;
+
+struct Params {
+  num_kv_heads: u32,
+  max_count: u32, // unused here (page_topk's candidate stride)
+  k: u32,
+  scale: f32, // logit scale inside the softmax
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// Per sequence: (pageOffset, candidateStart, candidate count, unused).
+@group(0) @binding(1) var<storage, read> seqs: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>; // [b][Hq][d/4]
+@group(0) @binding(3) var<storage, read> summaries: array<vec4<f32>>; // [page][Hkv][2][d/4]
+@group(0) @binding(4) var<storage, read_write> selected: array<u32>; // [b][Hkv][k]
+@group(0) @binding(5) var<storage, read> mask: array<u32>; // [b][Hkv][MASK_STRIDE] when MASKED
+@group(0) @binding(6) var<storage, read> flags: array<u32>; // [b][Hkv] when FLAGGED
+@group(0) @binding(7) var<storage, read_write> best: array<u32>; // [b][Hkv][k] when MASKED
+
+var<workgroup> q_sh: array<vec4<f32>, GROUP * HEAD_DIM / 4u>;
+var<workgroup> raw: array<f32, GROUP * MAX_COUNT>; // [g][candidate]
+var<workgroup> keys: array<u32, MAX_COUNT>;
+var<workgroup> skip_head: u32;
+
+fn raw_score(g: u32, n: u32) -> f32 {
+  return raw[g * MAX_COUNT + n];
+}
+
+// Writes the first + rank of each of the `count` keys that ranks below k.
+fn rank_keys(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: bool) {
+  for (var n = t; n < count; n += WG) {
+    let kn = keys[n];
+    var rank = 0u;
+    for (var j = 0u; j < count; j++) {
+      let kj = keys[j];
+      rank += select(0u, 1u, kj > kn || (kj == kn && j < n));
+    }
+    if (rank < k) {
+      if (resident) {
+        best[out_base + rank] = first + n;
+      } else {
+        selected[out_base + rank] = first + n;
+      }
+    }
+  }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
+  let kvh = wg.x;
+  let b = wg.y;
+  let seq = seqs[b];
+  let count = seq.z;
+  let k = params.k;
+  let row = b * params.num_kv_heads + kvh;
+  let v4 = HEAD_DIM / 4u;
+  for (var i = t; i < GROUP * v4; i += WG) {
+    q_sh[i] = q[row * GROUP * v4 + i];
+  }
+  workgroupBarrier();
+  // 1. Raw scores: a candidate per thread, every query head of the group.
+  for (var n = t; n < count; n += WG) {
+    let sbase = ((seq.x + seq.y + n) * params.num_kv_heads + kvh) * 2u * v4;
+    for (var g = 0u; g < GROUP; g++) {
+      raw[g * MAX_COUNT + n] = 0.0;
+    }
+    for (var j = 0u; j < v4; j++) {
+      let lo = summaries[sbase + j];
+      let hi = summaries[sbase + v4 + j];
+      for (var g = 0u; g < GROUP; g++) {
+        let qv = q_sh[g * v4 + j];
+        let m = max(qv * lo, qv * hi);
+        raw[g * MAX_COUNT + n] += (m.x + m.y) + (m.z + m.w);
+      }
+    }
+  }
+  // 2. Pooled keys (each thread reads only the scores it wrote), then ranks.
+  pool_stats(t, count);
+  for (var n = t; n < count; n += WG) {
+    keys[n] = pooled_key(n);
+  }
+  workgroupBarrier();
+  rank_keys(t, count, k, seq.y, row * k, false);
+  if (!MASKED) {
+    return;
+  }
+  // 3. Resident-only top-k: once every thread has ranked, non-resident
+  // pages drop to the lowest key.
+  if (FLAGGED) {
+    if (t == 0u) {
+      skip_head = select(1u, 0u, flags[row] == 1u);
+    }
+    if (workgroupUniformLoad(&skip_head) == 1u) {
+      return;
+    }
+  } else {
+    workgroupBarrier();
+  }
+  for (var n = t; n < count; n += WG) {
+    if (mask[row * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
+      keys[n] = 0u;
+    }
+  }
+  workgroupBarrier();
+  rank_keys(t, count, k, seq.y, row * k, true);
+}
