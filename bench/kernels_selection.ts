@@ -113,33 +113,49 @@ function row(kernel: string, shape: string, bytes: number, ms: number): Row {
   return { kernel, shape, bytes, median_ms: ms, gbps: bytes / (ms * 1e6) };
 }
 
+/** A page selection to time: Llama-3.1-8B heads over a whole context by default. */
+interface SelectionCase {
+  contextTokens?: number;
+  /** Candidate pages (default: the context's pages). */
+  pages?: number;
+  pooling?: PoolingMode;
+  batch?: number;
+  heads?: { hq: number; hkv: number; d: number };
+  k?: number;
+  /** The selector's countingTopkMax (0: score and radix top-k dispatches). */
+  countingTopkMax?: number;
+  /** Kernel name of the row (default `page_select POOLING`). */
+  label?: string;
+}
+
 async function benchSelection(
   device: GPUDevice,
-  contextTokens: number,
-  pooling: PoolingMode,
-  batch: number,
+  c: SelectionCase,
   iterations: number,
   quick: boolean,
 ): Promise<Row> {
-  const pages = contextTokens / P;
-  const rng = createRandom(contextTokens + batch);
-  const summaryData = randomNormalArray(rng, batch * pages * HKV * 2 * D);
-  const bytes = summaryData.byteLength + batch * HQ * D * 4;
+  const { pooling = "softmax-mean", batch = 1, k = K } = c;
+  const { hq, hkv, d } = c.heads ?? { hq: HQ, hkv: HKV, d: D };
+  const pages = c.pages ?? (c.contextTokens ?? 0) / P;
+  const rng = createRandom(pages * P + batch);
+  const summaryData = randomNormalArray(rng, batch * pages * hkv * 2 * d);
+  const bytes = summaryData.byteLength + batch * hq * d * 4;
   const layers = layersFor(bytes, quick);
   const summaries = replicate(device, "bench summaries", summaryData, layers);
-  const q = createBuffer(device, "bench q", STORAGE, randomNormalArray(rng, batch * HQ * D));
-  const selected = createBuffer(device, "bench selected", STORAGE, batch * HKV * K * 4);
+  const q = createBuffer(device, "bench q", STORAGE, randomNormalArray(rng, batch * hq * d));
+  const selected = createBuffer(device, "bench selected", STORAGE, batch * hkv * k * 4);
   using selector = createPageSelector(device, {
-    numQueryHeads: HQ,
-    numKvHeads: HKV,
-    headDim: D,
+    numQueryHeads: hq,
+    numKvHeads: hkv,
+    headDim: d,
     pooling,
+    ...(c.countingTopkMax === undefined ? {} : { countingTopkMax: c.countingTopkMax }),
   });
   using plan = selector.plan({
     pageOffset: Array.from({ length: batch }, (_, b) => b * pages),
     candidateStart: new Array(batch).fill(0),
     candidateEnd: new Array(batch).fill(pages),
-    k: K,
+    k,
   });
   try {
     const ms = await timeLayers(device, layers, iterations, (encoder, l, timestampWrites) => {
@@ -147,9 +163,10 @@ async function benchSelection(
         timestampWrites: encodeTimestamps(timestampWrites),
       });
     });
+    const context = c.contextTokens ? `ctx ${c.contextTokens} ` : "";
     return row(
-      `page_select ${pooling}`,
-      `B${batch} Hq${HQ} Hkv${HKV} d${D} P${P} ctx ${contextTokens} (${pages} pages) k${K}`,
+      c.label ?? `page_select ${pooling}`,
+      `B${batch} Hq${hq} Hkv${hkv} d${d} ${context}(${pages} pages) k${k}`,
       bytes,
       ms,
     );
@@ -260,13 +277,33 @@ export async function benchSelectionKernels(
     rows.push(r);
   };
   const contexts = quick ? [4096, 32768] : [4096, 8192, 16384, 32768];
-  for (const ctx of contexts) {
-    add(await benchSelection(device, ctx, "softmax-mean", 1, iterations, quick));
+  for (const contextTokens of contexts) {
+    add(await benchSelection(device, { contextTokens }, iterations, quick));
   }
   if (!quick) {
-    add(await benchSelection(device, 32768, "mean", 1, iterations, quick));
-    add(await benchSelection(device, 32768, "max", 1, iterations, quick));
-    add(await benchSelection(device, 8192, "softmax-mean", 4, iterations, quick));
+    add(await benchSelection(device, { contextTokens: 32768, pooling: "mean" }, iterations, quick));
+    add(await benchSelection(device, { contextTokens: 32768, pooling: "max" }, iterations, quick));
+    add(await benchSelection(device, { contextTokens: 8192, batch: 4 }, iterations, quick));
+  }
+  // Few candidates: one dispatch (the default up to countingTopkMax pages)
+  // against the score and radix top-k dispatches, at stories260K's heads
+  // (its 512-token context, page 8, less sink and window) and at 8B's.
+  const small = [
+    { heads: { hq: 8, hkv: 4, d: 8 }, pages: 58, k: 6 },
+    { pages: 128 },
+  ];
+  for (const c of small) {
+    add(
+      await benchSelection(device, { ...c, label: "page_select one dispatch" }, iterations, quick),
+    );
+    add(
+      await benchSelection(
+        device,
+        { ...c, countingTopkMax: 0, label: "page_select score + radix top-k" },
+        iterations,
+        quick,
+      ),
+    );
   }
   const dtypes: KvDtype[] = gpu.f16 ? ["f16", "f32"] : ["f32"];
   for (const dtype of quick ? dtypes.slice(0, 1) : dtypes) {
