@@ -92,3 +92,35 @@ Deno.test({
     assert.ok(report.floors.dispatchUs > 0);
   },
 });
+
+Deno.test({
+  name: "compare_checkouts: this checkout against itself, steps alternating",
+  ignore: testGpu === null,
+  fn: async () => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "bench/compare_checkouts.ts",
+        "--other",
+        ".",
+        "--context",
+        "2112",
+        "--layers",
+        "1",
+        "--steps",
+        "2",
+        "--json",
+      ],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = (b: Uint8Array) => new TextDecoder().decode(b);
+    assert.equal(out.code, 0, text(out.stderr));
+    const report = JSON.parse(text(out.stdout));
+    assert.equal(report.policy, "freekv");
+    assert.ok(report.other_median_ms > 0 && report.this_median_ms > 0);
+    assert.ok(report.paired_ratio_median > 0);
+  },
+});
