@@ -1,9 +1,10 @@
-// GQA pooling of raw page scores into order-preserving keys, appended to
-// page_topk.wgsl and page_select.wgsl. The including shader declares
-// `override GROUP` (query heads per KV head), `override POOLING` (0:
-// softmax-mean, 1: mean, 2: max), `const WG` (64), `params.scale` (the
-// logit scale inside the softmax) and `fn raw_score(g, n) -> f32`, the raw
-// score of candidate n for query head g of the group.
+// GQA pooling of raw page scores into order-preserving keys, and ranking
+// by counting, appended to page_topk.wgsl and page_select.wgsl. The
+// including shader declares `override GROUP` (query heads per KV head),
+// `override POOLING` (0: softmax-mean, 1: mean, 2: max), `const WG` (64),
+// `params.scale` (the logit scale inside the softmax), `fn raw_score(g, n)
+// -> f32` (the raw score of candidate n for query head g of the group) and
+// `var<workgroup> ranked_keys` (an array of at least `count` u32 keys).
 
 const SIDE: u32 = 8u; // WG = SIDE * SIDE, for the two-level reductions
 const NEG_INF: f32 = -3.4028234663852886e38; // lowest finite f32: no inf literal in WGSL
@@ -99,4 +100,16 @@ fn pooled_key(n: u32) -> u32 {
     }
   }
   return order_key(pooled);
+}
+
+// The rank of candidate n among the `count` keys of `ranked_keys`: how many
+// beat it (larger, or equal at a lower index).
+fn key_rank(n: u32, count: u32) -> u32 {
+  let kn = ranked_keys[n];
+  var rank = 0u;
+  for (var j = 0u; j < count; j++) {
+    let kj = ranked_keys[j];
+    rank += select(0u, 1u, kj > kn || (kj == kn && j < n));
+  }
+  return rank;
 }

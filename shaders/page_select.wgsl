@@ -37,22 +37,17 @@ struct Params {
 
 var<workgroup> q_sh: array<vec4<f32>, GROUP * HEAD_DIM / 4u>;
 var<workgroup> raw: array<f32, GROUP * MAX_COUNT>; // [g][candidate]
-var<workgroup> keys: array<u32, MAX_COUNT>;
+var<workgroup> ranked_keys: array<u32, MAX_COUNT>;
 var<workgroup> skip_head: u32;
 
 fn raw_score(g: u32, n: u32) -> f32 {
   return raw[g * MAX_COUNT + n];
 }
 
-// Writes the first + rank of each of the `count` keys that ranks below k.
+// Writes first + n for each of the `count` candidates n that ranks below k.
 fn rank_keys(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: bool) {
   for (var n = t; n < count; n += WG) {
-    let kn = keys[n];
-    var rank = 0u;
-    for (var j = 0u; j < count; j++) {
-      let kj = keys[j];
-      rank += select(0u, 1u, kj > kn || (kj == kn && j < n));
-    }
+    let rank = key_rank(n, count);
     if (rank < k) {
       if (resident) {
         best[out_base + rank] = first + n;
@@ -95,7 +90,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   // 2. Pooled keys (each thread reads only the scores it wrote), then ranks.
   pool_stats(t, count);
   for (var n = t; n < count; n += WG) {
-    keys[n] = pooled_key(n);
+    ranked_keys[n] = pooled_key(n);
   }
   workgroupBarrier();
   rank_keys(t, count, k, seq.y, row * k, false);
@@ -116,7 +111,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   }
   for (var n = t; n < count; n += WG) {
     if (mask[row * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
-      keys[n] = 0u;
+      ranked_keys[n] = 0u;
     }
   }
   workgroupBarrier();

@@ -55,7 +55,7 @@ var<workgroup> skip_head: u32;
 // Up to COUNTING_MAX candidates, every candidate is ranked by counting
 // instead (0: always radix select).
 override COUNTING_MAX: u32 = 128u;
-var<workgroup> small_keys: array<u32, max(COUNTING_MAX, 1u)>;
+var<workgroup> ranked_keys: array<u32, max(COUNTING_MAX, 1u)>;
 
 // The scores' row of the workgroup's first query head (raw_score).
 var<private> head0: u32;
@@ -144,7 +144,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     }
     keys[kbase + n] = key;
     if (count <= COUNTING_MAX) {
-      small_keys[n] = key;
+      ranked_keys[n] = key;
     }
   }
 
@@ -154,12 +154,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   if (count <= COUNTING_MAX) {
     workgroupBarrier();
     for (var n = t; n < count; n += WG) {
-      let kn = small_keys[n];
-      var rank = 0u;
-      for (var j = 0u; j < count; j++) {
-        let kj = small_keys[j];
-        rank += select(0u, 1u, kj > kn || (kj == kn && j < n));
-      }
+      let rank = key_rank(n, count);
       if (rank < k) {
         selected[obase + rank] = seq.y + n;
       }

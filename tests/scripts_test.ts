@@ -4,9 +4,10 @@ import { testGpu } from "./_gpu.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
+/** Runs `scripts/NAME`, or a path relative to the repository when it names a folder. */
 async function runScript(script: string, args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `scripts/${script}`, ...args],
+    args: ["run", "-A", script.includes("/") ? script : `scripts/${script}`, ...args],
     cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
@@ -97,28 +98,19 @@ Deno.test({
   name: "compare_checkouts: this checkout against itself, steps alternating",
   ignore: testGpu === null,
   fn: async () => {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "bench/compare_checkouts.ts",
-        "--other",
-        ".",
-        "--context",
-        "2112",
-        "--layers",
-        "1",
-        "--steps",
-        "2",
-        "--json",
-      ],
-      cwd: ROOT,
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const text = (b: Uint8Array) => new TextDecoder().decode(b);
-    assert.equal(out.code, 0, text(out.stderr));
-    const report = JSON.parse(text(out.stdout));
+    const r = await runScript("bench/compare_checkouts.ts", [
+      "--other",
+      ".",
+      "--context",
+      "2112",
+      "--layers",
+      "1",
+      "--steps",
+      "2",
+      "--json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
     assert.equal(report.policy, "freekv");
     assert.ok(report.other_median_ms > 0 && report.this_median_ms > 0);
     assert.ok(report.paired_ratio_median > 0);
