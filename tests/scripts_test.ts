@@ -17,12 +17,16 @@ async function runScript(script: string, args: string[]) {
 }
 
 Deno.test("every script answers --help", async () => {
-  for (
-    const script of ["generate.ts", "demo.ts", "bench.ts", "accuracy.ts", "test.ts", "profile.ts"]
-  ) {
+  const scripts = ["generate.ts", "demo.ts", "bench.ts", "accuracy.ts", "test.ts", "profile.ts"];
+  for (const script of scripts) {
     const r = await runScript(script, ["--help"]);
     assert.equal(r.code, 0, `${script}: ${r.stderr}`);
     assert.match(r.stdout, /Usage: deno run -A scripts\//, script);
+  }
+  for (const bench of ["bench/compare_checkouts.ts", "bench/selection_counting.ts"]) {
+    const r = await runScript(bench, ["--help"]);
+    assert.equal(r.code, 0, `${bench}: ${r.stderr}`);
+    assert.match(r.stdout, new RegExp(`Usage: deno run -A ${bench}`), bench);
   }
 });
 
