@@ -461,11 +461,6 @@ export class RetrievalEngine {
    * (and flags) back, recalls what the attended selection lacks, then
    * returns a fresh encoder.
    */
-  /**
-   * Correct phase (waits): submits what was recorded, reads the selection
-   * (and flags) back, recalls what the attended selection lacks, then
-   * returns a fresh encoder.
-   */
   async #correctPhase(
     encoder: GPUCommandEncoder,
     state: LayerState,
