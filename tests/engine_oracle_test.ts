@@ -45,14 +45,31 @@ function sinkAndWindow(tokens: number, policy: PolicyName, slidingWindow: number
   return pages;
 }
 
-async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
+/** How long a run is: the prompt, the decode steps after it, the engine's maxContext. */
+interface RunLength {
+  prompt: number;
+  steps: number;
+  maxContext: number;
+}
+const SHORT: RunLength = { prompt: PROMPT, steps: STEPS, maxContext: SMALL.maxContext };
+
+async function checkPolicy(
+  device: GPUDevice,
+  config: Config,
+  run: RunLength = SHORT,
+): Promise<{ minCandidates: number; maxCandidates: number }> {
   const { numLayers: L, numKvHeads: hkv, headDim: d } = SHAPE;
   const row = hkv * d;
-  using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, ...config });
+  using engine = createRetrievalEngine(device, {
+    ...SHAPE,
+    ...SMALL,
+    maxContext: run.maxContext,
+    ...config,
+  });
   const W = config.slidingWindow ?? 0;
   const src = createSyntheticSource({ ...SHAPE, seed: 21, shiftProbability: 0.3 });
-  const prompt = takePrompt(src, PROMPT, { queries: false });
-  const cap = SMALL.maxContext * row;
+  const prompt = takePrompt(src, run.prompt, { queries: false });
+  const cap = run.maxContext * row;
   const keys = Array.from({ length: L }, () => new Float32Array(cap));
   const values = Array.from({ length: L }, () => new Float32Array(cap));
   for (let l = 0; l < L; l++) {
@@ -65,9 +82,10 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
   // Per layer, per step: the speculation the rule expects (tau -1).
   const speculations: (number[][] | null)[][] = Array.from({ length: L }, () => []);
   let crossed = false, holes = 0;
-  for (let s = 0; s < STEPS; s++) {
+  let minCandidates = Infinity, maxCandidates = 0;
+  for (let s = 0; s < run.steps; s++) {
     const token = src.next();
-    const tokens = PROMPT + s + 1;
+    const tokens = run.prompt + s + 1;
     for (let l = 0; l < L; l++) {
       keys[l].set(token[l].k, (tokens - 1) * row);
       values[l].set(token[l].v, (tokens - 1) * row);
@@ -79,6 +97,8 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
       const want = attentionOverPages(SHAPE, BUDGET, cache, token[l].q, attended, W);
       assertClose(out, want, 1e-4, where);
       const r = pageRegions(tokens, BUDGET, W);
+      minCandidates = Math.min(minCandidates, r.candidateCount);
+      maxCandidates = Math.max(maxCandidates, r.candidateCount);
       const base = sinkAndWindow(tokens, config.policy, W);
       if (config.policy === "full" || config.policy === "streaming") {
         for (let h = 0; h < hkv; h++) assert.deepEqual(attended[h], base, `${where} head ${h}`);
@@ -98,6 +118,10 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
         if (r.candidateCount <= BUDGET.selectPages) {
           expected = Array.from({ length: r.candidateCount }, (_, i) => r.candidateStart + i);
         } else if (config.policy !== "freekv" || config.tau === 1) {
+          expected = fresh![h];
+        } else if (config.tau === -1 && previousQ[l] === null) {
+          // The first step after the prefill has no speculation: it selects
+          // with its own query (and waits for it).
           expected = fresh![h];
         } else if (config.tau === -1) {
           // The speculation: the previous step's query over this step's
@@ -137,6 +161,7 @@ async function checkPolicy(device: GPUDevice, config: Config): Promise<void> {
   // The lag is real: some speculative pages were not yet recalled when attended.
   if (lag > 1 && config.tau === -1) assert.ok(holes > 0, "no step attended before its recall");
   await engine.drain();
+  return { minCandidates, maxCandidates };
 }
 
 const CONFIGS: Config[] = [
@@ -172,7 +197,30 @@ const CONFIGS: Config[] = [
 for (const config of CONFIGS) {
   gpuTest(
     `oracle: ${JSON.stringify(config)} attends the rule's pages, output equals the reference`,
-    ({ device }) => checkPolicy(device, config),
+    async ({ device }) => {
+      await checkPolicy(device, config);
+    },
+  );
+}
+
+// Candidates growing from 126 to 134 pages: selection changes from the
+// one-dispatch kernel (up to 128 candidates) to the score and radix top-k
+// dispatches mid-decode.
+const LONG: RunLength = { prompt: 516, steps: 32, maxContext: 640 };
+for (
+  const config of [
+    { policy: "quest" },
+    { policy: "freekv", correction: "sync", tau: 1 },
+    { policy: "freekv", correction: "resident", tau: -1 },
+    { policy: "freekv", correction: "resident", tau: 0.9 },
+  ] satisfies Config[]
+) {
+  gpuTest(
+    `oracle across the one-dispatch selection's limit: ${JSON.stringify(config)}`,
+    async ({ device }) => {
+      const { minCandidates, maxCandidates } = await checkPolicy(device, config, LONG);
+      assert.ok(minCandidates <= 128 && maxCandidates > 128, `${minCandidates}-${maxCandidates}`);
+    },
   );
 }
 
