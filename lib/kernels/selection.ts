@@ -20,6 +20,12 @@
  * decides. NaN pooled scores (from non-finite queries or summaries) rank
  * below every number; the typed-array functions reject non-finite input.
  *
+ * Up to `countingTopkMax` candidates (default 128), when the group's query,
+ * scores and keys fit workgroup memory, one dispatch scores, pools and ranks
+ * each candidate by counting the keys that beat it (page_select.wgsl), the
+ * resident-only top-k included; above it, a scoring dispatch and a
+ * radix-select top-k do. Both give the same pages in the same order.
+ *
  * Workgroup storage does not bound the candidate count: scores and pooled
  * keys live in scratch buffers of each plan, sized by `plan` and `update`; the limit is
  * the device's `maxStorageBufferBindingSize` for `batch * Hq * maxCandidates`
