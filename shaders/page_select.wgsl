@@ -45,7 +45,7 @@ fn raw_score(g: u32, n: u32) -> f32 {
 }
 
 // Writes first + n for each of the `count` candidates n that ranks below k.
-fn rank_keys(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: bool) {
+fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: bool) {
   for (var n = t; n < count; n += WG) {
     let rank = key_rank(n, count);
     if (rank < k) {
@@ -93,7 +93,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     ranked_keys[n] = pooled_key(n);
   }
   workgroupBarrier();
-  rank_keys(t, count, k, seq.y, row * k, false);
+  write_top_k(t, count, k, seq.y, row * k, false);
   if (!MASKED) {
     return;
   }
@@ -115,5 +115,5 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     }
   }
   workgroupBarrier();
-  rank_keys(t, count, k, seq.y, row * k, true);
+  write_top_k(t, count, k, seq.y, row * k, true);
 }
