@@ -10,7 +10,7 @@ import { tensorToFloat32 } from "./weight_convert.ts";
 // The batched oracles loop over the single-vector ones of the CPU forward
 // pass; RoPE stays separate (f64 angles here, llama2.c's f32 angles there).
 import { matvec, rmsnorm, swiglu } from "./reference.ts";
-import { argmax } from "./sampling.ts";
+import { createSampler } from "./sampling.ts";
 
 /**
  * Embedding lookup: row `tokens[t]` of `table` for each token.
@@ -229,10 +229,11 @@ export function causalAttentionReference(
 }
 
 /**
- * Token sampling (the oracle of `planSampleToken`): at temperature 0 the
- * largest logit (lowest index on ties); otherwise the first token whose
- * cumulative `softmax(logits / temperature)` mass, in f64, exceeds `coin`
- * (the last token of nonzero mass if rounding leaves none).
+ * Token sampling (the oracle of `planSampleToken`): what the CPU sampler
+ * ({@linkcode createSampler}) picks with `coin` as its draw. At temperature
+ * 0 the largest logit (lowest index on ties); otherwise the first token
+ * whose cumulative `softmax(logits / temperature)` mass, in f64, exceeds
+ * `coin` (the last token of nonzero mass if rounding leaves none).
  *
  * @example
  * ```ts
@@ -246,18 +247,6 @@ export function sampleTokenReference(
   temperature: number,
   coin: number,
 ): number {
-  const best = argmax(logits);
-  if (temperature === 0) return best;
-  const max = logits[best];
-  let total = 0;
-  for (let i = 0; i < logits.length; i++) total += Math.exp((logits[i] - max) / temperature);
-  const target = coin * total;
-  let cdf = 0, last = best;
-  for (let i = 0; i < logits.length; i++) {
-    const e = Math.exp((logits[i] - max) / temperature);
-    cdf += e;
-    if (target < cdf) return i;
-    if (e > 0) last = i;
-  }
-  return last;
+  // The CPU sampler with one given draw: the GPU kernel must pick what it picks.
+  return createSampler({ temperature, random: { next: () => coin } }).sample(logits);
 }
