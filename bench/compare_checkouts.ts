@@ -21,6 +21,7 @@ import {
   type RetrievalEngine,
 } from "../lib/engine/engine.ts";
 import { createSyntheticSource, takePrompt } from "../lib/workloads/synthetic.ts";
+import { timedStep } from "./suite_decode.ts";
 
 const HELP = `Usage: deno run -A bench/compare_checkouts.ts --other DIR [options]
 
@@ -118,16 +119,8 @@ const times: number[][] = [[], []];
 for (let s = 0; s < WARMUP + steps; s++) {
   // Alternate which goes first.
   for (const i of s % 2 === 0 ? [0, 1] : [1, 0]) {
-    const engine = engines[i];
-    const t0 = performance.now();
-    await engine.beginStep();
-    let encoder = device.createCommandEncoder({ label: "compare step" });
-    for (let l = 0; l < layers; l++) {
-      encoder = await engine.recordLayer(encoder, l, { ...tokens[s][l], out });
-    }
-    engine.endStep(encoder);
-    await device.queue.onSubmittedWorkDone();
-    if (s >= WARMUP) times[i].push(performance.now() - t0);
+    const ms = await timedStep(engines[i], tokens[s], out);
+    if (s >= WARMUP) times[i].push(ms);
   }
 }
 for (const engine of engines) engine[Symbol.dispose]();

@@ -67,11 +67,11 @@ function pairedRatio(paired: PairedRow[], context: number, batch: number): numbe
 }
 
 /**
- * One decode step as a decoder records it: begin, every layer into one
- * encoder, end (one submit), then the GPU finishes the token. Returns its
- * milliseconds.
+ * One decode step as a decoder records it: begin, every layer (one entry of
+ * `layers` each) into one encoder, end (one submit), then the GPU finishes
+ * the token. Returns its milliseconds.
  */
-async function timedStep(
+export async function timedStep(
   engine: RetrievalEngine,
   layers: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer }[],
   out: GPUBuffer,
@@ -80,7 +80,7 @@ async function timedStep(
   const t0 = performance.now();
   await engine.beginStep();
   let encoder = device.createCommandEncoder({ label: "bench step" });
-  for (let l = 0; l < SHAPE.numLayers; l++) {
+  for (let l = 0; l < layers.length; l++) {
     encoder = await engine.recordLayer(encoder, l, { ...layers[l], out });
   }
   engine.endStep(encoder);
