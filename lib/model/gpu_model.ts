@@ -454,6 +454,12 @@ export function createGpuModel(
       }),
       planLinear(device, { weight: classifier, input: xb, output: logits }),
     ].map(plan);
+    // What a decode step records before each layer's attention (the previous
+    // layer's MLP, this layer's norm and projections), and after the last.
+    const beforeAttention = layers.map((_, l) =>
+      l === 0 ? [decodeEmbed, ...decodePre[0]] : [...decodePost[l - 1], ...decodePre[l]]
+    );
+    const afterLastAttention = [...decodePost[L - 1], ...finalPlans];
 
     let position = 0;
     let busy = false;
@@ -625,11 +631,7 @@ export function createGpuModel(
       if (recording) await backend.beginStep?.(pos);
       let enc = device.createCommandEncoder({ label: "decode step" });
       for (let l = 0; l < L; l++) {
-        recordPlans(
-          enc,
-          l === 0 ? [decodeEmbed, ...decodePre[0]] : [...decodePost[l - 1], ...decodePre[l]],
-          `decode layer ${l}`,
-        );
+        recordPlans(enc, beforeAttention[l], `decode layer ${l}`);
         const io = { q, k, v, out: att };
         if (recording) enc = await backend.recordStep!(enc, l, pos, io);
         else {
@@ -638,7 +640,7 @@ export function createGpuModel(
           enc = device.createCommandEncoder({ label: `decode layer ${l + 1}` });
         }
       }
-      recordPlans(enc, [...decodePost[L - 1], ...finalPlans], "decode mlp and classifier");
+      recordPlans(enc, afterLastAttention, "decode mlp and classifier");
       tail(enc);
       if (backend.endStep) backend.endStep(enc);
       else device.queue.submit([enc.finish()]);
