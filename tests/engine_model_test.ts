@@ -72,25 +72,19 @@ gpuTest(
   },
 );
 
+// Every policy, and freekv's sync correction, at a budget the decodes outgrow.
+const EVERY_POLICY = [
+  ...POLICIES.map((policy) => ({ policy })),
+  { policy: "freekv" as const, correction: "sync" as const },
+];
+const SMALL_BUDGET = { maxContext: 128, pageSize: 8, budget: 32, sink: 8, window: 8 };
+
 gpuTest(
   "a whole token recorded into one encoder gives the per-layer path's logits, every policy and mode",
   async ({ device }) => {
-    const variants = [
-      ...POLICIES.map((policy) => ({ policy })),
-      { policy: "freekv" as const, correction: "sync" as const },
-      { policy: "freekv" as const, cachePages: 0 },
-    ];
+    const variants = [...EVERY_POLICY, { policy: "freekv" as const, cachePages: 0 }];
     for (const variant of variants) {
-      const make = () =>
-        createEngineBackend(device, {
-          ...config,
-          maxContext: 128,
-          pageSize: 8,
-          budget: 32,
-          sink: 8,
-          window: 8,
-          ...variant,
-        });
+      const make = () => createEngineBackend(device, { ...config, ...SMALL_BUDGET, ...variant });
       using recorded = make();
       using layered = make();
       // The same backend without its recording methods: one submit (and await) per layer.
@@ -117,16 +111,11 @@ gpuTest(
 gpuTest(
   "GPU-sampled groups through the engine: the per-token path's tokens at answerLag 1, no wait inside a group at answerLag 8",
   async ({ device }) => {
-    const variants = [
-      ...POLICIES.map((policy) => ({ policy })),
-      { policy: "freekv" as const, correction: "sync" as const },
-    ];
-    const budget = { maxContext: 128, pageSize: 8, budget: 32, sink: 8, window: 8 };
-    for (const variant of variants) {
+    for (const variant of EVERY_POLICY) {
       const run = async (tokensPerWait: number, answerLag: number) => {
         using attention = createEngineBackend(device, {
           ...config,
-          ...budget,
+          ...SMALL_BUDGET,
           ...variant,
           answerLag,
         });
