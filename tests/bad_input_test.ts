@@ -443,6 +443,22 @@ const CASES: Case[] = [
         RangeError,
         /every layer must be recorded first: received endStep after 1 of 2 layers/,
       ),
+      c(
+        "endStep waitFollows 'yes'",
+        async (e) => {
+          await e.beginStep();
+          let enc = e.device.createCommandEncoder();
+          enc = await e.recordLayer(enc, 0, stepInputs(702));
+          enc = await e.recordLayer(enc, 1, stepInputs(703));
+          try {
+            return e.endStep(enc, { waitFollows: "yes" as unknown as boolean });
+          } finally {
+            e.endStep(enc);
+          }
+        },
+        TypeError,
+        /'waitFollows' must be a boolean: received "yes"/,
+      ),
       c("reset seq 3", (e) => e.reset(3), RangeError, /'seq' must be between 0 and 0: received 3/),
       c(
         "attendedPages layer 9",
@@ -640,7 +656,7 @@ gpuTest("bad input: the engine every case was thrown at decodes like a fresh one
     }
     fresh.endStep(enc);
   };
-  for (const base of [500, 600, 700]) await replay(base);
+  for (const base of [500, 600, 700, 702]) await replay(base);
   for (let t = 1; t < 6; t++) {
     const [a, b] = [await stepAll(e, t), await stepAll(fresh, t)];
     for (let l = 0; l < SHAPE.numLayers; l++) assertArraysEqual(a[l], b[l], `step ${t} layer ${l}`);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./_gpu.ts";
-import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
+import { createBuffer, readBuffer, writeIfChanged } from "../lib/gpu/buffers.ts";
 import { cachedPipeline } from "../lib/gpu/pipelines.ts";
 import { createRandom } from "../lib/workloads/random.ts";
 
@@ -49,3 +49,27 @@ Deno.test("seeded random is reproducible", () => {
   assert.notDeepEqual(xs, Array.from({ length: 5 }, () => c.next()));
   for (const x of xs) assert.ok(x >= 0 && x < 1);
 });
+
+gpuTest(
+  "writeIfChanged skips a write of the bytes it wrote last, per buffer",
+  async ({ device }) => {
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const a = createBuffer(device, "a", usage, 16), b = createBuffer(device, "b", usage, 16);
+    const q = device.queue;
+    const words = new Uint32Array([1, 2, 3, 4]);
+    assert.equal(writeIfChanged(q, a, words), true);
+    assert.equal(writeIfChanged(q, a, new Uint32Array([1, 2, 3, 4])), false);
+    assert.equal(writeIfChanged(q, b, words), true, "another buffer has its own record");
+    words[3] = 5; // the record is a copy: changing the array after the write counts as a change
+    assert.equal(writeIfChanged(q, a, words), true);
+    assert.equal(
+      writeIfChanged(q, a, new Uint32Array([1, 2])),
+      true,
+      "a shorter write is a change",
+    );
+    assert.deepEqual([...new Uint32Array(await readBuffer(device, a))], [1, 2, 3, 5]);
+    assert.deepEqual([...new Uint32Array(await readBuffer(device, b))], [1, 2, 3, 4]);
+    a.destroy();
+    b.destroy();
+  },
+);

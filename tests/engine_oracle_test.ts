@@ -240,6 +240,7 @@ async function recordStep(
   device: GPUDevice,
   engine: ReturnType<typeof createRetrievalEngine>,
   src: ReturnType<typeof createSyntheticSource>,
+  waitFollows?: boolean,
 ): Promise<number> {
   const token = src.next();
   await engine.beginStep();
@@ -247,7 +248,7 @@ async function recordStep(
   for (let l = 0; l < SHAPE.numLayers; l++) {
     encoder = await engine.recordLayer(encoder, l, token[l]);
   }
-  engine.endStep(encoder);
+  engine.endStep(encoder, { waitFollows });
   return engine.lastStepStats()!.hostWaits;
 }
 
@@ -290,7 +291,8 @@ gpuTest(
       using _engine = engine;
       const perStep: number[] = [];
       for (let s = 0; s < 16; s++) {
-        perStep.push(await recordStep(device, engine, src));
+        // The group's last step tells the engine that the decoder waits next.
+        perStep.push(await recordStep(device, engine, src, s % 4 === 3));
         if (s % 4 === 3) await device.queue.onSubmittedWorkDone();
       }
       const inGroups = perStep.slice(4).reduce((a, b) => a + b, 0);

@@ -223,6 +223,8 @@ const RECALL_OPTIONS: Array<(runBytes: number) => Partial<RecallerOptions>> = [
   (r) => ({ chunk: "bytes", maxChunkBytes: 5 * r, staging: "mapped" }),
   (r) => ({ buffering: "single", maxChunkBytes: 3 * r }),
   () => ({ buffering: "single", staging: "mapped", chunk: "heads" }),
+  // Held copies: a third chunk refills a held staging buffer, `done` submits the rest.
+  (r) => ({ deferSubmit: true, chunk: "bytes", maxChunkBytes: 3 * r }),
 ];
 
 gpuTest(
@@ -316,6 +318,105 @@ gpuTest("recalls for several layers in flight at once, awaited later", async ({ 
     destroyLayers(dst);
   }
 });
+
+gpuTest(
+  "deferSubmit: the copies wait for the caller's submit; a refilled staging buffer submits first",
+  async ({ device }) => {
+    const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
+    const rng = createRandom(31);
+    using pool = new HostPagePool({ layers: 2, kvHeads: 2, headDim: 8, pageSize: 4 });
+    const runs = new Map<string, Float32Array>();
+    for (let l = 0; l < 2; l++) {
+      for (let h = 0; h < 2; h++) {
+        for (let p = 0; p < 4; p++) {
+          const run = randomKv(rng, shape, pool.runElements) as Float32Array;
+          runs.set(`${l}/${h}/${p}`, run);
+          pool.writeRun({ layer: l, head: h, page: p }, run);
+        }
+      }
+    }
+    const dst = makeLayers(device, rng, shape, 2, 4);
+    const before = dst.map((d) => ({ ...d, kCache: d.kCache.slice(), vCache: d.vCache.slice() }));
+    using recaller = createRecaller(device, pool, {
+      caches: (layer) => dst[layer].buffers,
+      deferSubmit: true,
+      chunk: "bytes",
+      maxChunkBytes: 4 * pool.runBytes,
+    });
+    const jobsOf = (l: number): RecallJob[] =>
+      [0, 1].flatMap((h) => [0, 1, 2, 3].map((p) => ({ layer: l, head: h, page: p, slot: 3 - p })));
+    const expect = (jobs: RecallJob[]) => {
+      for (const j of jobs) {
+        hndToNhdReference(runs.get(`${j.layer}/${j.head}/${j.page}`)!, dst[j.layer], {
+          ...shape,
+          jobs: [{ run: 0, slot: j.slot, head: j.head }],
+        });
+      }
+    };
+    // Two chunks fit the two staging buffers: both are held.
+    const first = recaller.recall(jobsOf(0));
+    await first.submitted;
+    await assertCaches(device, before, "held copies not submitted yet");
+    const held = recaller.takeCommandBuffers();
+    assert.equal(held.length, 2);
+    assert.deepEqual(recaller.takeCommandBuffers(), []);
+    device.queue.submit(held);
+    expect(jobsOf(0));
+    await assertCaches(device, dst, "after the caller's submit");
+    // Four chunks: the third refills a held staging buffer, so the first two
+    // go out first; the caller submits the last two.
+    const both = [...jobsOf(0), ...jobsOf(1)].map((j) => ({ ...j, slot: j.page }));
+    const second = recaller.recall(both);
+    await second.submitted;
+    const rest = recaller.takeCommandBuffers();
+    assert.equal(rest.length, 2);
+    device.queue.submit(rest);
+    expect(both);
+    await assertCaches(device, dst, "four chunks");
+    assert.throws(
+      () => createRecaller(device, pool, { caches: [], deferSubmit: true, staging: "mapped" }),
+      /'deferSubmit' needs staging "write-buffer" and buffering "double": received staging "mapped", buffering "double"/,
+    );
+    assert.throws(
+      () => createRecaller(device, pool, { caches: [], deferSubmit: 1 as unknown as boolean }),
+      /'deferSubmit' must be a boolean: received 1/,
+    );
+    destroyLayers(dst);
+  },
+);
+
+gpuTest(
+  "offloader flush(count) maps only the oldest offloads, the ones already submitted",
+  async ({ device }) => {
+    const shape: KvLayoutShape = { pageSize: 2, kvHeads: 2, headDim: 4, dtype: "f32" };
+    const rng = createRandom(32);
+    const [layer] = makeLayers(device, rng, shape, 1, 2);
+    using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 4, pageSize: 2 });
+    using offloader = createOffloader(device, pool);
+    const a = device.createCommandEncoder(), b = device.createCommandEncoder();
+    const first = offloader.encode(a, { layer: 0, ...layer.buffers, jobs: [{ slot: 0, page: 0 }] });
+    const second = offloader.encode(b, {
+      layer: 0,
+      ...layer.buffers,
+      jobs: [{ slot: 1, page: 1 }],
+    });
+    assert.equal(offloader.unflushed, 2);
+    device.queue.submit([a.finish()]);
+    assert.throws(() => offloader.flush(3), /'count' must be between 0 and 2: received 3/);
+    offloader.flush(1); // the second's encoder is not submitted: mapping its buffer would break it
+    assert.equal(offloader.unflushed, 1);
+    assert.equal((await first.done).pages, 2);
+    assert.equal(pool.isOffloaded({ layer: 0, head: 0, page: 1 }), false);
+    device.queue.submit([b.finish()]);
+    offloader.flush();
+    assert.equal((await second.done).pages, 2);
+    for (let h = 0; h < 2; h++) {
+      const want = nhdToHndReference(layer, [{ slot: 1, head: h }], shape);
+      assert.deepEqual(bytesOf(pool.readRun({ layer: 0, head: h, page: 1 })), bytesOf(want));
+    }
+    destroyLayers([layer]);
+  },
+);
 
 gpuTest(
   "offloader ring: reuse after maps, growth when busy, maxBytes rejects with nothing changed",

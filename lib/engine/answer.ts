@@ -28,12 +28,22 @@ export interface AnswerLayer {
   hits: Uint32Array;
 }
 
-/** A step's answer on its way back. */
+/**
+ * A step's answer: submitted with its step, mapped later. Starting the map
+ * blocks the thread until the queue is idle in Deno 2.9, so the engine
+ * starts it just before its next submit (which would block as long), not
+ * right after the step's own submit (which would stall the recording of the
+ * next step until the GPU finished this one).
+ */
 export interface PendingAnswer {
-  /** Resolves to the layers' parts. */
-  layers: Promise<AnswerLayer[]>;
-  /** True once `layers` settled (checked without waiting). */
-  settled: boolean;
+  /** Starts the map (once; later calls do nothing). Call only after the step was submitted. */
+  start(): void;
+  /** True once `start` was called. */
+  readonly started: boolean;
+  /** Resolves to the layers' parts; starts the map if it was not started. */
+  readonly layers: Promise<AnswerLayer[]>;
+  /** True once the map resolved or failed (checked without waiting). */
+  readonly settled: boolean;
 }
 
 /** Collects the parts of a step's answer; one per engine. */
@@ -78,31 +88,43 @@ export class StepAnswers implements Disposable {
   }
 
   /**
-   * Records the read-back of the step's parts into `encoder`; call `start`
-   * on the result after submitting it. Null when no layer contributed.
+   * Records the read-back of the step's parts into `encoder`; start the
+   * result only after submitting it. Null when no layer contributed.
    */
-  end(encoder: GPUCommandEncoder, ring: ReadbackRing): { start(): PendingAnswer } | null {
+  end(encoder: GPUCommandEncoder, ring: ReadbackRing): PendingAnswer | null {
     const parts = this.#recording;
     this.#recording = [];
     if (!parts.length) return null;
     const read = ring.record(encoder, this.#buffer, 0, this.#buffer.size);
     const rows = this.#rows, K = this.#k, layerBytes = this.#layerBytes;
+    let layers: Promise<AnswerLayer[]> | null = null;
+    let settled = false;
+    const start = (): Promise<AnswerLayer[]> => {
+      if (layers) return layers;
+      layers = read.start().then((bytes) =>
+        parts.map((p) => {
+          const words = new Uint32Array(bytes, p.layer * layerBytes, rows * (K + 2));
+          return {
+            ...p,
+            fresh: words.subarray(0, rows * K),
+            flags: words.subarray(rows * K, rows * K + rows),
+            hits: words.subarray(rows * K + rows),
+          };
+        })
+      );
+      layers.then(() => settled = true, () => settled = true);
+      return layers;
+    };
     return {
-      start: () => {
-        const layers = read.start().then((bytes) =>
-          parts.map((p) => {
-            const words = new Uint32Array(bytes, p.layer * layerBytes, rows * (K + 2));
-            return {
-              ...p,
-              fresh: words.subarray(0, rows * K),
-              flags: words.subarray(rows * K, rows * K + rows),
-              hits: words.subarray(rows * K + rows),
-            };
-          })
-        );
-        const pending: PendingAnswer = { layers, settled: false };
-        layers.then(() => pending.settled = true, () => pending.settled = true);
-        return pending;
+      start: () => void start(),
+      get started() {
+        return layers !== null;
+      },
+      get layers() {
+        return start();
+      },
+      get settled() {
+        return settled;
       },
     };
   }

@@ -37,12 +37,13 @@ import { type EngineTotals, StatsAccumulator, type StepStats } from "./stats.ts"
 import {
   checkPrefillInputs,
   checkStepInputs,
+  type EndStepOptions,
   type PrefillInputs,
   type StepInputs,
 } from "./validate.ts";
 
 export type { EngineTotals, StepStats } from "./stats.ts";
-export type { PrefillInputs, StepInputs } from "./validate.ts";
+export type { EndStepOptions, PrefillInputs, StepInputs } from "./validate.ts";
 
 const ACTION_CREATE = "create a retrieval engine";
 
@@ -339,6 +340,7 @@ export class RetrievalEngine {
   async #takeAnswer(tick = this.#tick): Promise<void> {
     const pending = this.#pending.shift();
     if (!pending) return;
+    pending.start();
     // Let callbacks of an answer that already arrived run (the decoder's own
     // wait for its logits usually brings it): only a real wait counts.
     if (!pending.settled) await new Promise((resolve) => setTimeout(resolve, 0));
@@ -368,6 +370,12 @@ export class RetrievalEngine {
     }
     for (const state of this.#layers) state.flushResidency();
     await this.#memory?.recall(jobs);
+  }
+
+  /** Submits `encoder` behind the recall copies held for it. */
+  #submit(encoder: GPUCommandEncoder): void {
+    if (this.#memory) this.#memory.submit(this.device, encoder);
+    else this.device.queue.submit([encoder.finish()]);
   }
 
   #context(): PhaseContext {
@@ -472,7 +480,7 @@ export class RetrievalEngine {
     const rows = o.batch * hkv;
     const selRead = this.#ring.record(encoder, state.fresh!, 0, rows * K * 4);
     const flagRead = plan.useFlags ? this.#ring.record(encoder, state.flags!, 0, rows * 4) : null;
-    this.device.queue.submit([encoder.finish()]);
+    this.#submit(encoder);
     this.#memory?.flush();
     const t0 = performance.now();
     const [selBytes, flagBytes] = await Promise.all([selRead.start(), flagRead?.start()]);
@@ -579,12 +587,32 @@ export class RetrievalEngine {
 
   /**
    * Ends the step: records the read-back of the step's answer into
-   * `encoder`, submits it, and starts the answer's map. The next
-   * `beginStep` takes the answer.
+   * `encoder` and submits it. The answer of step t is taken when step
+   * t + `answerLag` begins.
+   *
+   * When its read starts: in Deno 2.9 starting a map blocks the thread until
+   * the queue is idle. So with `options.waitFollows` (the default at
+   * `answerLag` 1) it starts right after this submit and rides the wait the
+   * caller makes next (reading its logits); otherwise it starts just before
+   * the next step's submit, which would block as long, so that the caller
+   * records step t + 1 while the GPU runs step t.
    */
-  endStep(encoder: GPUCommandEncoder): void {
+  endStep(encoder: GPUCommandEncoder, options: EndStepOptions = {}): void {
     const action = "end a decode step";
     this.#checkAlive(action);
+    if (options === null || typeof options !== "object") {
+      throw new TypeError(
+        `Cannot ${action} as 'options' must be an object: received ${describeValue(options)}`,
+      );
+    }
+    const waitFollows = options.waitFollows ?? this.options.answerLag === 1;
+    if (typeof waitFollows !== "boolean") {
+      throw new TypeError(
+        `Cannot ${action} as 'waitFollows' must be a boolean: received ${
+          describeValue(waitFollows)
+        }`,
+      );
+    }
     if (!this.#inStep || this.#nextLayer !== this.options.numLayers) {
       throw new RangeError(
         `Cannot ${action} as every layer must be recorded first: received endStep ${
@@ -602,9 +630,16 @@ export class RetrievalEngine {
       );
     }
     const answer = this.#answers?.end(encoder, this.#ring) ?? null;
-    this.device.queue.submit([encoder.finish()]);
-    this.#memory?.flush();
-    if (answer) this.#pending.push(answer.start());
+    // Maps of earlier steps' answers and backups start here, where the
+    // submit would block as long anyway (see PendingAnswer).
+    for (const p of this.#pending) p.start();
+    this.#memory?.startBackupMaps();
+    this.#submit(encoder);
+    if (answer) this.#pending.push(answer);
+    if (waitFollows) {
+      for (const p of this.#pending) p.start();
+      this.#memory?.startBackupMaps();
+    }
     this.#inStep = false;
     this.#nextLayer = 0;
     const stats = this.#stats.current!;
@@ -635,8 +670,8 @@ export class RetrievalEngine {
       this.#layers[layer].scratch("out", o.batch * o.numQueryHeads * o.headDim * 4);
     let encoder = this.device.createCommandEncoder({ label: `freekv step layer ${layer}` });
     encoder = await this.recordLayer(encoder, layer, { ...inputs, out });
-    if (layer === o.numLayers - 1) this.endStep(encoder);
-    else this.device.queue.submit([encoder.finish()]);
+    if (layer === o.numLayers - 1) this.endStep(encoder, { waitFollows: !inputs.out || undefined });
+    else this.#submit(encoder);
     if (inputs.out) return undefined;
     return new Float32Array(
       await readBuffer(this.device, out, o.batch * o.numQueryHeads * o.headDim * 4),
@@ -679,7 +714,7 @@ export class RetrievalEngine {
     // The answer serves the next step: admit its pages with that step's tick,
     // as beginStep would, so that draining leaves the LRU order unchanged.
     if (!this.#inStep) { while (this.#pending.length) await this.#takeAnswer(this.#tick + 1); }
-    await this.#memory?.drain();
+    await this.#memory?.drain(this.device);
     await this.device.queue.onSubmittedWorkDone();
   }
 
@@ -688,7 +723,7 @@ export class RetrievalEngine {
     if (this.#disposed) return;
     this.#disposed = true;
     // Nobody will take the pending answer: keep its failure from going unhandled.
-    for (const p of this.#pending) p.layers.catch(() => {});
+    for (const p of this.#pending) if (p.started) p.layers.catch(() => {});
     this.#pending = [];
     for (const l of this.#layers) l[Symbol.dispose]();
     this.#answers?.[Symbol.dispose]();

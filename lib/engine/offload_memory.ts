@@ -22,6 +22,8 @@ export class OffloadMemory implements Disposable {
   readonly #o: ResolvedEngineOptions;
   readonly #stats: StatsAccumulator;
   readonly #maxPages: number;
+  /** Backups in encoders already submitted whose maps have not started. */
+  #submittedBackups = 0;
   #disposed = false;
 
   constructor(
@@ -47,6 +49,10 @@ export class OffloadMemory implements Disposable {
       buffering: o.recallBuffering,
       staging: o.recallStaging,
       slotLayout: o.slotLayout,
+      // A step's recall goes with the step's submit; one chunk for all its
+      // layers (up to 4 MiB) holds it without a third staging refill.
+      deferSubmit: o.recallStaging === "write-buffer" && o.recallBuffering === "double",
+      chunk: "bytes",
       caches: (layer: number) => ({ kCache: layers[layer].kCache, vCache: layers[layer].vCache }),
     });
   }
@@ -63,9 +69,30 @@ export class OffloadMemory implements Disposable {
     this.#stats.pagesOffloaded += jobs.length * this.#o.numKvHeads;
   }
 
-  /** Starts the maps of the backups recorded so far (call right after the submit). */
+  /**
+   * Submits `encoder` behind the recall copies held for it. Its backups'
+   * maps start at the next `startBackupMaps` (or `flush`, or `drain`).
+   */
+  submit(device: GPUDevice, encoder: GPUCommandEncoder): void {
+    device.queue.submit([...this.#recaller.takeCommandBuffers(), encoder.finish()]);
+    this.#submittedBackups = this.#offloader.unflushed;
+  }
+
+  /**
+   * Starts the maps of the backups submitted so far, not of those recorded
+   * into an encoder not yet submitted. Each map blocks the thread until the
+   * queue is idle (Deno 2.9): call it just before a submit, which would
+   * block as long.
+   */
+  startBackupMaps(): void {
+    this.#offloader.flush(Math.min(this.#submittedBackups, this.#offloader.unflushed));
+    this.#submittedBackups = 0;
+  }
+
+  /** Starts the maps of every backup recorded so far (all submitted: call right after a submit). */
   flush(): void {
     this.#offloader.flush();
+    this.#submittedBackups = 0;
   }
 
   /**
@@ -99,6 +126,7 @@ export class OffloadMemory implements Disposable {
     // A page's backup may still be on its way to the host.
     if (jobs.some((j) => !this.pool.isOffloaded(j))) {
       const t0 = performance.now();
+      this.#submittedBackups = 0; // the drain flushes them all
       await this.#offloader.drain();
       this.#stats.wait(performance.now() - t0);
       if (this.#disposed) return;
@@ -108,8 +136,11 @@ export class OffloadMemory implements Disposable {
     this.#stats.recalled(handle.pages, handle.bytes);
   }
 
-  /** Waits for every backup to reach the host. */
-  async drain(): Promise<void> {
+  /** Submits the held recall copies, then waits for every backup to reach the host. */
+  async drain(device: GPUDevice): Promise<void> {
+    const held = this.#recaller.takeCommandBuffers();
+    if (held.length) device.queue.submit(held);
+    this.#submittedBackups = 0;
     await this.#offloader.drain();
   }
 

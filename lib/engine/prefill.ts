@@ -112,8 +112,12 @@ export function recordPrefill(
       state.flushResidency();
     }
   }
-  device.queue.submit([encoder.finish()]);
-  ctx.memory?.flush();
+  if (ctx.memory) {
+    ctx.memory.submit(device, encoder);
+    ctx.memory.flush();
+  } else {
+    device.queue.submit([encoder.finish()]);
+  }
   for (const b of transient) b.destroy();
   state.length[seq] = n;
   state.prefilled[seq] = true;

@@ -14,6 +14,16 @@ import {
 } from "../gpu/errors.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
 
+/** Options of `RetrievalEngine.endStep`. */
+export interface EndStepOptions {
+  /**
+   * True when the caller waits for this step's GPU work right after ending
+   * it (reading its logits, say), so that the step's answer rides that
+   * wait. Default: true at `answerLag` 1, false above.
+   */
+  waitFollows?: boolean;
+}
+
 /** q, k, v of one decode step of one layer, for the whole batch. */
 export interface StepInputs {
   /** `[batch][Hq][d]` f32: a GPU buffer (STORAGE | COPY_SRC) or an array. */

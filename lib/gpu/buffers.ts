@@ -75,6 +75,44 @@ export async function readBuffer(
   }
 }
 
+const lastWrites = new WeakMap<GPUBuffer, Uint8Array>();
+
+/**
+ * `queue.writeBuffer(buffer, 0, data)`, skipped when the previous call for
+ * `buffer` wrote the same bytes. Returns whether it wrote. In wgpu every
+ * write is a staging allocation and a queue copy, and most of a decode
+ * step's parameters repeat from step to step (and layer to layer). Use it
+ * only for buffers that nothing else writes, on the GPU or the CPU.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { createBuffer, writeIfChanged } from "./buffers.ts";
+ * using gpu = await requestGpu();
+ * const b = createBuffer(gpu.device, "params", GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST, 16);
+ * const q = gpu.device.queue;
+ * console.log(writeIfChanged(q, b, new Uint32Array([1, 2, 3, 4])), writeIfChanged(q, b, new Uint32Array([1, 2, 3, 4]))); // true false
+ * b.destroy();
+ * ```
+ */
+export function writeIfChanged(queue: GPUQueue, buffer: GPUBuffer, data: ArrayBufferView): boolean {
+  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const last = lastWrites.get(buffer);
+  if (last && last.length === bytes.length) {
+    let same = true;
+    for (let i = 0; i < bytes.length; i++) {
+      if (last[i] !== bytes[i]) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return false;
+  }
+  queue.writeBuffer(buffer, 0, bytes as Uint8Array<ArrayBuffer>);
+  lastWrites.set(buffer, bytes.slice());
+  return true;
+}
+
 /** A uniform buffer writer: packs u32/i32/f32 fields at 4-byte slots. */
 export function packUniforms(
   values: Array<number | { f32: number } | { i32: number }>,

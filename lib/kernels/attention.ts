@@ -27,6 +27,7 @@ import {
   createBuffer,
   GrowableBuffer,
   readBuffer,
+  writeIfChanged,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { slotStrides } from "./slot_layout.ts";
@@ -301,6 +302,8 @@ class Plan implements AttentionPlan {
   #meta: GrowableBuffer;
   #table: GrowableBuffer;
   #params: GPUBuffer;
+  /** The words last given to `#params`. */
+  #paramWords = new Uint32Array(PARAM_WORDS);
   #partial: GrowableBuffer;
   #lseScratch: GrowableBuffer;
   #bindings = new BindGroupCache<BindEntry>();
@@ -382,7 +385,7 @@ class Plan implements AttentionPlan {
     changed = this.#partial.ensure(partialBytes) || changed;
     changed = this.#lseScratch.ensure(t.batch * hq * 4) || changed;
     if (changed) this.#bindings.clear();
-    device.queue.writeBuffer(this.#meta.buffer, 0, meta);
+    writeIfChanged(device.queue, this.#meta.buffer, meta);
     if (t.pageTable) {
       device.queue.writeBuffer(this.#table.buffer, 0, t.pageTable as Uint32Array<ArrayBuffer>);
       if (ids) {
@@ -403,7 +406,8 @@ class Plan implements AttentionPlan {
     new Float32Array(params.buffer)[6] = 1 / Math.sqrt(headDim);
     // CPU ids follow the CPU table; GPU ids get their offset at the first encode.
     params[7] = ids ? t.pageTable!.length : this.#idsOffset ?? 0;
-    device.queue.writeBuffer(this.#params, 0, params);
+    writeIfChanged(device.queue, this.#params, params);
+    this.#paramWords = params;
     this.#tables = t;
     this.#pagesPerSplit = pagesPerSplit;
     this.#numSplits = numSplits;
@@ -498,7 +502,8 @@ class Plan implements AttentionPlan {
     }
     if (this.#idsOffset === undefined) {
       this.#idsOffset = distance / 4;
-      this.attention.device.queue.writeBuffer(this.#params, 28, new Uint32Array([distance / 4]));
+      this.#paramWords[7] = distance / 4;
+      writeIfChanged(this.attention.device.queue, this.#params, this.#paramWords);
     }
     return { buffer: table.buffer, offset: table.offset, size: distance + tableBytes };
   }

@@ -29,6 +29,7 @@ import {
   type BufferSlice,
   createBuffer,
   GrowableBuffer,
+  writeIfChanged,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
@@ -218,7 +219,7 @@ class AppendPlan implements KvAppendPlan {
     const device = a.device;
     if (this.#offsets.ensure(offsets.byteLength)) this.#bindings.clear();
     if (offsets.length) {
-      device.queue.writeBuffer(this.#offsets.buffer, 0, offsets as Uint32Array<ArrayBuffer>);
+      writeIfChanged(device.queue, this.#offsets.buffer, offsets);
     }
     const maxY = device.limits.maxComputeWorkgroupsPerDimension;
     const n = offsets.length;
@@ -232,9 +233,9 @@ class AppendPlan implements KvAppendPlan {
         );
         this.#bindings.clear();
       }
-      device.queue.writeBuffer(
+      writeIfChanged(
+        device.queue,
         this.#params[chunk],
-        0,
         new Uint32Array([a.rowWords, n, base, a.headWords, a.headStrideWords]),
       );
     }

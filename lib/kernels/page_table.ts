@@ -13,6 +13,7 @@ import {
   BindGroupCache,
   type BufferSlice,
   createBuffer,
+  writeIfChanged,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
@@ -236,13 +237,13 @@ class Plan implements PageTablePlan {
         meta.byteLength,
       );
     }
-    device.queue.writeBuffer(this.#seq, 0, meta);
+    writeIfChanged(device.queue, this.#seq, meta);
     this.#batch = sequences.length;
     this.#useFlags = step.useFlags;
     this.#useBest = step.useFlags && step.useBest === true;
-    device.queue.writeBuffer(
+    writeIfChanged(
+      device.queue,
       this.#params,
-      0,
       new Uint32Array([
         this.#batch,
         numKvHeads,

@@ -58,6 +58,7 @@ import {
   createBuffer,
   GrowableBuffer,
   readBuffer,
+  writeIfChanged,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import { type KernelEncodeOptions, passTimestampWrites } from "../gpu/timing.ts";
@@ -451,11 +452,11 @@ class SelectionPlan implements PageSelectionPlan {
     grown = this.#winners.ensure(batch * hkv * k * 4) || grown;
     if (grown) this.#bindings.clear();
     const queue = this.#selector.device.queue;
-    queue.writeBuffer(this.#seqs.buffer, 0, checked.seqs);
-    queue.writeBuffer(this.#scoreParams, 0, new Uint32Array([hkv, maxCount, 0, 0]));
+    writeIfChanged(queue, this.#seqs.buffer, checked.seqs);
+    writeIfChanged(queue, this.#scoreParams, new Uint32Array([hkv, maxCount, 0, 0]));
     const topk = new Uint32Array([hkv, maxCount, k, 0]);
     new Float32Array(topk.buffer)[3] = scale;
-    queue.writeBuffer(this.#topkParams, 0, topk);
+    writeIfChanged(queue, this.#topkParams, topk);
     this.#step = checked;
   }
 

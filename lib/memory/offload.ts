@@ -335,14 +335,19 @@ export class Offloader {
     return entry;
   }
 
+  /** Offloads encoded and not flushed yet. */
+  get unflushed(): number {
+    return this.#encoded.length;
+  }
+
   /**
-   * Starts mapping every offload encoded since the last flush. Call it only
-   * after submitting the encoders passed to `encode` (a buffer being mapped
-   * cannot be used by a later submit).
+   * Starts mapping the oldest `count` offloads encoded since the last flush
+   * (all by default). Call it only after submitting the encoders those were
+   * encoded into (a buffer being mapped cannot be used by a later submit).
    */
-  flush(): void {
-    const batch = this.#encoded;
-    this.#encoded = [];
+  flush(count: number = this.#encoded.length): void {
+    assertInteger("count", count, "flush offloads", 0, this.#encoded.length);
+    const batch = this.#encoded.splice(0, count);
     for (const pending of batch) {
       const t0 = performance.now();
       const work = (async () => {

@@ -103,6 +103,17 @@ export interface RecallerOptions {
    * places each run with two `copyBufferToBuffer`. Ignored for NHD slots.
    */
   hndPath?: HndRecallPath;
+  /**
+   * Hold each chunk's command buffer instead of submitting it (default
+   * false); take them with {@linkcode Recaller.takeCommandBuffers} and
+   * submit them ahead of the work that reads the slots. In Deno 2.9 every
+   * submit blocks the thread until the queue is idle, so an engine that
+   * submits the recall with its next step keeps one blocking call per step.
+   * Needs `staging: "write-buffer"` and `buffering: "double"`. A recall that
+   * refills a staging buffer still held (a third chunk), `done` and
+   * `drain()` submit what is held themselves.
+   */
+  deferSubmit?: boolean;
 }
 
 /** How HND runs reach HND slots: see {@linkcode RecallerOptions.hndPath}. */
@@ -135,7 +146,8 @@ export interface RecallHandle {
    */
   readonly done: Promise<RecallStats>;
   /**
-   * Resolves once every copy of the recall is submitted: work the caller
+   * Resolves once every copy of the recall is submitted (with
+   * `deferSubmit`: held, for the caller's next submit): work the caller
    * submits afterwards is ordered after the recall by the queue.
    */
   submitted: Promise<void>;
@@ -224,6 +236,19 @@ export class Recaller {
     assertOneOf("slotLayout", slotLayout, SLOT_LAYOUTS, action);
     const hndPath = options.hndPath ?? "staged";
     assertOneOf("hndPath", hndPath, ["direct", "staged"], action);
+    const deferSubmit = options.deferSubmit ?? false;
+    if (typeof deferSubmit !== "boolean") {
+      throw new TypeError(
+        `Cannot ${action} as 'deferSubmit' must be a boolean: received ${
+          describeValue(deferSubmit)
+        }`,
+      );
+    }
+    if (deferSubmit && (staging !== "write-buffer" || buffering !== "double")) {
+      throw new RangeError(
+        `Cannot ${action} as 'deferSubmit' needs staging "write-buffer" and buffering "double": received staging "${staging}", buffering "${buffering}"`,
+      );
+    }
     if (slotLayout === "hnd" && (this.#sizes.runBytes / 2) % 4 !== 0) {
       throw new RangeError(
         `Cannot ${action} as a head's page of HND slots must be a multiple of 4 bytes to be copied: received ${
@@ -248,6 +273,7 @@ export class Recaller {
       staging,
       slotLayout,
       direct: pool.layout === "nhd" || (slotLayout === "hnd" && hndPath === "direct"),
+      deferSubmit,
     }, { disposed: () => this.#disposed, queued: () => this.#queue.length });
   }
 
@@ -393,6 +419,7 @@ export class Recaller {
     if (!state.done) {
       state.done = (async () => {
         await state.submitted;
+        this.#ring.submitHeld();
         // The caller waits for the GPU now anyway: re-map idle staging too.
         this.#ring.releaseAll();
         await this.#device.queue.onSubmittedWorkDone();
@@ -437,6 +464,15 @@ export class Recaller {
     state.rejectSubmitted(error);
   }
 
+  /**
+   * The command buffers held by `deferSubmit`, oldest first, handed over:
+   * submit them before anything that reads the recalled slots. Empty
+   * without `deferSubmit`.
+   */
+  takeCommandBuffers(): GPUCommandBuffer[] {
+    return this.#ring.takeHeld();
+  }
+
   /** Cumulative figures. */
   stats(): RecallerStats {
     return { ...this.#totals, inFlight: this.#pending.size };
@@ -445,6 +481,7 @@ export class Recaller {
   /** Waits until every recall started so far has finished (failures are ignored). */
   async drain(): Promise<void> {
     await Promise.allSettled([...this.#pending].map((s) => s.submitted));
+    this.#ring.submitHeld();
     this.#ring.releaseAll();
     await this.#device.queue.onSubmittedWorkDone();
   }

@@ -65,6 +65,8 @@ interface Slot {
   ready: Promise<unknown>;
   // Used by submitted work and not re-mapped yet (mapped staging).
   needsRelease: boolean;
+  // Read by a held command buffer (deferSubmit): refilling it must wait for that submit.
+  held: boolean;
 }
 
 /** Where `job`'s page lies in the pool; throws when it left the pool before its recall. */
@@ -92,6 +94,8 @@ export interface StagingOptions {
   slotLayout: SlotLayout;
   /** Copies straight from the pool into the slots (NHD pools, or HND runs into HND slots). */
   direct: boolean;
+  /** Holds each chunk's command buffer for the caller to submit (write-buffer staging, double buffering). */
+  deferSubmit: boolean;
 }
 
 /** What the ring asks its recaller. */
@@ -115,7 +119,9 @@ export class StagingRing {
   readonly #staging: RecallStaging;
   readonly #slotLayout: SlotLayout;
   readonly #direct: boolean;
+  readonly #deferSubmit: boolean;
   readonly #hooks: StagingHooks;
+  #held: GPUCommandBuffer[] = [];
   #scatter?: HndToNhd;
   #slots: Slot[] = [];
   #next = 0;
@@ -133,6 +139,7 @@ export class StagingRing {
     this.#staging = options.staging;
     this.#slotLayout = options.slotLayout;
     this.#direct = options.direct;
+    this.#deferSubmit = options.deferSubmit;
     this.#hooks = hooks;
     const count = options.buffering === "double" ? 2 : 1;
     for (let index = 0; index < count; index++) {
@@ -144,8 +151,22 @@ export class StagingRing {
         plans: [],
         ready: Promise.resolve(),
         needsRelease: false,
+        held: false,
       });
     }
+  }
+
+  /** Hands over the held command buffers, oldest first (the caller submits them). */
+  takeHeld(): GPUCommandBuffer[] {
+    const held = this.#held;
+    this.#held = [];
+    for (const slot of this.#slots) slot.held = false;
+    return held;
+  }
+
+  /** Submits the held command buffers, if any. */
+  submitHeld(): void {
+    if (this.#held.length) this.#device.queue.submit(this.takeHeld());
   }
 
   /** Re-maps every mapped staging buffer used by submitted work (it blocks in Deno: see `#release`). */
@@ -244,6 +265,8 @@ export class StagingRing {
     const slot = this.#slots[this.#next];
     this.#next = (this.#next + 1) % this.#slots.length;
     const t0 = performance.now();
+    // A writeBuffer lands before held work: refill a held slot only after submitting it.
+    if (slot.held) this.submitHeld();
     this.#release(slot);
     await slot.ready;
     const t1 = performance.now();
@@ -334,7 +357,12 @@ export class StagingRing {
     if (this.#hooks.queued() > 0) {
       for (const other of this.#slots) if (other !== slot) this.#release(other);
     }
-    this.#device.queue.submit([encoder.finish()]);
+    if (this.#deferSubmit) {
+      this.#held.push(encoder.finish());
+      slot.held = true;
+    } else {
+      this.#device.queue.submit([encoder.finish()]);
+    }
     if (mapped) slot.needsRelease = true;
     if (this.#buffering === "single") {
       // The ablation: nothing overlaps, each chunk waits for the previous one.
@@ -374,6 +402,8 @@ export class StagingRing {
    * HND pool into HND slots, two per run (its K part and its V part).
    */
   fragmented(chunk: Chunk): void {
+    // These writeBuffers must land after the copies of earlier chunks.
+    this.submitHeld();
     const state = chunk.state;
     const t0 = performance.now();
     const pool = this.#pool;

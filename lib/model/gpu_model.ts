@@ -621,9 +621,14 @@ export function createGpuModel(
 
     /**
      * Records and submits the decode step at `pos` (its input token already
-     * written to `tokenBuf`); `tail` records what follows the classifier.
+     * written to `tokenBuf`); `tail` records what follows the classifier;
+     * `waitFollows`: the caller reads back right after this step.
      */
-    const runStep = async (pos: number, tail: (encoder: GPUCommandEncoder) => void) => {
+    const runStep = async (
+      pos: number,
+      tail: (encoder: GPUCommandEncoder) => void,
+      waitFollows: boolean,
+    ) => {
       writeSeqStart(device, seq, pos);
       // Backends that record let a whole token go in one encoder (one
       // submit, unless the policy waits inside the step).
@@ -642,7 +647,7 @@ export function createGpuModel(
       }
       recordPlans(enc, afterLastAttention, "decode mlp and classifier");
       tail(enc);
-      if (backend.endStep) backend.endStep(enc);
+      if (backend.endStep) backend.endStep(enc, waitFollows);
       else device.queue.submit([enc.finish()]);
       position = pos + 1;
     };
@@ -654,7 +659,11 @@ export function createGpuModel(
       enter(what);
       try {
         device.queue.writeBuffer(tokenBuf, 0, new Uint32Array([token]));
-        await runStep(pos, (enc) => enc.copyBufferToBuffer(logits, 0, readback, 0, vocab * 4));
+        await runStep(
+          pos,
+          (enc) => enc.copyBufferToBuffer(logits, 0, readback, 0, vocab * 4),
+          true,
+        );
         return await readLogits();
       } finally {
         busy = false;
@@ -746,7 +755,11 @@ export function createGpuModel(
         // Each step finds its index from the position runStep writes.
         s.plan.setRun(pos, temperature);
         for (let j = 0; j < count; j++) {
-          await runStep(pos + j, (enc) => recordPlans(enc, [s.plan], "sample token"));
+          await runStep(
+            pos + j,
+            (enc) => recordPlans(enc, [s.plan], "sample token"),
+            j === count - 1,
+          );
         }
         const enc = device.createCommandEncoder({ label: "sampled tokens readback" });
         enc.copyBufferToBuffer(s.history, 0, s.read, 0, count * 4);

@@ -81,8 +81,12 @@ export interface AttentionBackend {
     pos: number,
     io: AttentionStepIo,
   ): GPUCommandEncoder | Promise<GPUCommandEncoder>;
-  /** See {@linkcode AttentionBackend.beginStep}. */
-  endStep?(encoder: GPUCommandEncoder): void;
+  /**
+   * See {@linkcode AttentionBackend.beginStep}. `waitFollows`: the decoder
+   * waits for this step's GPU work right after (it reads the logits or the
+   * sampled tokens back).
+   */
+  endStep?(encoder: GPUCommandEncoder, waitFollows: boolean): void;
   /**
    * Whether `step` applies the model's sliding window
    * ({@linkcode ModelConfig.slidingWindow}), or never holds more tokens than

@@ -99,8 +99,8 @@ export function createEngineBackend(
       checkPos(layer, pos);
       return engine.recordLayer(encoder, layer, io);
     },
-    endStep(encoder): void {
-      engine.endStep(encoder);
+    endStep(encoder, waitFollows): void {
+      engine.endStep(encoder, { waitFollows });
     },
     [Symbol.dispose](): void {
       engine[Symbol.dispose]();
