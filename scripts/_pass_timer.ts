@@ -12,12 +12,25 @@ export interface PassTotals {
   dispatches: number;
 }
 
+/** GPU wall of the command buffers whose first pass has one label. */
+export interface SpanTotals {
+  /** Nanoseconds from the first pass's begin to the last pass's end, summed. */
+  ns: number;
+  commandBuffers: number;
+}
+
 /** Times the compute passes of one device until disposed. */
 export interface PassTimer extends Disposable {
   /** Reads back every timed pass so far (one host wait). */
   collect(): Promise<void>;
   /** Totals per pass label since the last `reset`, collected passes only. */
   totals(): Map<string, PassTotals>;
+  /**
+   * GPU wall per command buffer, from its first pass's begin to its last
+   * pass's end (passes, and the copies and barriers between them), summed
+   * by the label of its first pass.
+   */
+  spans(): Map<string, SpanTotals>;
   /** Forgets the totals (passes not yet collected are dropped too). */
   reset(): Promise<void>;
 }
@@ -39,6 +52,7 @@ export function installPassTimer(device: GPUDevice): PassTimer {
   const passes = new WeakMap<GPUComputePassEncoder, { rec: Recorded; index: number }>();
   const ready: { rec: Recorded; resolve: GPUBuffer; read: GPUBuffer }[] = [];
   const totals = new Map<string, PassTotals>();
+  const spans = new Map<string, SpanTotals>();
   const proto = {
     create: GPUDevice.prototype.createCommandEncoder,
     begin: GPUCommandEncoder.prototype.beginComputePass,
@@ -124,6 +138,11 @@ export function installPassTimer(device: GPUDevice): PassTimer {
         e.dispatches += rec.dispatches[i];
         totals.set(label, e);
       });
+      const n = rec.labels.length;
+      const span = spans.get(rec.labels[0]) ?? { ns: 0, commandBuffers: 0 };
+      span.ns += Number(t[2 * n - 1] - t[0]);
+      span.commandBuffers++;
+      spans.set(rec.labels[0], span);
       read.unmap();
       read.destroy();
       resolve.destroy();
@@ -137,10 +156,12 @@ export function installPassTimer(device: GPUDevice): PassTimer {
       await collect(true);
     },
     totals: () => new Map(totals),
+    spans: () => new Map(spans),
     async reset() {
       await collecting;
       await collect(true);
       totals.clear();
+      spans.clear();
     },
     [Symbol.dispose]() {
       GPUDevice.prototype.createCommandEncoder = proto.create;

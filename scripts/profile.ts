@@ -8,7 +8,12 @@
  * Usage: deno run -A scripts/profile.ts [--policies LIST] [--max-tokens N] ... (see --help)
  */
 import { flagChecks } from "./_flags.ts";
-import { installPassTimer, measureFloors, type PassTotals } from "./_pass_timer.ts";
+import {
+  installPassTimer,
+  measureFloors,
+  type PassTotals,
+  type SpanTotals,
+} from "./_pass_timer.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
@@ -120,6 +125,8 @@ interface PolicyProfile {
   tokensPerSecond: number;
   msPerToken: number;
   gpuMsPerToken: number;
+  /** GPU wall of the decode command buffers, first pass to last, per token. */
+  gpuSpanMsPerToken: number;
   passesPerToken: number;
   dispatchesPerToken: number;
   passes: { label: string; msPerToken: number; passesPerToken: number; dispatches: number }[];
@@ -132,11 +139,13 @@ for (const policy of policies) {
   progress(`${policy}: decoding again with every pass timed`);
   const timer = installPassTimer(device);
   let totals: Map<string, PassTotals>;
+  let spans: Map<string, SpanTotals>;
   let steps: number;
   try {
     const timed = await decode(policy);
     await timer.collect();
     totals = timer.totals();
+    spans = timer.spans();
     steps = timed.stats.decodeSteps;
   } finally {
     timer[Symbol.dispose]();
@@ -150,6 +159,8 @@ for (const policy of policies) {
     tokensPerSecond: plain.stats.decodeTokensPerSecond,
     msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
     gpuMsPerToken: sum((t) => t.ns) / 1e6 / steps,
+    gpuSpanMsPerToken: [...spans].filter(([label]) => !label.startsWith("prefill"))
+      .reduce((a, [, t]) => a + t.ns, 0) / 1e6 / steps,
     passesPerToken: sum((t) => t.passes) / steps,
     dispatchesPerToken: sum((t) => t.dispatches) / steps,
     passes: rows
@@ -204,9 +215,9 @@ if (values.json) {
     console.log(
       `\n${p.policy}: ${f(p.tokensPerSecond, 1)} tokens/s (${
         f(p.msPerToken)
-      } ms/token); GPU in passes ${f(p.gpuMsPerToken)} ms/token; ${
-        f(p.passesPerToken, 1)
-      } passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`,
+      } ms/token); GPU in passes ${f(p.gpuMsPerToken)} ms/token, first pass to last ${
+        f(p.gpuSpanMsPerToken)
+      } ms/token; ${f(p.passesPerToken, 1)} passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`,
     );
     for (const x of p.passes) {
       console.log(

@@ -374,8 +374,12 @@ export class RetrievalEngine {
 
   /** Submits `encoder` behind the recall copies held for it. */
   #submit(encoder: GPUCommandEncoder): void {
-    if (this.#memory) this.#memory.submit(this.device, encoder);
-    else this.device.queue.submit([encoder.finish()]);
+    this.#submitCommands(encoder.finish());
+  }
+
+  #submitCommands(commands: GPUCommandBuffer): void {
+    if (this.#memory) this.#memory.submit(this.device, commands);
+    else this.device.queue.submit([commands]);
   }
 
   #context(): PhaseContext {
@@ -630,11 +634,13 @@ export class RetrievalEngine {
       );
     }
     const answer = this.#answers?.end(encoder, this.#ring) ?? null;
-    // Maps of earlier steps' answers and backups start here, where the
-    // submit would block as long anyway (see PendingAnswer).
+    // Finished while the GPU still runs the previous step; then the maps of
+    // earlier steps' answers and backups start, where the submit would
+    // block as long anyway (see PendingAnswer).
+    const commands = encoder.finish();
     for (const p of this.#pending) p.start();
     this.#memory?.startBackupMaps();
-    this.#submit(encoder);
+    this.#submitCommands(commands);
     if (answer) this.#pending.push(answer);
     if (waitFollows) {
       for (const p of this.#pending) p.start();

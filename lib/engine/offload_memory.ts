@@ -70,11 +70,12 @@ export class OffloadMemory implements Disposable {
   }
 
   /**
-   * Submits `encoder` behind the recall copies held for it. Its backups'
-   * maps start at the next `startBackupMaps` (or `flush`, or `drain`).
+   * Submits `commands` behind the recall copies held for them. Their
+   * backups' maps start at the next `startBackupMaps` (or `flush`, or
+   * `drain`).
    */
-  submit(device: GPUDevice, encoder: GPUCommandEncoder): void {
-    device.queue.submit([...this.#recaller.takeCommandBuffers(), encoder.finish()]);
+  submit(device: GPUDevice, commands: GPUCommandBuffer): void {
+    device.queue.submit([...this.#recaller.takeCommandBuffers(), commands]);
     this.#submittedBackups = this.#offloader.unflushed;
   }
 
