@@ -1,9 +1,11 @@
 /**
  * Where a decode step's GPU time goes, per policy: greedy generation with
  * the bundled stories260K model (or any model by flag), once plainly for
- * tokens/s, once with timestamp queries around every compute pass for GPU
- * time per pass label, passes and dispatches per token; then what each
- * policy costs beyond `full` per token, on the GPU and on the host.
+ * tokens/s (every policy in one process, taking turns by groups of tokens,
+ * so that a drifting machine slows them alike), once with timestamp queries
+ * around every compute pass for GPU time per pass label, passes and
+ * dispatches per token; then what each policy costs beyond `full` per
+ * token, on the GPU and on the host.
  *
  * Usage: deno run -A scripts/profile.ts [--policies LIST] [--max-tokens N] ... (see --help)
  */
@@ -25,8 +27,10 @@ import type { LoadedModel } from "../lib/model/load.ts";
 
 const HELP = `Usage: deno run -A scripts/profile.ts [options]
 
-Decodes greedily from BOS with each policy, first plainly (tokens/s), then
-with a timestamp query around every compute pass (GPU time per pass label,
+Decodes greedily from BOS with each policy, first plainly (tokens/s: the
+policies take turns by groups of --tokens-per-wait tokens in one process,
+so that they see the same machine), then with a timestamp query around
+every compute pass (GPU time per pass label,
 passes and dispatches per token), and splits what each policy costs beyond
 full per token into GPU time in passes (less the attention it saves) and the
 rest (JavaScript, WebGPU's host side, copies, waits). Also reports this
@@ -99,8 +103,8 @@ if (!gpu.timestamps) fail(`the adapter (${gpu.description}) has no timestamp-que
 progress("measuring the floors of a pass and a dispatch");
 const floors = await measureFloors(device);
 
-/** One greedy generation of `policy`; the timer, when given, is reset after the prefill. */
-async function decode(policy: string): Promise<GenerationResult> {
+/** A model of `policy` decoding through the engine (or the dense backend). */
+function modelFor(policy: string) {
   const backend: AttentionBackend = policy === "dense"
     ? createDenseAttentionBackend(device, config, { maxSeqLen })
     : createEngineBackend(device, {
@@ -110,12 +114,49 @@ async function decode(policy: string): Promise<GenerationResult> {
       policy: policy as PolicyName,
       answerLag: tokensPerWait,
     });
-  using _backend = backend;
-  using model = createGpuModel(device, weights, { attention: backend, maxSeqLen });
-  const it = generate(model, [config.bosId], { maxTokens, tokensPerWait });
+  const model = createGpuModel(device, weights, { attention: backend, maxSeqLen });
+  return {
+    model,
+    [Symbol.dispose]() {
+      model[Symbol.dispose]();
+      backend[Symbol.dispose]();
+    },
+  };
+}
+
+/** One greedy generation of `policy`. */
+async function decode(policy: string): Promise<GenerationResult> {
+  using m = modelFor(policy);
+  const it = generate(m.model, [config.bosId], { maxTokens, tokensPerWait });
   while (true) {
     const r = await it.next();
     if (r.done) return r.value;
+  }
+}
+
+/**
+ * Greedy generations of every policy in turns of `tokensPerWait` tokens
+ * (the order alternating), through `generate` as users run it; each result's
+ * times are its own decode steps only.
+ */
+async function decodeTakingTurns(names: string[]): Promise<GenerationResult[]> {
+  const models = names.map(modelFor);
+  try {
+    const runs = models.map((m) => ({
+      it: generate(m.model, [config.bosId], { maxTokens, tokensPerWait }),
+      result: undefined as GenerationResult | undefined,
+    }));
+    for (let turn = 0; runs.some((r) => !r.result); turn++) {
+      for (const run of turn % 2 ? [...runs].reverse() : runs) {
+        for (let i = 0; i < tokensPerWait && !run.result; i++) {
+          const r = await run.it.next();
+          if (r.done) run.result = r.value;
+        }
+      }
+    }
+    return runs.map((r) => r.result!);
+  } finally {
+    for (const m of models) m[Symbol.dispose]();
   }
 }
 
@@ -132,10 +173,11 @@ interface PolicyProfile {
   passes: { label: string; msPerToken: number; passesPerToken: number; dispatches: number }[];
 }
 
+progress(`${policies.join(", ")}: decoding ${maxTokens} tokens each, taking turns`);
+const plainRuns = await decodeTakingTurns(policies);
 const profiles: PolicyProfile[] = [];
-for (const policy of policies) {
-  progress(`${policy}: decoding ${maxTokens} tokens`);
-  const plain = await decode(policy);
+for (const [index, policy] of policies.entries()) {
+  const plain = plainRuns[index];
   progress(`${policy}: decoding again with every pass timed`);
   const timer = installPassTimer(device);
   let totals: Map<string, PassTotals>;

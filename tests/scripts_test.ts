@@ -83,6 +83,8 @@ Deno.test({
     assert.deepEqual(report.policies.map((p: { policy: string }) => p.policy), ["full", "quest"]);
     for (const p of report.policies) {
       assert.ok(p.tokens > 30 && p.tokensPerSecond > 0 && p.gpuMsPerToken > 0, p.policy);
+      // The span from a step's first pass to its last holds every pass.
+      assert.ok(p.gpuSpanMsPerToken >= p.gpuMsPerToken, p.policy);
       // One attention pass per layer and token (5 layers).
       const attention = p.passes.find((x: { label: string }) =>
         x.label === "freekv paged attention"
