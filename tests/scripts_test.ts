@@ -23,7 +23,13 @@ Deno.test("every script answers --help", async () => {
     assert.equal(r.code, 0, `${script}: ${r.stderr}`);
     assert.match(r.stdout, /Usage: deno run -A scripts\//, script);
   }
-  for (const bench of ["bench/compare_checkouts.ts", "bench/selection_counting.ts"]) {
+  for (
+    const bench of [
+      "bench/compare_checkouts.ts",
+      "bench/selection_counting.ts",
+      "bench/blocking_calls.ts",
+    ]
+  ) {
     const r = await runScript(bench, ["--help"]);
     assert.equal(r.code, 0, `${bench}: ${r.stderr}`);
     assert.match(r.stdout, new RegExp(`Usage: deno run -A ${bench}`), bench);
@@ -120,5 +126,22 @@ Deno.test({
     assert.equal(report.policy, "freekv");
     assert.ok(report.other_median_ms > 0 && report.this_median_ms > 0);
     assert.ok(report.paired_ratio_median > 0);
+  },
+});
+
+Deno.test({
+  name: "blocking_calls: one timed row per WebGPU call, with the busy time for scale",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("bench/blocking_calls.ts", ["--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.ok(report.busyMs > 0);
+    // The table's shape, not a speed (speeds belong to the benchmark's reader).
+    const calls = report.rows.map((x: { call: string }) => x.call);
+    for (const call of ["writeBuffer 64 B", "submit (a copy)", "onSubmittedWorkDone"]) {
+      assert.ok(calls.includes(call), call);
+    }
+    for (const row of report.rows) assert.ok(row.ms >= 0 && Number.isFinite(row.ms), row.call);
   },
 });
