@@ -1,12 +1,12 @@
 // GQA pooling of raw page scores into order-preserving keys, and ranking
 // by counting, appended to page_topk.wgsl and page_select.wgsl. The
 // including shader declares `override GROUP` (query heads per KV head),
-// `override POOLING` (0: softmax-mean, 1: mean, 2: max), `const WG` (64),
+// `override POOLING` (0: softmax-mean, 1: mean, 2: max), `const WG` and
+// `const SIDE` (WG = SIDE * SIDE, for the two-level reductions),
 // `params.scale` (the logit scale inside the softmax), `fn raw_score(g, n)
 // -> f32` (the raw score of candidate n for query head g of the group) and
 // `var<workgroup> ranked_keys` (an array of at least `count` u32 keys).
 
-const SIDE: u32 = 8u; // WG = SIDE * SIDE, for the two-level reductions
 const NEG_INF: f32 = -3.4028234663852886e38; // lowest finite f32: no inf literal in WGSL
 
 var<workgroup> red: array<vec2<f32>, WG>;

@@ -16,7 +16,10 @@ override MASKED: bool = false;
 override MASK_STRIDE: u32 = 0u; // logical pages per row of `mask`
 override FLAGGED: bool = false;
 
-const WG: u32 = 64u;
+// Lanes: 16 for small heads (a few candidates per lane, and each barrier
+// costs less where barriers are emulated), 64 where scoring dominates.
+override WG: u32 = 64u;
+override SIDE: u32 = 8u; // WG = SIDE * SIDE
 
 struct Params {
   num_kv_heads: u32,

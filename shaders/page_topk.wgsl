@@ -27,6 +27,7 @@ override MASK_STRIDE: u32 = 0u;
 override FLAGGED: bool = false;
 
 const WG: u32 = 64u;
+const SIDE: u32 = 8u; // WG = SIDE * SIDE
 
 struct Params {
   num_kv_heads: u32,
