@@ -7,6 +7,11 @@
 // resident-only top-k of the same keys into `best` (non-resident pages get
 // the lowest key), for every KV head or, with FLAGGED, the flagged ones.
 // Replaces page_score + page_topk (+ the resident-only page_topk).
+// The selection module appends page_pool.wgsl and one of
+// page_select_flags.wgsl (FLAGGED reads the given `flags`) or
+// page_select_similarity.wgsl (the workgroup first computes its KV head's
+// correction flag from q and the previous q, as query_similarity.wgsl does,
+// and writes the flag, the group mean and the cosines).
 
 override HEAD_DIM: u32; // d, a multiple of 4
 override GROUP: u32; // query heads per KV head
@@ -26,6 +31,10 @@ struct Params {
   max_count: u32, // unused here (page_topk's candidate stride)
   k: u32,
   scale: f32, // logit scale inside the softmax
+  tau: f32, // correction threshold (page_select_similarity.wgsl)
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -35,7 +44,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> summaries: array<vec4<f32>>; // [page][Hkv][2][d/4]
 @group(0) @binding(4) var<storage, read_write> selected: array<u32>; // [b][Hkv][k]
 @group(0) @binding(5) var<storage, read> mask: array<u32>; // [b][Hkv][MASK_STRIDE] when MASKED
-@group(0) @binding(6) var<storage, read> flags: array<u32>; // [b][Hkv] when FLAGGED
 @group(0) @binding(7) var<storage, read_write> best: array<u32>; // [b][Hkv][k] when MASKED
 
 var<workgroup> q_sh: array<vec4<f32>, GROUP * HEAD_DIM / 4u>;
@@ -74,6 +82,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     q_sh[i] = q[row * GROUP * v4 + i];
   }
   workgroupBarrier();
+  check_similarity(t, b, kvh, row);
   // 1. Raw scores: a candidate per thread, every query head of the group.
   for (var n = t; n < count; n += WG) {
     let sbase = ((seq.x + seq.y + n) * params.num_kv_heads + kvh) * 2u * v4;
@@ -104,7 +113,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   // pages drop to the lowest key.
   if (FLAGGED) {
     if (t == 0u) {
-      skip_head = select(1u, 0u, flags[row] == 1u);
+      skip_head = select(1u, 0u, row_flag(row) == 1u);
     }
     if (workgroupUniformLoad(&skip_head) == 1u) {
       return;

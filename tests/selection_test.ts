@@ -11,6 +11,8 @@ import {
   selectPages,
 } from "../lib/kernels/selection.ts";
 import { selectPagesReference } from "../lib/kernels/selection_reference.ts";
+import { querySimilarity } from "../lib/kernels/similarity.ts";
+import { querySimilarityReference } from "../lib/kernels/similarity_reference.ts";
 
 interface Shape {
   numKvHeads: number;
@@ -582,3 +584,115 @@ async function residentOnlyCase(device: GPUDevice, countingTopkMax?: number): Pr
   flagBuf.destroy();
   Object.values(bufs).forEach((x) => x.destroy());
 }
+
+gpuTest(
+  "correction check in the selection's dispatch: the similarity kernel's cosines and flags, flagged heads' resident-only top-k",
+  async ({ device }) => {
+    const shape: Shape = { numKvHeads: 2, group: 3, headDim: 16, counts: [20, 13], k: 4 };
+    const options: PageSelectorOptions = { numQueryHeads: 6, numKvHeads: 2, headDim: 16 };
+    const { inputs } = separatedInputs(41, shape, options);
+    const B = shape.counts.length, hq = 6, d = 16;
+    const rng = createRandom(12);
+    // Head rows: (b 0, KV head 0) keeps its queries (cosine 1, not flagged),
+    // one query head is zero (cosine 0), the rest move at random.
+    const qPrev = randomNormalArray(rng, B * hq * d);
+    qPrev.set(inputs.q.subarray(0, 3 * d), 0);
+    qPrev.fill(0, 4 * d, 5 * d);
+    const tau = 0.5;
+    const want = querySimilarityReference({ qNow: inputs.q, qPrev, tau }, options);
+    const kernel = await querySimilarity(device, { qNow: inputs.q, qPrev, tau }, options);
+    assert.deepEqual([...want.flags], [0, 1, 1, 1]);
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const stride = 32;
+    const mask = new Uint32Array(B * 2 * stride);
+    const sentinel = 0xdeadbeef;
+    const bufs = {
+      q: createBuffer(device, "q", usage, inputs.q),
+      qPrev: createBuffer(device, "q prev", usage, qPrev),
+      summaries: createBuffer(device, "s", usage, inputs.summaries),
+      selected: createBuffer(device, "sel", usage, B * 2 * shape.k * 4),
+      mask: createBuffer(device, "mask", usage, mask),
+      best: createBuffer(device, "best", usage, new Uint32Array(B * 2 * shape.k).fill(sentinel)),
+      cosine: createBuffer(device, "cosine", usage, B * hq * 4),
+      groupMean: createBuffer(device, "mean", usage, B * 2 * 4),
+      flags: createBuffer(device, "flags", usage, new Uint32Array(B * 2).fill(7)),
+    };
+    using selector = createPageSelector(device, options);
+    using plan = selector.plan({ ...inputs, tau });
+    assert.equal(plan.fused, true);
+    const similarity = {
+      qPrev: bufs.qPrev,
+      cosine: bufs.cosine,
+      groupMean: bufs.groupMean,
+      flags: bufs.flags,
+    };
+    const enc = device.createCommandEncoder();
+    plan.encode(enc, {
+      q: bufs.q,
+      summaries: bufs.summaries,
+      selected: bufs.selected,
+      residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best, flags: bufs.flags },
+      similarity,
+    });
+    device.queue.submit([enc.finish()]);
+    const read = async (b: GPUBuffer) => await readBuffer(device, b, b.size);
+    // Bit for bit the similarity kernel's figures (same sums, same order).
+    assert.deepEqual(new Float32Array(await read(bufs.cosine)), kernel.cosine);
+    assert.deepEqual(new Float32Array(await read(bufs.groupMean)), kernel.groupMean);
+    assert.deepEqual(new Uint32Array(await read(bufs.flags)), want.flags);
+    for (let i = 0; i < want.cosine.length; i++) {
+      assert.ok(Math.abs(kernel.cosine[i] - want.cosine[i]) < 1e-6, `cosine ${i}`);
+    }
+    // Every page resident: a flagged head's resident-only top-k is its top-k;
+    // the unflagged head's row keeps what was there.
+    const selected = new Uint32Array(await read(bufs.selected));
+    assert.deepEqual(selected, selectPagesReference(inputs, options).selected);
+    const best = new Uint32Array(await read(bufs.best));
+    for (let bh = 0; bh < B * 2; bh++) {
+      const row = [...best.subarray(bh * shape.k, (bh + 1) * shape.k)];
+      const wantRow = want.flags[bh] === 1
+        ? [...selected.subarray(bh * shape.k, (bh + 1) * shape.k)]
+        : new Array(shape.k).fill(sentinel);
+      assert.deepEqual(row, wantRow, `row ${bh}`);
+    }
+    // Refusals, before any GPU work.
+    const other = createBuffer(device, "other flags", usage, B * 2 * 4);
+    assert.throws(
+      () =>
+        plan.encode(device.createCommandEncoder(), {
+          q: bufs.q,
+          summaries: bufs.summaries,
+          selected: bufs.selected,
+          residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best, flags: other },
+          similarity,
+        }),
+      /'residentOnly.flags' must be 'similarity.flags' when both are given/,
+    );
+    assert.throws(
+      () =>
+        plan.encode(device.createCommandEncoder(), {
+          q: bufs.q,
+          summaries: bufs.summaries,
+          selected: bufs.selected,
+          similarity: { ...similarity, cosine: other },
+        }),
+      /'similarity.cosine' must hold batch \* numQueryHeads f32 \(48 bytes\): received 16 bytes/,
+    );
+    using radix = createPageSelector(device, { ...options, countingTopkMax: 0 });
+    using radixPlan = radix.plan({ ...inputs, tau });
+    assert.equal(radixPlan.fused, false);
+    assert.throws(
+      () =>
+        radixPlan.encode(device.createCommandEncoder(), {
+          q: bufs.q,
+          summaries: bufs.summaries,
+          selected: bufs.selected,
+          similarity,
+        }),
+      /'similarity' needs the one-dispatch selection \(at most 0 candidates\): received 20 candidates/,
+    );
+    assert.throws(() => selector.plan({ ...inputs, tau: NaN }), /'tau' must be a finite number/);
+    other.destroy();
+    Object.values(bufs).forEach((x) => x.destroy());
+  },
+);

@@ -134,19 +134,31 @@ export function selectPhase(
       r.windowStart !== regions[b].windowStart || r.candidateStart !== regions[b].candidateStart
     );
   const checked = needs.map((n, b) => freekv && n && state.hasPrev[b] && state.hasSpec[b]);
-  if (freekv && checked.some(Boolean)) {
-    state.similarityPlan!.encode(encoder, {
-      qNow: q,
-      qPrev: state.qPrev!,
-      cosine: state.cosine!,
-      groupMean: state.groupMean!,
-      flags: state.flags!,
-    });
-  }
-  const decision = decide(o, state, needs, checked, encoder);
   // This step's top-k (for corrected heads, and the speculation unless a
   // page leaves the window next step).
   const now = boundary ? needs : selects;
+  const range = (rs: PageRegions[], on: boolean[]) => ({
+    pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
+    // Sequences that do not select get a dummy range; their result is ignored.
+    candidateStart: Uint32Array.from(rs, (r, b) => on[b] ? r.candidateStart : 0),
+    candidateEnd: Uint32Array.from(rs, (r, b) => on[b] ? r.windowStart : K),
+    k: K,
+    tau: o.tau,
+  });
+  const nowPlan = now.some(Boolean) ? state.planSelection(range(regions, now)) : null;
+  const check = freekv && checked.some(Boolean);
+  // The correction check rides the one-dispatch selection when there is one,
+  // unless a sequence without a speculation gets its flags by copy (decide).
+  const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
+  const fusedCheck = check && !missingSpec && nowPlan !== null && nowPlan.fused;
+  const similarity = {
+    qPrev: state.qPrev!,
+    cosine: state.cosine!,
+    groupMean: state.groupMean!,
+    flags: state.flags!,
+  };
+  if (check && !fusedCheck) state.similarityPlan!.encode(encoder, { qNow: q, ...similarity });
+  const decision = decide(o, state, needs, checked, encoder);
   const residentOnly = decision.useBest
     ? {
       mask: state.residency!,
@@ -156,19 +168,13 @@ export function selectPhase(
       flags: state.flags!,
     }
     : undefined;
-  const range = (rs: PageRegions[], on: boolean[]) => ({
-    pageOffset: Uint32Array.from({ length: B }, (_, b) => b * ctx.maxPages),
-    // Sequences that do not select get a dummy range; their result is ignored.
-    candidateStart: Uint32Array.from(rs, (r, b) => on[b] ? r.candidateStart : 0),
-    candidateEnd: Uint32Array.from(rs, (r, b) => on[b] ? r.windowStart : K),
-    k: K,
-  });
-  if (now.some(Boolean)) {
-    state.planSelection(range(regions, now)).encode(encoder, {
+  if (nowPlan) {
+    nowPlan.encode(encoder, {
       q,
       summaries: state.summaries!,
       selected: state.fresh!,
       ...(residentOnly ? { residentOnly } : {}),
+      ...(fusedCheck ? { similarity } : {}),
     });
     ctx.stats.current!.pagesSelected += now.filter(Boolean).length * o.numKvHeads * K;
   }

@@ -23,8 +23,10 @@
  * Up to `countingTopkMax` candidates (default 128), when the group's query,
  * scores and keys fit workgroup memory, one dispatch scores, pools and ranks
  * each candidate by counting the keys that beat it (page_select.wgsl), the
- * resident-only top-k included; above it, a scoring dispatch and a
- * radix-select top-k do. Both give the same pages in the same order.
+ * resident-only top-k included (and, with encode's `similarity`, freekv's
+ * correction check, whose flags pick the heads of a flagged resident-only
+ * top-k); above it, a scoring dispatch and a radix-select top-k do. Both
+ * give the same pages in the same order.
  *
  * Workgroup storage does not bound the candidate count: scores and pooled
  * keys live in scratch buffers of each plan, sized by `plan` and `update`; the limit is
@@ -38,6 +40,8 @@ import pageScoreSource from "../../shaders/page_score.wgsl" with { type: "text" 
 import pageTopkMain from "../../shaders/page_topk.wgsl" with { type: "text" };
 import pagePoolSource from "../../shaders/page_pool.wgsl" with { type: "text" };
 import pageSelectMain from "../../shaders/page_select.wgsl" with { type: "text" };
+import pageSelectFlags from "../../shaders/page_select_flags.wgsl" with { type: "text" };
+import pageSelectSimilarity from "../../shaders/page_select_similarity.wgsl" with { type: "text" };
 import {
   assertAllFinite,
   assertDevice,
@@ -111,6 +115,12 @@ export interface PageSelectionStep {
   candidateEnd: ArrayLike<number>;
   /** Pages to select per (sequence, KV head): 1..(candidateEnd - candidateStart) for every sequence. */
   k: number;
+  /**
+   * Correction threshold of a similarity check done in the same dispatch
+   * (encode's `similarity`; default 0.9): a KV head is flagged when the
+   * group mean of its query heads' cosines is not at least `tau`.
+   */
+  tau?: number;
 }
 
 /** The GPU buffers {@linkcode PageSelectionPlan.encode} works on. */
@@ -139,6 +149,20 @@ export interface PageSelectionBuffers {
      */
     flags?: GPUBuffer | BufferSlice;
   };
+  /**
+   * Optional correction check in the same dispatch (only where the plan is
+   * `fused`): per query head the cosine of `q` and `qPrev` (`[batch][Hq][d]`
+   * f32) into `cosine` (`[batch][Hq]`), per KV head their mean into
+   * `groupMean` and the flag (1: mean below the step's `tau`) into `flags`
+   * (`[batch][Hkv]` u32), as `createQuerySimilarity` computes them; a
+   * `residentOnly.flags` must then be these `flags`, and reads this step's.
+   */
+  similarity?: {
+    qPrev: GPUBuffer | BufferSlice;
+    cosine: GPUBuffer | BufferSlice;
+    groupMean: GPUBuffer | BufferSlice;
+    flags: GPUBuffer | BufferSlice;
+  };
 }
 
 /**
@@ -159,6 +183,12 @@ export interface PageSelectionPlan extends GpuKernelPlan<PageSelectionStep, Page
   readonly batch: number;
   /** Pages selected per (sequence, KV head). */
   readonly k: number;
+  /**
+   * True when the current step runs in one dispatch (page_select.wgsl: its
+   * candidates fit the selector's `countingTopkMax` and workgroup memory);
+   * only then does encode take `similarity`.
+   */
+  readonly fused: boolean;
 }
 
 /** Inputs of {@linkcode selectPages} and `selectPagesReference`. */
@@ -185,7 +215,8 @@ function fusedLanes(group: number, headDim: number): { WG: number; SIDE: number 
 }
 const MAX_DISPATCH = 65535;
 const pageTopkSource = pageTopkMain + pagePoolSource;
-const pageSelectSource = pageSelectMain + pagePoolSource;
+const pageSelectSource = pageSelectMain + pagePoolSource + pageSelectFlags;
+const pageSelectSimilaritySource = pageSelectMain + pagePoolSource + pageSelectSimilarity;
 // Counting top-k: default and largest candidate count (its keys live in
 // workgroup memory, 4 bytes each).
 const COUNTING_TOPK_MAX = 128;
@@ -199,6 +230,8 @@ export interface CheckedSelectionStep {
   k: number;
   /** Largest candidate count. */
   maxCount: number;
+  /** Correction threshold of a fused similarity check. */
+  tau: number;
   /** Pages the summaries buffer must hold: max of pageOffset + candidateEnd. */
   pagesNeeded: number;
   /** (pageOffset, candidateStart, count, 0) per sequence. */
@@ -286,7 +319,9 @@ export function checkSelectionStep(step: PageSelectionStep): CheckedSelectionSte
     maxCount = Math.max(maxCount, count);
     pagesNeeded = Math.max(pagesNeeded, offset + end);
   }
-  return { batch, k, maxCount, pagesNeeded, seqs };
+  const tau = step.tau ?? 0.9;
+  assertFinite("tau", tau, ACTION);
+  return { batch, k, maxCount, pagesNeeded, seqs, tau };
 }
 
 // Throws unless `pages` summaries hold every page the step reads.
@@ -356,9 +391,15 @@ class Selector implements PageSelector {
   }
 
   /** The one-dispatch selection, plain or with the resident-only top-k. */
-  selectPipeline(residentOnly?: { maskStride: number; flagged: boolean }): GPUComputePipeline {
+  selectPipeline(
+    residentOnly?: { maskStride: number; flagged: boolean },
+    similarity = false,
+  ): GPUComputePipeline {
     const o = this.options;
-    return cachedPipeline(this.device, "page_select", pageSelectSource, {
+    const [name, source] = similarity
+      ? ["page_select_similarity", pageSelectSimilaritySource]
+      : ["page_select", pageSelectSource];
+    return cachedPipeline(this.device, name, source, {
       HEAD_DIM: o.headDim,
       GROUP: o.numQueryHeads / o.numKvHeads,
       POOLING: POOLING_MODES.indexOf(o.pooling),
@@ -389,6 +430,14 @@ interface ResidentBuffers {
   flags: GPUBufferBinding;
 }
 
+/** The validated bindings of a fused similarity check. */
+interface SimilarityBuffers {
+  qPrev: GPUBufferBinding;
+  cosine: GPUBufferBinding;
+  groupMean: GPUBufferBinding;
+  flags: GPUBufferBinding;
+}
+
 class SelectionPlan implements PageSelectionPlan {
   #selector: Selector;
   #scoreParams: GPUBuffer;
@@ -412,7 +461,7 @@ class SelectionPlan implements PageSelectionPlan {
     const device = selector.device;
     const uniform = GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST;
     this.#scoreParams = createBuffer(device, "freekv page score params", uniform, 16);
-    this.#topkParams = createBuffer(device, "freekv page top-k params", uniform, 16);
+    this.#topkParams = createBuffer(device, "freekv page top-k params", uniform, 32);
     this.#noMask = createBuffer(device, "freekv page top-k no mask", GPUBufferUsage.STORAGE, 16);
     this.#noBest = createBuffer(device, "freekv page select no output", GPUBufferUsage.STORAGE, 16);
     const scratch = (name: string) =>
@@ -434,6 +483,10 @@ class SelectionPlan implements PageSelectionPlan {
 
   get k(): number {
     return this.#step.k;
+  }
+
+  get fused(): boolean {
+    return this.#step.maxCount <= this.#selector.fusedMaxCount;
   }
 
   #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
@@ -468,8 +521,9 @@ class SelectionPlan implements PageSelectionPlan {
     const queue = this.#selector.device.queue;
     writeIfChanged(queue, this.#seqs.buffer, checked.seqs);
     writeIfChanged(queue, this.#scoreParams, new Uint32Array([hkv, maxCount, 0, 0]));
-    const topk = new Uint32Array([hkv, maxCount, k, 0]);
+    const topk = new Uint32Array([hkv, maxCount, k, 0, 0, 0, 0, 0]);
     new Float32Array(topk.buffer)[3] = scale;
+    new Float32Array(topk.buffer)[4] = checked.tau;
     writeIfChanged(queue, this.#topkParams, topk);
     this.#step = checked;
   }
@@ -507,9 +561,12 @@ class SelectionPlan implements PageSelectionPlan {
     const resident = buffers.residentOnly
       ? this.#residentBuffers(buffers.residentOnly, outBytes, action)
       : null;
+    const similarity = buffers.similarity
+      ? this.#similarityBuffers(buffers.similarity, resident, action)
+      : null;
     const ts = options.timestampWrites;
-    if (step.maxCount <= this.#selector.fusedMaxCount) {
-      this.#encodeFused(encoder, q, summaries, selected, resident, ts);
+    if (this.fused) {
+      this.#encodeFused(encoder, q, summaries, selected, resident, similarity, ts);
       return;
     }
     const key = [q, summaries, selected].flatMap((x) => [x.buffer, x.offset, x.size]);
@@ -604,6 +661,49 @@ class SelectionPlan implements PageSelectionPlan {
     return { maskStride: r.maskStride, flagged: r.flags !== undefined, out, mask, flags };
   }
 
+  #similarityBuffers(
+    c: NonNullable<PageSelectionBuffers["similarity"]>,
+    resident: ResidentBuffers | null,
+    action: string,
+  ): SimilarityBuffers {
+    assertObject("similarity", c, action);
+    const { numQueryHeads: hq, numKvHeads: hkv, headDim: d } = this.#selector.options;
+    const B = this.#step.batch;
+    if (!this.fused) {
+      throw new RangeError(
+        `Cannot ${action} as 'similarity' needs the one-dispatch selection (at most ${this.#selector.fusedMaxCount} candidates): received ${this.#step.maxCount} candidates`,
+      );
+    }
+    const checked = {
+      qPrev: sized(
+        "similarity.qPrev",
+        c.qPrev,
+        B * hq * d * 4,
+        "batch * numQueryHeads * headDim f32",
+        action,
+      ),
+      cosine: sized("similarity.cosine", c.cosine, B * hq * 4, "batch * numQueryHeads f32", action),
+      groupMean: sized(
+        "similarity.groupMean",
+        c.groupMean,
+        B * hkv * 4,
+        "batch * numKvHeads f32",
+        action,
+      ),
+      flags: sized("similarity.flags", c.flags, B * hkv * 4, "batch * numKvHeads u32", action),
+    };
+    if (
+      resident?.flagged &&
+      (resident.flags.buffer !== checked.flags.buffer ||
+        resident.flags.offset !== checked.flags.offset)
+    ) {
+      throw new RangeError(
+        `Cannot ${action} as 'residentOnly.flags' must be 'similarity.flags' when both are given: received another buffer or offset`,
+      );
+    }
+    return checked;
+  }
+
   /** Scores, pools and ranks in one dispatch (page_select.wgsl), resident-only top-k included. */
   #encodeFused(
     encoder: GPUCommandEncoder,
@@ -611,18 +711,26 @@ class SelectionPlan implements PageSelectionPlan {
     summaries: GPUBufferBinding,
     selected: GPUBufferBinding,
     resident: ResidentBuffers | null,
+    similarity: SimilarityBuffers | null,
     ts: KernelEncodeOptions["timestampWrites"],
   ): void {
     const { device, options } = this.#selector;
-    const pipeline = this.#selector.selectPipeline(resident ?? undefined);
+    const pipeline = this.#selector.selectPipeline(resident ?? undefined, similarity !== null);
     const noMask = { buffer: this.#noMask, offset: 0, size: this.#noMask.size };
     const noBest = { buffer: this.#noBest, offset: 0, size: this.#noBest.size };
-    const bound = [q, summaries, selected, resident?.mask ?? noMask, resident?.flags ?? noMask];
+    const flags = similarity?.flags ?? resident?.flags ?? noMask;
+    const bound = [q, summaries, selected, resident?.mask ?? noMask, flags];
+    const checks = similarity ? [similarity.qPrev, similarity.cosine, similarity.groupMean] : [];
     const key = [
       "fused",
       resident ? resident.maskStride : 0,
       resident?.flagged ?? false,
-      ...[...bound, resident?.out ?? noBest].flatMap((x) => [x.buffer, x.offset, x.size]),
+      similarity !== null,
+      ...[...bound, resident?.out ?? noBest, ...checks].flatMap((x) => [
+        x.buffer,
+        x.offset,
+        x.size,
+      ]),
     ];
     const [group] = this.#bindings.get(key, () => {
       const g = device.createBindGroup({
@@ -633,6 +741,7 @@ class SelectionPlan implements PageSelectionPlan {
           { binding: 1, resource: { buffer: this.#seqs.buffer } },
           ...bound.map((resource, i) => ({ binding: i + 2, resource })),
           { binding: 7, resource: resident?.out ?? noBest },
+          ...checks.map((resource, i) => ({ binding: i + 8, resource })),
         ],
       });
       return [g, g];
