@@ -620,6 +620,12 @@ gpuTest(
     using selector = createPageSelector(device, options);
     using plan = selector.plan({ ...inputs, tau });
     assert.equal(plan.fused, true);
+    assert.equal(plan.fusesSimilarity, device.limits.maxStorageBuffersPerShaderStage >= 10);
+    if (!plan.fusesSimilarity) {
+      // The engine runs the similarity kernel on such devices.
+      Object.values(bufs).forEach((x) => x.destroy());
+      return;
+    }
     const similarity = {
       qPrev: bufs.qPrev,
       cosine: bufs.cosine,
@@ -681,6 +687,7 @@ gpuTest(
     using radix = createPageSelector(device, { ...options, countingTopkMax: 0 });
     using radixPlan = radix.plan({ ...inputs, tau });
     assert.equal(radixPlan.fused, false);
+    assert.equal(radixPlan.fusesSimilarity, false);
     assert.throws(
       () =>
         radixPlan.encode(device.createCommandEncoder(), {

@@ -150,7 +150,7 @@ export function selectPhase(
   // The correction check rides the one-dispatch selection when there is one,
   // unless a sequence without a speculation gets its flags by copy (decide).
   const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
-  const fusedCheck = check && !missingSpec && nowPlan !== null && nowPlan.fused;
+  const fusedCheck = check && !missingSpec && nowPlan !== null && nowPlan.fusesSimilarity;
   const similarity = {
     qPrev: state.qPrev!,
     cosine: state.cosine!,

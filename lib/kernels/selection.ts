@@ -185,10 +185,14 @@ export interface PageSelectionPlan extends GpuKernelPlan<PageSelectionStep, Page
   readonly k: number;
   /**
    * True when the current step runs in one dispatch (page_select.wgsl: its
-   * candidates fit the selector's `countingTopkMax` and workgroup memory);
-   * only then does encode take `similarity`.
+   * candidates fit the selector's `countingTopkMax` and workgroup memory).
    */
   readonly fused: boolean;
+  /**
+   * True when encode takes `similarity`: the step is `fused` and the device
+   * binds the 10 storage buffers that needs (`maxStorageBuffersPerShaderStage`).
+   */
+  readonly fusesSimilarity: boolean;
 }
 
 /** Inputs of {@linkcode selectPages} and `selectPagesReference`. */
@@ -489,6 +493,10 @@ class SelectionPlan implements PageSelectionPlan {
     return this.#step.maxCount <= this.#selector.fusedMaxCount;
   }
 
+  get fusesSimilarity(): boolean {
+    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >= 10;
+  }
+
   #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
     const checked = checkSelectionStep(step);
     const { numQueryHeads: hq, lanesPerPage: lanes } = selector.options;
@@ -672,6 +680,12 @@ class SelectionPlan implements PageSelectionPlan {
     if (!this.fused) {
       throw new RangeError(
         `Cannot ${action} as 'similarity' needs the one-dispatch selection (at most ${this.#selector.fusedMaxCount} candidates): received ${this.#step.maxCount} candidates`,
+      );
+    }
+    const limit = this.#selector.device.limits.maxStorageBuffersPerShaderStage;
+    if (limit < 10) {
+      throw new RangeError(
+        `Cannot ${action} as 'similarity' needs a device that binds 10 storage buffers per stage: received maxStorageBuffersPerShaderStage ${limit}`,
       );
     }
     const checked = {
