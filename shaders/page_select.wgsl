@@ -11,7 +11,10 @@
 // page_select_flags.wgsl (FLAGGED reads the given `flags`) or
 // page_select_similarity.wgsl (the workgroup first computes its KV head's
 // correction flag from q and the previous q, as query_similarity.wgsl does,
-// and writes the flag, the group mean and the cosines).
+// and writes the flag, the group mean and the cosines), and one of
+// page_select_no_table.wgsl or page_select_table.wgsl (lane 0 then builds
+// the row's attention page table as page_table.wgsl does, from this
+// dispatch's selections).
 
 override HEAD_DIM: u32; // d, a multiple of 4
 override GROUP: u32; // query heads per KV head
@@ -106,26 +109,28 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   }
   workgroupBarrier();
   write_top_k(t, count, k, seq.y, row * k, false);
-  if (!MASKED) {
-    return;
-  }
   // 3. Resident-only top-k: once every thread has ranked, non-resident
   // pages drop to the lowest key.
-  if (FLAGGED) {
-    if (t == 0u) {
-      skip_head = select(1u, 0u, row_flag(row) == 1u);
+  if (MASKED) {
+    var skip = false;
+    if (FLAGGED) {
+      if (t == 0u) {
+        skip_head = select(1u, 0u, row_flag(row) == 1u);
+      }
+      skip = workgroupUniformLoad(&skip_head) == 1u;
+    } else {
+      workgroupBarrier();
     }
-    if (workgroupUniformLoad(&skip_head) == 1u) {
-      return;
+    if (!skip) {
+      for (var n = t; n < count; n += WG) {
+        if (mask[row * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
+          ranked_keys[n] = 0u;
+        }
+      }
+      workgroupBarrier();
+      write_top_k(t, count, k, seq.y, row * k, true);
     }
-  } else {
-    workgroupBarrier();
   }
-  for (var n = t; n < count; n += WG) {
-    if (mask[row * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
-      ranked_keys[n] = 0u;
-    }
-  }
-  workgroupBarrier();
-  write_top_k(t, count, k, seq.y, row * k, true);
+  // 4. The page table, when the module appended page_select_table.wgsl.
+  finish_row(t, b, row);
 }

@@ -12,6 +12,8 @@ import {
 } from "../lib/kernels/selection.ts";
 import { selectPagesReference } from "../lib/kernels/selection_reference.ts";
 import { querySimilarity } from "../lib/kernels/similarity.ts";
+import { createPageTableBuilder, EMPTY_PAGE } from "../lib/kernels/page_table.ts";
+import { pageRegions } from "../lib/memory/page_plan.ts";
 import { querySimilarityReference } from "../lib/kernels/similarity_reference.ts";
 
 interface Shape {
@@ -701,5 +703,119 @@ gpuTest(
     assert.throws(() => selector.plan({ ...inputs, tau: NaN }), /'tau' must be a finite number/);
     other.destroy();
     Object.values(bufs).forEach((x) => x.destroy());
+  },
+);
+
+gpuTest(
+  "page tables in the selection's dispatch equal the page-table kernel's (quest-like, and freekv with computed flags)",
+  async ({ device }) => {
+    const hkv = 2, hq = 6, d = 16, k = 4, B = 2, maxPages = 32, S = 1, W = 2;
+    const options: PageSelectorOptions = { numQueryHeads: hq, numKvHeads: hkv, headDim: d };
+    const budget = { pageSize: 4, sinkPages: S, windowPages: W, selectPages: k };
+    const regions = [pageRegions(95, budget), pageRegions(70, budget)];
+    const rng = createRandom(33);
+    const inputs = {
+      pageOffset: [0, maxPages],
+      candidateStart: regions.map((r) => r.candidateStart),
+      candidateEnd: regions.map((r) => r.windowStart),
+      k,
+      tau: 0.5,
+    };
+    const q = randomNormalArray(rng, B * hq * d);
+    const qPrev = randomNormalArray(rng, B * hq * d);
+    qPrev.set(q.subarray(0, 3 * d), 0); // (b 0, KV head 0) keeps its query
+    const summaries = randomNormalArray(rng, 2 * maxPages * hkv * 2 * d);
+    const residency = new Uint32Array(B * hkv * maxPages).fill(EMPTY_PAGE);
+    for (let i = 0; i < residency.length; i++) if (rng.next() < 0.5) residency[i] = i % 5;
+    const spec = Uint32Array.from({ length: B * hkv * k }, () => rng.int(maxPages));
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const make = (label: string, data: ArrayBufferView | number) =>
+      createBuffer(device, label, usage, data as Float32Array);
+    using selector = createPageSelector(device, options);
+    using plan = selector.plan(inputs);
+    if (!plan.fusesTable) return; // the engine builds tables with their own kernel there
+    for (const freekv of [false, true]) {
+      const builder = createPageTableBuilder(device, {
+        numKvHeads: hkv,
+        selectPages: k,
+        maxPages,
+        sinkPages: S,
+        windowPages: W,
+        slotsPerSeq: freekv ? S + W + 5 : maxPages,
+        identity: !freekv,
+      });
+      const step = { sequences: regions, useFlags: freekv, useBest: freekv };
+      using fusedPlan = builder.plan(step);
+      using alonePlan = builder.plan(step);
+      const m = builder.maxEntries;
+      const b = {
+        q: make("q", q),
+        qPrev: make("q prev", qPrev),
+        summaries: make("summaries", summaries),
+        selected: make("selected", B * hkv * k * 4),
+        best: make("best", B * hkv * k * 4),
+        mask: make("residency", residency),
+        spec: make("spec", spec),
+        cosine: make("cosine", B * hq * 4),
+        groupMean: make("mean", B * hkv * 4),
+        flags: make("flags", B * hkv * 4),
+        hits: [make("hits fused", B * hkv * 4), make("hits alone", B * hkv * 4)],
+        table: [make("table fused", B * hkv * m * 4), make("table alone", B * hkv * m * 4)],
+        pages: [make("pages fused", B * hkv * m * 4), make("pages alone", B * hkv * m * 4)],
+      };
+      const tableBuffers = (i: number) => ({
+        fresh: b.selected,
+        spec: freekv ? b.spec : undefined,
+        flags: freekv ? b.flags : undefined,
+        best: freekv ? b.best : undefined,
+        residency: freekv ? b.mask : undefined,
+        table: b.table[i],
+        pages: b.pages[i],
+        hits: b.hits[i],
+      });
+      const enc = device.createCommandEncoder();
+      plan.encode(enc, {
+        q: b.q,
+        summaries: b.summaries,
+        selected: b.selected,
+        ...(freekv
+          ? {
+            residentOnly: { mask: b.mask, maskStride: maxPages, selected: b.best, flags: b.flags },
+            similarity: {
+              qPrev: b.qPrev,
+              cosine: b.cosine,
+              groupMean: b.groupMean,
+              flags: b.flags,
+            },
+          }
+          : {}),
+        pageTable: { plan: fusedPlan, buffers: tableBuffers(0) },
+      });
+      // The page-table kernel over the same selections, after the fused dispatch.
+      alonePlan.encode(enc, tableBuffers(1));
+      device.queue.submit([enc.finish()]);
+      const read = async (x: GPUBuffer) => new Uint32Array(await readBuffer(device, x, x.size));
+      for (const name of ["table", "pages", "hits"] as const) {
+        assert.deepEqual(
+          await read(b[name][0]),
+          await read(b[name][1]),
+          `${name} (freekv ${freekv})`,
+        );
+      }
+      const flags = await read(b.flags);
+      if (freekv) assert.ok(flags.includes(0) && flags.includes(1), `flags ${flags}`);
+      // A table that does not build from this selection's buffers is refused.
+      assert.throws(
+        () =>
+          plan.encode(device.createCommandEncoder(), {
+            q: b.q,
+            summaries: b.summaries,
+            selected: b.selected,
+            pageTable: { plan: fusedPlan, buffers: { ...tableBuffers(0), fresh: b.spec } },
+          }),
+        /'pageTable' must build from this selection's buffers: received 'fresh' other than 'selected'/,
+      );
+      for (const x of Object.values(b).flat()) x.destroy();
+    }
   },
 );

@@ -23,12 +23,19 @@ import {
 import { readBuffer } from "../gpu/buffers.ts";
 import { ReadbackRing } from "../gpu/readback.ts";
 import { createPagedAttention, type PagedAttention } from "../kernels/attention.ts";
+import type { PageTablePlan } from "../kernels/page_table.ts";
 import type { HostPagePool } from "../memory/host_pool.ts";
 import type { RecallJob } from "../memory/recall.ts";
 import { OffloadMemory } from "./offload_memory.ts";
 import { type PendingAnswer, StepAnswers } from "./answer.ts";
 import { recordPrefill } from "./prefill.ts";
-import { admitCorrected, appendPhase, type PhaseContext, selectPhase } from "./phases.ts";
+import {
+  admitCorrected,
+  appendPhase,
+  type PhaseContext,
+  selectPhase,
+  tableBuffers,
+} from "./phases.ts";
 import { type PageBudget, type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import { layerMode, maxPagesOf, modeBudget, residentPageTable } from "./geometry.ts";
 import { assertLayersFit, LayerState } from "./layer.ts";
@@ -450,7 +457,7 @@ export class RetrievalEngine {
       encoder = await this.#correctPhase(encoder, state, plan);
       this.#checkAlive(action);
     }
-    this.#attendPhase(encoder, state, q, out, regions, plan.useFlags, plan.useBest);
+    this.#attendPhase(encoder, state, q, out, regions, plan.useFlags, plan.useBest, plan.table);
     if (state.qPrev) this.#speculatePhase(encoder, state, q, plan);
     return encoder;
   }
@@ -508,6 +515,7 @@ export class RetrievalEngine {
     regions: PageRegions[],
     useFlags: boolean,
     useBest = false,
+    builtTable?: PageTablePlan,
   ): void {
     const o = this.options;
     const B = o.batch;
@@ -526,19 +534,10 @@ export class RetrievalEngine {
       built.pages.forEach((pages, b) => state.cpuPages.fill(pages, b * hkv, (b + 1) * hkv));
     } else {
       // Page regions carry every field a page-table sequence has.
-      const step = { sequences: regions, useFlags, useBest };
-      const tablePlan = state.planTable(step);
+      // The selection's dispatch may have built the tables already.
+      const tablePlan = builtTable ?? state.planTable({ sequences: regions, useFlags, useBest });
       state.flushResidency();
-      tablePlan.encode(encoder, {
-        fresh: state.fresh!,
-        spec: useFlags ? state.spec : undefined,
-        flags: useFlags ? state.flags : undefined,
-        best: useBest ? state.best : undefined,
-        residency: state.residency,
-        table: state.table!,
-        pages: state.pages!,
-        hits: state.hits!,
-      });
+      if (!builtTable) tablePlan.encode(encoder, tableBuffers(state, useFlags, useBest));
       numPages = [...tablePlan.entries];
       maxPages = state.tableBuilder!.maxEntries;
     }

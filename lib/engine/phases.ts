@@ -7,6 +7,7 @@
 
 import { type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import type { RecallJob } from "../memory/recall.ts";
+import type { PageTableBuffers, PageTablePlan } from "../kernels/page_table.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
 import { slotOffset } from "../kernels/slot_layout.ts";
 import type { LayerState } from "./layer.ts";
@@ -39,6 +40,26 @@ export interface SelectionPlan {
   useBest: boolean;
   /** freekv: the buffer holding the next step's speculation (`fresh` or `next`). */
   speculation?: GPUBuffer;
+  /** The page tables, when the selection's dispatch built them. */
+  table?: PageTablePlan;
+}
+
+/** What the page-table build of `state` reads and writes. */
+export function tableBuffers(
+  state: LayerState,
+  useFlags: boolean,
+  useBest: boolean,
+): PageTableBuffers {
+  return {
+    fresh: state.fresh!,
+    spec: useFlags ? state.spec : undefined,
+    flags: useFlags ? state.flags : undefined,
+    best: useBest ? state.best : undefined,
+    residency: state.residency,
+    table: state.table!,
+    pages: state.pages!,
+    hits: state.hits!,
+  };
 }
 
 /**
@@ -168,6 +189,15 @@ export function selectPhase(
       flags: state.flags!,
     }
     : undefined;
+  // The page tables ride the same dispatch, unless the layer waits first.
+  let table: PageTablePlan | undefined;
+  if (nowPlan?.fusesTable && !decision.sync) {
+    table = state.planTable({
+      sequences: regions,
+      useFlags: decision.useFlags,
+      useBest: decision.useBest,
+    });
+  }
   if (nowPlan) {
     nowPlan.encode(encoder, {
       q,
@@ -175,6 +205,14 @@ export function selectPhase(
       selected: state.fresh!,
       ...(residentOnly ? { residentOnly } : {}),
       ...(fusedCheck ? { similarity } : {}),
+      ...(table
+        ? {
+          pageTable: {
+            plan: table,
+            buffers: tableBuffers(state, decision.useFlags, decision.useBest),
+          },
+        }
+        : {}),
     });
     ctx.stats.current!.pagesSelected += now.filter(Boolean).length * o.numKvHeads * K;
   }
@@ -192,6 +230,7 @@ export function selectPhase(
     checked,
     speculation: boundary ? state.next! : state.fresh!,
     ...decision,
+    ...(table ? { table } : {}),
   };
 }
 

@@ -93,12 +93,48 @@ export interface PageTableBuffers {
   best?: GPUBuffer;
 }
 
+/**
+ * The validated bindings of a page-table build, in page_table.wgsl's order
+ * (unused inputs bound to a dummy), for a kernel that builds the tables in
+ * its own dispatch (the one-dispatch page selection).
+ */
+export interface PageTableBindings {
+  /** The plan's uniform parameters. */
+  params: GPUBufferBinding;
+  /** The plan's per-sequence regions. */
+  seq: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.fresh}. */
+  fresh: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.spec}. */
+  spec: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.flags}. */
+  flags: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.residency}. */
+  residency: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.table}. */
+  table: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.pages}. */
+  pages: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.hits}. */
+  hits: GPUBufferBinding;
+  /** See {@linkcode PageTableBuffers.best}. */
+  best: GPUBufferBinding;
+  /** The step's `useFlags`. */
+  useFlags: boolean;
+  /** The step's `useBest` (with `useFlags`). */
+  useBest: boolean;
+  /** Sequences of the step. */
+  batch: number;
+}
+
 /** A planned page-table build; reusable across steps through `update`. */
 export interface PageTablePlan extends Disposable {
   /** Table entries per sequence (the attention's page count). */
   readonly entries: readonly number[];
   /** Re-plans for the next step (same batch), reusing GPU buffers. */
   update(step: PageTableStep): void;
+  /** Checks `buffers` as `encode` does and returns what it would bind. */
+  bindings(buffers: PageTableBuffers): PageTableBindings;
   /** Records the build into `encoder` (one compute pass). */
   encode(
     encoder: GPUCommandEncoder,
@@ -262,11 +298,7 @@ class Plan implements PageTablePlan {
     this.entries = entries;
   }
 
-  encode(
-    encoder: GPUCommandEncoder,
-    buffers: PageTableBuffers,
-    options: KernelEncodeOptions = {},
-  ): void {
+  bindings(buffers: PageTableBuffers): PageTableBindings {
     if (this.#disposed) throw disposedError(ACTION, "plan");
     const { numKvHeads: hkv, selectPages: k, maxPages } = this.#shape;
     const rows = this.#batch * hkv;
@@ -305,19 +337,43 @@ class Plan implements PageTablePlan {
       GPUBufferUsage.STORAGE,
       16,
     );
-    const pipeline = this.#pipeline ??= cachedPipeline(this.#device, "page_table", pageTableSource);
     const whole = (buffer: GPUBuffer) => ({ buffer, offset: 0, size: buffer.size });
-    const resources = [
-      whole(this.#params),
-      whole(this.#seq!),
-      whole(buffers.fresh),
-      whole(buffers.spec ?? this.#dummy),
-      whole(buffers.flags ?? this.#dummy),
-      whole(buffers.residency ?? this.#dummy),
+    return {
+      params: whole(this.#params),
+      seq: whole(this.#seq!),
+      fresh: whole(buffers.fresh),
+      spec: whole(buffers.spec ?? this.#dummy),
+      flags: whole(buffers.flags ?? this.#dummy),
+      residency: whole(buffers.residency ?? this.#dummy),
       table,
       pages,
-      whole(buffers.hits),
-      whole(buffers.best ?? this.#dummy),
+      hits: whole(buffers.hits),
+      best: whole(buffers.best ?? this.#dummy),
+      useFlags: this.#useFlags,
+      useBest: this.#useBest,
+      batch: this.#batch,
+    };
+  }
+
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: PageTableBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
+    const b = this.bindings(buffers);
+    const rows = this.#batch * this.#shape.numKvHeads;
+    const pipeline = this.#pipeline ??= cachedPipeline(this.#device, "page_table", pageTableSource);
+    const resources = [
+      b.params,
+      b.seq,
+      b.fresh,
+      b.spec,
+      b.flags,
+      b.residency,
+      b.table,
+      b.pages,
+      b.hits,
+      b.best,
     ];
     const key = resources.flatMap((r) => [r.buffer, r.offset, r.size]);
     const bind = this.#bindings.get(key, () =>

@@ -42,6 +42,9 @@ import pagePoolSource from "../../shaders/page_pool.wgsl" with { type: "text" };
 import pageSelectMain from "../../shaders/page_select.wgsl" with { type: "text" };
 import pageSelectFlags from "../../shaders/page_select_flags.wgsl" with { type: "text" };
 import pageSelectSimilarity from "../../shaders/page_select_similarity.wgsl" with { type: "text" };
+import pageSelectTable from "../../shaders/page_select_table.wgsl" with { type: "text" };
+import pageSelectNoTable from "../../shaders/page_select_no_table.wgsl" with { type: "text" };
+import type { PageTableBindings, PageTableBuffers, PageTablePlan } from "./page_table.ts";
 import {
   assertAllFinite,
   assertDevice,
@@ -163,6 +166,14 @@ export interface PageSelectionBuffers {
     groupMean: GPUBuffer | BufferSlice;
     flags: GPUBuffer | BufferSlice;
   };
+  /**
+   * Optional attention page tables built in the same dispatch (only where
+   * the plan `fusesTable`), as `plan.encode(encoder, buffers)` would build
+   * them: its `fresh` must be `selected`, its `best` (with `useBest`) the
+   * resident-only `selected`, and its `flags` those of `similarity` or
+   * `residentOnly` when they are given.
+   */
+  pageTable?: { plan: PageTablePlan; buffers: PageTableBuffers };
 }
 
 /**
@@ -193,6 +204,11 @@ export interface PageSelectionPlan extends GpuKernelPlan<PageSelectionStep, Page
    * binds the 10 storage buffers that needs (`maxStorageBuffersPerShaderStage`).
    */
   readonly fusesSimilarity: boolean;
+  /**
+   * True when encode takes `pageTable`: the step is `fused` and the device
+   * binds the 16 storage buffers that needs (`maxStorageBuffersPerShaderStage`).
+   */
+  readonly fusesTable: boolean;
 }
 
 /** Inputs of {@linkcode selectPages} and `selectPagesReference`. */
@@ -219,8 +235,14 @@ function fusedLanes(group: number, headDim: number): { WG: number; SIDE: number 
 }
 const MAX_DISPATCH = 65535;
 const pageTopkSource = pageTopkMain + pagePoolSource;
-const pageSelectSource = pageSelectMain + pagePoolSource + pageSelectFlags;
-const pageSelectSimilaritySource = pageSelectMain + pagePoolSource + pageSelectSimilarity;
+/** page_select.wgsl with its snippets: given or computed flags, no table or a table. */
+function pageSelectSource(similarity: boolean, table: boolean): [string, string] {
+  return [
+    `page_select${similarity ? "_similarity" : ""}${table ? "_table" : ""}`,
+    pageSelectMain + pagePoolSource + (similarity ? pageSelectSimilarity : pageSelectFlags) +
+    (table ? pageSelectTable : pageSelectNoTable),
+  ];
+}
 // Counting top-k: default and largest candidate count (its keys live in
 // workgroup memory, 4 bytes each).
 const COUNTING_TOPK_MAX = 128;
@@ -398,11 +420,10 @@ class Selector implements PageSelector {
   selectPipeline(
     residentOnly?: { maskStride: number; flagged: boolean },
     similarity = false,
+    table = false,
   ): GPUComputePipeline {
     const o = this.options;
-    const [name, source] = similarity
-      ? ["page_select_similarity", pageSelectSimilaritySource]
-      : ["page_select", pageSelectSource];
+    const [name, source] = pageSelectSource(similarity, table);
     return cachedPipeline(this.device, name, source, {
       HEAD_DIM: o.headDim,
       GROUP: o.numQueryHeads / o.numKvHeads,
@@ -497,6 +518,10 @@ class SelectionPlan implements PageSelectionPlan {
     return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >= 10;
   }
 
+  get fusesTable(): boolean {
+    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >= 16;
+  }
+
   #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
     const checked = checkSelectionStep(step);
     const { numQueryHeads: hq, lanesPerPage: lanes } = selector.options;
@@ -572,9 +597,12 @@ class SelectionPlan implements PageSelectionPlan {
     const similarity = buffers.similarity
       ? this.#similarityBuffers(buffers.similarity, resident, action)
       : null;
+    const table = buffers.pageTable
+      ? this.#tableBindings(buffers.pageTable, selected, resident, similarity, action)
+      : null;
     const ts = options.timestampWrites;
     if (this.fused) {
-      this.#encodeFused(encoder, q, summaries, selected, resident, similarity, ts);
+      this.#encodeFused(encoder, q, summaries, selected, resident, similarity, table, ts);
       return;
     }
     const key = [q, summaries, selected].flatMap((x) => [x.buffer, x.offset, x.size]);
@@ -718,6 +746,41 @@ class SelectionPlan implements PageSelectionPlan {
     return checked;
   }
 
+  #tableBindings(
+    t: NonNullable<PageSelectionBuffers["pageTable"]>,
+    selected: GPUBufferBinding,
+    resident: ResidentBuffers | null,
+    similarity: SimilarityBuffers | null,
+    action: string,
+  ): PageTableBindings {
+    assertObject("pageTable", t, action);
+    if (!this.fusesTable) {
+      throw new RangeError(
+        `Cannot ${action} as 'pageTable' needs the one-dispatch selection on a device that binds 16 storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${this.#selector.fusedMaxCount}), maxStorageBuffersPerShaderStage ${this.#selector.device.limits.maxStorageBuffersPerShaderStage}`,
+      );
+    }
+    const b = t.plan.bindings(t.buffers);
+    const same = (x: GPUBufferBinding, y: GPUBufferBinding) =>
+      x.buffer === y.buffer && (x.offset ?? 0) === (y.offset ?? 0);
+    const problem = b.batch !== this.#step.batch
+      ? `a plan of ${b.batch} sequences for a selection of ${this.#step.batch}`
+      : !same(b.fresh, selected)
+      ? "'fresh' other than 'selected'"
+      : b.useBest && !(resident && same(b.best, resident.out))
+      ? "'best' other than 'residentOnly.selected'"
+      : b.useFlags && similarity && !same(b.flags, similarity.flags)
+      ? "'flags' other than 'similarity.flags'"
+      : b.useFlags && resident?.flagged && !same(b.flags, resident.flags)
+      ? "'flags' other than 'residentOnly.flags'"
+      : null;
+    if (problem) {
+      throw new RangeError(
+        `Cannot ${action} as 'pageTable' must build from this selection's buffers: received ${problem}`,
+      );
+    }
+    return b;
+  }
+
   /** Scores, pools and ranks in one dispatch (page_select.wgsl), resident-only top-k included. */
   #encodeFused(
     encoder: GPUCommandEncoder,
@@ -726,21 +789,32 @@ class SelectionPlan implements PageSelectionPlan {
     selected: GPUBufferBinding,
     resident: ResidentBuffers | null,
     similarity: SimilarityBuffers | null,
+    table: PageTableBindings | null,
     ts: KernelEncodeOptions["timestampWrites"],
   ): void {
     const { device, options } = this.#selector;
-    const pipeline = this.#selector.selectPipeline(resident ?? undefined, similarity !== null);
+    const pipeline = this.#selector.selectPipeline(
+      resident ?? undefined,
+      similarity !== null,
+      table !== null,
+    );
     const noMask = { buffer: this.#noMask, offset: 0, size: this.#noMask.size };
     const noBest = { buffer: this.#noBest, offset: 0, size: this.#noBest.size };
-    const flags = similarity?.flags ?? resident?.flags ?? noMask;
+    const tableFlags = table?.useFlags ? table.flags : undefined;
+    const flags = similarity?.flags ?? (resident?.flagged ? resident.flags : undefined) ??
+      tableFlags ?? resident?.flags ?? noMask;
     const bound = [q, summaries, selected, resident?.mask ?? noMask, flags];
     const checks = similarity ? [similarity.qPrev, similarity.cosine, similarity.groupMean] : [];
+    const tables = table
+      ? [table.params, table.seq, table.spec, table.residency, table.table, table.pages, table.hits]
+      : [];
     const key = [
       "fused",
       resident ? resident.maskStride : 0,
       resident?.flagged ?? false,
       similarity !== null,
-      ...[...bound, resident?.out ?? noBest, ...checks].flatMap((x) => [
+      table !== null,
+      ...[...bound, resident?.out ?? noBest, ...checks, ...tables].flatMap((x) => [
         x.buffer,
         x.offset,
         x.size,
@@ -756,6 +830,7 @@ class SelectionPlan implements PageSelectionPlan {
           ...bound.map((resource, i) => ({ binding: i + 2, resource })),
           { binding: 7, resource: resident?.out ?? noBest },
           ...checks.map((resource, i) => ({ binding: i + 8, resource })),
+          ...tables.map((resource, i) => ({ binding: i + 11, resource })),
         ],
       });
       return [g, g];
