@@ -6,7 +6,8 @@
  * @module
  */
 
-import pageTableSource from "../../shaders/page_table.wgsl" with { type: "text" };
+import pageTableMain from "../../shaders/page_table.wgsl" with { type: "text" };
+import pageTableRow from "../../shaders/page_table_row.wgsl" with { type: "text" };
 import { assertDevice, assertInteger, disposedError } from "../gpu/errors.ts";
 import {
   assertBufferSize,
@@ -154,6 +155,8 @@ export interface PageTableBuilder {
 }
 
 const ACTION = "build page tables";
+// page_table_row.wgsl builds a row; the one-dispatch selection appends it too.
+const pageTableSource = pageTableMain + pageTableRow;
 
 /**
  * Creates a page-table builder.

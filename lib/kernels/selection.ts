@@ -44,6 +44,8 @@ import pageSelectFlags from "../../shaders/page_select_flags.wgsl" with { type: 
 import pageSelectSimilarity from "../../shaders/page_select_similarity.wgsl" with { type: "text" };
 import pageSelectTable from "../../shaders/page_select_table.wgsl" with { type: "text" };
 import pageSelectNoTable from "../../shaders/page_select_no_table.wgsl" with { type: "text" };
+import pageTableRow from "../../shaders/page_table_row.wgsl" with { type: "text" };
+import groupSimilarity from "../../shaders/group_similarity.wgsl" with { type: "text" };
 import type { PageTableBindings, PageTableBuffers, PageTablePlan } from "./page_table.ts";
 import {
   assertAllFinite,
@@ -239,8 +241,9 @@ const pageTopkSource = pageTopkMain + pagePoolSource;
 function pageSelectSource(similarity: boolean, table: boolean): [string, string] {
   return [
     `page_select${similarity ? "_similarity" : ""}${table ? "_table" : ""}`,
-    pageSelectMain + pagePoolSource + (similarity ? pageSelectSimilarity : pageSelectFlags) +
-    (table ? pageSelectTable : pageSelectNoTable),
+    pageSelectMain + pagePoolSource +
+    (similarity ? pageSelectSimilarity + groupSimilarity : pageSelectFlags) +
+    (table ? pageSelectTable + pageTableRow : pageSelectNoTable),
   ];
 }
 // Counting top-k: default and largest candidate count (its keys live in

@@ -12,7 +12,11 @@
  * @module
  */
 
-import querySimilaritySource from "../../shaders/query_similarity.wgsl" with { type: "text" };
+import querySimilarityMain from "../../shaders/query_similarity.wgsl" with { type: "text" };
+import groupSimilaritySource from "../../shaders/group_similarity.wgsl" with { type: "text" };
+
+// group_similarity.wgsl checks a row; the one-dispatch selection appends it too.
+const querySimilaritySource = querySimilarityMain + groupSimilaritySource;
 import {
   assertAllFinite,
   assertDevice,
