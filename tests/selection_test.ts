@@ -665,12 +665,11 @@ gpuTest(
     }
     // Refusals, before any GPU work.
     const other = createBuffer(device, "other flags", usage, B * 2 * 4);
+    const base = { q: bufs.q, summaries: bufs.summaries, selected: bufs.selected };
     assert.throws(
       () =>
         plan.encode(device.createCommandEncoder(), {
-          q: bufs.q,
-          summaries: bufs.summaries,
-          selected: bufs.selected,
+          ...base,
           residentOnly: { mask: bufs.mask, maskStride: stride, selected: bufs.best, flags: other },
           similarity,
         }),
@@ -679,9 +678,7 @@ gpuTest(
     assert.throws(
       () =>
         plan.encode(device.createCommandEncoder(), {
-          q: bufs.q,
-          summaries: bufs.summaries,
-          selected: bufs.selected,
+          ...base,
           similarity: { ...similarity, cosine: other },
         }),
       /'similarity.cosine' must hold batch \* numQueryHeads f32 \(48 bytes\): received 16 bytes/,
@@ -693,9 +690,7 @@ gpuTest(
     assert.throws(
       () =>
         radixPlan.encode(device.createCommandEncoder(), {
-          q: bufs.q,
-          summaries: bufs.summaries,
-          selected: bufs.selected,
+          ...base,
           similarity,
         }),
       /'similarity' needs the one-dispatch selection \(at most 0 candidates\): received 20 candidates/,
@@ -773,11 +768,10 @@ gpuTest(
         pages: b.pages[i],
         hits: b.hits[i],
       });
+      const base = { q: b.q, summaries: b.summaries, selected: b.selected };
       const enc = device.createCommandEncoder();
       plan.encode(enc, {
-        q: b.q,
-        summaries: b.summaries,
-        selected: b.selected,
+        ...base,
         ...(freekv
           ? {
             residentOnly: { mask: b.mask, maskStride: maxPages, selected: b.best, flags: b.flags },
@@ -808,9 +802,7 @@ gpuTest(
       assert.throws(
         () =>
           plan.encode(device.createCommandEncoder(), {
-            q: b.q,
-            summaries: b.summaries,
-            selected: b.selected,
+            ...base,
             pageTable: { plan: fusedPlan, buffers: { ...tableBuffers(0), fresh: b.spec } },
           }),
         /'pageTable' must build from this selection's buffers: received 'fresh' other than 'selected'/,

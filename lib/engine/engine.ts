@@ -379,13 +379,19 @@ export class RetrievalEngine {
     await this.#memory?.recall(jobs);
   }
 
+  /** Starts the maps of the submitted answers and backups (each blocks until the queue is idle). */
+  #startMaps(): void {
+    for (const p of this.#pending) p.start();
+    this.#memory?.startBackupMaps();
+  }
+
   /** Submits `encoder` behind the recall copies held for it. */
   #submit(encoder: GPUCommandEncoder): void {
     this.#submitCommands(encoder.finish());
   }
 
   #submitCommands(commands: GPUCommandBuffer): void {
-    if (this.#memory) this.#memory.submit(this.device, commands);
+    if (this.#memory) this.#memory.submit(commands);
     else this.device.queue.submit([commands]);
   }
 
@@ -637,14 +643,10 @@ export class RetrievalEngine {
     // earlier steps' answers and backups start, where the submit would
     // block as long anyway (see PendingAnswer).
     const commands = encoder.finish();
-    for (const p of this.#pending) p.start();
-    this.#memory?.startBackupMaps();
+    this.#startMaps();
     this.#submitCommands(commands);
     if (answer) this.#pending.push(answer);
-    if (waitFollows) {
-      for (const p of this.#pending) p.start();
-      this.#memory?.startBackupMaps();
-    }
+    if (waitFollows) this.#startMaps();
     this.#inStep = false;
     this.#nextLayer = 0;
     const stats = this.#stats.current!;
@@ -719,7 +721,7 @@ export class RetrievalEngine {
     // The answer serves the next step: admit its pages with that step's tick,
     // as beginStep would, so that draining leaves the LRU order unchanged.
     if (!this.#inStep) { while (this.#pending.length) await this.#takeAnswer(this.#tick + 1); }
-    await this.#memory?.drain(this.device);
+    await this.#memory?.drain();
     await this.device.queue.onSubmittedWorkDone();
   }
 

@@ -17,6 +17,7 @@ import type { StatsAccumulator } from "./stats.ts";
 /** Host pool, offload and recall of one engine. */
 export class OffloadMemory implements Disposable {
   readonly pool: HostPagePool;
+  readonly #device: GPUDevice;
   readonly #offloader: Offloader;
   readonly #recaller: Recaller;
   readonly #o: ResolvedEngineOptions;
@@ -33,6 +34,7 @@ export class OffloadMemory implements Disposable {
     stats: StatsAccumulator,
     maxPages: number,
   ) {
+    this.#device = device;
     this.#o = o;
     this.#stats = stats;
     this.#maxPages = maxPages;
@@ -74,8 +76,8 @@ export class OffloadMemory implements Disposable {
    * backups' maps start at the next `startBackupMaps` (or `flush`, or
    * `drain`).
    */
-  submit(device: GPUDevice, commands: GPUCommandBuffer): void {
-    device.queue.submit([...this.#recaller.takeCommandBuffers(), commands]);
+  submit(commands: GPUCommandBuffer): void {
+    this.#device.queue.submit([...this.#recaller.takeCommandBuffers(), commands]);
     this.#submittedBackups = this.#offloader.unflushed;
   }
 
@@ -138,9 +140,9 @@ export class OffloadMemory implements Disposable {
   }
 
   /** Submits the held recall copies, then waits for every backup to reach the host. */
-  async drain(device: GPUDevice): Promise<void> {
+  async drain(): Promise<void> {
     const held = this.#recaller.takeCommandBuffers();
-    if (held.length) device.queue.submit(held);
+    if (held.length) this.#device.queue.submit(held);
     this.#submittedBackups = 0;
     await this.#offloader.drain();
   }

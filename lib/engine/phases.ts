@@ -172,13 +172,15 @@ export function selectPhase(
   // unless a sequence without a speculation gets its flags by copy (decide).
   const missingSpec = needs.some((n, b) => n && !state.hasSpec[b]);
   const fusedCheck = check && !missingSpec && nowPlan !== null && nowPlan.fusesSimilarity;
-  const similarity = {
-    qPrev: state.qPrev!,
-    cosine: state.cosine!,
-    groupMean: state.groupMean!,
-    flags: state.flags!,
-  };
-  if (check && !fusedCheck) state.similarityPlan!.encode(encoder, { qNow: q, ...similarity });
+  const similarity = check
+    ? {
+      qPrev: state.qPrev!,
+      cosine: state.cosine!,
+      groupMean: state.groupMean!,
+      flags: state.flags!,
+    }
+    : undefined;
+  if (similarity && !fusedCheck) state.similarityPlan!.encode(encoder, { qNow: q, ...similarity });
   const decision = decide(o, state, needs, checked, encoder);
   const residentOnly = decision.useBest
     ? {

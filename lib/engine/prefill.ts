@@ -113,7 +113,7 @@ export function recordPrefill(
     }
   }
   if (ctx.memory) {
-    ctx.memory.submit(device, encoder.finish());
+    ctx.memory.submit(encoder.finish());
     ctx.memory.flush();
   } else {
     device.queue.submit([encoder.finish()]);
