@@ -547,6 +547,29 @@ const CASES: Case[] = [
     gpu: true,
   },
 
+  ...((): Case[] => {
+    const c = (name: string, variants: unknown, error: ErrorClass, says: RegExp): Case => ({
+      name: `PageSelector.compile: ${name}`,
+      call: (d) => {
+        using selector = createPageSelector(d, SHAPE);
+        selector.compile(variants as Any);
+      },
+      error,
+      says,
+      gpu: true,
+    });
+    return [
+      c("variants not an array", {}, TypeError, /'variants' must be an array: received/),
+      c("a variant null", [null], TypeError, /'variants\[0\]' must be an object: received null/),
+      c(
+        "maskStride 0",
+        [{ residentOnly: { maskStride: 0, flagged: true } }],
+        RangeError,
+        /'variants\[0\]\.residentOnly\.maskStride' must be .*: received 0/,
+      ),
+    ];
+  })(),
+
   // ---- Host memory, workloads, model, sampling ----
   {
     name: "HostPagePool: layers 0",

@@ -33,6 +33,7 @@ import {
   admitCorrected,
   appendPhase,
   type PhaseContext,
+  selectionVariants,
   selectPhase,
   tableBuffers,
 } from "./phases.ts";
@@ -166,6 +167,21 @@ export class RetrievalEngine {
     }
     if (o.policy === "freekv" && modes.includes("offload")) {
       this.#answers = new StepAnswers(device, o, this.budget.selectPages);
+    }
+  }
+
+  /**
+   * Compiles now every pipeline that this engine's decode steps can use.
+   * Otherwise each compiles at its first use, in the middle of a
+   * generation: on lavapipe the paged attention takes about 100 ms at the
+   * first step, and each selection variant 15-50 ms at the step where the
+   * candidates first outgrow the budget. The model backend calls it.
+   */
+  compile(): void {
+    this.#checkAlive("compile the engine's pipelines");
+    this.#attention.compile();
+    for (const state of this.#layers) {
+      state.compile(selectionVariants(this.options, state, this.maxPages));
     }
   }
 

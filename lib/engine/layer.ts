@@ -23,6 +23,7 @@ import {
   createPageSelector,
   type PageSelectionPlan,
   type PageSelectionStep,
+  type PageSelectionVariant,
   type PageSelector,
 } from "../kernels/selection.ts";
 import {
@@ -298,6 +299,12 @@ export class LayerState implements Disposable {
   ): void {
     const plan = this.#reuse(`append ${tag}`, { dstOffsets }, (x) => this.#append.plan(x));
     plan.encode(encoder, { k, v, kCache, vCache });
+  }
+
+  /** Compiles the pipelines of this layer's decode steps, `variants` of the selection among them. */
+  compile(variants: readonly PageSelectionVariant[]): void {
+    this.selector?.compile(variants);
+    if (this.mode === "offload") cachedPipeline(this.#device, "slot_copy", slotCopySource);
   }
 
   /** Records copies of one head's page rows between slots: `(src, dst, head)` per job. */

@@ -8,6 +8,7 @@
 import { type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import type { RecallJob } from "../memory/recall.ts";
 import type { PageTableBuffers, PageTablePlan } from "../kernels/page_table.ts";
+import type { PageSelectionVariant } from "../kernels/selection.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
 import { slotOffset } from "../kernels/slot_layout.ts";
 import type { LayerState } from "./layer.ts";
@@ -234,6 +235,35 @@ export function selectPhase(
     ...decision,
     ...(table ? { table } : {}),
   };
+}
+
+/**
+ * The one-dispatch selections that the select phase of `state` can encode,
+ * as `decide` picks them: for `RetrievalEngine.compile`.
+ */
+export function selectionVariants(
+  o: ResolvedEngineOptions,
+  state: LayerState,
+  maxPages: number,
+): PageSelectionVariant[] {
+  // quest never waits: its tables always ride the selection.
+  if (state.mode === "quest") return [{ table: true }];
+  if (state.mode !== "offload") return [];
+  // sync-offload waits before building its tables.
+  if (state.qPrev === undefined) return [{}];
+  // The next step's speculation at a window boundary (or a first step that
+  // waits), and steps whose candidates still fit K pages (no check yet).
+  const always: PageSelectionVariant[] = [{}, { table: true }];
+  // The check waits under "sync".
+  if (o.correction === "sync") return [...always, { similarity: true }];
+  const best = { maskStride: maxPages, flagged: true };
+  return [
+    ...always,
+    { residentOnly: best, similarity: true, table: true },
+    // A sequence prefilled past the budget (no speculation yet) beside
+    // checked ones: the step waits for its selection.
+    { residentOnly: best },
+  ];
 }
 
 /** Whether the layer waits, and how its page tables pick selections. */

@@ -156,6 +156,11 @@ export interface PagedAttention {
    * any GPU work on bad tables.
    */
   plan(tables: AttentionTables): AttentionPlan;
+  /**
+   * Compiles the kernel's pipelines now; otherwise the first encode does
+   * (on lavapipe the main kernel takes about 100 ms to compile).
+   */
+  compile(): void;
   /** Marks the attention unusable; it owns no buffers (plans do). */
   [Symbol.dispose](): void;
 }
@@ -232,6 +237,10 @@ class Attention implements PagedAttention {
   plan(tables: AttentionTables): AttentionPlan {
     const checked = validateTables(this.shape, tables);
     return new Plan(this, checked);
+  }
+
+  compile(): void {
+    this.kernels;
   }
 
   [Symbol.dispose](): void {

@@ -69,6 +69,7 @@ export {
   type PageSelectionInputs,
   type PageSelectionPlan,
   type PageSelectionStep,
+  type PageSelectionVariant,
   type PageSelector,
   type PageSelectorOptions,
   POOLING_MODES,

@@ -192,6 +192,8 @@ export function createPageTableBuilder(
   assertInteger("slotsPerSeq", shape.slotsPerSeq, ACTION, 1);
   const frozen = Object.freeze({ ...shape });
   const maxEntries = shape.sinkPages + shape.selectPages + shape.windowPages;
+  // Compiled now (once per device), not at the first encode.
+  cachedPipeline(device, "page_table", pageTableSource);
   return {
     shape: frozen,
     maxEntries,

@@ -183,7 +183,29 @@ export interface PageSelectionBuffers {
  * {@linkcode createPageSelector}.
  */
 export interface PageSelector
-  extends GpuKernel<Required<PageSelectorOptions>, PageSelectionStep, PageSelectionPlan> {}
+  extends GpuKernel<Required<PageSelectorOptions>, PageSelectionStep, PageSelectionPlan> {
+  /**
+   * Compiles now the pipelines that encodes with these kinds of buffers
+   * would otherwise compile at their first use (on lavapipe 15-50 ms each):
+   * the one-dispatch selection of each variant where the device can fuse
+   * it, and the resident-only top-k pass of steps too long to fuse. The
+   * separate score and top-k passes compile when the selector is created.
+   */
+  compile(variants?: readonly PageSelectionVariant[]): void;
+}
+
+/**
+ * What one encode binds besides the plain selection (see
+ * {@linkcode PageSelectionBuffers}), which picks the pipeline it runs.
+ */
+export interface PageSelectionVariant {
+  /** A resident-only top-k over rows of `maskStride` pages, only for flagged heads when `flagged`. */
+  residentOnly?: { maskStride: number; flagged: boolean };
+  /** The correction check in the same dispatch. */
+  similarity?: boolean;
+  /** The page tables in the same dispatch. */
+  table?: boolean;
+}
 
 /**
  * One batch description on the GPU, from {@linkcode PageSelector.plan}. It
@@ -236,6 +258,10 @@ function fusedLanes(group: number, headDim: number): { WG: number; SIDE: number 
   return group * headDim < 128 ? { WG: 16, SIDE: 4 } : { WG: 64, SIDE: 8 };
 }
 const MAX_DISPATCH = 65535;
+// Storage buffers per stage that the one dispatch needs with the correction
+// check, and with the page tables.
+const SIMILARITY_STORAGE_BUFFERS = 10;
+const TABLE_STORAGE_BUFFERS = 16;
 const pageTopkSource = pageTopkMain + pagePoolSource;
 /** page_select.wgsl with its snippets: given or computed flags, no table or a table. */
 function pageSelectSource(similarity: boolean, table: boolean): [string, string] {
@@ -439,9 +465,54 @@ class Selector implements PageSelector {
     });
   }
 
+  /** The top-k pass restricted to resident pages (steps too long for one dispatch). */
+  maskedTopkPipeline(r: { maskStride: number; flagged: boolean }): GPUComputePipeline {
+    const o = this.options;
+    return cachedPipeline(this.device, "page_topk", pageTopkSource, {
+      GROUP: o.numQueryHeads / o.numKvHeads,
+      POOLING: POOLING_MODES.indexOf(o.pooling),
+      COUNTING_MAX: o.countingTopkMax,
+      MASKED: 1,
+      MASK_STRIDE: r.maskStride,
+      FLAGGED: r.flagged ? 1 : 0,
+    });
+  }
+
   plan(step: PageSelectionStep): PageSelectionPlan {
     if (this.#disposed) throw disposedError(ACTION, "page selector");
     return new SelectionPlan(this, step);
+  }
+
+  compile(variants: readonly PageSelectionVariant[] = [{}]): void {
+    const action = "compile page selection";
+    if (this.#disposed) throw disposedError(action, "page selector");
+    if (!Array.isArray(variants)) {
+      throw new TypeError(
+        `Cannot ${action} as 'variants' must be an array: received ${describeValue(variants)}`,
+      );
+    }
+    variants.forEach((v, i) => {
+      assertObject(`variants[${i}]`, v, action);
+      if (v.residentOnly !== undefined) {
+        assertObject(`variants[${i}].residentOnly`, v.residentOnly, action);
+        assertInteger(
+          `variants[${i}].residentOnly.maskStride`,
+          v.residentOnly.maskStride,
+          action,
+          1,
+        );
+      }
+    });
+    const storage = this.device.limits.maxStorageBuffersPerShaderStage;
+    for (const v of variants) {
+      const resident = v.residentOnly
+        ? { maskStride: v.residentOnly.maskStride, flagged: v.residentOnly.flagged === true }
+        : undefined;
+      const similarity = v.similarity === true && storage >= SIMILARITY_STORAGE_BUFFERS;
+      const table = v.table === true && storage >= TABLE_STORAGE_BUFFERS;
+      if (this.fusedMaxCount > 0) this.selectPipeline(resident, similarity, table);
+      if (resident) this.maskedTopkPipeline(resident);
+    }
   }
 
   [Symbol.dispose](): void {
@@ -518,11 +589,13 @@ class SelectionPlan implements PageSelectionPlan {
   }
 
   get fusesSimilarity(): boolean {
-    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >= 10;
+    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >=
+        SIMILARITY_STORAGE_BUFFERS;
   }
 
   get fusesTable(): boolean {
-    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >= 16;
+    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >=
+        TABLE_STORAGE_BUFFERS;
   }
 
   #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
@@ -849,16 +922,9 @@ class SelectionPlan implements PageSelectionPlan {
   }
 
   #maskedTopk(r: ResidentBuffers): { pipeline: GPUComputePipeline; group: GPUBindGroup } {
-    const { device, options } = this.#selector;
+    const { device } = this.#selector;
     const { out, mask, flags } = r;
-    const pipeline = cachedPipeline(device, "page_topk", pageTopkSource, {
-      GROUP: options.numQueryHeads / options.numKvHeads,
-      POOLING: POOLING_MODES.indexOf(options.pooling),
-      COUNTING_MAX: options.countingTopkMax,
-      MASKED: 1,
-      MASK_STRIDE: r.maskStride,
-      FLAGGED: r.flagged ? 1 : 0,
-    });
+    const pipeline = this.#selector.maskedTopkPipeline(r);
     // -1 tells these keys from the unmasked pass's.
     const key = [
       -1,

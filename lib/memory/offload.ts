@@ -114,7 +114,8 @@ export interface OffloaderOptions {
 interface RingEntry {
   runs: GPUBuffer;
   read: GPUBuffer;
-  plan: NhdToHndPlan;
+  /** The NHD -> HND conversion (NHD slots only). */
+  plan?: NhdToHndPlan;
   capacity: number;
 }
 
@@ -191,6 +192,9 @@ export class Offloader {
     const maxBytes = options.maxBufferBytes ?? 32 << 20;
     assertInteger("maxBufferBytes", maxBytes, action, this.#sizes.runBytes);
     this.#maxRuns = Math.max(1, Math.floor(Math.min(maxBytes, limit) / this.#sizes.runBytes));
+    // NHD slots convert every backup: compile the kernel now, not at the
+    // first backup in the middle of a decode.
+    if (this.#slotLayout === "nhd") this.#convertKernel();
   }
 
   /**
@@ -262,8 +266,8 @@ export class Offloader {
           encoder.copyBufferToBuffer(request.vCache, at, entry.read, i * runBytes + half, half);
         });
       } else {
-        entry.plan.update(slice);
-        entry.plan.encode(encoder, {
+        entry.plan!.update(slice);
+        entry.plan!.encode(encoder, {
           kCache: request.kCache,
           vCache: request.vCache,
           runs: entry.runs,
@@ -329,7 +333,7 @@ export class Offloader {
         size,
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       }),
-      plan: this.#convertKernel().plan([]),
+      ...(this.#slotLayout === "hnd" ? {} : { plan: this.#convertKernel().plan([]) }),
     };
     this.#all.push(entry);
     return entry;
@@ -435,7 +439,7 @@ export class Offloader {
     for (const e of this.#all) {
       e.runs.destroy();
       e.read.destroy();
-      e.plan[Symbol.dispose]();
+      e.plan?.[Symbol.dispose]();
     }
     this.#convert?.[Symbol.dispose]();
     for (const p of this.#encoded) {

@@ -141,6 +141,9 @@ export class StagingRing {
     this.#direct = options.direct;
     this.#deferSubmit = options.deferSubmit;
     this.#hooks = hooks;
+    // A scatter into NHD slots ends every staged chunk: compile it now, not
+    // at the first recall in the middle of a decode.
+    if (!options.direct && options.slotLayout === "nhd") this.#scatterKernel();
     const count = options.buffering === "double" ? 2 : 1;
     for (let index = 0; index < count; index++) {
       this.#slots.push({

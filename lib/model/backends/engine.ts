@@ -66,6 +66,9 @@ export function createEngineBackend(
     ),
     batch: 1,
   });
+  // As the model compiles its own kernels when it is created: no step of a
+  // generation pays for a compile.
+  engine.compile();
   let prefilled = 0;
   const checkPos = (layer: number, pos: number) => {
     const length = engine.length(layer, 0);
