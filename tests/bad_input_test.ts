@@ -567,6 +567,18 @@ const CASES: Case[] = [
         RangeError,
         /'variants\[0\]\.residentOnly\.maskStride' must be .*: received 0/,
       ),
+      c(
+        "flagged missing",
+        [{ residentOnly: { maskStride: 8 } }],
+        TypeError,
+        /'variants\[0\]\.residentOnly\.flagged' must be a boolean: received undefined/,
+      ),
+      c(
+        "table a number",
+        [{}, { table: 1 }],
+        TypeError,
+        /'variants\[1\]\.table' must be a boolean: received 1/,
+      ),
     ];
   })(),
 

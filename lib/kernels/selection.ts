@@ -491,8 +491,16 @@ class Selector implements PageSelector {
         `Cannot ${action} as 'variants' must be an array: received ${describeValue(variants)}`,
       );
     }
+    const assertFlag = (name: string, value: unknown, optional: boolean) => {
+      if (typeof value === "boolean" || (optional && value === undefined)) return;
+      throw new TypeError(
+        `Cannot ${action} as '${name}' must be a boolean: received ${describeValue(value)}`,
+      );
+    };
     variants.forEach((v, i) => {
       assertObject(`variants[${i}]`, v, action);
+      assertFlag(`variants[${i}].similarity`, v.similarity, true);
+      assertFlag(`variants[${i}].table`, v.table, true);
       if (v.residentOnly !== undefined) {
         assertObject(`variants[${i}].residentOnly`, v.residentOnly, action);
         assertInteger(
@@ -501,16 +509,14 @@ class Selector implements PageSelector {
           action,
           1,
         );
+        assertFlag(`variants[${i}].residentOnly.flagged`, v.residentOnly.flagged, false);
       }
     });
     const storage = this.device.limits.maxStorageBuffersPerShaderStage;
-    for (const v of variants) {
-      const resident = v.residentOnly
-        ? { maskStride: v.residentOnly.maskStride, flagged: v.residentOnly.flagged === true }
-        : undefined;
-      const similarity = v.similarity === true && storage >= SIMILARITY_STORAGE_BUFFERS;
-      const table = v.table === true && storage >= TABLE_STORAGE_BUFFERS;
-      if (this.fusedMaxCount > 0) this.selectPipeline(resident, similarity, table);
+    for (const { residentOnly: resident, similarity, table } of variants) {
+      const fusesSimilarity = similarity === true && storage >= SIMILARITY_STORAGE_BUFFERS;
+      const fusesTable = table === true && storage >= TABLE_STORAGE_BUFFERS;
+      if (this.fusedMaxCount > 0) this.selectPipeline(resident, fusesSimilarity, fusesTable);
       if (resident) this.maskedTopkPipeline(resident);
     }
   }
