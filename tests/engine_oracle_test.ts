@@ -189,8 +189,9 @@ const CONFIGS: Config[] = [
   { policy: "freekv", correction: "sync", tau: 1, slidingWindow: 22 },
   { policy: "freekv", correction: "resident", tau: -1, slidingWindow: 22 },
   { policy: "freekv", correction: "resident", tau: 0.9, slidingWindow: 22 },
-  // The host three steps behind: speculative pages are recalled later.
-  { policy: "freekv", correction: "resident", tau: -1, answerLag: 3 },
+  // The host three steps behind: speculative pages are recalled later (a
+  // cache of K pages, so that some are not resident yet when attended).
+  { policy: "freekv", correction: "resident", tau: -1, answerLag: 3, cachePages: 3 },
   { policy: "freekv", correction: "resident", tau: 0.9, answerLag: 3 },
   { policy: "freekv", correction: "sync", tau: 0.9, answerLag: 3, slidingWindow: 22 },
 ];

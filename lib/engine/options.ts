@@ -78,8 +78,9 @@ export interface EngineOptions {
   correction?: CorrectionMode;
   /**
    * GPU slots per (sequence, KV head) beyond the selected pages, keeping
-   * recently deselected pages and pages that left the window (default: as
-   * many as the selected pages). Offload policies only.
+   * recently deselected pages and pages that left the window (default:
+   * twice the selected pages, the more accurate of K and 2K measured under
+   * `resident` in the README). Offload policies only.
    */
   cachePages?: number;
   /** GQA pooling of page scores (default `softmax-mean`). */
@@ -209,7 +210,7 @@ function resolveSlidingWindow(
  * ```ts
  * import { resolveEngineOptions } from "./options.ts";
  * const o = resolveEngineOptions({ numLayers: 1, numQueryHeads: 4, numKvHeads: 2, headDim: 8, maxContext: 64 });
- * console.log(o.sink, o.window, o.cachePages); // 512 512 32
+ * console.log(o.sink, o.window, o.cachePages); // 512 512 64
  * ```
  */
 export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOptions {
@@ -293,7 +294,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
     );
   }
   const selectPages = (o.budget - o.sink - o.window) / o.pageSize;
-  if (options.cachePages === undefined) o.cachePages = selectPages;
+  if (options.cachePages === undefined) o.cachePages = 2 * selectPages;
   else assertInteger("cachePages", o.cachePages, a, 0);
   return o;
 }
