@@ -122,7 +122,7 @@ for (const pooling of ["softmax-mean", "mean", "max"] as PoolingMode[]) {
 // The box summary (center ± mean deviation) instead of min/max.
 variants.push({ name: "quest/box", options: { policy: "quest", summary: "box" } });
 variants.push({ name: "freekv/box", options: { policy: "freekv", summary: "box", tau } });
-// Correction modes and the extra GPU slots (default: as many as the selected pages).
+// Correction modes and the extra GPU slots (default: twice the selected pages).
 variants.push({ name: "freekv-sync", options: { policy: "freekv", correction: "sync", tau } });
 variants.push({ name: "freekv/cache0", options: { policy: "freekv", cachePages: 0, tau } });
 variants.push({
