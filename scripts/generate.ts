@@ -71,7 +71,7 @@ Options:
                         pages already on the GPU, no host wait) or sync (wait and
                         recall first) (default resident)
   --cache-pages N       extra GPU slots per KV head for recently used pages
-                        (default: as many as the selected pages)
+                        (default: twice the selected pages)
   --json                print one JSON object (text, tokens, statistics) on stdout
   --tokens-per-wait N   decode steps recorded per host wait (default 8): tokens are
                         sampled on the GPU and read back together, and the
