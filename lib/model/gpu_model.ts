@@ -39,7 +39,7 @@ import {
   uploadVector,
   writeSeqStart,
 } from "./kernels.ts";
-import { planSampleToken, type SampleTokenPlan } from "./kernels_sampling.ts";
+import { compileSampleToken, planSampleToken, type SampleTokenPlan } from "./kernels_sampling.ts";
 import { assertRopeScalingRange, modelRopeInvFreq } from "./rope_scaling.ts";
 import { assertSlidingWindow, attentionWindow, shortestAttentionWindow } from "./sliding_window.ts";
 import type { ModelConfig, ModelWeights, Tensor, WeightDtype } from "./types.ts";
@@ -298,6 +298,8 @@ export function createGpuModel(
   const plan = (p: KernelPlan) => (ownedPlans.push(p), p);
 
   try {
+    // Sampling runs on the first decode step: compiled with the rest.
+    compileSampleToken(device);
     const embedding = matrix(weights.tokenEmbedding, "token embedding");
     const classifier = config.tiedEmbeddings
       ? embedding

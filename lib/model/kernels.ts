@@ -51,6 +51,7 @@ export {
   type SwigluPlanOptions,
 } from "./kernels_pointwise.ts";
 export {
+  compileSampleToken,
   planSampleToken,
   type SampleTokenPlan,
   type SampleTokenPlanOptions,

@@ -45,6 +45,14 @@ export interface SampleTokenPlan extends KernelPlan {
 }
 
 /**
+ * Compiles the sampling kernel now (a model does when it is created), not
+ * at the first decode step that samples.
+ */
+export function compileSampleToken(device: GPUDevice): void {
+  cachedPipeline(device, "sample_token", sampleTokenSrc);
+}
+
+/**
  * Plans one sampling dispatch: greedy is the largest logit (lowest index on
  * ties); at temperature `T > 0` it is the first token whose cumulative
  * `softmax(logits / T)` mass exceeds `coins[step]`.
