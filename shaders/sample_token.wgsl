@@ -46,7 +46,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   let end = min(begin + chunk, p.vocab);
 
   // Max and its lowest index: within a chunk in order, then across chunks.
-  var value = -3.4028235e38;
+  var value = -3.4028234663852886e38; // lowest finite f32 (Tint refuses literals beyond it)
   var index = 0xffffffffu;
   for (var i = begin; i < end; i++) {
     let l = logits[i];
