@@ -3,7 +3,7 @@ import { gpuTest } from "./_gpu.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { createEngineBackend } from "../lib/model/backends/engine.ts";
-import { requestGpu } from "../lib/gpu/device.ts";
+import { forgetPipelines } from "../lib/gpu/pipelines.ts";
 import {
   type AttentionBackend,
   createDenseAttentionBackend,
@@ -385,31 +385,35 @@ gpuTest("bad input: clear errors before any GPU work, state unchanged", async ({
 
 gpuTest(
   "a model over the engine compiles nothing while it decodes past the budget",
-  async () => {
-    for (const policy of ["full", "quest", "freekv"] as const) {
-      // A device of its own: an earlier test's pipelines must not hide a missing one.
-      using gpu = await requestGpu();
-      const device = gpu.device;
-      const weights = syntheticModel({});
-      using backend = createEngineBackend(device, {
-        ...weights.config,
-        maxContext: 256,
-        policy,
-        pageSize: 4,
-        budget: 24,
-        sink: 4,
-        window: 8,
-      });
-      using model = createGpuModel(device, weights, { attention: backend, maxSeqLen: 256 });
-      const prompt = Array.from({ length: 10 }, (_, i) => (i * 7) % 97);
-      const logits = await model.prefill(prompt);
-      let compiled = 0;
-      const create = device.createComputePipeline.bind(device);
-      device.createComputePipeline = (descriptor) => (compiled++, create(descriptor));
-      // 40 tokens: the candidates outgrow the 3 selected pages after a few steps.
-      const tokens = await model.decodeSampled(argmax(logits), prompt.length, { count: 40 });
-      assert.equal(tokens.length, 40);
-      assert.equal(compiled, 0, `${policy}: pipelines compiled while decoding`);
+  async ({ device }) => {
+    let compiled = 0;
+    const create = device.createComputePipeline;
+    device.createComputePipeline = (descriptor) => (compiled++, create.call(device, descriptor));
+    try {
+      for (const policy of ["full", "quest", "freekv"] as const) {
+        // Another model's pipelines must not hide a missing one.
+        forgetPipelines(device);
+        const weights = syntheticModel({});
+        using backend = createEngineBackend(device, {
+          ...weights.config,
+          maxContext: 256,
+          policy,
+          pageSize: 4,
+          budget: 24,
+          sink: 4,
+          window: 8,
+        });
+        using model = createGpuModel(device, weights, { attention: backend, maxSeqLen: 256 });
+        const prompt = Array.from({ length: 10 }, (_, i) => (i * 7) % 97);
+        const logits = await model.prefill(prompt);
+        const before = compiled;
+        // 40 tokens: the candidates outgrow the 3 selected pages after a few steps.
+        const tokens = await model.decodeSampled(argmax(logits), prompt.length, { count: 40 });
+        assert.equal(tokens.length, 40);
+        assert.equal(compiled, before, `${policy}: pipelines compiled while decoding`);
+      }
+    } finally {
+      delete (device as { createComputePipeline?: unknown }).createComputePipeline;
     }
   },
 );

@@ -38,3 +38,17 @@ export function cachedPipeline(
   }
   return pipeline;
 }
+
+/**
+ * Forgets the pipelines cached for `device`, so that the next use of each
+ * compiles it again: for measuring or testing what compiles when.
+ *
+ * @example
+ * ```ts ignore
+ * import { forgetPipelines } from "./pipelines.ts";
+ * forgetPipelines(device);
+ * ```
+ */
+export function forgetPipelines(device: GPUDevice): void {
+  pipelineCaches.delete(device);
+}
