@@ -35,8 +35,10 @@ import {
   createPageTableBuilder,
   type PageTableBuilder,
   type PageTablePlan,
+  type PageTableSequence,
   type PageTableStep,
 } from "../kernels/page_table.ts";
+import { pageTableReference } from "../kernels/page_table_reference.ts";
 import type { PageBudget } from "../memory/page_plan.ts";
 import { NOT_RESIDENT, SlotCache } from "../memory/slot_cache.ts";
 import { type LayerMode, maxPagesOf, modeBudget, slotsPerSeq } from "./geometry.ts";
@@ -365,6 +367,24 @@ export class LayerState implements Disposable {
           .filter((p) => p !== NOT_RESIDENT)
           .sort((a, c) => a - c),
     );
+  }
+
+  /**
+   * Writes the attention page tables (and page ids) of a step whose
+   * sequences attend all their candidates, as the page-table kernel would
+   * build them ({@linkcode pageTableReference}: sink, every candidate
+   * through the residency map, window).
+   */
+  writeAllCandidateTables(sequences: readonly PageTableSequence[]): void {
+    const built = pageTableReference(this.tableBuilder!.shape, {
+      sequences,
+      fresh: [],
+      residency: this.residencyHost,
+    });
+    const queue = this.#device.queue;
+    const { table, pages } = this;
+    queue.writeBuffer(table!.buffer, table!.offset, built.table as Uint32Array<ArrayBuffer>);
+    queue.writeBuffer(pages!.buffer, pages!.offset, built.pages as Uint32Array<ArrayBuffer>);
   }
 
   /** Writes the residency rows changed since the last flush to the GPU. */
