@@ -58,3 +58,28 @@ export async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): P
   }
   return result;
 }
+
+/** Counts `device.createComputePipeline` calls until disposed. */
+export interface CompileCounter extends Disposable {
+  /** Pipelines created since the counter was made. */
+  readonly count: number;
+}
+
+/**
+ * Counts the pipelines `device` compiles from now on (pair it with
+ * `forgetPipelines`, so that pipelines compiled by earlier work cannot hide
+ * one that the code under test leaves to its first use).
+ */
+export function countCompiles(device: GPUDevice): CompileCounter {
+  let count = 0;
+  const create = device.createComputePipeline;
+  device.createComputePipeline = (descriptor) => (count++, create.call(device, descriptor));
+  return {
+    get count() {
+      return count;
+    },
+    [Symbol.dispose]() {
+      delete (device as { createComputePipeline?: unknown }).createComputePipeline;
+    },
+  };
+}

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gpuTest } from "./_gpu.ts";
+import { countCompiles, gpuTest } from "./_gpu.ts";
 import { forgetPipelines } from "../lib/gpu/pipelines.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import {
@@ -418,40 +418,34 @@ gpuTest("reset frees a sequence for a new prompt", async ({ device }) => {
 gpuTest(
   "compile() builds every pipeline of a decode: none is compiled while stepping",
   async ({ device }) => {
-    let compiled = 0;
-    const create = device.createComputePipeline;
-    device.createComputePipeline = (descriptor) => (compiled++, create.call(device, descriptor));
-    try {
-      const configs: Array<Partial<EngineOptions> & { policy: PolicyName }> = [
-        { policy: "full" },
-        { policy: "streaming" },
-        { policy: "quest" },
-        { policy: "sync-offload" },
-        { policy: "freekv" },
-        { policy: "freekv", correction: "sync" },
-        { policy: "freekv", tau: -1 },
-        { policy: "freekv", tau: 1 },
-      ];
-      for (const config of configs) {
-        const name = JSON.stringify(config);
-        // Another engine's pipelines must not hide a missing one.
-        forgetPipelines(device);
-        using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, batch: 2, ...config });
-        const created = compiled;
-        engine.compile();
-        assert.ok(compiled > created, `${name}: compile() compiled nothing`);
-        const afterCompile = compiled;
-        engine.compile();
-        assert.equal(compiled, afterCompile, `${name}: a second compile() compiled again`);
-        // Prompts inside the budget, then past it and across window boundaries.
-        const sources = [0, 1].map((b) =>
-          createSyntheticSource({ ...SHAPE, seed: 11 + b, shiftProbability: 0.3 })
-        );
-        await driveEngine(engine, sources, { promptLengths: [9, 21], steps: 40 });
-        assert.equal(compiled, afterCompile, `${name}: pipelines compiled while decoding`);
-      }
-    } finally {
-      delete (device as { createComputePipeline?: unknown }).createComputePipeline;
+    using compiles = countCompiles(device);
+    const configs: Array<Partial<EngineOptions> & { policy: PolicyName }> = [
+      { policy: "full" },
+      { policy: "streaming" },
+      { policy: "quest" },
+      { policy: "sync-offload" },
+      { policy: "freekv" },
+      { policy: "freekv", correction: "sync" },
+      { policy: "freekv", tau: -1 },
+      { policy: "freekv", tau: 1 },
+    ];
+    for (const config of configs) {
+      const name = JSON.stringify(config);
+      // Another engine's pipelines must not hide a missing one.
+      forgetPipelines(device);
+      using engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, batch: 2, ...config });
+      const created = compiles.count;
+      engine.compile();
+      assert.ok(compiles.count > created, `${name}: compile() compiled nothing`);
+      const afterCompile = compiles.count;
+      engine.compile();
+      assert.equal(compiles.count, afterCompile, `${name}: a second compile() compiled again`);
+      // Prompts inside the budget, then past it and across window boundaries.
+      const sources = [0, 1].map((b) =>
+        createSyntheticSource({ ...SHAPE, seed: 11 + b, shiftProbability: 0.3 })
+      );
+      await driveEngine(engine, sources, { promptLengths: [9, 21], steps: 40 });
+      assert.equal(compiles.count, afterCompile, `${name}: pipelines compiled while decoding`);
     }
     const engine = createRetrievalEngine(device, { ...SHAPE, ...SMALL, policy: "freekv" });
     engine[Symbol.dispose]();

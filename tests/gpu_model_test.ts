@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gpuTest } from "./_gpu.ts";
+import { countCompiles, gpuTest } from "./_gpu.ts";
 import { createRandom, randomNormalArray } from "../lib/workloads/random.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
 import { createEngineBackend } from "../lib/model/backends/engine.ts";
@@ -386,34 +386,28 @@ gpuTest("bad input: clear errors before any GPU work, state unchanged", async ({
 gpuTest(
   "a model over the engine compiles nothing while it decodes past the budget",
   async ({ device }) => {
-    let compiled = 0;
-    const create = device.createComputePipeline;
-    device.createComputePipeline = (descriptor) => (compiled++, create.call(device, descriptor));
-    try {
-      for (const policy of ["full", "quest", "freekv"] as const) {
-        // Another model's pipelines must not hide a missing one.
-        forgetPipelines(device);
-        const weights = syntheticModel({});
-        using backend = createEngineBackend(device, {
-          ...weights.config,
-          maxContext: 256,
-          policy,
-          pageSize: 4,
-          budget: 24,
-          sink: 4,
-          window: 8,
-        });
-        using model = createGpuModel(device, weights, { attention: backend, maxSeqLen: 256 });
-        const prompt = Array.from({ length: 10 }, (_, i) => (i * 7) % 97);
-        const logits = await model.prefill(prompt);
-        const before = compiled;
-        // 40 tokens: the candidates outgrow the 3 selected pages after a few steps.
-        const tokens = await model.decodeSampled(argmax(logits), prompt.length, { count: 40 });
-        assert.equal(tokens.length, 40);
-        assert.equal(compiled, before, `${policy}: pipelines compiled while decoding`);
-      }
-    } finally {
-      delete (device as { createComputePipeline?: unknown }).createComputePipeline;
+    using compiles = countCompiles(device);
+    for (const policy of ["full", "quest", "freekv"] as const) {
+      // Another model's pipelines must not hide a missing one.
+      forgetPipelines(device);
+      const weights = syntheticModel({});
+      using backend = createEngineBackend(device, {
+        ...weights.config,
+        maxContext: 256,
+        policy,
+        pageSize: 4,
+        budget: 24,
+        sink: 4,
+        window: 8,
+      });
+      using model = createGpuModel(device, weights, { attention: backend, maxSeqLen: 256 });
+      const prompt = Array.from({ length: 10 }, (_, i) => (i * 7) % 97);
+      const logits = await model.prefill(prompt);
+      const before = compiles.count;
+      // 40 tokens: the candidates outgrow the 3 selected pages after a few steps.
+      const tokens = await model.decodeSampled(argmax(logits), prompt.length, { count: 40 });
+      assert.equal(tokens.length, 40);
+      assert.equal(compiles.count, before, `${policy}: pipelines compiled while decoding`);
     }
   },
 );

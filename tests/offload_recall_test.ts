@@ -104,6 +104,41 @@ function hndAsNhd(layer: Layer, shape: KvLayoutShape): Layer {
   return { ...layer, kCache: convert(layer.kCache), vCache: convert(layer.vCache) };
 }
 
+/** Writes `pages` random runs per (layer, head) of `pool`; returns them by "layer/head/page". */
+function fillRandomRuns(
+  rng: Random,
+  shape: KvLayoutShape,
+  pool: HostPagePool,
+  pages: number,
+): Map<string, Float32Array> {
+  const runs = new Map<string, Float32Array>();
+  for (let l = 0; l < pool.layers; l++) {
+    for (let h = 0; h < pool.kvHeads; h++) {
+      for (let p = 0; p < pages; p++) {
+        const run = randomKv(rng, shape, pool.runElements) as Float32Array;
+        runs.set(`${l}/${h}/${p}`, run);
+        pool.writeRun({ layer: l, head: h, page: p }, run);
+      }
+    }
+  }
+  return runs;
+}
+
+/** Applies `jobs` to the expected NHD caches `dst` with the reference scatter. */
+function expectRecalled(
+  runs: Map<string, Float32Array>,
+  dst: Layer[],
+  shape: KvLayoutShape,
+  jobs: RecallJob[],
+): void {
+  for (const j of jobs) {
+    hndToNhdReference(runs.get(`${j.layer}/${j.head}/${j.page}`)!, dst[j.layer], {
+      ...shape,
+      jobs: [{ run: 0, slot: j.slot, head: j.head }],
+    });
+  }
+}
+
 /** Writes run `run` into (slot, head) of HND slots. */
 function placeHndRun(run: KvArray, layer: Layer, shape: KvLayoutShape, slot: number, head: number) {
   const n = shape.pageSize * shape.headDim;
@@ -274,16 +309,7 @@ gpuTest("recalls for several layers in flight at once, awaited later", async ({ 
     const rng = createRandom(staging === "mapped" ? 21 : 22);
     const L = 3;
     using pool = new HostPagePool({ layers: L, kvHeads: 2, headDim: 16, pageSize: 8 });
-    const runs = new Map<string, Float32Array>();
-    for (let l = 0; l < L; l++) {
-      for (let h = 0; h < 2; h++) {
-        for (let p = 0; p < 6; p++) {
-          const run = randomKv(rng, shape, pool.runElements) as Float32Array;
-          runs.set(`${l}/${h}/${p}`, run);
-          pool.writeRun({ layer: l, head: h, page: p }, run);
-        }
-      }
-    }
+    const runs = fillRandomRuns(rng, shape, pool, 6);
     const dst = makeLayers(device, rng, shape, L, 6);
     using recaller = createRecaller(device, pool, {
       caches: (layer) => dst[layer].buffers,
@@ -297,12 +323,7 @@ gpuTest("recalls for several layers in flight at once, awaited later", async ({ 
         const pages = shuffled(rng, 6);
         for (let s = 0; s < 6; s++) jobs.push({ layer: l, head: h, page: pages[s], slot: s });
       }
-      for (const j of jobs) {
-        hndToNhdReference(runs.get(`${j.layer}/${j.head}/${j.page}`)!, dst[l], {
-          ...shape,
-          jobs: [{ run: 0, slot: j.slot, head: j.head }],
-        });
-      }
+      expectRecalled(runs, dst, shape, jobs);
       handles.push(recaller.recall(jobs));
     }
     assert.equal(recaller.stats().inFlight, 3);
@@ -325,16 +346,7 @@ gpuTest(
     const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
     const rng = createRandom(31);
     using pool = new HostPagePool({ layers: 2, kvHeads: 2, headDim: 8, pageSize: 4 });
-    const runs = new Map<string, Float32Array>();
-    for (let l = 0; l < 2; l++) {
-      for (let h = 0; h < 2; h++) {
-        for (let p = 0; p < 4; p++) {
-          const run = randomKv(rng, shape, pool.runElements) as Float32Array;
-          runs.set(`${l}/${h}/${p}`, run);
-          pool.writeRun({ layer: l, head: h, page: p }, run);
-        }
-      }
-    }
+    const runs = fillRandomRuns(rng, shape, pool, 4);
     const dst = makeLayers(device, rng, shape, 2, 4);
     const before = dst.map((d) => ({ ...d, kCache: d.kCache.slice(), vCache: d.vCache.slice() }));
     using recaller = createRecaller(device, pool, {
@@ -345,14 +357,7 @@ gpuTest(
     });
     const jobsOf = (l: number): RecallJob[] =>
       [0, 1].flatMap((h) => [0, 1, 2, 3].map((p) => ({ layer: l, head: h, page: p, slot: 3 - p })));
-    const expect = (jobs: RecallJob[]) => {
-      for (const j of jobs) {
-        hndToNhdReference(runs.get(`${j.layer}/${j.head}/${j.page}`)!, dst[j.layer], {
-          ...shape,
-          jobs: [{ run: 0, slot: j.slot, head: j.head }],
-        });
-      }
-    };
+    const expect = (jobs: RecallJob[]) => expectRecalled(runs, dst, shape, jobs);
     // Two chunks fit the two staging buffers: both are held.
     const first = recaller.recall(jobsOf(0));
     await first.submitted;

@@ -559,14 +559,12 @@ export class RetrievalEngine {
       // The selection's dispatch may have built the tables already.
       const tablePlan = builtTable ?? state.planTable({ sequences: regions, useFlags, useBest });
       state.flushResidency();
-      if (builtTable) {
-        // Built by the selection's dispatch.
-      } else if (regions.every((r) => r.candidateCount <= state.budget.selectPages)) {
-        // Every candidate is attended: the tables follow from the regions and
-        // the residency alone, so two writes replace a dispatch.
-        state.writeAllCandidateTables(regions);
-      } else {
-        tablePlan.encode(encoder, tableBuffers(state, useFlags, useBest));
+      if (!builtTable) {
+        // Where every candidate is attended, the tables follow from the
+        // regions and the residency alone: two writes replace a dispatch.
+        if (regions.every((r) => r.candidateCount <= state.budget.selectPages)) {
+          state.writeAllCandidateTables(regions);
+        } else tablePlan.encode(encoder, tableBuffers(state, useFlags, useBest));
       }
       numPages = [...tablePlan.entries];
       maxPages = state.tableBuilder!.maxEntries;

@@ -306,7 +306,11 @@ export class LayerState implements Disposable {
   /** Compiles the pipelines of this layer's decode steps, `variants` of the selection among them. */
   compile(variants: readonly PageSelectionVariant[]): void {
     this.selector?.compile(variants);
-    if (this.mode === "offload") cachedPipeline(this.#device, "slot_copy", slotCopySource);
+    if (this.mode === "offload") this.#slotCopyPipeline();
+  }
+
+  #slotCopyPipeline(): GPUComputePipeline {
+    return cachedPipeline(this.#device, "slot_copy", slotCopySource);
   }
 
   /** Records copies of one head's page rows between slots: `(src, dst, head)` per job. */
@@ -333,7 +337,7 @@ export class LayerState implements Disposable {
         strides.head * headWords,
       ]),
     );
-    const pipeline = cachedPipeline(device, "slot_copy", slotCopySource);
+    const pipeline = this.#slotCopyPipeline();
     const bind = device.createBindGroup({
       label: "freekv slot copy",
       layout: pipeline.getBindGroupLayout(0),
@@ -373,7 +377,8 @@ export class LayerState implements Disposable {
    * Writes the attention page tables (and page ids) of a step whose
    * sequences attend all their candidates, as the page-table kernel would
    * build them ({@linkcode pageTableReference}: sink, every candidate
-   * through the residency map, window).
+   * through the residency map, window). The resident hits are left as they
+   * were: only checked heads read them, and such a step checks none.
    */
   writeAllCandidateTables(sequences: readonly PageTableSequence[]): void {
     const built = pageTableReference(this.tableBuilder!.shape, {

@@ -793,9 +793,9 @@ class SelectionPlan implements PageSelectionPlan {
       );
     }
     const limit = this.#selector.device.limits.maxStorageBuffersPerShaderStage;
-    if (limit < 10) {
+    if (limit < SIMILARITY_STORAGE_BUFFERS) {
       throw new RangeError(
-        `Cannot ${action} as 'similarity' needs a device that binds 10 storage buffers per stage: received maxStorageBuffersPerShaderStage ${limit}`,
+        `Cannot ${action} as 'similarity' needs a device that binds ${SIMILARITY_STORAGE_BUFFERS} storage buffers per stage: received maxStorageBuffersPerShaderStage ${limit}`,
       );
     }
     const checked = {
@@ -838,7 +838,7 @@ class SelectionPlan implements PageSelectionPlan {
     assertObject("pageTable", t, action);
     if (!this.fusesTable) {
       throw new RangeError(
-        `Cannot ${action} as 'pageTable' needs the one-dispatch selection on a device that binds 16 storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${this.#selector.fusedMaxCount}), maxStorageBuffersPerShaderStage ${this.#selector.device.limits.maxStorageBuffersPerShaderStage}`,
+        `Cannot ${action} as 'pageTable' needs the one-dispatch selection on a device that binds ${TABLE_STORAGE_BUFFERS} storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${this.#selector.fusedMaxCount}), maxStorageBuffersPerShaderStage ${this.#selector.device.limits.maxStorageBuffersPerShaderStage}`,
       );
     }
     const b = t.plan.bindings(t.buffers);
