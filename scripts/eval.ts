@@ -8,11 +8,13 @@ import { flagChecks } from "./_flags.ts";
 import { POLICIES, type PolicyName } from "../lib/engine/engine.ts";
 import {
   buildSweep,
+  configLabel,
   CORRECTION_MODES,
   type EvalRow,
   formatTable,
   parseBudget,
   plotSweep,
+  type PolicyConfig,
   POOLING_MODES,
   resolveConfig,
   SUMMARY_KINDS,
@@ -77,6 +79,12 @@ Options:
   --trace FILE          attention-only metrics on a recorded trace
                         (scripts/generate.ts --record-trace) instead of a model;
                         --prefix then defaults to the trace's prompt
+  --oracle              also run the page-selection oracle at each budget of the base
+                        grid (and each page size, sink and window of the sweeps): on
+                        the CPU reference model, each step, layer and KV head attends
+                        sink, window and the pages holding the most of full
+                        attention's probability: the ceiling of page selection at
+                        that budget, compared with full on the same CPU model
   --json                print one JSON object with a 'rows' array instead of the table
   --markdown            print the table as Markdown
   --plot DIR            write one SVG per sweep and metric to DIR
@@ -110,6 +118,7 @@ const values = flags.parse(Deno.args, {
   concurrency: { type: "string" },
   "mass-stride": { type: "string" },
   trace: { type: "string" },
+  oracle: { type: "boolean", default: false },
   json: { type: "boolean", default: false },
   markdown: { type: "boolean", default: false },
   plot: { type: "string" },
@@ -230,6 +239,7 @@ for (const c of sweepContexts ?? []) {
     fail(`--sweep-contexts items must be among --contexts (${contexts}): received ${c}`);
   }
 }
+if (values.oracle && values.trace) fail("--oracle needs a model: received it with --trace");
 let plan;
 try {
   plan = buildSweep(spec);
@@ -358,6 +368,38 @@ if (values.from) {
       include,
       onProgress: progress,
     });
+    if (values.oracle) {
+      const { evaluateOracle } = await import("../lib/eval/oracle.ts");
+      // One oracle per budget shape the runs use (base grid and sweeps).
+      // Named after the first configuration of that shape ("freekv/sink=1p" -> "oracle/sink=1p").
+      const shapes = new Map<string, PolicyConfig>();
+      for (let k = 0; k < plan.configs.length; k++) {
+        const { budget, pageSize, sinkPages, windowPages } = plan.configs[k];
+        const shape = { budget, pageSize, sinkPages, windowPages };
+        const key = JSON.stringify(shape);
+        const name = configLabel(plan.configs[k]).replace(/^[^/]+/, "oracle");
+        if (!shapes.has(key)) shapes.set(key, { ...shape, name });
+      }
+      const oracleConfigs = [...shapes.values()];
+      progress(`oracle: ${oracleConfigs.length} budget shapes on the CPU reference model`);
+      const oracleRows = evaluateOracle(loaded.weights, {
+        configs: oracleConfigs,
+        contexts,
+        texts: stories,
+        prefix,
+        greedyTokens,
+        onProgress: progress,
+      });
+      // After the policies' indices; the budget sweep draws the oracle too.
+      const first = plan.configs.length;
+      for (const r of oracleRows) r.config_index += first;
+      sweeps = sweeps.map((sw) =>
+        sw.knob === "budget"
+          ? { ...sw, members: [...sw.members, ...oracleConfigs.map((_, k) => first + k)] }
+          : sw
+      );
+      rows = [...rows, ...oracleRows];
+    }
     source = {
       model: modelPath,
       seeds,

@@ -7,6 +7,7 @@ import {
   buildSweep,
   configLabel,
   evaluateModel,
+  evaluateOracle,
   formatTable,
   generateStories,
   groupMeanCosine,
@@ -15,6 +16,7 @@ import {
   logSoftmax,
   matchLength,
   mean,
+  oraclePages,
   parseBudget,
   parsePolicyConfig,
   percentile,
@@ -24,6 +26,7 @@ import {
   shareLabel,
 } from "../lib/eval/mod.ts";
 import { loadModel } from "../lib/model/load.ts";
+import { createReferenceModel } from "../lib/model/reference.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MODEL = `${ROOT}models/stories260K/stories260K.bin`;
@@ -305,6 +308,10 @@ Deno.test("eval script: --help, and bad flags fail with one line before any mode
     [["--sweep-contexts", "256"], /^eval: --sweep-contexts items must be among --contexts/],
     [["--model", "/nonexistent/model.bin", "--bogus"], /^eval: Unknown option '--bogus'/],
     [
+      ["--oracle", "--trace", "x.fkvtrace"],
+      /^eval: --oracle needs a model: received it with --trace$/,
+    ],
+    [
       ["--prefix", "1/2", "--score-last", "64"],
       /^eval: --prefix and --score-last must not be given together$/,
     ],
@@ -392,13 +399,26 @@ Deno.test({
         "0.9,0.5",
         "--greedy-tokens",
         "4",
+        "--oracle",
         "--json",
         "--plot",
         dir,
       ]);
       assert.equal(r.code, 0, r.stderr);
       const report = JSON.parse(r.stdout);
-      assert.equal(report.rows.length, 3);
+      // Three configurations and the oracle of their one budget shape.
+      assert.equal(report.rows.length, 4);
+      const oracle = report.rows[3];
+      assert.deepEqual([oracle.policy, oracle.base_policy, oracle.config_index], [
+        "oracle",
+        "oracle",
+        3,
+      ]);
+      assert.ok(report.sweeps[0].members.includes(3), JSON.stringify(report.sweeps));
+      // No page set of this budget holds more attention mass.
+      for (const row of report.rows.slice(0, 3)) {
+        assert.ok(oracle.mass_recall >= row.mass_recall - 1e-9, `${row.policy} ${row.mass_recall}`);
+      }
       for (const row of report.rows) {
         for (
           const key of [
@@ -458,4 +478,179 @@ Deno.test({
       await Deno.remove(dir, { recursive: true });
     }
   },
+});
+
+Deno.test("oraclePages: sink, window and the candidates with the most group mass", () => {
+  // Pages of 2 tokens; 10 tokens = pages 0-4; sink 1, window 1 (page 4), 2 selected of 1-3.
+  const budget = { pageSize: 2, sinkPages: 1, windowPages: 1, selectPages: 2 };
+  // Two heads of a group: page 1 holds 0.3, page 2 holds 0.25, page 3 holds 0.35 in total.
+  const h0 = [0.05, 0.05, 0.1, 0.1, 0.05, 0.05, 0.1, 0.1, 0.2, 0.2];
+  const h1 = [0.1, 0.1, 0.05, 0.05, 0.1, 0.05, 0.1, 0.05, 0.2, 0.2];
+  assert.deepEqual(oraclePages([h0, h1], 10, budget), [0, 1, 3, 4]);
+  // Ties go to the lower page.
+  const flat = new Array(10).fill(0.1);
+  assert.deepEqual(oraclePages([flat], 10, budget), [0, 1, 2, 4]);
+  // Candidates that fit the selection are all attended; a partial last page is the window.
+  assert.deepEqual(oraclePages([flat.slice(0, 7)], 7, budget), [0, 1, 2, 3]);
+  // A sliding window of 5 over 10 tokens: keys 5-9 (probs start at key 5); the
+  // sink left the window, page 2 is partly inside it.
+  const inWindow = [0.1, 0.1, 0.2, 0.3, 0.3];
+  assert.deepEqual(oraclePages([inWindow], 10, budget, 5, 5), [2, 3, 4]);
+});
+
+Deno.test("reference keyMask: keeping every key is full attention, keeping the last W is a sliding window", async () => {
+  const { weights } = await loadModel(MODEL, { tokenizer: false });
+  const tokens = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315];
+  const W = 5;
+  const plain = createReferenceModel(weights);
+  const masked = createReferenceModel(weights);
+  const windowed = createReferenceModel({
+    ...weights,
+    config: { ...weights.config, slidingWindow: W },
+  });
+  const lastW = createReferenceModel(weights);
+  const all = {
+    keyMask: (_l: number, _h: number, probs: readonly Float32Array[]) => probs[0].map(() => 1),
+  };
+  for (let pos = 0; pos < tokens.length; pos++) {
+    const want = plain.forward(tokens[pos], pos).slice();
+    const got = masked.forward(tokens[pos], pos, all);
+    for (let i = 0; i < want.length; i++) {
+      assert.ok(Math.abs(got[i] - want[i]) < 1e-5, `pos ${pos} logit ${i}`);
+    }
+    const wantW = windowed.forward(tokens[pos], pos).slice();
+    const gotW = lastW.forward(tokens[pos], pos, {
+      keyMask: (_l, _h, probs, first) => probs[0].map((_, i) => (first + i > pos - W ? 1 : 0)),
+    });
+    for (let i = 0; i < wantW.length; i++) {
+      assert.ok(Math.abs(gotW[i] - wantW[i]) < 1e-5, `window: pos ${pos} logit ${i}`);
+    }
+  }
+  // A mask of the wrong length, or one that keeps nothing, is refused.
+  const bad = createReferenceModel(weights);
+  bad.forward(tokens[0], 0);
+  assert.throws(
+    () => bad.forward(tokens[1], 1, { keyMask: () => [1] }),
+    /Cannot run forward as 'keyMask result' must have length 2: received length 1/,
+  );
+  assert.throws(
+    () => bad.forward(tokens[1], 1, { keyMask: () => [0, 0] }),
+    /Cannot run forward as 'keyMask' must keep some attention of layer 0 KV head 0: received a mask that keeps 0/,
+  );
+});
+
+Deno.test("evaluateOracle: a covering budget is full, free picks hold at least a fixed window's mass", async () => {
+  const { weights } = await loadModel(MODEL, { tokenizer: false });
+  // A fixed story prefix (the eval's own texts need a GPU).
+  const tokens = [
+    1,
+    403,
+    407,
+    261,
+    378,
+    432,
+    383,
+    286,
+    261,
+    376,
+    298,
+    315,
+    421,
+    395,
+    317,
+    426,
+    338,
+    401,
+    396,
+    267,
+    337,
+    410,
+    408,
+    419,
+    292,
+    411,
+    322,
+    265,
+    282,
+    295,
+    433,
+    426,
+    385,
+    328,
+    432,
+    358,
+    394,
+    261,
+    370,
+    432,
+    352,
+    266,
+    268,
+    388,
+    426,
+    338,
+    391,
+    266,
+    267,
+    337,
+    335,
+    312,
+    432,
+    398,
+    312,
+    286,
+    267,
+    414,
+    270,
+    333,
+    415,
+    426,
+    13,
+    438,
+  ];
+  const texts = [{ id: "story", tokens }];
+  const rows = evaluateOracle(weights, {
+    texts,
+    contexts: [64],
+    prefix: 0.5,
+    greedyTokens: 6,
+    configs: [
+      { budget: 64, pageSize: 4, sinkPages: 1, windowPages: 1 },
+      { budget: 16, pageSize: 4, sinkPages: 1, windowPages: 1 },
+      { budget: 16, pageSize: 4, sinkPages: 1, windowPages: 2, name: "one selected" },
+    ],
+  });
+  const [all, small, one] = rows;
+  assert.deepEqual(rows.map((r) => [r.policy, r.base_policy]), [
+    ["oracle", "oracle"],
+    ["oracle", "oracle"],
+    ["one selected", "oracle"],
+  ]);
+  assert.equal(all.steps, 64 - 1 - 32);
+  assert.equal(all.agreement, 1);
+  assert.ok(all.kl! < 1e-9, String(all.kl));
+  assert.ok(Math.abs(all.mass_recall - 1) < 1e-9, String(all.mass_recall));
+  assert.equal(all.greedy_match_len, 6);
+  // 4 of 16 pages: mass is lost. Layer 0 sees the same queries and keys in
+  // both runs, and two free picks can take the second window page of the
+  // other shape: they hold at least its mass at every step.
+  assert.ok(small.mass_recall < 1, String(small.mass_recall));
+  small.per_head.mass_recall[0].forEach((m, h) => {
+    assert.ok(m >= one.per_head.mass_recall[0][h] - 1e-12, `head ${h}: ${m}`);
+  });
+  assert.equal(small.corrected_share, 0);
+  assert.equal(small.per_head.mass_recall.length, weights.config.numLayers);
+  // Only the budget's shape may be set; bad input fails before any run.
+  assert.throws(
+    () => evaluateOracle(weights, { texts, contexts: [64], configs: [{ budget: 16, tau: 0.5 }] }),
+    /Cannot evaluate the oracle as a configuration may set only name, budget, pageSize, sinkPages, windowPages, sink, window: received 'tau'/,
+  );
+  assert.throws(
+    () => evaluateOracle(weights, { texts, contexts: [128], configs: [{ budget: 16 }] }),
+    /Cannot evaluate the oracle as text 'story' must hold at least 128 tokens: received 64/,
+  );
+  assert.throws(
+    () => evaluateOracle(weights, { texts, contexts: [64], configs: [] }),
+    /Cannot evaluate the oracle as 'configs' must be a non-empty array/,
+  );
 });

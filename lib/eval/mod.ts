@@ -1,8 +1,9 @@
 /**
  * The evaluation layer: how close each retrieval policy comes to full
  * attention on a real model (teacher forcing, KL, attention-mass recall,
- * greedy agreement, freekv's corrections and query similarity), sweeps of
- * policy configurations, tables and plots. `scripts/eval.ts` is its
+ * greedy agreement, freekv's corrections and query similarity), the
+ * page-selection oracle on the CPU reference model (the ceiling of any page
+ * selection at a budget), sweeps of policy configurations, tables and plots. `scripts/eval.ts` is its
  * command line; notebooks call these functions directly.
  *
  * @example
@@ -26,3 +27,4 @@ export * from "./stories.ts";
 export * from "./sweep.ts";
 export * from "./tap.ts";
 export * from "./trace_eval.ts";
+export * from "./oracle.ts";

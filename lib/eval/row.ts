@@ -38,7 +38,7 @@ export interface EvalRow {
   tau: number | null;
   /** freekv's correction mode as the engine resolved it (null when the engine has none or the policy is not freekv). */
   correction: string | null;
-  /** Pages the engine caches for corrections (null when it has no such option). */
+  /** Pages freekv caches for corrections (null for other policies, or an engine without the option). */
   cache_pages: number | null;
   /** Steps the engine's host followed behind the GPU (engine option `answerLag`). */
   answer_lag: number;
@@ -100,6 +100,17 @@ export interface EvalRow {
     greedy_match_len: number | null;
     corrected_share: number;
   }>;
+}
+
+/** The prompt tokens before the first scored step (see `EvalOptions.prefix`). */
+export function resolvePrefix(prefix: number, context: number): number {
+  const p = prefix < 0 ? context - 1 + prefix : prefix < 1 ? Math.floor(context * prefix) : prefix;
+  if (!Number.isInteger(p) || p < 1 || p > context - 2) {
+    throw new RangeError(
+      `Cannot evaluate as the prefix must leave at least one scored step in a context of ${context}: received ${prefix} (${p} tokens)`,
+    );
+  }
+  return p;
 }
 
 /** Runs `jobs` with at most `limit` in flight; resolves with their results in order. */
@@ -234,7 +245,9 @@ export function buildRow(
     window: rc.window,
     tau: isFreekv ? Number(eo.tau) : null,
     correction: isFreekv && typeof eo.correction === "string" ? eo.correction : null,
-    cache_pages: typeof eo.cachePages === "number" && eo.cachePages >= 0 ? eo.cachePages : null,
+    cache_pages: isFreekv && typeof eo.cachePages === "number" && eo.cachePages >= 0
+      ? eo.cachePages
+      : null,
     answer_lag: typeof eo.answerLag === "number" ? eo.answerLag : 1,
     pooling: String(eo.pooling ?? "softmax-mean"),
     summary: String(eo.summary ?? "minmax"),

@@ -32,6 +32,7 @@ import {
   engineOptionsFor,
   type EvalRow,
   pool,
+  resolvePrefix,
   type TotalsLike,
 } from "./row.ts";
 import type { EvalText } from "./stories.ts";
@@ -96,16 +97,6 @@ interface JobResult {
   greedy: number[];
   ms: number;
   engineOptions: Record<string, unknown>;
-}
-
-function resolvePrefix(prefix: TokensOrShare, context: number): number {
-  const p = prefix < 0 ? context - 1 + prefix : prefix < 1 ? Math.floor(context * prefix) : prefix;
-  if (!Number.isInteger(p) || p < 1 || p > context - 2) {
-    throw new RangeError(
-      `Cannot evaluate as the prefix must leave at least one scored step in a context of ${context}: received ${prefix} (${p} tokens)`,
-    );
-  }
-  return p;
 }
 
 /**

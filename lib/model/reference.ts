@@ -211,6 +211,19 @@ export interface ForwardOptions {
   onQkv?: (layer: number, q: Float32Array, k: Float32Array, v: Float32Array) => void;
   /** Called with the residual stream `[dim]` after each layer (a scratch view). */
   onHidden?: (layer: number, x: Float32Array) => void;
+  /**
+   * Restricts attention to some keys, per layer and KV head: called with
+   * the full softmax of each query head of the group (`probs[g][i]` is head
+   * `kvHead * group + g`'s probability of key `first + i`), it returns one
+   * weight per key, 1 to keep it, 0 to drop it. The kept probabilities are
+   * renormalized, which is exactly attention over the kept keys.
+   */
+  keyMask?: (
+    layer: number,
+    kvHead: number,
+    probs: readonly Float32Array[],
+    first: number,
+  ) => ArrayLike<number>;
 }
 
 /** A CPU model with its own KV cache. */
@@ -350,6 +363,7 @@ export function createReferenceModel(
   let keyCache = layers.map(() => new Float32Array(capacity * kvDim));
   let valueCache = layers.map(() => new Float32Array(capacity * kvDim));
   let scores = new Float32Array(capacity);
+  let groupProbs: Float32Array[] = [];
   let length = 0;
   const scale = 1 / Math.sqrt(d);
   const group = hq / hkv;
@@ -367,12 +381,59 @@ export function createReferenceModel(
     keyCache = keyCache.map(widen);
     valueCache = valueCache.map(widen);
     scores = new Float32Array(next);
+    groupProbs = [];
     capacity = next;
   };
 
   const checkCached = (layer: number, pos: number) => {
     assertInteger("layer", layer, "read the KV cache", 0, c.numLayers - 1);
     assertInteger("pos", pos, "read the KV cache", 0, length - 1);
+  };
+
+  // Attention of layer `l` at `pos` over the keys `mask` keeps, into `att`.
+  const attendMasked = (
+    mask: NonNullable<ForwardOptions["keyMask"]>,
+    l: number,
+    kc: Float32Array,
+    vc: Float32Array,
+    first: number,
+    pos: number,
+  ) => {
+    const n = pos + 1 - first;
+    while (groupProbs.length < group) groupProbs.push(new Float32Array(capacity));
+    for (let kh = 0; kh < hkv; kh++) {
+      const kvo = kh * d;
+      const probs = groupProbs.map((p) => p.subarray(0, n));
+      for (let g = 0; g < group; g++) {
+        const qo = (kh * group + g) * d;
+        for (let t = first; t <= pos; t++) {
+          let s = 0;
+          const ko = t * kvDim + kvo;
+          for (let i = 0; i < d; i++) s += q[qo + i] * kc[ko + i];
+          probs[g][t - first] = s * scale;
+        }
+        softmax(probs[g]);
+      }
+      const keep = mask(l, kh, probs, first);
+      assertLength("keyMask result", keep, n, "run forward");
+      for (let g = 0; g < group; g++) {
+        const qo = (kh * group + g) * d, p = probs[g];
+        let kept = 0;
+        for (let i = 0; i < n; i++) kept += p[i] * keep[i];
+        if (!(kept > 0)) {
+          throw new RangeError(
+            `Cannot run forward as 'keyMask' must keep some attention of layer ${l} KV head ${kh}: received a mask that keeps ${kept}`,
+          );
+        }
+        for (let i = 0; i < d; i++) {
+          let acc = 0;
+          for (let t = first; t <= pos; t++) {
+            acc += p[t - first] * keep[t - first] * vc[t * kvDim + kvo + i];
+          }
+          att[qo + i] = acc / kept;
+        }
+      }
+    }
   };
 
   return {
@@ -410,19 +471,22 @@ export function createReferenceModel(
         const kc = keyCache[l], vc = valueCache[l];
         // Sliding window: keys first..pos (scores[0] holds key `first`).
         const first = windows[l] > 0 ? Math.max(0, pos - windows[l] + 1) : 0;
-        for (let h = 0; h < hq; h++) {
-          const qo = h * d, kvo = Math.floor(h / group) * d;
-          for (let t = first; t <= pos; t++) {
-            let s = 0;
-            const ko = t * kvDim + kvo;
-            for (let i = 0; i < d; i++) s += q[qo + i] * kc[ko + i];
-            scores[t - first] = s * scale;
-          }
-          softmax(scores, { length: pos + 1 - first });
-          for (let i = 0; i < d; i++) {
-            let acc = 0;
-            for (let t = first; t <= pos; t++) acc += scores[t - first] * vc[t * kvDim + kvo + i];
-            att[qo + i] = acc;
+        if (fwd.keyMask) attendMasked(fwd.keyMask, l, kc, vc, first, pos);
+        else {
+          for (let h = 0; h < hq; h++) {
+            const qo = h * d, kvo = Math.floor(h / group) * d;
+            for (let t = first; t <= pos; t++) {
+              let s = 0;
+              const ko = t * kvDim + kvo;
+              for (let i = 0; i < d; i++) s += q[qo + i] * kc[ko + i];
+              scores[t - first] = s * scale;
+            }
+            softmax(scores, { length: pos + 1 - first });
+            for (let i = 0; i < d; i++) {
+              let acc = 0;
+              for (let t = first; t <= pos; t++) acc += scores[t - first] * vc[t * kvDim + kvo + i];
+              att[qo + i] = acc;
+            }
           }
         }
         matvec(w.wo, att, { out: xb });
