@@ -19,6 +19,13 @@ export interface SpanTotals {
   commandBuffers: number;
 }
 
+/** GPU time between two passes of a command buffer (copies, barriers), by label pair. */
+export interface GapTotals {
+  /** Nanoseconds from the first pass's end to the second's begin, summed. */
+  ns: number;
+  count: number;
+}
+
 /** Times the compute passes of one device until disposed. */
 export interface PassTimer extends Disposable {
   /** Reads back every timed pass so far (one host wait). */
@@ -31,6 +38,8 @@ export interface PassTimer extends Disposable {
    * by the label of its first pass.
    */
   spans(): Map<string, SpanTotals>;
+  /** Gaps between consecutive passes, by `"<label> -> <label>"`. */
+  gaps(): Map<string, GapTotals>;
   /** Forgets the totals (passes not yet collected are dropped too). */
   reset(): Promise<void>;
 }
@@ -53,6 +62,7 @@ export function installPassTimer(device: GPUDevice): PassTimer {
   const ready: { rec: Recorded; resolve: GPUBuffer; read: GPUBuffer }[] = [];
   const totals = new Map<string, PassTotals>();
   const spans = new Map<string, SpanTotals>();
+  const gaps = new Map<string, GapTotals>();
   const proto = {
     create: GPUDevice.prototype.createCommandEncoder,
     begin: GPUCommandEncoder.prototype.beginComputePass,
@@ -138,6 +148,13 @@ export function installPassTimer(device: GPUDevice): PassTimer {
         e.dispatches += rec.dispatches[i];
         totals.set(label, e);
       });
+      for (let i = 1; i < rec.labels.length; i++) {
+        const key = `${rec.labels[i - 1]} -> ${rec.labels[i]}`;
+        const g = gaps.get(key) ?? { ns: 0, count: 0 };
+        g.ns += Number(t[2 * i] - t[2 * i - 1]);
+        g.count++;
+        gaps.set(key, g);
+      }
       const n = rec.labels.length;
       const span = spans.get(rec.labels[0]) ?? { ns: 0, commandBuffers: 0 };
       span.ns += Number(t[2 * n - 1] - t[0]);
@@ -157,11 +174,13 @@ export function installPassTimer(device: GPUDevice): PassTimer {
     },
     totals: () => new Map(totals),
     spans: () => new Map(spans),
+    gaps: () => new Map(gaps),
     async reset() {
       await collecting;
       await collect(true);
       totals.clear();
       spans.clear();
+      gaps.clear();
     },
     [Symbol.dispose]() {
       GPUDevice.prototype.createCommandEncoder = proto.create;

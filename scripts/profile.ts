@@ -11,6 +11,7 @@
  */
 import { flagChecks } from "./_flags.ts";
 import {
+  type GapTotals,
   installPassTimer,
   measureFloors,
   type PassTotals,
@@ -31,7 +32,8 @@ Decodes greedily from BOS with each policy, first plainly (tokens/s: the
 policies take turns by groups of --tokens-per-wait tokens in one process,
 so that they see the same machine), then with a timestamp query around
 every compute pass (GPU time per pass label,
-passes and dispatches per token), and splits what each policy costs beyond
+passes and dispatches per token, and the largest GPU gaps between two
+passes, where copies and barriers run), and splits what each policy costs beyond
 full per token into GPU time in passes (less the attention it saves) and the
 rest (JavaScript, WebGPU's host side, copies, waits). Also reports this
 adapter's GPU time of an empty pass and of a tiny dispatch.
@@ -171,6 +173,8 @@ interface PolicyProfile {
   passesPerToken: number;
   dispatchesPerToken: number;
   passes: { label: string; msPerToken: number; passesPerToken: number; dispatches: number }[];
+  /** The largest GPU gaps between consecutive passes (copies and barriers between them). */
+  gaps: { between: string; msPerToken: number; perToken: number; usEach: number }[];
 }
 
 progress(`${policies.join(", ")}: decoding ${maxTokens} tokens each, taking turns`);
@@ -182,12 +186,14 @@ for (const [index, policy] of policies.entries()) {
   const timer = installPassTimer(device);
   let totals: Map<string, PassTotals>;
   let spans: Map<string, SpanTotals>;
+  let gaps: Map<string, GapTotals>;
   let steps: number;
   try {
     const timed = await decode(policy);
     await timer.collect();
     totals = timer.totals();
     spans = timer.spans();
+    gaps = timer.gaps();
     steps = timed.stats.decodeSteps;
   } finally {
     timer[Symbol.dispose]();
@@ -212,6 +218,15 @@ for (const [index, policy] of policies.entries()) {
         msPerToken: t.ns / 1e6 / steps,
         passesPerToken: t.passes / steps,
         dispatches: t.dispatches / t.passes,
+      })),
+    gaps: [...gaps].filter(([between]) => !between.includes("prefill"))
+      .sort((a, b) => b[1].ns - a[1].ns)
+      .slice(0, 8)
+      .map(([between, g]) => ({
+        between,
+        msPerToken: g.ns / 1e6 / steps,
+        perToken: g.count / steps,
+        usEach: g.ns / 1e3 / g.count,
       })),
   });
 }
@@ -266,6 +281,14 @@ if (values.json) {
         `  ${x.label.padEnd(34)} ${f(x.msPerToken, 3).padStart(7)} ms/token  ${
           f(x.passesPerToken, 2).padStart(6)
         } passes/token  ${f(x.dispatches, 1).padStart(4)} dispatches/pass`,
+      );
+    }
+    console.log("  largest gaps between passes (copies, barriers):");
+    for (const g of p.gaps) {
+      console.log(
+        `    ${f(g.msPerToken, 3)} ms/token  ${f(g.perToken, 2)}/token  ${
+          f(g.usEach, 0)
+        } us each  ${g.between}`,
       );
     }
   }

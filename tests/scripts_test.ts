@@ -96,6 +96,11 @@ Deno.test({
         x.label === "freekv paged attention"
       );
       assert.ok(Math.abs(attention.passesPerToken - 5) < 1e-9, p.policy);
+      // Gaps: label pairs of consecutive passes, and together no longer than the span.
+      assert.ok(p.gaps.length > 0, p.policy);
+      const gapMs = p.gaps.reduce((a: number, g: { msPerToken: number }) => a + g.msPerToken, 0);
+      assert.ok(gapMs <= p.gpuSpanMsPerToken - p.gpuMsPerToken + 1e-6, `${p.policy} ${gapMs}`);
+      for (const g of p.gaps) assert.match(g.between, /^.+ -> .+$/);
     }
     const [quest] = report.versusFull;
     assert.equal(quest.policy, "quest");

@@ -126,6 +126,8 @@ export class RetrievalEngine {
   #memory?: OffloadMemory;
   #ring: ReadbackRing;
   #answers?: StepAnswers;
+  /** Copies of the open step recorded at its end (see `PhaseContext.atStepEnd`). */
+  #atStepEnd: Array<(encoder: GPUCommandEncoder) => void> = [];
   /** Answers of ended steps not yet taken, oldest first (at most `answerLag`). */
   #pending: PendingAnswer[] = [];
   #inStep = false;
@@ -347,6 +349,7 @@ export class RetrievalEngine {
     this.#inStep = true;
     this.#nextLayer = 0;
     this.#answers?.discard();
+    this.#atStepEnd = [];
     this.#stepStart = performance.now();
     this.#stats.begin(this.#stats.steps);
     this.#tick++;
@@ -418,6 +421,7 @@ export class RetrievalEngine {
       memory: this.#memory,
       tick: this.#tick,
       stats: this.#stats,
+      atStepEnd: (record) => this.#atStepEnd.push(record),
     };
   }
 
@@ -612,8 +616,12 @@ export class RetrievalEngine {
     if (!plan.selects.some(Boolean)) return;
     const bytes = o.batch * o.numKvHeads * state.budget.selectPages * 4;
     const speculation = plan.speculation ?? state.fresh!;
-    encoder.copyBufferToBuffer(speculation, 0, state.spec!, 0, bytes);
-    this.#answers!.record(encoder, state, speculation, plan.selects, plan.checked);
+    // Nothing later in the step reads or writes these buffers of this layer.
+    const selects = [...plan.selects], checked = [...plan.checked];
+    this.#atStepEnd.push((e) => {
+      e.copyBufferToBuffer(speculation, 0, state.spec!, 0, bytes);
+      this.#answers!.record(e, state, speculation, selects, checked);
+    });
   }
 
   /**
@@ -660,6 +668,8 @@ export class RetrievalEngine {
         }`,
       );
     }
+    for (const record of this.#atStepEnd) record(encoder);
+    this.#atStepEnd = [];
     const answer = this.#answers?.end(encoder, this.#ring) ?? null;
     // Finished while the GPU still runs the previous step; then the maps of
     // earlier steps' answers and backups start, where the submit would
