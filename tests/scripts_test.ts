@@ -28,6 +28,7 @@ Deno.test("every script answers --help", async () => {
       "bench/compare_checkouts.ts",
       "bench/selection_counting.ts",
       "bench/blocking_calls.ts",
+      "bench/copy_groups.ts",
     ]
   ) {
     const r = await runScript(bench, ["--help"]);
@@ -148,5 +149,19 @@ Deno.test({
       assert.ok(calls.includes(call), call);
     }
     for (const row of report.rows) assert.ok(row.ms >= 0 && Number.isFinite(row.ms), row.call);
+  },
+});
+
+Deno.test({
+  name: "copy_groups: a GPU gap per number of copies between two passes",
+  ignore: testGpu === null || !testGpu.device.features.has("timestamp-query"),
+  fn: async () => {
+    const r = await runScript("bench/copy_groups.ts", ["--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.deepEqual(Object.keys(report.gaps_us), ["0", "1", "2", "5", "10"]);
+    for (const us of Object.values(report.gaps_us)) {
+      assert.ok(typeof us === "number" && us >= 0 && Number.isFinite(us), String(us));
+    }
   },
 });
