@@ -85,6 +85,8 @@ Options:
                         sink, window and the pages holding the most of full
                         attention's probability: the ceiling of page selection at
                         that budget, compared with full on the same CPU model
+                        (plain CPU loops: seconds on stories260K, far too slow for
+                        models of billions of parameters)
   --json                print one JSON object with a 'rows' array instead of the table
   --markdown            print the table as Markdown
   --plot DIR            write one SVG per sweep and metric to DIR

@@ -10,7 +10,9 @@
  *
  * It is an analysis, not a policy: it runs on the CPU reference model (the
  * GPU decoder's oracle), and its rows compare it with `full` on the same
- * reference model, so that the two share their arithmetic.
+ * reference model, so that the two share their arithmetic. Plain loops in
+ * JavaScript: about 1-2 ms a step on stories260K, hours a text on a model
+ * of billions of parameters.
  *
  * @module
  */
