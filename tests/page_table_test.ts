@@ -88,6 +88,7 @@ gpuTest("page tables built on the GPU equal the CPU reference", async ({ device 
       residency,
       best: useBest ? best : undefined,
     });
+    assert.deepEqual(want.entries, [...plan.entries], `trial ${trial} entries`);
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < hkv; h++) {
         const row = (b * hkv + h) * m;

@@ -560,17 +560,20 @@ export class RetrievalEngine {
       built.pages.forEach((pages, b) => state.cpuPages.fill(pages, b * hkv, (b + 1) * hkv));
     } else {
       // Page regions carry every field a page-table sequence has.
-      // The selection's dispatch may have built the tables already.
-      const tablePlan = builtTable ?? state.planTable({ sequences: regions, useFlags, useBest });
       state.flushResidency();
-      if (!builtTable) {
-        // Where every candidate is attended, the tables follow from the
-        // regions and the residency alone: two writes replace a dispatch.
-        if (regions.every((r) => r.candidateCount <= state.budget.selectPages)) {
-          state.writeAllCandidateTables(regions);
-        } else tablePlan.encode(encoder, tableBuffers(state, useFlags, useBest));
+      if (builtTable) {
+        // The selection's dispatch built the tables.
+        numPages = [...builtTable.entries];
+      } else if (regions.every((r) => r.candidateCount <= state.budget.selectPages)) {
+        // Every candidate is attended: the tables follow from the regions
+        // and the residency alone, and two writes replace a dispatch.
+        numPages = state.writeAllCandidateTables(regions);
+      } else {
+        const tablePlan = state.planTable({ sequences: regions, useFlags, useBest });
+        tablePlan.encode(encoder, tableBuffers(state, useFlags, useBest));
+        numPages = [...tablePlan.entries];
       }
-      numPages = [...tablePlan.entries];
+      state.tableEntries = numPages;
       maxPages = state.tableBuilder!.maxEntries;
     }
     const windowed = state.slidingWindow > 0;
@@ -617,10 +620,9 @@ export class RetrievalEngine {
     const bytes = o.batch * o.numKvHeads * state.budget.selectPages * 4;
     const speculation = plan.speculation ?? state.fresh!;
     // Nothing later in the step reads or writes these buffers of this layer.
-    const selects = [...plan.selects], checked = [...plan.checked];
     this.#atStepEnd.push((e) => {
       e.copyBufferToBuffer(speculation, 0, state.spec!, 0, bytes);
-      this.#answers!.record(e, state, speculation, selects, checked);
+      this.#answers!.record(e, state, speculation, plan.selects, plan.checked);
     });
   }
 

@@ -143,6 +143,8 @@ export class LayerState implements Disposable {
   hits?: GPUBuffer;
   /** full / streaming: pages attended per (sequence, KV head), known on the CPU. */
   cpuPages: number[][];
+  /** Table entries per sequence of the latest recorded step (tables on the GPU). */
+  tableEntries: readonly number[] = [];
   #device: GPUDevice;
   #o: ResolvedEngineOptions;
   #scratch = new Map<string, GPUBuffer>();
@@ -362,7 +364,7 @@ export class LayerState implements Disposable {
     const m = this.tableBuilder!.maxEntries;
     const { buffer, offset, size } = this.pages;
     const all = new Uint32Array(await readBuffer(this.#device, buffer, size, offset));
-    const entries = (this.#plans.get("page table") as PageTablePlan | undefined)?.entries ?? [];
+    const entries = this.tableEntries;
     const hkv = this.#o.numKvHeads;
     return Array.from(
       { length: this.#o.batch * hkv },
@@ -379,8 +381,9 @@ export class LayerState implements Disposable {
    * build them ({@linkcode pageTableReference}: sink, every candidate
    * through the residency map, window). The resident hits are left as they
    * were: only checked heads read them, and such a step checks none.
+   * Returns the table entries per sequence.
    */
-  writeAllCandidateTables(sequences: readonly PageTableSequence[]): void {
+  writeAllCandidateTables(sequences: readonly PageTableSequence[]): number[] {
     const built = pageTableReference(this.tableBuilder!.shape, {
       sequences,
       fresh: [],
@@ -390,6 +393,7 @@ export class LayerState implements Disposable {
     const { table, pages } = this;
     queue.writeBuffer(table!.buffer, table!.offset, built.table as Uint32Array<ArrayBuffer>);
     queue.writeBuffer(pages!.buffer, pages!.offset, built.pages as Uint32Array<ArrayBuffer>);
+    return built.entries;
   }
 
   /** Writes the residency rows changed since the last flush to the GPU. */

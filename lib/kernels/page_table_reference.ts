@@ -32,6 +32,8 @@ export interface PageTableReferenceResult {
   pages: Uint32Array;
   /** `[b][h]` selected (or candidate) pages that were resident. */
   hits: Uint32Array;
+  /** Table entries per sequence (the attention's page count), as the plan's `entries`. */
+  entries: number[];
 }
 
 /**
@@ -57,6 +59,7 @@ export function pageTableReference(
   const table = new Uint32Array(B * hkv * maxEntries).fill(EMPTY_PAGE);
   const pages = new Uint32Array(B * hkv * maxEntries).fill(EMPTY_PAGE);
   const hits = new Uint32Array(B * hkv);
+  const entries = new Array<number>(B).fill(0);
   const home = (p: number) => (shape.identity || p < S ? p : S + ((p - S) % W));
   for (let b = 0; b < B; b++) {
     const s = inputs.sequences[b];
@@ -95,7 +98,8 @@ export function pageTableReference(
         }
       }
       for (let p = s.windowStart; p < s.numPages; p++) put(p, home(p));
+      entries[b] = n;
     }
   }
-  return { table, pages, hits };
+  return { table, pages, hits, entries };
 }

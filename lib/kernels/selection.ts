@@ -417,6 +417,10 @@ class Selector implements PageSelector {
    * `countingTopkMax` when its workgroup memory fits the device, else 0.
    */
   readonly fusedMaxCount: number;
+  /** The device binds enough storage buffers for the correction check in the one dispatch. */
+  readonly bindsSimilarity: boolean;
+  /** The device binds enough storage buffers for the page tables in the one dispatch. */
+  readonly bindsTable: boolean;
   #disposed = false;
 
   constructor(device: GPUDevice, options: Required<PageSelectorOptions>) {
@@ -432,6 +436,9 @@ class Selector implements PageSelector {
     this.fusedMaxCount = max > 0 && fusedBytes <= device.limits.maxComputeWorkgroupStorageSize
       ? max
       : 0;
+    const storage = device.limits.maxStorageBuffersPerShaderStage;
+    this.bindsSimilarity = storage >= SIMILARITY_STORAGE_BUFFERS;
+    this.bindsTable = storage >= TABLE_STORAGE_BUFFERS;
     this.scorePipeline = cachedPipeline(device, "page_score", pageScoreSource, {
       HEAD_DIM: options.headDim,
       GROUP: group,
@@ -512,10 +519,9 @@ class Selector implements PageSelector {
         assertFlag(`variants[${i}].residentOnly.flagged`, v.residentOnly.flagged, false);
       }
     });
-    const storage = this.device.limits.maxStorageBuffersPerShaderStage;
     for (const { residentOnly: resident, similarity, table } of variants) {
-      const fusesSimilarity = similarity === true && storage >= SIMILARITY_STORAGE_BUFFERS;
-      const fusesTable = table === true && storage >= TABLE_STORAGE_BUFFERS;
+      const fusesSimilarity = similarity === true && this.bindsSimilarity;
+      const fusesTable = table === true && this.bindsTable;
       if (this.fusedMaxCount > 0) this.selectPipeline(resident, fusesSimilarity, fusesTable);
       if (resident) this.maskedTopkPipeline(resident);
     }
@@ -595,13 +601,11 @@ class SelectionPlan implements PageSelectionPlan {
   }
 
   get fusesSimilarity(): boolean {
-    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >=
-        SIMILARITY_STORAGE_BUFFERS;
+    return this.fused && this.#selector.bindsSimilarity;
   }
 
   get fusesTable(): boolean {
-    return this.fused && this.#selector.device.limits.maxStorageBuffersPerShaderStage >=
-        TABLE_STORAGE_BUFFERS;
+    return this.fused && this.#selector.bindsTable;
   }
 
   #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
@@ -792,10 +796,9 @@ class SelectionPlan implements PageSelectionPlan {
         `Cannot ${action} as 'similarity' needs the one-dispatch selection (at most ${this.#selector.fusedMaxCount} candidates): received ${this.#step.maxCount} candidates`,
       );
     }
-    const limit = this.#selector.device.limits.maxStorageBuffersPerShaderStage;
-    if (limit < SIMILARITY_STORAGE_BUFFERS) {
+    if (!this.#selector.bindsSimilarity) {
       throw new RangeError(
-        `Cannot ${action} as 'similarity' needs a device that binds ${SIMILARITY_STORAGE_BUFFERS} storage buffers per stage: received maxStorageBuffersPerShaderStage ${limit}`,
+        `Cannot ${action} as 'similarity' needs a device that binds ${SIMILARITY_STORAGE_BUFFERS} storage buffers per stage: received maxStorageBuffersPerShaderStage ${this.#selector.device.limits.maxStorageBuffersPerShaderStage}`,
       );
     }
     const checked = {
