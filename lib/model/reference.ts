@@ -362,11 +362,11 @@ export function createReferenceModel(
   let capacity = Math.min(maxSeqLen, 256);
   let keyCache = layers.map(() => new Float32Array(capacity * kvDim));
   let valueCache = layers.map(() => new Float32Array(capacity * kvDim));
-  let scores = new Float32Array(capacity);
-  let groupProbs: Float32Array[] = [];
   let length = 0;
   const scale = 1 / Math.sqrt(d);
   const group = hq / hkv;
+  // Scores, then probabilities, of each query head of a KV head's group.
+  let groupProbs = Array.from({ length: group }, () => new Float32Array(capacity));
   const ropeOptions: RopeOptions = { headDim: d, theta: c.ropeTheta, style: c.ropeStyle };
   if (c.ropeScaling) ropeOptions.invFreq = modelRopeInvFreq(c);
   const windows = layers.map((_, l) => attentionWindow(c, l));
@@ -380,8 +380,7 @@ export function createReferenceModel(
     };
     keyCache = keyCache.map(widen);
     valueCache = valueCache.map(widen);
-    scores = new Float32Array(next);
-    groupProbs = [];
+    groupProbs = groupProbs.map(() => new Float32Array(next));
     capacity = next;
   };
 
@@ -390,17 +389,17 @@ export function createReferenceModel(
     assertInteger("pos", pos, "read the KV cache", 0, length - 1);
   };
 
-  // Attention of layer `l` at `pos` over the keys `mask` keeps, into `att`.
-  const attendMasked = (
-    mask: NonNullable<ForwardOptions["keyMask"]>,
+  // Attention of layer `l` at `pos` over keys first..pos (all, or those
+  // `mask` keeps, renormalized), into `att`.
+  const attend = (
     l: number,
     kc: Float32Array,
     vc: Float32Array,
     first: number,
     pos: number,
+    mask?: ForwardOptions["keyMask"],
   ) => {
     const n = pos + 1 - first;
-    while (groupProbs.length < group) groupProbs.push(new Float32Array(capacity));
     for (let kh = 0; kh < hkv; kh++) {
       const kvo = kh * d;
       const probs = groupProbs.map((p) => p.subarray(0, n));
@@ -414,23 +413,27 @@ export function createReferenceModel(
         }
         softmax(probs[g]);
       }
-      const keep = mask(l, kh, probs, first);
-      assertLength("keyMask result", keep, n, "run forward");
+      const keep = mask?.(l, kh, probs, first);
+      if (keep) assertLength("keyMask result", keep, n, "run forward");
       for (let g = 0; g < group; g++) {
         const qo = (kh * group + g) * d, p = probs[g];
-        let kept = 0;
-        for (let i = 0; i < n; i++) kept += p[i] * keep[i];
-        if (!(kept > 0)) {
-          throw new RangeError(
-            `Cannot run forward as 'keyMask' must keep some attention of layer ${l} KV head ${kh}: received a mask that keeps ${kept}`,
-          );
+        let kept = 1;
+        if (keep) {
+          kept = 0;
+          for (let i = 0; i < n; i++) kept += p[i] * keep[i];
+          if (!(kept > 0)) {
+            throw new RangeError(
+              `Cannot run forward as 'keyMask' must keep some attention of layer ${l} KV head ${kh}: received a mask that keeps ${kept}`,
+            );
+          }
         }
         for (let i = 0; i < d; i++) {
           let acc = 0;
           for (let t = first; t <= pos; t++) {
-            acc += p[t - first] * keep[t - first] * vc[t * kvDim + kvo + i];
+            const w = keep ? p[t - first] * keep[t - first] : p[t - first];
+            acc += w * vc[t * kvDim + kvo + i];
           }
-          att[qo + i] = acc / kept;
+          att[qo + i] = keep ? acc / kept : acc;
         }
       }
     }
@@ -469,26 +472,9 @@ export function createReferenceModel(
         keyCache[l].set(k, pos * kvDim);
         valueCache[l].set(v, pos * kvDim);
         const kc = keyCache[l], vc = valueCache[l];
-        // Sliding window: keys first..pos (scores[0] holds key `first`).
+        // Sliding window: keys first..pos (probability 0 is key `first`).
         const first = windows[l] > 0 ? Math.max(0, pos - windows[l] + 1) : 0;
-        if (fwd.keyMask) attendMasked(fwd.keyMask, l, kc, vc, first, pos);
-        else {
-          for (let h = 0; h < hq; h++) {
-            const qo = h * d, kvo = Math.floor(h / group) * d;
-            for (let t = first; t <= pos; t++) {
-              let s = 0;
-              const ko = t * kvDim + kvo;
-              for (let i = 0; i < d; i++) s += q[qo + i] * kc[ko + i];
-              scores[t - first] = s * scale;
-            }
-            softmax(scores, { length: pos + 1 - first });
-            for (let i = 0; i < d; i++) {
-              let acc = 0;
-              for (let t = first; t <= pos; t++) acc += scores[t - first] * vc[t * kvDim + kvo + i];
-              att[qo + i] = acc;
-            }
-          }
-        }
+        attend(l, kc, vc, first, pos, fwd.keyMask);
         matvec(w.wo, att, { out: xb });
         for (let i = 0; i < dim; i++) x[i] += xb[i];
         rmsnorm(x, w.ffnNorm, { eps: c.normEps, out: xb });
