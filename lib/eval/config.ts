@@ -81,6 +81,16 @@ export interface ResolvedConfig {
 }
 
 const EVAL_FIELDS = new Set(["name", "budget", "sinkPages", "windowPages"]);
+/** The fields that shape a configuration's budget (and its name): no policy knob among them. */
+export const BUDGET_SHAPE_FIELDS: readonly string[] = [
+  "name",
+  "budget",
+  "pageSize",
+  "sinkPages",
+  "windowPages",
+  "sink",
+  "window",
+];
 /** Engine options a configuration may set, and how each is checked. */
 const ENGINE_FIELDS: Record<string, (v: unknown) => string | null> = {
   policy: oneOf(POLICIES),
@@ -225,16 +235,7 @@ export function parsePolicyConfig(input: unknown): PolicyConfig {
 export function configLabel(config: PolicyConfig): string {
   if (config.name) return config.name;
   const parts: string[] = [config.policy ?? "freekv"];
-  const skip = new Set([
-    "name",
-    "policy",
-    "budget",
-    "pageSize",
-    "sinkPages",
-    "windowPages",
-    "sink",
-    "window",
-  ]);
+  const skip = new Set(["policy", ...BUDGET_SHAPE_FIELDS]);
   for (const [key, value] of Object.entries(config)) {
     if (skip.has(key) || value === undefined) continue;
     if (key === "pooling" || key === "summary" || key === "correction") parts.push(String(value));

@@ -22,29 +22,24 @@ import { createReferenceModel, type ReferenceModel } from "../model/reference.ts
 import { argmax } from "../model/sampling.ts";
 import { attentionWindow } from "../model/sliding_window.ts";
 import type { ModelWeights } from "../model/types.ts";
-import { type PolicyConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
 import {
-  groupMeanCosine,
-  klFromLogProbs,
-  logSoftmax,
-  matchLength,
-  mean,
-  percentile,
-  shareIdentical,
-} from "./metrics.ts";
-import { buildRow, type EvalRow, resolvePrefix } from "./row.ts";
+  BUDGET_SHAPE_FIELDS,
+  type PolicyConfig,
+  resolveConfig,
+  type ResolvedConfig,
+} from "./config.ts";
+import { groupMeanCosine, klFromLogProbs, logSoftmax, matchLength, mean } from "./metrics.ts";
+import {
+  buildRow,
+  checkTextsAndContexts,
+  type EvalRow,
+  outcomeColumns,
+  resolvePrefix,
+} from "./row.ts";
 import type { EvalText } from "./stories.ts";
 
 /** Fields an oracle configuration may set: the budget's shape only. */
-const ORACLE_FIELDS = new Set([
-  "name",
-  "budget",
-  "pageSize",
-  "sinkPages",
-  "windowPages",
-  "sink",
-  "window",
-]);
+const ORACLE_FIELDS = new Set(BUDGET_SHAPE_FIELDS);
 
 /**
  * The pages the oracle attends at one step of one KV head: sink pages,
@@ -245,23 +240,7 @@ export function evaluateOracle(weights: ModelWeights, options: OracleOptions): E
       `Cannot evaluate the oracle as 'greedyTokens' must be an integer of at least 0: received ${greedyTokens}`,
     );
   }
-  if (texts.length === 0) {
-    throw new RangeError("Cannot evaluate the oracle as 'texts' must not be empty: received none");
-  }
-  for (const context of contexts) {
-    if (!Number.isInteger(context) || context < 3) {
-      throw new RangeError(
-        `Cannot evaluate the oracle as a context must be an integer of at least 3: received ${context}`,
-      );
-    }
-    for (const t of texts) {
-      if (t.tokens.length < context) {
-        throw new RangeError(
-          `Cannot evaluate the oracle as text '${t.id}' must hold at least ${context} tokens: received ${t.tokens.length}`,
-        );
-      }
-    }
-  }
+  checkTextsAndContexts(texts, contexts, "evaluate the oracle");
   for (const c of options.configs) checkOracleConfig(c);
   // Resolved as quest's (all KV attended from the GPU, the same budget rule).
   const resolved: ResolvedConfig[][] = options.configs.map((c) =>
@@ -311,7 +290,6 @@ export function evaluateOracle(weights: ModelWeights, options: OracleOptions): E
           for (const c of run.cosines[i]) cosines[i].push(c);
         }
       }
-      const kls = parts.flatMap((p) => p.kl);
       const g = parts[0].run.greedy.length;
       const row = buildRow(
         { rc, configIndex: k, context, engineOptions: {} },
@@ -328,16 +306,10 @@ export function evaluateOracle(weights: ModelWeights, options: OracleOptions): E
           texts: texts.length,
           prefix: prefixes[ci],
           steps,
-          agreement: parts.reduce((a, p) => a + p.agree, 0) / steps,
-          kl: mean(kls),
-          kl_p99: percentile(kls, 99),
-          greedy_match_len: g
-            ? mean(parts.map((p) => matchLength(p.run.greedy, p.ref.greedy)))
-            : null,
-          greedy_share: g
-            ? mean(parts.map((p) => shareIdentical(p.run.greedy, p.ref.greedy)))
-            : null,
-          greedy_tokens: g,
+          ...outcomeColumns(
+            parts.map((p) => ({ ...p, greedy: p.run.greedy, fullGreedy: p.ref.greedy })),
+            steps,
+          ),
           resident_hit_rate: null,
           host_waits_per_step: null,
           ms_per_step: mean(parts.map((p) => p.run.ms)),

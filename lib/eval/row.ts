@@ -9,7 +9,15 @@
 
 import type { EngineOptions } from "../engine/options.ts";
 import type { ResolvedConfig } from "./config.ts";
-import { attentionMassRecall, groupMeanCosine, mean, percentile } from "./metrics.ts";
+import {
+  attentionMassRecall,
+  groupMeanCosine,
+  matchLength,
+  mean,
+  percentile,
+  shareIdentical,
+} from "./metrics.ts";
+import type { EvalText } from "./stories.ts";
 import type { TapRecord, TapShape } from "./tap.ts";
 
 /** Statistics of one configuration at one context, over all texts. */
@@ -111,6 +119,65 @@ export function resolvePrefix(prefix: number, context: number): number {
     );
   }
   return p;
+}
+
+/**
+ * Throws a `RangeError` unless `texts` is not empty, every context is an
+ * integer of at least 3 and every text holds the longest context.
+ */
+export function checkTextsAndContexts(
+  texts: readonly EvalText[],
+  contexts: readonly number[],
+  action: string,
+): void {
+  if (texts.length === 0) {
+    throw new RangeError(`Cannot ${action} as 'texts' must not be empty: received none`);
+  }
+  for (const context of contexts) {
+    if (!Number.isInteger(context) || context < 3) {
+      throw new RangeError(
+        `Cannot ${action} as a context must be an integer of at least 3: received ${context}`,
+      );
+    }
+    for (const t of texts) {
+      if (t.tokens.length < context) {
+        throw new RangeError(
+          `Cannot ${action} as text '${t.id}' must hold at least ${context} tokens: received ${t.tokens.length}`,
+        );
+      }
+    }
+  }
+}
+
+/** One text's teacher-forced and greedy outcome against `full`. */
+export interface TextOutcome {
+  /** Scored steps whose top-1 equals full's. */
+  agree: number;
+  /** KL(full || policy) per scored step. */
+  kl: readonly number[];
+  /** Greedy tokens of the policy, and of full. */
+  greedy: readonly number[];
+  fullGreedy: readonly number[];
+}
+
+/** The agreement, KL and greedy columns of a row over its texts (`steps` scored in all). */
+export function outcomeColumns(
+  parts: readonly TextOutcome[],
+  steps: number,
+): Pick<
+  EvalRow,
+  "agreement" | "kl" | "kl_p99" | "greedy_match_len" | "greedy_share" | "greedy_tokens"
+> {
+  const kls = parts.flatMap((p) => p.kl);
+  const g = parts[0].greedy.length;
+  return {
+    agreement: parts.reduce((a, p) => a + p.agree, 0) / steps,
+    kl: mean(kls),
+    kl_p99: percentile(kls, 99),
+    greedy_match_len: g ? mean(parts.map((p) => matchLength(p.greedy, p.fullGreedy))) : null,
+    greedy_share: g ? mean(parts.map((p) => shareIdentical(p.greedy, p.fullGreedy))) : null,
+    greedy_tokens: g,
+  };
 }
 
 /** Runs `jobs` with at most `limit` in flight; resolves with their results in order. */

@@ -18,19 +18,14 @@ import { createGpuModel } from "../model/gpu_model.ts";
 import { argmax } from "../model/sampling.ts";
 import type { ModelWeights } from "../model/types.ts";
 import { type PolicyConfig, resolveConfig, type ResolvedConfig } from "./config.ts";
-import {
-  klFromLogProbs,
-  logSoftmax,
-  matchLength,
-  mean,
-  percentile,
-  shareIdentical,
-} from "./metrics.ts";
+import { klFromLogProbs, logSoftmax, matchLength, mean } from "./metrics.ts";
 import {
   attentionStats,
   buildRow,
+  checkTextsAndContexts,
   engineOptionsFor,
   type EvalRow,
+  outcomeColumns,
   pool,
   resolvePrefix,
   type TotalsLike,
@@ -130,23 +125,7 @@ export async function evaluateModel(
   const greedyTokens = options.greedyTokens ?? 128;
   const prefixOption = options.prefix ?? 0.5;
   const log = options.onProgress ?? (() => {});
-  if (texts.length === 0) {
-    throw new RangeError("Cannot evaluate as 'texts' must not be empty: received none");
-  }
-  for (const context of contexts) {
-    if (!Number.isInteger(context) || context < 3) {
-      throw new RangeError(
-        `Cannot evaluate as a context must be an integer of at least 3: received ${context}`,
-      );
-    }
-    for (const t of texts) {
-      if (t.tokens.length < context) {
-        throw new RangeError(
-          `Cannot evaluate as text '${t.id}' must hold at least ${context} tokens: received ${t.tokens.length}`,
-        );
-      }
-    }
-  }
+  checkTextsAndContexts(texts, contexts, "evaluate");
   // Resolve everything first so a bad configuration fails before any run.
   const resolved: ResolvedConfig[][] = options.configs.map((c) =>
     contexts.map((ctx) => resolveConfig(c, ctx))
@@ -306,7 +285,6 @@ export async function evaluateModel(
       const parts = used.map((ti) => results.get(`${k}:${ci}:${ti}`)!);
       const refs = await Promise.all(used.map((ti) => references.get(`${ci}:${ti}`)!));
       const steps = parts.reduce((a, p) => a + p.steps, 0);
-      const kls = parts.flatMap((p) => p.kl);
       const massSum = new Float64Array(L * hkv);
       const checks = new Array(L * hkv).fill(0), corrections = new Array(L * hkv).fill(0);
       const cos: number[][] = Array.from({ length: L * hkv }, () => []);
@@ -333,16 +311,7 @@ export async function evaluateModel(
         texts: used.length,
         prefix: prefixes[ci],
         steps,
-        agreement: parts.reduce((a, p) => a + p.agree, 0) / steps,
-        kl: mean(kls),
-        kl_p99: percentile(kls, 99),
-        greedy_match_len: g
-          ? mean(parts.map((p, ti) => matchLength(p.greedy, refs[ti].greedy)))
-          : null,
-        greedy_share: g
-          ? mean(parts.map((p, ti) => shareIdentical(p.greedy, refs[ti].greedy)))
-          : null,
-        greedy_tokens: g,
+        ...outcomeColumns(parts.map((p, i) => ({ ...p, fullGreedy: refs[i].greedy })), steps),
         resident_hit_rate: hits.length ? mean(hits) : null,
         host_waits_per_step: waits.length ? waits.reduce((a, b) => a + b, 0) / steps : null,
         ms_per_step: mean(parts.map((p) => p.ms)),
