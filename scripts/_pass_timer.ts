@@ -192,17 +192,12 @@ export function installPassTimer(device: GPUDevice): PassTimer {
   };
 }
 
-/**
- * This adapter's floors: the GPU time of a compute pass holding one tiny
- * dispatch, and of one more tiny dispatch inside a pass, in nanoseconds
- * (medians of `repeats` runs of `count` passes or dispatches each).
- * Measure them before installing a timer.
- */
-export async function measureFloors(
-  device: GPUDevice,
-  count = 200,
-  repeats = 5,
-): Promise<{ passNs: number; dispatchNs: number }> {
+/** A one-workgroup kernel that adds 1 to 64 words, bound: the unit the floors time. */
+function tinyKernel(device: GPUDevice): {
+  pipeline: GPUComputePipeline;
+  group: GPUBindGroup;
+  buffer: GPUBuffer;
+} {
   const buffer = device.createBuffer({ size: 256, usage: GPUBufferUsage.STORAGE });
   const module = device.createShaderModule({
     code: `@group(0) @binding(0) var<storage, read_write> a: array<u32>;
@@ -216,39 +211,73 @@ export async function measureFloors(
     layout: pipeline.getBindGroupLayout(0),
     entries: [{ binding: 0, resource: { buffer } }],
   });
-  const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
+  return { pipeline, group, buffer };
+}
+
+/** Records the read-back of `count` timestamps of `querySet` into `encoder`, submits it, reads them. */
+async function readTimestamps(
+  device: GPUDevice,
+  encoder: GPUCommandEncoder,
+  querySet: GPUQuerySet,
+  count: number,
+): Promise<BigUint64Array> {
+  const bytes = 8 * count;
   const resolve = device.createBuffer({
-    size: 16,
+    size: bytes,
     usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
   });
   const read = device.createBuffer({
-    size: 16,
+    size: bytes,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
+  encoder.resolveQuerySet(querySet, 0, count, resolve, 0);
+  encoder.copyBufferToBuffer(resolve, 0, read, 0, bytes);
+  device.queue.submit([encoder.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const t = new BigUint64Array(read.getMappedRange().slice(0));
+  read.unmap();
+  for (const b of [read, resolve]) b.destroy();
+  return t;
+}
+
+function median(xs: number[]): number {
+  return [...xs].sort((a, b) => a - b)[xs.length >> 1];
+}
+
+/**
+ * This adapter's floors: the GPU time of a compute pass holding one tiny
+ * dispatch, and of one more tiny dispatch inside a pass, in nanoseconds
+ * (medians of `repeats` runs of `count` passes or dispatches each).
+ * Measure them before installing a timer.
+ */
+export async function measureFloors(
+  device: GPUDevice,
+  count = 200,
+  repeats = 5,
+): Promise<{ passNs: number; dispatchNs: number }> {
+  const { pipeline, group, buffer } = tinyKernel(device);
+  const querySet = device.createQuerySet({ type: "timestamp", count: 2 });
   // Wall of `passes` passes of `perPass` dispatches, from the first pass's
   // begin to the last one's end.
   const time = async (passes: number, perPass: number): Promise<number> => {
     const encoder = device.createCommandEncoder({ label: "floor" });
     for (let p = 0; p < passes; p++) {
+      // Only the first and last passes write (a pass naming no index
+      // records nothing on wgpu, and spoils the others' writes).
       const writes: GPUComputePassTimestampWrites = { querySet };
       if (p === 0) writes.beginningOfPassWriteIndex = 0;
       if (p === passes - 1) writes.endOfPassWriteIndex = 1;
-      const pass = encoder.beginComputePass({ timestampWrites: writes });
+      const pass = encoder.beginComputePass(
+        p === 0 || p === passes - 1 ? { timestampWrites: writes } : {},
+      );
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, group);
       for (let d = 0; d < perPass; d++) pass.dispatchWorkgroups(1);
       pass.end();
     }
-    encoder.resolveQuerySet(querySet, 0, 2, resolve, 0);
-    encoder.copyBufferToBuffer(resolve, 0, read, 0, 16);
-    device.queue.submit([encoder.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    const t = new BigUint64Array(read.getMappedRange());
-    const ns = Number(t[1] - t[0]);
-    read.unmap();
-    return ns;
+    const t = await readTimestamps(device, encoder, querySet, 2);
+    return Number(t[1] - t[0]);
   };
-  const median = (xs: number[]) => xs.sort((a, b) => a - b)[xs.length >> 1];
   const one: number[] = [];
   const manyPasses: number[] = [];
   const manyDispatches: number[] = [];
@@ -258,10 +287,60 @@ export async function measureFloors(
     manyPasses.push(await time(count, 1));
     manyDispatches.push(await time(1, count + 1));
   }
-  for (const b of [buffer, resolve, read]) b.destroy();
+  buffer.destroy();
   querySet.destroy();
   return {
     passNs: median(manyPasses) / count,
     dispatchNs: (median(manyDispatches) - median(one)) / count,
   };
+}
+
+/**
+ * The GPU gap between two one-dispatch passes with `copies` small
+ * `copyBufferToBuffer` between them, in microseconds, for each count of
+ * `counts`: the median of `pairs` pairs in one command buffer, then the
+ * median of `rounds` such runs.
+ */
+export async function measureCopyGroups(
+  device: GPUDevice,
+  counts: readonly number[],
+  pairs = 200,
+  rounds = 3,
+): Promise<number[]> {
+  const { pipeline, group, buffer } = tinyKernel(device);
+  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const buffers = Array.from({ length: 15 }, () => device.createBuffer({ size: 1024, usage }));
+  const gap = async (copies: number): Promise<number> => {
+    const querySet = device.createQuerySet({ type: "timestamp", count: 4 * pairs });
+    const encoder = device.createCommandEncoder({ label: "copy groups" });
+    for (let p = 0; p < pairs; p++) {
+      for (let j = 0; j < 2; j++) {
+        const pass = encoder.beginComputePass({
+          timestampWrites: {
+            querySet,
+            beginningOfPassWriteIndex: 4 * p + 2 * j,
+            endOfPassWriteIndex: 4 * p + 2 * j + 1,
+          },
+        });
+        pass.setPipeline(pipeline);
+        pass.setBindGroup(0, group);
+        pass.dispatchWorkgroups(1);
+        pass.end();
+        if (j > 0) continue;
+        for (let c = 0; c < copies; c++) {
+          encoder.copyBufferToBuffer(buffers[c % 7], 0, buffers[7 + (c % 8)], 0, 256);
+        }
+      }
+    }
+    const t = await readTimestamps(device, encoder, querySet, 4 * pairs);
+    querySet.destroy();
+    return median(Array.from({ length: pairs }, (_, p) => Number(t[4 * p + 2] - t[4 * p + 1]))) /
+      1e3;
+  };
+  const runs: number[][] = counts.map(() => []);
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < counts.length; i++) runs[i].push(await gap(counts[i]));
+  }
+  for (const b of [buffer, ...buffers]) b.destroy();
+  return runs.map(median);
 }

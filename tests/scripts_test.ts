@@ -109,6 +109,8 @@ Deno.test({
       quest.addedPasses.some((x: { label: string }) => x.label === "freekv page selection"),
     );
     assert.ok(report.floors.dispatchUs > 0);
+    // A pass of one dispatch costs at least that dispatch.
+    assert.ok(report.floors.passUs > 0, String(report.floors.passUs));
   },
 });
 
