@@ -41,6 +41,17 @@ export interface RecallRow {
   options: string;
 }
 
+/** The default recall path's share of the big write, from alternating pairs. */
+export interface PairedShare {
+  dtype: KvDtype;
+  method: string;
+  /** Recaller options added to the method's (the engine's). */
+  options: string;
+  pairs: number;
+  /** Median over the pairs of big-write ms / method ms, each timed until the GPU finished it. */
+  share_of_big_write: number;
+}
+
 const SHAPE = { layers: 4, kvHeads: 8, headDim: 128, pageSize: 32, pagesPerHead: 32 };
 // Pages each (layer, head) holds in the pool; a recall takes a random half.
 const POOL_PAGES = 64;
@@ -126,6 +137,8 @@ async function verify(
 
 /** The row of the engine's default recall (`slotLayout` hnd, `hndPath` staged). */
 const DEFAULT_PATH = "hnd-slots-staged";
+/** What the engine adds to that row's recaller options (lib/engine/offload_memory.ts). */
+const ENGINE_RECALL = { chunk: "bytes", deferSubmit: true } as const;
 
 /** Runs the suite; prints a table unless `json`. */
 export async function runSuite(
@@ -139,6 +152,7 @@ export async function runSuite(
   const { layers: L, kvHeads: H, headDim: d, pageSize: P, pagesPerHead } = SHAPE;
   log(`${gpu.description}; ${L} layers x ${H} KV heads x ${pagesPerHead} pages, d=${d}, P=${P}`);
   const rows: RecallRow[] = [];
+  const paired: PairedShare[] = [];
   for (const dtype of dtypes) {
     const e = dtype === "f16" ? 2 : 4;
     const slotBytes = P * H * d * e;
@@ -174,14 +188,12 @@ export async function runSuite(
     const big = new Uint8Array(bytes);
     for (let i = 0; i < big.length; i += 4096) big[i] = i & 255;
     const target = createBuffer(device, "bench big-write target", usage, bytes);
-    results.set(
-      "big-write",
-      await measure(reps, warmup, async () => {
-        device.queue.writeBuffer(target, 0, big);
-        device.queue.submit([]);
-        await device.queue.onSubmittedWorkDone();
-      }),
-    );
+    const bigWrite = async () => {
+      device.queue.writeBuffer(target, 0, big);
+      device.queue.submit([]);
+      await device.queue.onSubmittedWorkDone();
+    };
+    results.set("big-write", await measure(reps, warmup, bigWrite));
     // The floor of any HND recall here: the same big write plus the scatter.
     log(`${dtype}: big-write+scatter`);
     using scatter = createHndToNhd(device, {
@@ -250,6 +262,55 @@ export async function runSuite(
         }),
       );
     }
+    // The engine's recall (its recaller options) and the big write again,
+    // alternating (which goes first too), so that the machine's drift falls
+    // on both alike. Each is timed until the GPU finished it without a
+    // GPU-to-JS answer, whose ~11 ms floor would add the same constant to
+    // both sides of the ratio: in Deno 2.9 a submit blocks until the queue's
+    // previous submission finished, so two empty submits return once
+    // everything before them ran.
+    log(`${dtype}: the engine's recall paired with big-write`);
+    const pairedShares: number[] = [];
+    {
+      const untilIdle = () => {
+        device.queue.submit([]);
+        device.queue.submit([]);
+      };
+      const options = { ...variants.find(([name]) => name === DEFAULT_PATH)![1], ...ENGINE_RECALL };
+      using recaller = createRecaller(device, hnd, { caches, ...options });
+      const recall = async () => {
+        await recaller.recall(jobs).submitted;
+        device.queue.submit(recaller.takeCommandBuffers());
+        untilIdle();
+      };
+      const write = () => {
+        device.queue.writeBuffer(target, 0, big);
+        untilIdle();
+      };
+      await recall();
+      for (let i = 0; i < warmup + reps; i++) {
+        const ms: Record<string, number> = {};
+        for (
+          const [name, run] of i % 2
+            ? [["r", recall], ["b", write]] as const
+            : [["b", write], ["r", recall]] as const
+        ) {
+          const t0 = performance.now();
+          await run();
+          ms[name] = performance.now() - t0;
+        }
+        if (i >= warmup) pairedShares.push(ms.b / ms.r);
+      }
+      await verify(device, hnd, caches, jobs, options.slotLayout);
+    }
+    paired.push({
+      dtype,
+      method: DEFAULT_PATH,
+      options: JSON.stringify(ENGINE_RECALL),
+      pairs: pairedShares.length,
+      share_of_big_write: round(median(pairedShares)),
+    });
+
     // (d) Token-fragmented recall from the NHD pool.
     log(`${dtype}: nhd-fragmented`);
     {
@@ -296,7 +357,8 @@ export async function runSuite(
 
   const summary = dtypes.map((dtype) => {
     const get = (m: string) => rows.find((r) => r.dtype === dtype && r.method === m)!;
-    const b = get("hnd-double"), a = get("big-write"), dd = get("nhd-fragmented");
+    const b = get("hnd-double"), dd = get("nhd-fragmented");
+    const pairedShare = paired.find((p) => p.dtype === dtype)!.share_of_big_write;
     return {
       dtype,
       hnd_double_share_of_big_write: b.vs_big_write,
@@ -311,7 +373,10 @@ export async function runSuite(
       // The engine's default recall path: HND pool, HND slots, staged copies.
       default_path: DEFAULT_PATH,
       default_path_share_of_big_write: get(DEFAULT_PATH).vs_big_write,
-      target_85pct_of_big_write: get(DEFAULT_PATH).gbps >= 0.85 * a.gbps,
+      // The engine's recall paired with the big write, both timed until the
+      // GPU finished them (median of the pairs' ratios): the target's figure.
+      default_path_paired_share_of_big_write: pairedShare,
+      target_85pct_of_big_write: pairedShare >= 0.85,
       target_5x_vs_nhd: dd.median_ms >= 5 * b.median_ms,
     };
   });
@@ -322,6 +387,7 @@ export async function runSuite(
     quick,
     shape: { ...SHAPE, poolPagesPerHead: POOL_PAGES },
     rows,
+    paired,
     summary,
   };
   if (!json) printTable(rows, summary);

@@ -341,6 +341,51 @@ gpuTest("recalls for several layers in flight at once, awaited later", async ({ 
 });
 
 gpuTest(
+  "direct writes are sent to the GPU by the time a recall is submitted (else done would not wait for them)",
+  async ({ device }) => {
+    const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
+    for (
+      const [layout, slotLayout] of [["nhd", "nhd"], ["hnd", "hnd"]] as const
+    ) {
+      const rng = createRandom(layout === "nhd" ? 31 : 32);
+      using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4, layout });
+      const runs = fillRandomRuns(rng, shape, pool, 4);
+      const dst = makeLayers(device, rng, shape, 1, 4);
+      using recaller = createRecaller(device, pool, {
+        caches: () => dst[0].buffers,
+        slotLayout,
+        hndPath: "direct",
+      });
+      const jobs: RecallJob[] = [0, 1].flatMap((head) =>
+        [0, 1, 2, 3].map((s) => ({ layer: 0, head, page: 3 - s, slot: s }))
+      );
+      for (const j of jobs) {
+        const run = runs.get(`0/${j.head}/${j.page}`)!;
+        if (slotLayout === "hnd") placeHndRun(run, dst[0], shape, j.slot, j.head);
+        else expectRecalled(runs, dst, shape, [j]);
+      }
+      // Count submits: queued writes run only at the next one.
+      const queue = device.queue;
+      const submit = queue.submit.bind(queue);
+      let submits = 0;
+      queue.submit = (buffers: GPUCommandBuffer[]) => {
+        submits++;
+        submit(buffers);
+      };
+      try {
+        await recaller.recall(jobs).submitted;
+        assert.ok(submits >= 1, `${layout} pool: no submit before the recall was submitted`);
+      } finally {
+        // deno-lint-ignore no-explicit-any
+        delete (queue as any).submit;
+      }
+      await assertCaches(device, dst, `direct (${layout})`);
+      destroyLayers(dst);
+    }
+  },
+);
+
+gpuTest(
   "deferSubmit: the copies wait for the caller's submit; a refilled staging buffer submits first",
   async ({ device }) => {
     const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };

@@ -427,6 +427,7 @@ export class StagingRing {
           copies += 2;
         }
       }
+      this.#flushWrites();
       state.stats.copies += copies;
       state.stats.copyMs += performance.now() - t0;
       return;
@@ -444,8 +445,18 @@ export class StagingRing {
         }
       }
     }
+    this.#flushWrites();
     state.stats.copies += copies;
     state.stats.copyMs += performance.now() - t0;
+  }
+
+  /**
+   * Sends the queue's pending writes to the GPU now (they run at the next
+   * submit); with `deferSubmit` the caller's next submit sends them.
+   * Without this, awaiting `done` would resolve before they ran.
+   */
+  #flushWrites(): void {
+    if (!this.#deferSubmit) this.#device.queue.submit([]);
   }
 
   /** Destroys the staging buffers and the scatter plans. */
