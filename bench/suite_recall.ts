@@ -48,6 +48,8 @@ export interface PairedShare {
   /** Recaller options added to the method's (the engine's). */
   options: string;
   pairs: number;
+  big_write_median_ms: number;
+  method_median_ms: number;
   /** Median over the pairs of big-write ms / method ms, each timed until the GPU finished it. */
   share_of_big_write: number;
 }
@@ -270,7 +272,7 @@ export async function runSuite(
     // previous submission finished, so two empty submits return once
     // everything before them ran.
     log(`${dtype}: the engine's recall paired with big-write`);
-    const pairedShares: number[] = [];
+    const pairedShares: number[] = [], pairedMs: { b: number[]; r: number[] } = { b: [], r: [] };
     {
       const untilIdle = () => {
         device.queue.submit([]);
@@ -299,7 +301,11 @@ export async function runSuite(
           await run();
           ms[name] = performance.now() - t0;
         }
-        if (i >= warmup) pairedShares.push(ms.b / ms.r);
+        if (i >= warmup) {
+          pairedShares.push(ms.b / ms.r);
+          pairedMs.b.push(ms.b);
+          pairedMs.r.push(ms.r);
+        }
       }
       await verify(device, hnd, caches, jobs, options.slotLayout);
     }
@@ -308,6 +314,8 @@ export async function runSuite(
       method: DEFAULT_PATH,
       options: JSON.stringify(ENGINE_RECALL),
       pairs: pairedShares.length,
+      big_write_median_ms: round(median(pairedMs.b)),
+      method_median_ms: round(median(pairedMs.r)),
       share_of_big_write: round(median(pairedShares)),
     });
 
