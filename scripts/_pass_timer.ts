@@ -4,6 +4,8 @@
 // prototypes of this process while installed (the library never does), and
 // a pass that asks for timestamps itself keeps its own and is not timed.
 
+import { median } from "../lib/gpu/timing.ts";
+
 /** GPU time and counts of the passes of one label. */
 export interface PassTotals {
   /** Nanoseconds between the pass's begin and end timestamps, summed. */
@@ -238,10 +240,6 @@ async function readTimestamps(
   read.unmap();
   for (const b of [read, resolve]) b.destroy();
   return t;
-}
-
-function median(xs: number[]): number {
-  return [...xs].sort((a, b) => a - b)[xs.length >> 1];
 }
 
 /**

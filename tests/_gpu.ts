@@ -59,10 +59,33 @@ export async function noGpuErrors<T>(device: GPUDevice, fn: () => Promise<T>): P
   return result;
 }
 
-/** Counts `device.createComputePipeline` calls until disposed. */
-export interface CompileCounter extends Disposable {
-  /** Pipelines created since the counter was made. */
+/** Counts calls of one method until disposed. */
+export interface CallCounter extends Disposable {
+  /** Calls since the counter was made. */
   readonly count: number;
+}
+
+/**
+ * Counts the calls of `target[method]` from now on: the method is wrapped
+ * on the instance, and disposing the counter removes the wrapper.
+ */
+export function countCalls<T extends object, K extends keyof T & string>(
+  target: T,
+  method: K,
+): CallCounter {
+  let count = 0;
+  const original = target[method] as (...args: unknown[]) => unknown;
+  (target as Record<string, unknown>)[method] = (...args: unknown[]) => (
+    count++, original.apply(target, args)
+  );
+  return {
+    get count() {
+      return count;
+    },
+    [Symbol.dispose]() {
+      delete (target as Record<string, unknown>)[method];
+    },
+  };
 }
 
 /**
@@ -70,16 +93,6 @@ export interface CompileCounter extends Disposable {
  * `forgetPipelines`, so that pipelines compiled by earlier work cannot hide
  * one that the code under test leaves to its first use).
  */
-export function countCompiles(device: GPUDevice): CompileCounter {
-  let count = 0;
-  const create = device.createComputePipeline;
-  device.createComputePipeline = (descriptor) => (count++, create.call(device, descriptor));
-  return {
-    get count() {
-      return count;
-    },
-    [Symbol.dispose]() {
-      delete (device as { createComputePipeline?: unknown }).createComputePipeline;
-    },
-  };
+export function countCompiles(device: GPUDevice): CallCounter {
+  return countCalls(device, "createComputePipeline");
 }

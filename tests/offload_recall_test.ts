@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { gpuTest } from "./_gpu.ts";
+import { countCalls, gpuTest } from "./_gpu.ts";
 import { createPagedAttention } from "../lib/kernels/attention.ts";
 import { createBuffer, readBuffer } from "../lib/gpu/buffers.ts";
 import { HostPagePool, type HostPoolLayout } from "../lib/memory/host_pool.ts";
@@ -341,46 +341,42 @@ gpuTest("recalls for several layers in flight at once, awaited later", async ({ 
 });
 
 gpuTest(
-  "direct writes are sent to the GPU by the time a recall is submitted (else done would not wait for them)",
+  "direct writes are sent to the GPU when a recall is submitted, or at done with deferSubmit (else done would not wait for them)",
   async ({ device }) => {
     const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
-    for (
-      const [layout, slotLayout] of [["nhd", "nhd"], ["hnd", "hnd"]] as const
-    ) {
-      const rng = createRandom(layout === "nhd" ? 31 : 32);
-      using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4, layout });
-      const runs = fillRandomRuns(rng, shape, pool, 4);
-      const dst = makeLayers(device, rng, shape, 1, 4);
-      using recaller = createRecaller(device, pool, {
-        caches: () => dst[0].buffers,
-        slotLayout,
-        hndPath: "direct",
-      });
-      const jobs: RecallJob[] = [0, 1].flatMap((head) =>
-        [0, 1, 2, 3].map((s) => ({ layer: 0, head, page: 3 - s, slot: s }))
-      );
-      for (const j of jobs) {
-        const run = runs.get(`0/${j.head}/${j.page}`)!;
-        if (slotLayout === "hnd") placeHndRun(run, dst[0], shape, j.slot, j.head);
-        else expectRecalled(runs, dst, shape, [j]);
+    for (const [layout, slotLayout] of [["nhd", "nhd"], ["hnd", "hnd"]] as const) {
+      for (const deferSubmit of [false, true]) {
+        const rng = createRandom(layout === "nhd" ? 31 : 32);
+        using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4, layout });
+        const runs = fillRandomRuns(rng, shape, pool, 4);
+        const dst = makeLayers(device, rng, shape, 1, 4);
+        using recaller = createRecaller(device, pool, {
+          caches: () => dst[0].buffers,
+          slotLayout,
+          hndPath: "direct",
+          deferSubmit,
+        });
+        const jobs: RecallJob[] = [0, 1].flatMap((head) =>
+          [0, 1, 2, 3].map((s) => ({ layer: 0, head, page: 3 - s, slot: s }))
+        );
+        for (const j of jobs) {
+          const run = runs.get(`0/${j.head}/${j.page}`)!;
+          if (slotLayout === "hnd") placeHndRun(run, dst[0], shape, j.slot, j.head);
+          else expectRecalled(runs, dst, shape, [j]);
+        }
+        const name = `${layout} pool${deferSubmit ? ", deferSubmit" : ""}`;
+        {
+          // Queued writes run only at the next submit.
+          using submits = countCalls(device.queue, "submit");
+          const handle = recaller.recall(jobs);
+          await handle.submitted;
+          assert.equal(submits.count > 0, !deferSubmit, `${name}: submits by submitted`);
+          await handle.done;
+          assert.ok(submits.count > 0, `${name}: no submit before done`);
+        }
+        await assertCaches(device, dst, `direct (${name})`);
+        destroyLayers(dst);
       }
-      // Count submits: queued writes run only at the next one.
-      const queue = device.queue;
-      const submit = queue.submit.bind(queue);
-      let submits = 0;
-      queue.submit = (buffers: GPUCommandBuffer[]) => {
-        submits++;
-        submit(buffers);
-      };
-      try {
-        await recaller.recall(jobs).submitted;
-        assert.ok(submits >= 1, `${layout} pool: no submit before the recall was submitted`);
-      } finally {
-        // deno-lint-ignore no-explicit-any
-        delete (queue as any).submit;
-      }
-      await assertCaches(device, dst, `direct (${layout})`);
-      destroyLayers(dst);
     }
   },
 );

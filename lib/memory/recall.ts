@@ -419,7 +419,7 @@ export class Recaller {
     if (!state.done) {
       state.done = (async () => {
         await state.submitted;
-        this.#ring.submitHeld();
+        this.#ring.sendAll();
         // The caller waits for the GPU now anyway: re-map idle staging too.
         this.#ring.releaseAll();
         await this.#device.queue.onSubmittedWorkDone();
@@ -481,7 +481,7 @@ export class Recaller {
   /** Waits until every recall started so far has finished (failures are ignored). */
   async drain(): Promise<void> {
     await Promise.allSettled([...this.#pending].map((s) => s.submitted));
-    this.#ring.submitHeld();
+    this.#ring.sendAll();
     this.#ring.releaseAll();
     await this.#device.queue.onSubmittedWorkDone();
   }

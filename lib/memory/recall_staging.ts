@@ -172,6 +172,14 @@ export class StagingRing {
     if (this.#held.length) this.#device.queue.submit(this.takeHeld());
   }
 
+  /**
+   * Submits the held command buffers and the queue's pending writes (those
+   * of the direct paths run only at a submit; an empty one sends them too).
+   */
+  sendAll(): void {
+    this.#device.queue.submit(this.takeHeld());
+  }
+
   /** Re-maps every mapped staging buffer used by submitted work (it blocks in Deno: see `#release`). */
   releaseAll(): void {
     for (const slot of this.#slots) this.#release(slot);
@@ -427,7 +435,7 @@ export class StagingRing {
           copies += 2;
         }
       }
-      this.#flushWrites();
+      if (!this.#deferSubmit) this.sendAll(); // else the caller's next submit sends them
       state.stats.copies += copies;
       state.stats.copyMs += performance.now() - t0;
       return;
@@ -445,18 +453,9 @@ export class StagingRing {
         }
       }
     }
-    this.#flushWrites();
+    if (!this.#deferSubmit) this.sendAll(); // else the caller's next submit sends them
     state.stats.copies += copies;
     state.stats.copyMs += performance.now() - t0;
-  }
-
-  /**
-   * Sends the queue's pending writes to the GPU now (they run at the next
-   * submit); with `deferSubmit` the caller's next submit sends them.
-   * Without this, awaiting `done` would resolve before they ran.
-   */
-  #flushWrites(): void {
-    if (!this.#deferSubmit) this.#device.queue.submit([]);
   }
 
   /** Destroys the staging buffers and the scatter plans. */
