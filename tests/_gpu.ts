@@ -67,23 +67,28 @@ export interface CallCounter extends Disposable {
 
 /**
  * Counts the calls of `target[method]` from now on: the method is wrapped
- * on the instance, and disposing the counter removes the wrapper.
+ * on `target` (an instance, or a prototype to count every instance's
+ * calls), and disposing the counter puts back what was there.
  */
 export function countCalls<T extends object, K extends keyof T & string>(
   target: T,
   method: K,
 ): CallCounter {
   let count = 0;
+  const own = Object.getOwnPropertyDescriptor(target, method);
   const original = target[method] as (...args: unknown[]) => unknown;
-  (target as Record<string, unknown>)[method] = (...args: unknown[]) => (
-    count++, original.apply(target, args)
-  );
+  // `this`, not `target`: a prototype's method counts the calls of every instance.
+  (target as Record<string, unknown>)[method] = function (this: unknown, ...args: unknown[]) {
+    count++;
+    return original.apply(this, args);
+  };
   return {
     get count() {
       return count;
     },
     [Symbol.dispose]() {
-      delete (target as Record<string, unknown>)[method];
+      if (own) Object.defineProperty(target, method, own);
+      else delete (target as Record<string, unknown>)[method];
     },
   };
 }

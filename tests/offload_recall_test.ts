@@ -7,6 +7,7 @@ import { type KvLayoutShape, kvLayoutSizes, type NhdCacheBuffers } from "../lib/
 import { hndToNhdReference, nhdToHndReference } from "../lib/kernels/layout_reference.ts";
 import { createOffloader } from "../lib/memory/offload.ts";
 import { createRecaller, type RecallerOptions, type RecallJob } from "../lib/memory/recall.ts";
+import { DIRECT_RANGE_BYTES } from "../lib/memory/recall_staging.ts";
 import { createRandom, type Random } from "../lib/workloads/random.ts";
 import type { KvArray } from "../lib/gpu/dtype.ts";
 import { assertArraysEqual } from "./_assert.ts";
@@ -277,11 +278,13 @@ gpuTest(
   async ({ device }) => {
     for (const [i, shape] of SHAPES.entries()) {
       const recall = RECALL_OPTIONS[i % RECALL_OPTIONS.length](kvLayoutSizes(shape).runBytes);
-      await roundTrip(device, 300 + i, {
-        shape,
-        slotLayout: "hnd",
-        recall: { ...recall, hndPath: i % 2 === 0 ? "direct" : "staged" },
-      });
+      for (const hndPath of ["direct", "staged"] as const) {
+        await roundTrip(device, 300 + i, {
+          shape,
+          slotLayout: "hnd",
+          recall: { ...recall, hndPath },
+        });
+      }
     }
     // A token-major host pool (the fragmented baseline) into HND slots.
     await roundTrip(device, 9, {
@@ -289,6 +292,69 @@ gpuTest(
       layout: "nhd",
       slotLayout: "hnd",
     });
+  },
+);
+
+gpuTest(
+  "HND slots, staged: runs bound for adjacent places leave in one copy per cache (both stagings); long ranges are written straight",
+  async ({ device }) => {
+    const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
+    // Places (slot * kvHeads + head): 0 1 | 3 4 | 7, given out of order:
+    // three ranges, so six copies; one chunk, so one staging write.
+    const places = [
+      { slot: 3, head: 1, page: 5 },
+      { slot: 0, head: 1, page: 0 },
+      { slot: 1, head: 1, page: 2 },
+      { slot: 2, head: 0, page: 4 },
+      { slot: 0, head: 0, page: 1 },
+    ];
+    for (const staging of ["write-buffer", "mapped"] as const) {
+      const rng = createRandom(staging === "mapped" ? 41 : 42);
+      using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4 });
+      const runs = fillRandomRuns(rng, shape, pool, 6);
+      const dst = makeLayers(device, rng, shape, 1, 4);
+      using recaller = createRecaller(device, pool, {
+        caches: [dst[0].buffers],
+        slotLayout: "hnd",
+        staging,
+      });
+      const jobs = places.map((p) => ({ layer: 0, ...p }));
+      for (const j of jobs) {
+        placeHndRun(runs.get(`0/${j.head}/${j.page}`)!, dst[0], shape, j.slot, j.head);
+      }
+      using writes = countCalls(device.queue, "writeBuffer");
+      const stats = await recaller.recall(jobs).done;
+      assert.equal(stats.chunks, 1, staging);
+      assert.equal(stats.copies, 6, `${staging}: placement copies`);
+      assert.equal(writes.count, staging === "mapped" ? 0 : 1, `${staging}: staging writes`);
+      await assertCaches(device, dst, `coalesced (${staging})`);
+      destroyLayers(dst);
+    }
+    // A range of DIRECT_RANGE_BYTES or more goes straight to the caches:
+    // slot 1 whole (8 heads of 16 KiB) is one such range, slot 3 head 2 a
+    // staged one: two direct writes and one staging write, two copies.
+    const big: KvLayoutShape = { pageSize: 32, kvHeads: 8, headDim: 128, dtype: "f32" };
+    assert.equal(8 * kvLayoutSizes(big).runBytes / 2, DIRECT_RANGE_BYTES);
+    const rng = createRandom(43);
+    using pool = new HostPagePool({ layers: 1, kvHeads: 8, headDim: 128, pageSize: 32 });
+    const runs = fillRandomRuns(rng, big, pool, 2);
+    const dst = makeLayers(device, rng, big, 1, 4);
+    using recaller = createRecaller(device, pool, { caches: [dst[0].buffers], slotLayout: "hnd" });
+    const jobs = [
+      { layer: 0, head: 2, page: 0, slot: 3 },
+      ...[...Array(8).keys()].map((head) => ({ layer: 0, head, page: head % 2, slot: 1 })),
+    ];
+    for (const j of jobs) {
+      placeHndRun(runs.get(`0/${j.head}/${j.page}`)!, dst[0], big, j.slot, j.head);
+    }
+    using writes = countCalls(device.queue, "writeBuffer");
+    using copies = countCalls(GPUCommandEncoder.prototype, "copyBufferToBuffer");
+    const stats = await recaller.recall(jobs).done;
+    assert.equal(writes.count, 3, "direct range: writes");
+    assert.equal(copies.count, 2, "direct range: copies from staging");
+    assert.equal(stats.copies, 4, "direct range: copies and direct writes");
+    await assertCaches(device, dst, "direct range");
+    destroyLayers(dst);
   },
 );
 

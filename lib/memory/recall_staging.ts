@@ -27,6 +27,16 @@ import { disposedError } from "../gpu/errors.ts";
 import { createTrackedBuffer } from "../gpu/tracking.ts";
 import { type SlotLayout, slotStrides } from "../kernels/slot_layout.ts";
 
+/**
+ * A range of runs bound for adjacent places of HND slots at least this long
+ * (per K or V part) is written straight into the caches rather than through
+ * the staging buffer: that saves the GPU a copy of its bytes, where a
+ * `writeBuffer` call costs more than a copy command (measured on lavapipe
+ * with `scripts/bench.ts --suite recall`, 16 KiB parts: one write per range
+ * was slower than staged copies when ranges were one or two runs long).
+ */
+export const DIRECT_RANGE_BYTES = 128 << 10;
+
 /** The bookkeeping of one recall. */
 export interface RecallState {
   stats: RecallStats;
@@ -60,6 +70,9 @@ interface Slot {
   index: number;
   map: GPUBuffer | null;
   gpu: GPUBuffer | null;
+  // Host side of write-buffer staging into HND slots: the chunk is gathered
+  // here, then sent with one writeBuffer.
+  host: Uint8Array<ArrayBuffer> | null;
   capacity: number;
   plans: HndToNhdPlan[];
   ready: Promise<unknown>;
@@ -150,6 +163,7 @@ export class StagingRing {
         index,
         map: null,
         gpu: null,
+        host: null,
         capacity: 0,
         plans: [],
         ready: Promise.resolve(),
@@ -203,11 +217,19 @@ export class StagingRing {
   ): Chunk[] {
     const out: Chunk[] = [];
     if (byLayer.size === 0) return out;
+    // Staged HND slots are gathered in destination order (slot, head), so
+    // that runs bound for adjacent slots share one placement copy; the other
+    // paths read the pool in (head, page) order, where consecutive pages of
+    // a head coalesce.
+    const byDestination = this.#slotLayout === "hnd" && !this.#direct;
     const segments = [...byLayer.entries()].map(([layer, e]) => ({
       layer,
       caches: e.caches,
-      // Sorted by (head, page) so that consecutive pages of a head coalesce.
-      jobs: e.jobs.sort((a, b) => a.head - b.head || a.page - b.page),
+      jobs: e.jobs.sort(
+        byDestination
+          ? (a, b) => a.slot - b.slot || a.head - b.head
+          : (a, b) => a.head - b.head || a.page - b.page,
+      ),
     }));
     if (this.#direct) {
       return [{ state, segments, runs: 0, fragmented: true }];
@@ -286,6 +308,10 @@ export class StagingRing {
     const runBytes = this.#sizes.runBytes;
     const bytes = chunk.runs * runBytes;
     this.#ensureCapacity(slot, chunk.runs);
+    if (this.#slotLayout === "hnd") {
+      this.#submit(chunk, slot, this.#gatherForHndSlots(chunk, slot), t1);
+      return;
+    }
     const mapped = this.#staging === "mapped";
     const range = mapped ? new Uint8Array(slot.map!.getMappedRange(0, bytes)) : null;
     // Gather, coalescing runs that are contiguous in the pool.
@@ -330,8 +356,7 @@ export class StagingRing {
       scatters.push(scatter);
     }
     flushCopy();
-    const hndSlots = this.#slotLayout === "hnd";
-    while (!hndSlots && slot.plans.length < chunk.segments.length) {
+    while (slot.plans.length < chunk.segments.length) {
       slot.plans.push(this.#scatterKernel().plan([]));
     }
     const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
@@ -340,28 +365,97 @@ export class StagingRing {
       encoder.copyBufferToBuffer(slot.map!, 0, slot.gpu!, 0, bytes);
     }
     chunk.segments.forEach((seg, i) => {
-      if (hndSlots) {
-        // HND slots: a run's K and V parts are copied as they are.
-        const half = runBytes / 2, slotBytes = this.#sizes.slotBytes;
-        for (const job of scatters[i]) {
-          const at = job.slot * slotBytes + job.head * half;
-          encoder.copyBufferToBuffer(slot.gpu!, job.run * runBytes, seg.caches.kCache, at, half);
-          encoder.copyBufferToBuffer(
-            slot.gpu!,
-            job.run * runBytes + half,
-            seg.caches.vCache,
-            at,
-            half,
-          );
-        }
-        return;
-      }
       slot.plans[i].update(scatters[i]);
       slot.plans[i].encode(encoder, { ...seg.caches, runs: slot.gpu! });
     });
+    state.stats.copies += copies;
+    this.#submit(chunk, slot, encoder, t1);
+  }
+
+  /**
+   * Gathers a chunk bound for HND slots and records its placement. Runs are
+   * taken in destination order, so that runs for adjacent (slot, head)
+   * places (a whole slot, or neighbouring slots) form one range. A long
+   * range is written straight into the caches (one `writeBuffer` for its K
+   * parts and one for its V parts); the short ones go through the staging
+   * buffer (one write for all of them) and leave it with one copy per range
+   * and cache. Each `writeBuffer` or copy costs a fixed few microseconds, so
+   * both are kept to a few per chunk where the destinations allow.
+   */
+  #gatherForHndSlots(chunk: Chunk, slot: Slot): GPUCommandEncoder {
+    const { runBytes, slotBytes } = this.#sizes;
+    const half = runBytes / 2;
+    const queue = this.#device.queue;
+    // Ranges of runs with adjacent destinations, in chunk order.
+    const ranges: Array<
+      { seg: Segment; from: number; count: number; at: number; direct: boolean }
+    > = [];
+    for (const seg of chunk.segments) {
+      let open: (typeof ranges)[number] | null = null;
+      seg.jobs.forEach((job, i) => {
+        const at = job.slot * slotBytes + job.head * half;
+        if (open && at === open.at + open.count * half) open.count++;
+        else ranges.push(open = { seg, from: i, count: 1, at, direct: false });
+      });
+    }
+    // Host order: [K of staged runs][V of staged runs][K, V of each direct range].
+    let staged = 0;
+    for (const r of ranges) {
+      r.direct = !this.#mappedStaging() && r.count * half >= DIRECT_RANGE_BYTES;
+      if (!r.direct) staged += r.count;
+    }
+    const mapped = this.#mappedStaging();
+    const stagedBytes = 2 * staged * half;
+    const host = mapped
+      ? new Uint8Array(slot.map!.getMappedRange(0, chunk.runs * runBytes))
+      : slot.host!;
+    const source = mapped ? slot.map! : slot.gpu!;
+    const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
+    let stagedRun = 0, directAt = stagedBytes, copies = 0;
+    for (const r of ranges) {
+      const k = r.direct ? directAt : stagedRun * half;
+      const v = r.direct ? directAt + r.count * half : (staged + stagedRun) * half;
+      for (let i = 0; i < r.count; i++) {
+        const job = r.seg.jobs[r.from + i];
+        if (!this.#pool.isOffloaded(job)) {
+          if (mapped) slot.map!.unmap();
+          slot.needsRelease = mapped;
+          throw new RangeError(
+            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+          );
+        }
+        const { bytes, byteOffset } = this.#pool.location(job);
+        host.set(bytes.subarray(byteOffset, byteOffset + half), k + i * half);
+        host.set(bytes.subarray(byteOffset + half, byteOffset + runBytes), v + i * half);
+      }
+      const length = r.count * half;
+      if (r.direct) {
+        queue.writeBuffer(r.seg.caches.kCache, r.at, host, k, length);
+        queue.writeBuffer(r.seg.caches.vCache, r.at, host, v, length);
+        directAt += 2 * length;
+      } else {
+        encoder.copyBufferToBuffer(source, k, r.seg.caches.kCache, r.at, length);
+        encoder.copyBufferToBuffer(source, v, r.seg.caches.vCache, r.at, length);
+        stagedRun += r.count;
+      }
+      copies += 2;
+    }
+    if (mapped) slot.map!.unmap();
+    else if (stagedBytes > 0) queue.writeBuffer(slot.gpu!, 0, host, 0, stagedBytes);
+    chunk.state.stats.copies += copies;
+    return encoder;
+  }
+
+  #mappedStaging(): boolean {
+    return this.#staging === "mapped";
+  }
+
+  /** Submits (or holds) a recorded chunk and settles its staging buffer's reuse. */
+  #submit(chunk: Chunk, slot: Slot, encoder: GPUCommandEncoder, t1: number): void {
+    const state = chunk.state;
+    const mapped = this.#staging === "mapped";
     const t2 = performance.now();
     state.stats.copyMs += t2 - t1;
-    state.stats.copies += copies;
     // Double buffering with mapped staging: when more chunks follow, re-map
     // the other slot now, after this chunk's gather overlapped its GPU
     // work, and before submitting this chunk (Deno blocks until idle).
@@ -391,11 +485,17 @@ export class StagingRing {
     const size = capacity * this.#sizes.runBytes;
     slot.gpu?.destroy();
     slot.map?.destroy();
-    slot.gpu = createTrackedBuffer(this.#device, {
-      label: `${this.#label} staging ${slot.index}`,
-      size,
-      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-    });
+    slot.host = this.#staging === "write-buffer" && this.#slotLayout === "hnd"
+      ? new Uint8Array(size)
+      : null;
+    // Mapped staging into HND slots places straight from the mapped buffer.
+    slot.gpu = this.#staging === "mapped" && this.#slotLayout === "hnd"
+      ? null
+      : createTrackedBuffer(this.#device, {
+        label: `${this.#label} staging ${slot.index}`,
+        size,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+      });
     slot.map = this.#staging === "mapped"
       ? createTrackedBuffer(this.#device, {
         label: `${this.#label} upload ${slot.index}`,
