@@ -354,6 +354,21 @@ gpuTest(
     assert.equal(copies.count, 2, "direct range: copies from staging");
     assert.equal(stats.copies, 4, "direct range: copies and direct writes");
     await assertCaches(device, dst, "direct range");
+    // With deferSubmit, a direct range must land after the held copies of an
+    // earlier recall into the same place (a writeBuffer runs before work
+    // not submitted yet).
+    using held = createRecaller(device, pool, {
+      caches: [dst[0].buffers],
+      slotLayout: "hnd",
+      deferSubmit: true,
+    });
+    const first = [{ layer: 0, head: 5, page: 0, slot: 2 }];
+    const second = [...Array(8).keys()].map((head) => ({ layer: 0, head, page: 1, slot: 2 }));
+    for (const j of second) placeHndRun(runs.get(`0/${j.head}/1`)!, dst[0], big, 2, j.head);
+    await held.recall(first).submitted;
+    await held.recall(second).submitted;
+    device.queue.submit(held.takeCommandBuffers());
+    await assertCaches(device, dst, "direct range after held copies");
     destroyLayers(dst);
   },
 );

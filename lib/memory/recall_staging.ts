@@ -411,6 +411,9 @@ export class StagingRing {
       : slot.host!;
     const source = mapped ? slot.map! : slot.gpu!;
     const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
+    // A writeBuffer lands before command buffers still held: send those
+    // first, or a held copy of an earlier recall would land on top.
+    if (staged < chunk.runs) this.submitHeld();
     let stagedRun = 0, directAt = stagedBytes, copies = 0;
     for (const r of ranges) {
       const k = r.direct ? directAt : stagedRun * half;
