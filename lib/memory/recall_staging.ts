@@ -375,37 +375,51 @@ export class StagingRing {
   /**
    * Gathers a chunk bound for HND slots and records its placement. Runs are
    * taken in destination order, so that runs for adjacent (slot, head)
-   * places (a whole slot, or neighbouring slots) form one range. A long
-   * range is written straight into the caches (one `writeBuffer` for its K
-   * parts and one for its V parts); the short ones go through the staging
-   * buffer (one write for all of them) and leave it with one copy per range
-   * and cache. Each `writeBuffer` or copy costs a fixed few microseconds, so
-   * both are kept to a few per chunk where the destinations allow.
+   * places (a whole slot, or neighbouring slots) form one range, which
+   * leaves with one copy per cache: its K parts and its V parts are gathered
+   * apart by JavaScript and reach the staging buffer in one write for the
+   * chunk. A range of one run needs no gathering: it reaches the staging
+   * buffer as it lies in the pool (one `writeBuffer` straight from the pool,
+   * cheaper than copying it in JavaScript first). A long range is written
+   * straight into the caches. Each `writeBuffer` or copy costs a fixed few
+   * microseconds, so both are kept to a few per chunk where the
+   * destinations allow.
    */
   #gatherForHndSlots(chunk: Chunk, slot: Slot): GPUCommandEncoder {
     const { runBytes, slotBytes } = this.#sizes;
     const half = runBytes / 2;
     const queue = this.#device.queue;
+    const mapped = this.#staging === "mapped";
+    type Range = {
+      seg: Segment;
+      from: number;
+      count: number;
+      at: number;
+      kind: "single" | "gathered" | "direct";
+    };
     // Ranges of runs with adjacent destinations, in chunk order.
-    const ranges: Array<
-      { seg: Segment; from: number; count: number; at: number; direct: boolean }
-    > = [];
+    const ranges: Range[] = [];
     for (const seg of chunk.segments) {
-      let open: (typeof ranges)[number] | null = null;
+      let open: Range | null = null;
       seg.jobs.forEach((job, i) => {
         const at = job.slot * slotBytes + job.head * half;
         if (open && at === open.at + open.count * half) open.count++;
-        else ranges.push(open = { seg, from: i, count: 1, at, direct: false });
+        else ranges.push(open = { seg, from: i, count: 1, at, kind: "single" });
       });
     }
-    // Host order: [K of staged runs][V of staged runs][K, V of each direct range].
-    let staged = 0;
+    // Staging: [each single run as K|V][K parts of gathered runs][their V
+    // parts]; the host side also holds the direct ranges, after those.
+    let singles = 0, gathered = 0;
     for (const r of ranges) {
-      r.direct = !this.#mappedStaging() && r.count * half >= DIRECT_RANGE_BYTES;
-      if (!r.direct) staged += r.count;
+      r.kind = r.count === 1
+        ? "single"
+        : !mapped && r.count * half >= DIRECT_RANGE_BYTES
+        ? "direct"
+        : "gathered";
+      if (r.kind === "single") singles++;
+      else if (r.kind === "gathered") gathered += r.count;
     }
-    const mapped = this.#mappedStaging();
-    const stagedBytes = 2 * staged * half;
+    const stagedBytes = (singles + gathered) * runBytes;
     const host = mapped
       ? new Uint8Array(slot.map!.getMappedRange(0, chunk.runs * runBytes))
       : slot.host!;
@@ -413,13 +427,11 @@ export class StagingRing {
     const encoder = this.#device.createCommandEncoder({ label: `${this.#label} chunk` });
     // A writeBuffer lands before command buffers still held: send those
     // first, or a held copy of an earlier recall would land on top.
-    if (staged < chunk.runs) this.submitHeld();
-    let stagedRun = 0, directAt = stagedBytes, copies = 0;
+    if (singles + gathered < chunk.runs) this.submitHeld();
+    let single = 0, gather = 0, directAt = stagedBytes, copies = 0;
     for (const r of ranges) {
-      const k = r.direct ? directAt : stagedRun * half;
-      const v = r.direct ? directAt + r.count * half : (staged + stagedRun) * half;
-      for (let i = 0; i < r.count; i++) {
-        const job = r.seg.jobs[r.from + i];
+      const jobs = r.seg.jobs.slice(r.from, r.from + r.count);
+      const locations = jobs.map((job) => {
         if (!this.#pool.isOffloaded(job)) {
           if (mapped) slot.map!.unmap();
           slot.needsRelease = mapped;
@@ -427,30 +439,43 @@ export class StagingRing {
             `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
           );
         }
-        const { bytes, byteOffset } = this.#pool.location(job);
-        host.set(bytes.subarray(byteOffset, byteOffset + half), k + i * half);
-        host.set(bytes.subarray(byteOffset + half, byteOffset + runBytes), v + i * half);
-      }
+        return this.#pool.location(job);
+      });
       const length = r.count * half;
-      if (r.direct) {
-        queue.writeBuffer(r.seg.caches.kCache, r.at, host, k, length);
-        queue.writeBuffer(r.seg.caches.vCache, r.at, host, v, length);
-        directAt += 2 * length;
+      if (r.kind === "single") {
+        const { bytes, byteOffset } = locations[0];
+        const k = single * runBytes;
+        if (mapped) host.set(bytes.subarray(byteOffset, byteOffset + runBytes), k);
+        else queue.writeBuffer(slot.gpu!, k, bytes, byteOffset, runBytes);
+        encoder.copyBufferToBuffer(source, k, r.seg.caches.kCache, r.at, half);
+        encoder.copyBufferToBuffer(source, k + half, r.seg.caches.vCache, r.at, half);
+        single++;
       } else {
-        encoder.copyBufferToBuffer(source, k, r.seg.caches.kCache, r.at, length);
-        encoder.copyBufferToBuffer(source, v, r.seg.caches.vCache, r.at, length);
-        stagedRun += r.count;
+        const k = r.kind === "direct" ? directAt : singles * runBytes + gather * half;
+        const v = r.kind === "direct" ? directAt + length : k + gathered * half;
+        locations.forEach(({ bytes, byteOffset }, i) => {
+          host.set(bytes.subarray(byteOffset, byteOffset + half), k + i * half);
+          host.set(bytes.subarray(byteOffset + half, byteOffset + runBytes), v + i * half);
+        });
+        if (r.kind === "direct") {
+          queue.writeBuffer(r.seg.caches.kCache, r.at, host, k, length);
+          queue.writeBuffer(r.seg.caches.vCache, r.at, host, v, length);
+          directAt += 2 * length;
+        } else {
+          encoder.copyBufferToBuffer(source, k, r.seg.caches.kCache, r.at, length);
+          encoder.copyBufferToBuffer(source, v, r.seg.caches.vCache, r.at, length);
+          gather += r.count;
+        }
       }
       copies += 2;
     }
     if (mapped) slot.map!.unmap();
-    else if (stagedBytes > 0) queue.writeBuffer(slot.gpu!, 0, host, 0, stagedBytes);
+    else if (gathered > 0) {
+      const at = singles * runBytes;
+      queue.writeBuffer(slot.gpu!, at, host, at, gathered * runBytes);
+    }
     chunk.state.stats.copies += copies;
     return encoder;
-  }
-
-  #mappedStaging(): boolean {
-    return this.#staging === "mapped";
   }
 
   /** Submits (or holds) a recorded chunk and settles its staging buffer's reuse. */
