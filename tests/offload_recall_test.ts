@@ -332,8 +332,10 @@ gpuTest(
       destroyLayers(dst);
     }
     // A range of DIRECT_RANGE_BYTES or more goes straight to the caches:
-    // slot 1 whole (8 heads of 16 KiB) is one such range, slot 3 head 2 a
-    // staged one: two direct writes and one staging write, two copies.
+    // slot 1 whole (8 heads of 16 KiB) is one such range. Slot 3 head 2 and
+    // slot 0 head 2 stand alone, and hold pages 0 and 1 of head 2, adjacent
+    // in the pool: one staging write for both. Two direct writes, four
+    // copies from the staging buffer.
     const big: KvLayoutShape = { pageSize: 32, kvHeads: 8, headDim: 128, dtype: "f32" };
     assert.equal(8 * kvLayoutSizes(big).runBytes / 2, DIRECT_RANGE_BYTES);
     const rng = createRandom(43);
@@ -342,6 +344,7 @@ gpuTest(
     const dst = makeLayers(device, rng, big, 1, 4);
     using recaller = createRecaller(device, pool, { caches: [dst[0].buffers], slotLayout: "hnd" });
     const jobs = [
+      { layer: 0, head: 2, page: 1, slot: 0 },
       { layer: 0, head: 2, page: 0, slot: 3 },
       ...[...Array(8).keys()].map((head) => ({ layer: 0, head, page: head % 2, slot: 1 })),
     ];
@@ -352,8 +355,8 @@ gpuTest(
     using copies = countCalls(GPUCommandEncoder.prototype, "copyBufferToBuffer");
     const stats = await recaller.recall(jobs).done;
     assert.equal(writes.count, 3, "direct range: writes");
-    assert.equal(copies.count, 2, "direct range: copies from staging");
-    assert.equal(stats.copies, 4, "direct range: copies and direct writes");
+    assert.equal(copies.count, 4, "direct range: copies from staging");
+    assert.equal(stats.copies, 6, "direct range: copies and direct writes");
     await assertCaches(device, dst, "direct range");
     // With deferSubmit, a direct range must land after the held copies of an
     // earlier recall into the same place (a writeBuffer runs before work
@@ -371,6 +374,36 @@ gpuTest(
     device.queue.submit(held.takeCommandBuffers());
     await assertCaches(device, dst, "direct range after held copies");
     destroyLayers(dst);
+    // No run has a neighbour among the destinations: chunks (of two runs
+    // here) follow the pool, so that each holds pages 0 and 1 of one head,
+    // adjacent in the pool: one write each, not one per run.
+    const small: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
+    const rng2 = createRandom(44);
+    using pool2 = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4 });
+    const runs2 = fillRandomRuns(rng2, small, pool2, 2);
+    const dst2 = makeLayers(device, rng2, small, 1, 8);
+    using chunked = createRecaller(device, pool2, {
+      caches: [dst2[0].buffers],
+      slotLayout: "hnd",
+      chunk: "bytes",
+      maxChunkBytes: 2 * pool2.runBytes,
+    });
+    // Places (slot * 2 + head) 0, 8 for head 0 and 5, 13 for head 1.
+    const apart = [
+      { layer: 0, head: 0, page: 0, slot: 0 },
+      { layer: 0, head: 0, page: 1, slot: 4 },
+      { layer: 0, head: 1, page: 0, slot: 2 },
+      { layer: 0, head: 1, page: 1, slot: 6 },
+    ];
+    for (const j of apart) {
+      placeHndRun(runs2.get(`0/${j.head}/${j.page}`)!, dst2[0], small, j.slot, j.head);
+    }
+    using apartWrites = countCalls(device.queue, "writeBuffer");
+    const apartStats = await chunked.recall(apart).done;
+    assert.equal(apartStats.chunks, 2, "apart: chunks");
+    assert.equal(apartWrites.count, 2, "apart: one staging write per chunk");
+    await assertCaches(device, dst2, "apart");
+    destroyLayers(dst2);
   },
 );
 

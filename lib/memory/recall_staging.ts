@@ -222,15 +222,28 @@ export class StagingRing {
     // paths read the pool in (head, page) order, where consecutive pages of
     // a head coalesce.
     const byDestination = this.#slotLayout === "hnd" && !this.#direct;
-    const segments = [...byLayer.entries()].map(([layer, e]) => ({
-      layer,
-      caches: e.caches,
-      jobs: e.jobs.sort(
-        byDestination
-          ? (a, b) => a.slot - b.slot || a.head - b.head
-          : (a, b) => a.head - b.head || a.page - b.page,
-      ),
-    }));
+    const byPool = (a: RecallJob, b: RecallJob) => a.head - b.head || a.page - b.page;
+    const segments = [...byLayer.entries()].map(([layer, e]) => {
+      if (!byDestination) return { layer, caches: e.caches, jobs: e.jobs.sort(byPool) };
+      const jobs = e.jobs.sort((a, b) => a.slot - b.slot || a.head - b.head);
+      // Where most runs have no neighbour among the destinations (a decode
+      // step's recall into freed slots), pool order serves better: its
+      // chunks hold consecutive pages of a head, which reach the staging in
+      // one write.
+      const place = (j: RecallJob) => j.slot * this.#pool.kvHeads + j.head;
+      let neighboured = 0;
+      jobs.forEach((j, i) => {
+        if (
+          (i > 0 && place(jobs[i - 1]) === place(j) - 1) ||
+          (i + 1 < jobs.length && place(jobs[i + 1]) === place(j) + 1)
+        ) neighboured++;
+      });
+      return {
+        layer,
+        caches: e.caches,
+        jobs: 2 * neighboured < jobs.length ? jobs.sort(byPool) : jobs,
+      };
+    });
     if (this.#direct) {
       return [{ state, segments, runs: 0, fragmented: true }];
     }
@@ -428,35 +441,36 @@ export class StagingRing {
     // A writeBuffer lands before command buffers still held: send those
     // first, or a held copy of an earlier recall would land on top.
     if (singles + gathered < chunk.runs) this.submitHeld();
-    let single = 0, gather = 0, directAt = stagedBytes, copies = 0;
+    let gather = 0, directAt = stagedBytes, copies = 0;
+    const locate = (job: RecallJob): PageLocation => {
+      if (!this.#pool.isOffloaded(job)) {
+        if (mapped) slot.map!.unmap();
+        slot.needsRelease = mapped;
+        throw new RangeError(
+          `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+        );
+      }
+      return this.#pool.location(job);
+    };
+    // The runs that stand alone, with their pool (numbered in order of
+    // appearance) and place there, for sorting.
+    const alone: Array<{ range: Range; location: PageLocation; pool: number }> = [];
+    const pools = new Map<ArrayBufferLike, number>();
     for (const r of ranges) {
-      const jobs = r.seg.jobs.slice(r.from, r.from + r.count);
-      const locations = jobs.map((job) => {
-        if (!this.#pool.isOffloaded(job)) {
-          if (mapped) slot.map!.unmap();
-          slot.needsRelease = mapped;
-          throw new RangeError(
-            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-          );
-        }
-        return this.#pool.location(job);
-      });
       const length = r.count * half;
       if (r.kind === "single") {
-        const { bytes, byteOffset } = locations[0];
-        const k = single * runBytes;
-        if (mapped) host.set(bytes.subarray(byteOffset, byteOffset + runBytes), k);
-        else queue.writeBuffer(slot.gpu!, k, bytes, byteOffset, runBytes);
-        encoder.copyBufferToBuffer(source, k, r.seg.caches.kCache, r.at, half);
-        encoder.copyBufferToBuffer(source, k + half, r.seg.caches.vCache, r.at, half);
-        single++;
+        const location = locate(r.seg.jobs[r.from]);
+        let pool = pools.get(location.bytes.buffer);
+        if (pool === undefined) pools.set(location.bytes.buffer, pool = pools.size);
+        alone.push({ range: r, location, pool });
       } else {
         const k = r.kind === "direct" ? directAt : singles * runBytes + gather * half;
         const v = r.kind === "direct" ? directAt + length : k + gathered * half;
-        locations.forEach(({ bytes, byteOffset }, i) => {
+        for (let i = 0; i < r.count; i++) {
+          const { bytes, byteOffset } = locate(r.seg.jobs[r.from + i]);
           host.set(bytes.subarray(byteOffset, byteOffset + half), k + i * half);
           host.set(bytes.subarray(byteOffset + half, byteOffset + runBytes), v + i * half);
-        });
+        }
         if (r.kind === "direct") {
           queue.writeBuffer(r.seg.caches.kCache, r.at, host, k, length);
           queue.writeBuffer(r.seg.caches.vCache, r.at, host, v, length);
@@ -469,6 +483,28 @@ export class StagingRing {
       }
       copies += 2;
     }
+    // The runs that stand alone, in pool order, so that runs adjacent in the
+    // pool (consecutive pages of a head) reach the staging in one write.
+    alone.sort((a, b) => a.pool - b.pool || a.location.byteOffset - b.location.byteOffset);
+    let write: { bytes: Uint8Array<ArrayBuffer>; from: number; at: number; length: number } | null =
+      null;
+    const flush = () => {
+      if (write) queue.writeBuffer(slot.gpu!, write.at, write.bytes, write.from, write.length);
+      write = null;
+    };
+    alone.forEach(({ range, location: { bytes, byteOffset } }, i) => {
+      const k = i * runBytes;
+      if (mapped) host.set(bytes.subarray(byteOffset, byteOffset + runBytes), k);
+      else if (write && write.bytes === bytes && write.from + write.length === byteOffset) {
+        write.length += runBytes;
+      } else {
+        flush();
+        write = { bytes, from: byteOffset, at: k, length: runBytes };
+      }
+      encoder.copyBufferToBuffer(source, k, range.seg.caches.kCache, range.at, half);
+      encoder.copyBufferToBuffer(source, k + half, range.seg.caches.vCache, range.at, half);
+    });
+    flush();
     if (mapped) slot.map!.unmap();
     else if (gathered > 0) {
       const at = singles * runBytes;
