@@ -99,8 +99,12 @@ export interface RecallerOptions {
    * `queue.writeBuffer` per run, from the host run straight into the K and V
    * caches at the slot's head offset (no staging buffer, no kernel, but a
    * fixed cost per call that small runs do not amortize);
-   * `"staged"` gathers chunks into the staging buffers as for NHD slots and
-   * places each run with two `copyBufferToBuffer`. Ignored for NHD slots.
+   * `"staged"` brings chunks through the staging buffers and places them
+   * with `copyBufferToBuffer`: runs bound for adjacent (slot, head) places
+   * are gathered so that each such range leaves in one copy per cache (a
+   * range of 128 KiB or more is written straight into the caches); a run
+   * with no neighbour leaves with one copy for its K part and one for its
+   * V part. Ignored for NHD slots.
    */
   hndPath?: HndRecallPath;
   /**
