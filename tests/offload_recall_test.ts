@@ -295,115 +295,141 @@ gpuTest(
   },
 );
 
+/** One layer of HND slots and a filled one-layer pool, for the recall tests below. */
+function hndScene(
+  device: GPUDevice,
+  seed: number,
+  shape: KvLayoutShape,
+  pages: number,
+  slots: number,
+) {
+  const rng = createRandom(seed);
+  const { kvHeads, headDim, pageSize, dtype } = shape;
+  const pool = new HostPagePool({ layers: 1, kvHeads, headDim, pageSize, dtype });
+  const runs = fillRandomRuns(rng, shape, pool, pages);
+  const dst = makeLayers(device, rng, shape, 1, slots);
+  return {
+    pool,
+    dst,
+    caches: [dst[0].buffers],
+    /** Writes the runs of `jobs` into the expected caches. */
+    expect(jobs: RecallJob[]) {
+      for (const j of jobs) {
+        placeHndRun(runs.get(`0/${j.head}/${j.page}`)!, dst[0], shape, j.slot, j.head);
+      }
+    },
+    [Symbol.dispose]() {
+      destroyLayers(dst);
+      pool[Symbol.dispose]();
+    },
+  };
+}
+
 gpuTest(
-  "HND slots, staged: runs bound for adjacent places leave in one copy per cache (both stagings); long ranges are written straight",
+  "HND slots, staged: runs bound for adjacent places leave in one copy per cache (both stagings)",
   async ({ device }) => {
     const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
     // Places (slot * kvHeads + head): 0 1 | 3 4 | 7, given out of order:
     // three ranges, so six copies; one chunk, so one staging write for the
     // two gathered ranges and one for the run that stands alone.
-    const places = [
-      { slot: 3, head: 1, page: 5 },
-      { slot: 0, head: 1, page: 0 },
-      { slot: 1, head: 1, page: 2 },
-      { slot: 2, head: 0, page: 4 },
-      { slot: 0, head: 0, page: 1 },
+    const jobs = [
+      { layer: 0, slot: 3, head: 1, page: 5 },
+      { layer: 0, slot: 0, head: 1, page: 0 },
+      { layer: 0, slot: 1, head: 1, page: 2 },
+      { layer: 0, slot: 2, head: 0, page: 4 },
+      { layer: 0, slot: 0, head: 0, page: 1 },
     ];
     for (const staging of ["write-buffer", "mapped"] as const) {
-      const rng = createRandom(staging === "mapped" ? 41 : 42);
-      using pool = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4 });
-      const runs = fillRandomRuns(rng, shape, pool, 6);
-      const dst = makeLayers(device, rng, shape, 1, 4);
-      using recaller = createRecaller(device, pool, {
-        caches: [dst[0].buffers],
+      using scene = hndScene(device, staging === "mapped" ? 41 : 42, shape, 6, 4);
+      using recaller = createRecaller(device, scene.pool, {
+        caches: scene.caches,
         slotLayout: "hnd",
         staging,
       });
-      const jobs = places.map((p) => ({ layer: 0, ...p }));
-      for (const j of jobs) {
-        placeHndRun(runs.get(`0/${j.head}/${j.page}`)!, dst[0], shape, j.slot, j.head);
-      }
+      scene.expect(jobs);
       using writes = countCalls(device.queue, "writeBuffer");
       const stats = await recaller.recall(jobs).done;
       assert.equal(stats.chunks, 1, staging);
       assert.equal(stats.copies, 6, `${staging}: placement copies`);
       assert.equal(writes.count, staging === "mapped" ? 0 : 2, `${staging}: staging writes`);
-      await assertCaches(device, dst, `coalesced (${staging})`);
-      destroyLayers(dst);
+      await assertCaches(device, scene.dst, `coalesced (${staging})`);
     }
+  },
+);
+
+gpuTest(
+  "HND slots, staged: a long range is written straight into the caches, after copies still held",
+  async ({ device }) => {
     // A range of DIRECT_RANGE_BYTES or more goes straight to the caches:
     // slot 1 whole (8 heads of 16 KiB) is one such range. Slot 3 head 2 and
     // slot 0 head 2 stand alone, and hold pages 0 and 1 of head 2, adjacent
     // in the pool: one staging write for both. Two direct writes, four
     // copies from the staging buffer.
-    const big: KvLayoutShape = { pageSize: 32, kvHeads: 8, headDim: 128, dtype: "f32" };
-    assert.equal(8 * kvLayoutSizes(big).runBytes / 2, DIRECT_RANGE_BYTES);
-    const rng = createRandom(43);
-    using pool = new HostPagePool({ layers: 1, kvHeads: 8, headDim: 128, pageSize: 32 });
-    const runs = fillRandomRuns(rng, big, pool, 2);
-    const dst = makeLayers(device, rng, big, 1, 4);
-    using recaller = createRecaller(device, pool, { caches: [dst[0].buffers], slotLayout: "hnd" });
+    const shape: KvLayoutShape = { pageSize: 32, kvHeads: 8, headDim: 128, dtype: "f32" };
+    assert.equal(8 * kvLayoutSizes(shape).runBytes / 2, DIRECT_RANGE_BYTES);
+    using scene = hndScene(device, 43, shape, 2, 4);
+    using recaller = createRecaller(device, scene.pool, {
+      caches: scene.caches,
+      slotLayout: "hnd",
+    });
     const jobs = [
       { layer: 0, head: 2, page: 1, slot: 0 },
       { layer: 0, head: 2, page: 0, slot: 3 },
       ...[...Array(8).keys()].map((head) => ({ layer: 0, head, page: head % 2, slot: 1 })),
     ];
-    for (const j of jobs) {
-      placeHndRun(runs.get(`0/${j.head}/${j.page}`)!, dst[0], big, j.slot, j.head);
+    scene.expect(jobs);
+    {
+      using writes = countCalls(device.queue, "writeBuffer");
+      using copies = countCalls(GPUCommandEncoder.prototype, "copyBufferToBuffer");
+      const stats = await recaller.recall(jobs).done;
+      assert.equal(writes.count, 3, "writes");
+      assert.equal(copies.count, 4, "copies from staging");
+      assert.equal(stats.copies, 6, "copies and direct writes");
+      await assertCaches(device, scene.dst, "direct range");
     }
-    using writes = countCalls(device.queue, "writeBuffer");
-    using copies = countCalls(GPUCommandEncoder.prototype, "copyBufferToBuffer");
-    const stats = await recaller.recall(jobs).done;
-    assert.equal(writes.count, 3, "direct range: writes");
-    assert.equal(copies.count, 4, "direct range: copies from staging");
-    assert.equal(stats.copies, 6, "direct range: copies and direct writes");
-    await assertCaches(device, dst, "direct range");
     // With deferSubmit, a direct range must land after the held copies of an
     // earlier recall into the same place (a writeBuffer runs before work
     // not submitted yet).
-    using held = createRecaller(device, pool, {
-      caches: [dst[0].buffers],
+    using held = createRecaller(device, scene.pool, {
+      caches: scene.caches,
       slotLayout: "hnd",
       deferSubmit: true,
     });
-    const first = [{ layer: 0, head: 5, page: 0, slot: 2 }];
     const second = [...Array(8).keys()].map((head) => ({ layer: 0, head, page: 1, slot: 2 }));
-    for (const j of second) placeHndRun(runs.get(`0/${j.head}/1`)!, dst[0], big, 2, j.head);
-    await held.recall(first).submitted;
+    scene.expect(second);
+    await held.recall([{ layer: 0, head: 5, page: 0, slot: 2 }]).submitted;
     await held.recall(second).submitted;
     device.queue.submit(held.takeCommandBuffers());
-    await assertCaches(device, dst, "direct range after held copies");
-    destroyLayers(dst);
-    // No run has a neighbour among the destinations: chunks (of two runs
-    // here) follow the pool, so that each holds pages 0 and 1 of one head,
-    // adjacent in the pool: one write each, not one per run.
-    const small: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
-    const rng2 = createRandom(44);
-    using pool2 = new HostPagePool({ layers: 1, kvHeads: 2, headDim: 8, pageSize: 4 });
-    const runs2 = fillRandomRuns(rng2, small, pool2, 2);
-    const dst2 = makeLayers(device, rng2, small, 1, 8);
-    using chunked = createRecaller(device, pool2, {
-      caches: [dst2[0].buffers],
+    await assertCaches(device, scene.dst, "direct range after held copies");
+  },
+);
+
+gpuTest(
+  "HND slots, staged: runs with no neighbour among the destinations are chunked in pool order",
+  async ({ device }) => {
+    // Chunks of two runs: in pool order each holds pages 0 and 1 of one
+    // head, adjacent in the pool, so one write each, not one per run.
+    const shape: KvLayoutShape = { pageSize: 4, kvHeads: 2, headDim: 8, dtype: "f32" };
+    using scene = hndScene(device, 44, shape, 2, 8);
+    using recaller = createRecaller(device, scene.pool, {
+      caches: scene.caches,
       slotLayout: "hnd",
       chunk: "bytes",
-      maxChunkBytes: 2 * pool2.runBytes,
+      maxChunkBytes: 2 * scene.pool.runBytes,
     });
     // Places (slot * 2 + head) 0, 8 for head 0 and 5, 13 for head 1.
-    const apart = [
+    const jobs = [
       { layer: 0, head: 0, page: 0, slot: 0 },
       { layer: 0, head: 0, page: 1, slot: 4 },
       { layer: 0, head: 1, page: 0, slot: 2 },
       { layer: 0, head: 1, page: 1, slot: 6 },
     ];
-    for (const j of apart) {
-      placeHndRun(runs2.get(`0/${j.head}/${j.page}`)!, dst2[0], small, j.slot, j.head);
-    }
-    using apartWrites = countCalls(device.queue, "writeBuffer");
-    const apartStats = await chunked.recall(apart).done;
-    assert.equal(apartStats.chunks, 2, "apart: chunks");
-    assert.equal(apartWrites.count, 2, "apart: one staging write per chunk");
-    await assertCaches(device, dst2, "apart");
-    destroyLayers(dst2);
+    scene.expect(jobs);
+    using writes = countCalls(device.queue, "writeBuffer");
+    const stats = await recaller.recall(jobs).done;
+    assert.equal(stats.chunks, 2, "chunks");
+    assert.equal(writes.count, 2, "one staging write per chunk");
+    await assertCaches(device, scene.dst, "apart");
   },
 );
 
