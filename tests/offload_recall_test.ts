@@ -358,7 +358,7 @@ gpuTest(
 );
 
 gpuTest(
-  "HND slots, staged: a long range is written straight into the caches, after copies still held",
+  "HND slots, staged: a long range is written straight into the caches, after copies still held, and not when the recall fails",
   async ({ device }) => {
     // A range of DIRECT_RANGE_BYTES or more goes straight to the caches:
     // slot 1 whole (8 heads of 16 KiB) is one such range. Slot 3 head 2 and
@@ -401,6 +401,17 @@ gpuTest(
     await held.recall(second).submitted;
     device.queue.submit(held.takeCommandBuffers());
     await assertCaches(device, scene.dst, "direct range after held copies");
+    // A page that leaves the pool after recall() checked it, before the
+    // copies start: the recall rejects, and the caches stay as they were,
+    // the direct range (gathered first) included.
+    const failing = [
+      ...[...Array(8).keys()].map((head) => ({ layer: 0, head, page: 0, slot: 0 })),
+      { layer: 0, head: 2, page: 1, slot: 3 },
+    ];
+    const handle = recaller.recall(failing);
+    scene.pool.releasePages(1, 1);
+    await assert.rejects(handle.submitted, RangeError);
+    await assertCaches(device, scene.dst, "after a failed recall");
   },
 );
 

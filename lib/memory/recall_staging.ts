@@ -432,6 +432,17 @@ export class StagingRing {
       if (r.kind === "single") singles++;
       else if (r.kind === "gathered") gathered += r.count;
     }
+    // Every page is checked before anything is written: a direct range
+    // writes into the caches, which a failed recall must leave as they were.
+    for (const seg of chunk.segments) {
+      for (const job of seg.jobs) {
+        if (!this.#pool.isOffloaded(job)) {
+          throw new RangeError(
+            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+          );
+        }
+      }
+    }
     const stagedBytes = (singles + gathered) * runBytes;
     const host = mapped
       ? new Uint8Array(slot.map!.getMappedRange(0, chunk.runs * runBytes))
@@ -442,16 +453,6 @@ export class StagingRing {
     // first, or a held copy of an earlier recall would land on top.
     if (singles + gathered < chunk.runs) this.submitHeld();
     let gather = 0, directAt = stagedBytes, copies = 0;
-    const locate = (job: RecallJob): PageLocation => {
-      if (!this.#pool.isOffloaded(job)) {
-        if (mapped) slot.map!.unmap();
-        slot.needsRelease = mapped;
-        throw new RangeError(
-          `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-        );
-      }
-      return this.#pool.location(job);
-    };
     // The runs that stand alone, with their pool (numbered in order of
     // appearance) and place there, for sorting.
     const alone: Array<{ range: Range; location: PageLocation; pool: number }> = [];
@@ -459,7 +460,7 @@ export class StagingRing {
     for (const r of ranges) {
       const length = r.count * half;
       if (r.kind === "single") {
-        const location = locate(r.seg.jobs[r.from]);
+        const location = this.#pool.location(r.seg.jobs[r.from]);
         let pool = pools.get(location.bytes.buffer);
         if (pool === undefined) pools.set(location.bytes.buffer, pool = pools.size);
         alone.push({ range: r, location, pool });
@@ -467,7 +468,7 @@ export class StagingRing {
         const k = r.kind === "direct" ? directAt : singles * runBytes + gather * half;
         const v = r.kind === "direct" ? directAt + length : k + gathered * half;
         for (let i = 0; i < r.count; i++) {
-          const { bytes, byteOffset } = locate(r.seg.jobs[r.from + i]);
+          const { bytes, byteOffset } = this.#pool.location(r.seg.jobs[r.from + i]);
           host.set(bytes.subarray(byteOffset, byteOffset + half), k + i * half);
           host.set(bytes.subarray(byteOffset + half, byteOffset + runBytes), v + i * half);
         }
@@ -577,6 +578,10 @@ export class StagingRing {
    * HND pool into HND slots, two per run (its K part and its V part).
    */
   fragmented(chunk: Chunk): void {
+    // Every page is checked before anything is written into the caches.
+    for (const seg of chunk.segments) {
+      for (const job of seg.jobs) offloadedLocation(this.#pool, job);
+    }
     // These writeBuffers must land after the copies of earlier chunks.
     this.submitHeld();
     const state = chunk.state;
