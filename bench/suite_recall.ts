@@ -47,8 +47,9 @@ export interface PairedShare {
   method: string;
   /**
    * `adjacent`: the suite's jobs, every slot of a layer refilled (runs for
-   * neighbouring places coalesce); `scattered`: the same runs into slots
-   * where no two of them are neighbours (a decode step's recall).
+   * neighbouring places coalesce); `scattered`: the same runs into twice
+   * as many slots, run i of a head in slot 2i + head % 2, where few runs
+   * have a neighbour (as in a decode step's recall).
    */
   placement: "adjacent" | "scattered";
   /** Recaller options added to the method's (the engine's). */
@@ -295,7 +296,7 @@ export async function runSuite(
     // The engine's recall (its recaller options) and the big write again,
     // in blocks that rotate, so that the machine's drift falls on all alike:
     // into the suite's slots (every slot of a layer refilled, as a bulk
-    // recall does), and into slots where no two runs are neighbours (as a
+    // recall does), and into slots where few runs have a neighbour (as a
     // decode step's recall into freed slots). Each run is timed until the
     // GPU finished it without a GPU-to-JS answer, whose ~11 ms floor would
     // add the same constant to both sides of a ratio: in Deno 2.9 a submit
@@ -314,7 +315,7 @@ export async function runSuite(
       };
       const options = { ...variants.find(([name]) => name === DEFAULT_PATH)![1], ...ENGINE_RECALL };
       // Twice the slots; run i of (layer, head) goes to slot 2i + head % 2,
-      // so that no two runs of a recall land side by side.
+      // so that only the last head of a slot meets the first of the next.
       const spread: NhdCacheBuffers[] = Array.from({ length: L }, (_, l) => ({
         kCache: device.createBuffer({
           label: `bench k${l}`,
@@ -448,13 +449,10 @@ export async function runSuite(
   const summary = dtypes.map((dtype) => {
     const get = (m: string) => rows.find((r) => r.dtype === dtype && r.method === m)!;
     const b = get("hnd-double"), dd = get("nhd-fragmented");
-    const share = (placement: string) =>
-      paired.find((p) => p.dtype === dtype && p.placement === placement)!.share_of_big_write;
     const entry = (placement: string) =>
       paired.find((p) => p.dtype === dtype && p.placement === placement)!;
-    // Judged against the fastest contiguous write of the same bytes.
+    // The target's figure: the share of the fastest contiguous write.
     const strict = entry("adjacent").share_of_best_write;
-    const pairedShare = share("adjacent");
     return {
       dtype,
       hnd_double_share_of_big_write: b.vs_big_write,
@@ -469,11 +467,11 @@ export async function runSuite(
       // The engine's default recall path: HND pool, HND slots, staged copies.
       default_path: DEFAULT_PATH,
       default_path_share_of_big_write: get(DEFAULT_PATH).vs_big_write,
-      // The engine's recall paired with the big write, both timed until the
-      // GPU finished them (median of the pairs' ratios): the target's figure.
-      default_path_paired_share_of_big_write: pairedShare,
-      // The same into slots where no two runs are neighbours (reported).
-      default_path_paired_share_scattered: share("scattered"),
+      // The engine's recall against one big write, both timed until the GPU
+      // finished them (median of the rounds' ratios; reported, see
+      // `best_write_median_ms` for why it is not the target's figure).
+      default_path_paired_share_of_big_write: entry("adjacent").share_of_big_write,
+      default_path_paired_share_scattered: entry("scattered").share_of_big_write,
       default_path_share_of_best_write: strict,
       default_path_share_of_best_write_scattered: entry("scattered").share_of_best_write,
       target_85pct_of_big_write: strict >= 0.85,

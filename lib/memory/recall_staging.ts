@@ -82,14 +82,21 @@ interface Slot {
   held: boolean;
 }
 
-/** Where `job`'s page lies in the pool; throws when it left the pool before its recall. */
-function offloadedLocation(pool: HostPagePool, job: RecallJob): PageLocation {
-  if (!pool.isOffloaded(job)) {
-    throw new RangeError(
-      `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-    );
+/**
+ * Throws unless every page of `chunk` is still in the pool (one may leave it
+ * between `recall()` and its copies). Called before anything of the chunk is
+ * written, so that a failed recall leaves staging and caches as they were.
+ */
+function assertStillOffloaded(pool: HostPagePool, chunk: Chunk): void {
+  for (const seg of chunk.segments) {
+    for (const job of seg.jobs) {
+      if (!pool.isOffloaded(job)) {
+        throw new RangeError(
+          `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
+        );
+      }
+    }
   }
-  return pool.location(job);
 }
 
 /** The settings of a {@linkcode StagingRing}, checked by the recaller. */
@@ -318,6 +325,7 @@ export class StagingRing {
     const t1 = performance.now();
     state.stats.waitMs += t1 - t0;
     if (this.#hooks.disposed()) throw disposedError("recall pages", "recaller");
+    assertStillOffloaded(this.#pool, chunk);
     const runBytes = this.#sizes.runBytes;
     const bytes = chunk.runs * runBytes;
     this.#ensureCapacity(slot, chunk.runs);
@@ -343,14 +351,6 @@ export class StagingRing {
     for (const seg of chunk.segments) {
       const scatter: RunSlotHeadJob[] = [];
       for (const job of seg.jobs) {
-        if (!this.#pool.isOffloaded(job)) {
-          flushCopy();
-          if (range) slot.map!.unmap();
-          slot.needsRelease = true;
-          throw new RangeError(
-            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-          );
-        }
         const loc = this.#pool.location(job);
         if (
           length > 0 && loc.bytes === srcBytes && loc.byteOffset === srcStart + length
@@ -431,17 +431,6 @@ export class StagingRing {
         : "gathered";
       if (r.kind === "single") singles++;
       else if (r.kind === "gathered") gathered += r.count;
-    }
-    // Every page is checked before anything is written: a direct range
-    // writes into the caches, which a failed recall must leave as they were.
-    for (const seg of chunk.segments) {
-      for (const job of seg.jobs) {
-        if (!this.#pool.isOffloaded(job)) {
-          throw new RangeError(
-            `Cannot recall pages as page ${job.page} of layer ${job.layer} head ${job.head} left the host pool before it was recalled`,
-          );
-        }
-      }
     }
     const stagedBytes = (singles + gathered) * runBytes;
     const host = mapped
@@ -578,10 +567,7 @@ export class StagingRing {
    * HND pool into HND slots, two per run (its K part and its V part).
    */
   fragmented(chunk: Chunk): void {
-    // Every page is checked before anything is written into the caches.
-    for (const seg of chunk.segments) {
-      for (const job of seg.jobs) offloadedLocation(this.#pool, job);
-    }
+    assertStillOffloaded(this.#pool, chunk);
     // These writeBuffers must land after the copies of earlier chunks.
     this.submitHeld();
     const state = chunk.state;
@@ -597,7 +583,7 @@ export class StagingRing {
       const part = runBytes / 2;
       for (const seg of chunk.segments) {
         for (const job of seg.jobs) {
-          const { bytes, byteOffset } = offloadedLocation(pool, job);
+          const { bytes, byteOffset } = pool.location(job);
           const at = job.slot * slotBytes + job.head * part;
           queue.writeBuffer(seg.caches.kCache, at, bytes, byteOffset, part);
           queue.writeBuffer(seg.caches.vCache, at, bytes, byteOffset + part, part);
@@ -611,7 +597,7 @@ export class StagingRing {
     }
     for (const seg of chunk.segments) {
       for (const job of seg.jobs) {
-        const { bytes, byteOffset } = offloadedLocation(pool, job);
+        const { bytes, byteOffset } = pool.location(job);
         for (let t = 0; t < P; t++) {
           const src = byteOffset + (t * H + job.head) * rowBytes;
           const dst = (job.slot * strides.slot + t * strides.token + job.head * strides.head) *
