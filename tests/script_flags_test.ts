@@ -56,6 +56,7 @@ const CASES: [script: string, args: string[], says: RegExp][] = [
     ["--max-tokens", "0"],
     /--max-tokens must be an integer of at least 1: received "0"/,
   ],
+  ["bench/map_costs.ts", ["--mib", "6"], /--mib must be a multiple of 4: received "6"/],
   ["soak.ts", ["--steps", "0"], /--steps must be an integer of at least 1: received "0"/],
   ["soak.ts", ["--policy", "best"], /--policy must be one of .*: received "best"/],
 ];
@@ -64,7 +65,7 @@ for (const [script, args, says] of CASES) {
   Deno.test(`${script} ${args.join(" ")}: one line, exit 2`, async () => {
     const t0 = performance.now();
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", `scripts/${script}`, ...args],
+      args: ["run", "-A", script.includes("/") ? script : `scripts/${script}`, ...args],
       stdout: "piped",
       stderr: "piped",
       env: { NO_COLOR: "1" },
@@ -73,7 +74,7 @@ for (const [script, args, says] of CASES) {
       .filter((l) => l.trim() && !l.includes("XDG_RUNTIME_DIR"));
     assert.equal(out.code, 2, stderr.join("\n"));
     assert.equal(stderr.length, 1, `one line: ${stderr.join(" | ")}`);
-    assert.match(stderr[0], new RegExp(`^${script.replace(".ts", "")}: `));
+    assert.match(stderr[0], new RegExp(`^${script.replace(/^.*\//, "").replace(".ts", "")}: `));
     assert.match(stderr[0], says);
     assert.equal(new TextDecoder().decode(out.stdout), "");
     // No model load, no device: a flag error comes back fast.

@@ -29,6 +29,7 @@ Deno.test("every script answers --help", async () => {
       "bench/selection_counting.ts",
       "bench/blocking_calls.ts",
       "bench/copy_groups.ts",
+      "bench/map_costs.ts",
     ]
   ) {
     const r = await runScript(bench, ["--help"]);
@@ -151,6 +152,29 @@ Deno.test({
       assert.ok(calls.includes(call), call);
     }
     for (const row of report.rows) assert.ok(row.ms >= 0 && Number.isFinite(row.ms), row.call);
+  },
+});
+
+Deno.test({
+  name: "map_costs: a median per step of filling a buffer through a mapping, and of writeBuffer",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("bench/map_costs.ts", ["--mib", "4", "--rounds", "2", "--json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.bytes, 4 << 20);
+    assert.deepEqual(Object.keys(report.medians), [
+      "map_async",
+      "get_mapped_range",
+      "fill",
+      "unmap",
+      "gpu_copy",
+      "write_buffer_calls",
+      "write_buffer_gpu",
+    ]);
+    for (const ms of Object.values(report.medians)) {
+      assert.ok(typeof ms === "number" && ms >= 0 && Number.isFinite(ms), String(ms));
+    }
   },
 });
 
