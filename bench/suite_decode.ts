@@ -24,6 +24,8 @@ export interface DecodeRow {
   host_waits_per_step: number;
   /** Milliseconds of those waits per step (median). */
   host_wait_ms_per_step: number;
+  /** Milliseconds of `beginStep` per step (median): answer, admission, recall issued. */
+  begin_ms_per_step: number;
   pages_recalled_per_step: number;
   recalled_bytes_per_step: number;
   corrected_share: number;
@@ -204,6 +206,7 @@ export async function runSuite(
         log(`${variant.name}: prefill`);
         await prefill(engine);
         const latencies: number[] = [], waits: number[] = [], waitMs: number[] = [];
+        const beginMs: number[] = [];
         const before = engine.totals();
         for (let s = 0; s < warmup + steps; s++) {
           const ms = await timedStep(engine, stepBuffers[s], out);
@@ -211,6 +214,7 @@ export async function runSuite(
             latencies.push(ms);
             waits.push(engine.lastStepStats()!.hostWaits);
             waitMs.push(engine.lastStepStats()!.hostWaitMs);
+            beginMs.push(engine.lastStepStats()!.beginMs);
           }
           if (s === warmup - 1) Object.assign(before, engine.totals());
         }
@@ -230,6 +234,7 @@ export async function runSuite(
           p90_ms: quantile(latencies, 0.9),
           host_waits_per_step: quantile(waits, 0.5),
           host_wait_ms_per_step: quantile(waitMs, 0.5),
+          begin_ms_per_step: quantile(beginMs, 0.5),
           pages_recalled_per_step: (after.pagesRecalled - before.pagesRecalled) / steps,
           recalled_bytes_per_step: (after.bytesRecalled - before.bytesRecalled) / steps,
           corrected_share: checks ? corrections / checks : 0,
@@ -351,7 +356,7 @@ function printTable(
     } ms`,
   );
   console.log(
-    "policy            context batch  median ms   p10-p90 ms  waits/step  wait ms   MiB/step corrected  hit rate",
+    "policy            context batch  median ms   p10-p90 ms  waits/step  wait ms  begin ms   MiB/step corrected  hit rate",
   );
   for (const r of rows) {
     console.log(
@@ -363,6 +368,7 @@ function printTable(
         `${r.p10_ms.toFixed(1)}-${r.p90_ms.toFixed(1)}`.padStart(14),
         String(r.host_waits_per_step).padStart(10),
         r.host_wait_ms_per_step.toFixed(1).padStart(8),
+        r.begin_ms_per_step.toFixed(2).padStart(9),
         (r.recalled_bytes_per_step / 2 ** 20).toFixed(2).padStart(10),
         `${(100 * r.corrected_share).toFixed(1)}%`.padStart(9),
         `${(100 * r.cache_hit_rate).toFixed(1)}%`.padStart(9),

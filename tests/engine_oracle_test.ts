@@ -250,7 +250,10 @@ async function recordStep(
     encoder = await engine.recordLayer(encoder, l, token[l]);
   }
   engine.endStep(encoder, { waitFollows });
-  return engine.lastStepStats()!.hostWaits;
+  const stats = engine.lastStepStats()!;
+  // beginStep's share of the step on the CPU.
+  assert.ok(stats.beginMs >= 0 && stats.beginMs <= stats.totalMs, JSON.stringify(stats));
+  return stats.hostWaits;
 }
 
 gpuTest(

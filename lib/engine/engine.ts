@@ -354,7 +354,7 @@ export class RetrievalEngine {
     this.#answers?.discard();
     this.#atStepEnd = [];
     this.#stepStart = performance.now();
-    this.#stats.begin(this.#stats.steps);
+    const stepStats = this.#stats.begin(this.#stats.steps);
     this.#tick++;
     try {
       // The answer of step t is taken when step t + answerLag begins.
@@ -363,6 +363,7 @@ export class RetrievalEngine {
       this.#inStep = false;
       throw error;
     }
+    stepStats.beginMs = performance.now() - this.#stepStart;
   }
 
   /** Admits the oldest pending answer's selections and recalls what they miss. */

@@ -24,6 +24,12 @@ export interface StepStats {
   headsChecked: number;
   /** Of those, the corrected ones. */
   headsCorrected: number;
+  /**
+   * Milliseconds of `beginStep` on the CPU: taking the pending answer (any
+   * wait for it included), admitting its selections into the slot caches,
+   * writing the residency rows and issuing the recall.
+   */
+  beginMs: number;
   /** Milliseconds of the step on the CPU, from `beginStep` to `endStep`. */
   totalMs: number;
 }
@@ -88,6 +94,7 @@ export class StatsAccumulator {
       bytesRecalled: 0,
       headsChecked: 0,
       headsCorrected: 0,
+      beginMs: 0,
       totalMs: 0,
     };
     return this.current;
