@@ -211,10 +211,11 @@ export async function runSuite(
         for (let s = 0; s < warmup + steps; s++) {
           const ms = await timedStep(engine, stepBuffers[s], out);
           if (s >= warmup) {
+            const stats = engine.lastStepStats()!;
             latencies.push(ms);
-            waits.push(engine.lastStepStats()!.hostWaits);
-            waitMs.push(engine.lastStepStats()!.hostWaitMs);
-            beginMs.push(engine.lastStepStats()!.beginMs);
+            waits.push(stats.hostWaits);
+            waitMs.push(stats.hostWaitMs);
+            beginMs.push(stats.beginMs);
           }
           if (s === warmup - 1) Object.assign(before, engine.totals());
         }

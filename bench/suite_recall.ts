@@ -188,10 +188,13 @@ export async function runSuite(
     const e = dtype === "f16" ? 2 : 4;
     const slotBytes = P * H * d * e;
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    const caches: NhdCacheBuffers[] = Array.from({ length: L }, (_, l) => ({
-      kCache: device.createBuffer({ label: `bench k${l}`, size: pagesPerHead * slotBytes, usage }),
-      vCache: device.createBuffer({ label: `bench v${l}`, size: pagesPerHead * slotBytes, usage }),
-    }));
+    // K and V caches of every layer, `slots` slots each.
+    const cachesOf = (slots: number): NhdCacheBuffers[] =>
+      Array.from({ length: L }, (_, l) => ({
+        kCache: device.createBuffer({ label: `bench k${l}`, size: slots * slotBytes, usage }),
+        vCache: device.createBuffer({ label: `bench v${l}`, size: slots * slotBytes, usage }),
+      }));
+    const caches = cachesOf(pagesPerHead);
     const rng = createRandom(7);
     const jobs: RecallJob[] = [];
     for (let layer = 0; layer < L; layer++) {
@@ -316,18 +319,7 @@ export async function runSuite(
       const options = { ...variants.find(([name]) => name === DEFAULT_PATH)![1], ...ENGINE_RECALL };
       // Twice the slots; run i of (layer, head) goes to slot 2i + head % 2,
       // so that only the last head of a slot meets the first of the next.
-      const spread: NhdCacheBuffers[] = Array.from({ length: L }, (_, l) => ({
-        kCache: device.createBuffer({
-          label: `bench k${l}`,
-          size: 2 * pagesPerHead * slotBytes,
-          usage,
-        }),
-        vCache: device.createBuffer({
-          label: `bench v${l}`,
-          size: 2 * pagesPerHead * slotBytes,
-          usage,
-        }),
-      }));
+      const spread = cachesOf(2 * pagesPerHead);
       const scattered = jobs.map((j) => ({ ...j, slot: 2 * j.slot + (j.head % 2) }));
       using adjacentRecaller = createRecaller(device, hnd, { caches, ...options });
       using scatteredRecaller = createRecaller(device, hnd, { caches: spread, ...options });
