@@ -47,6 +47,9 @@ Options:
                         model (${DEFAULT_TOKENIZER} for the default model)
   --prompt TEXT         prompt (default: empty, generation starts from BOS)
   --max-tokens N        most tokens to generate (default 256)
+  --ignore-eos          keep generating past the model's end-of-text tokens (EOS and
+                        BOS), so that every policy decodes --max-tokens steps (a
+                        speed comparison then covers the same contexts)
   --temperature T       sampling temperature, 0 = greedy (default 0)
   --top-p P             nucleus sampling mass in (0, 1), 1 = off (default 1)
   --seed S              sampler seed (default 0)
@@ -86,6 +89,7 @@ const values = flags.parse(Deno.args, {
   tokenizer: { type: "string" },
   prompt: { type: "string", default: "" },
   "max-tokens": { type: "string" },
+  "ignore-eos": { type: "boolean", default: false },
   temperature: { type: "string" },
   "top-p": { type: "string" },
   seed: { type: "string" },
@@ -224,6 +228,7 @@ const it = generate(model, prompt, {
   seed,
   tokenizer,
   tokensPerWait,
+  ...(values["ignore-eos"] ? { stopTokens: [] } : {}),
 });
 let result: GenerationResult;
 while (true) {
@@ -250,6 +255,7 @@ if (values.json) {
       tokens: result.tokens,
       text: result.text,
       stopReason: result.stopReason,
+      ignoreEos: values["ignore-eos"],
       trace: values["record-trace"] ?? null,
       retrieval: engineBackend ? { ...retrieval, tau } : null,
       engine: engineBackend?.engine.totals() ?? null,

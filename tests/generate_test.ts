@@ -207,6 +207,21 @@ Deno.test({
     assert.ok(worst < 1e-4, `trace q/k differ from the reference by ${worst}`);
     await Deno.remove(trace);
 
+    // --ignore-eos: the default story ends (stop token) before 400 tokens;
+    // with the flag it runs on to --max-tokens.
+    const stops = await runScript(["--json", "--max-tokens", "400"]);
+    assert.equal(stops.code, 0, stops.stderr);
+    const stopped = JSON.parse(stops.stdout);
+    assert.equal(stopped.stopReason, "stop-token");
+    assert.equal(stopped.ignoreEos, false);
+    const runsOn = await runScript(["--json", "--max-tokens", "400", "--ignore-eos"]);
+    assert.equal(runsOn.code, 0, runsOn.stderr);
+    const ran = JSON.parse(runsOn.stdout);
+    assert.equal(ran.stopReason, "max-tokens");
+    assert.equal(ran.ignoreEos, true);
+    assert.equal(ran.tokens.length, 400);
+    assert.deepEqual(ran.tokens.slice(0, stopped.tokens.length), stopped.tokens);
+
     // Through the engine: a budget below the story length still generates.
     const freekv = await runScript(
       ["--policy", "freekv", "--budget", "64", "--page-size", "8", "--max-tokens", "80"],
