@@ -57,6 +57,11 @@ const CASES: [script: string, args: string[], says: RegExp][] = [
     /--max-tokens must be an integer of at least 1: received "0"/,
   ],
   ["bench/map_costs.ts", ["--mib", "6"], /--mib must be a multiple of 4: received "6"/],
+  [
+    "bench/gather_threads.ts",
+    ["--piece-kib", "3"],
+    /--piece-kib must divide 4096: received "3"/,
+  ],
   ["soak.ts", ["--steps", "0"], /--steps must be an integer of at least 1: received "0"/],
   ["soak.ts", ["--policy", "best"], /--policy must be one of .*: received "best"/],
 ];

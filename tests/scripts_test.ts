@@ -30,6 +30,7 @@ Deno.test("every script answers --help", async () => {
       "bench/blocking_calls.ts",
       "bench/copy_groups.ts",
       "bench/map_costs.ts",
+      "bench/gather_threads.ts",
     ]
   ) {
     const r = await runScript(bench, ["--help"]);
@@ -175,6 +176,39 @@ Deno.test({
     for (const ms of Object.values(report.medians)) {
       assert.ok(typeof ms === "number" && ms >= 0 && Number.isFinite(ms), String(ms));
     }
+  },
+});
+
+Deno.test({
+  name: "gather_threads: every method moves the bytes, timed against the contiguous write",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("bench/gather_threads.ts", [
+      "--mib",
+      "4",
+      "--piece-kib",
+      "64",
+      "--rounds",
+      "2",
+      "--json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.bytes, 4 << 20);
+    assert.equal(report.piece_bytes, 64 << 10);
+    assert.deepEqual(report.rows.map((row: { method: string }) => row.method), [
+      "contiguous",
+      "one-thread",
+      "worker-shared-pool",
+      "worker-own-pool",
+      "write-per-piece",
+    ]);
+    for (const row of report.rows) {
+      assert.ok(row.median_ms > 0 && Number.isFinite(row.median_ms), row.method);
+      assert.ok(row.share_of_contiguous > 0, row.method);
+      assert.equal(row.main_wait_ms === null, !row.method.startsWith("worker"), row.method);
+    }
+    assert.equal(report.rows[0].share_of_contiguous, 1);
   },
 });
 
