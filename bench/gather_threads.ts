@@ -30,7 +30,9 @@ submits return once the writes before them ran):
 Methods take turns within a round (the order rotates); the first round is
 untimed. Reports each method's median ms, its share of the contiguous write
 (median of the per-round ratios), and for the worker methods the main
-thread's median wait for the worker. Progress goes to stderr.
+thread's median wait for the worker; and, with no GPU work, the one-thread
+gather alone (ms, us per piece) against copying the contiguous bytes in
+4 MiB pieces. Progress goes to stderr.
 
 Options:
   --mib N        bytes moved, in MiB, a multiple of 4 (default 32)
@@ -120,6 +122,26 @@ const finish = () => {
   device.queue.submit([]);
 };
 let job = 0;
+/** The one-thread gather into `gathered`, chunk by chunk, with no GPU work (ms). */
+function gatherOnly(): number {
+  const t0 = performance.now();
+  for (let c = 0; c < chunks; c++) {
+    for (let i = 0; i < perChunk; i++) {
+      const from = jobs[c * perChunk + i];
+      gathered.set(ownPool.subarray(from, from + pieceBytes), i * pieceBytes);
+    }
+  }
+  return performance.now() - t0;
+}
+/** The contiguous bytes copied into `gathered` in 4 MiB pieces, no GPU work (ms). */
+function copyOnly(): number {
+  const t0 = performance.now();
+  for (let c = 0; c < chunks; c++) {
+    gathered.set(contiguous.subarray(c * chunkBytes, (c + 1) * chunkBytes));
+  }
+  return performance.now() - t0;
+}
+
 /** Runs `method` once; returns the main thread's wait for the worker (ms). */
 function run(method: Method): number {
   let waited = 0;
@@ -166,6 +188,7 @@ const shares = Object.fromEntries(METHODS.map((m) => [m, [] as number[]])) as Re
   Method,
   number[]
 >;
+const hostGather: number[] = [], hostCopy: number[] = [];
 try {
   for (let round = 0; round < rounds; round++) {
     console.error(`gather_threads: round ${round + 1} of ${rounds}`);
@@ -178,7 +201,10 @@ try {
       ms[method] = performance.now() - t0;
       if (round > 0 && method in waits) waits[method].push(waited);
     }
+    const gatherMs = gatherOnly(), copyMs = copyOnly();
     if (round === 0) continue;
+    hostGather.push(gatherMs);
+    hostCopy.push(copyMs);
     for (const m of METHODS) {
       times[m].push(ms[m]);
       shares[m].push(ms.contiguous / ms[m]);
@@ -199,9 +225,14 @@ const rows = METHODS.map((method) => ({
   share_of_contiguous: round2(median(shares[method])),
   main_wait_ms: method in waits ? round2(median(waits[method])) : null,
 }));
+const host = {
+  gather_ms: round2(median(hostGather)),
+  gather_us_per_piece: round2(median(hostGather) * 1000 / pieces),
+  contiguous_copy_ms: round2(median(hostCopy)),
+};
 if (values.json) {
   console.log(JSON.stringify(
-    { adapter: gpu.description, bytes: total, piece_bytes: pieceBytes, rounds, rows },
+    { adapter: gpu.description, bytes: total, piece_bytes: pieceBytes, rounds, rows, host },
     null,
     2,
   ));
@@ -216,4 +247,8 @@ if (values.json) {
         `${r.share_of_contiguous.toFixed(2)} of contiguous${wait}`,
     );
   }
+  console.log(
+    `  host only: gather ${host.gather_ms} ms (${host.gather_us_per_piece} us a piece), ` +
+      `the contiguous bytes in 4 MiB copies ${host.contiguous_copy_ms} ms`,
+  );
 }

@@ -209,6 +209,14 @@ Deno.test({
       assert.equal(row.main_wait_ms === null, !row.method.startsWith("worker"), row.method);
     }
     assert.equal(report.rows[0].share_of_contiguous, 1);
+    assert.deepEqual(Object.keys(report.host), [
+      "gather_ms",
+      "gather_us_per_piece",
+      "contiguous_copy_ms",
+    ]);
+    for (const ms of Object.values(report.host)) {
+      assert.ok(typeof ms === "number" && ms >= 0 && Number.isFinite(ms), String(ms));
+    }
   },
 });
 
