@@ -54,10 +54,7 @@ if (values.help) {
   console.log(USAGE);
   Deno.exit(0);
 }
-const mib = flags.intFlag("mib", values.mib, 4)!;
-if (mib % 4 !== 0) {
-  flags.fail(`--mib must be a multiple of 4: received ${JSON.stringify(values.mib)}`);
-}
+const mib = flags.multipleFlag("mib", values.mib, 4)!;
 const pieceKib = flags.intFlag("piece-kib", values["piece-kib"], 1)!;
 if (4096 % pieceKib !== 0) {
   flags.fail(`--piece-kib must divide 4096: received ${JSON.stringify(values["piece-kib"])}`);

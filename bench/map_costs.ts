@@ -39,10 +39,7 @@ if (values.help) {
   console.log(USAGE);
   Deno.exit(0);
 }
-const mib = flags.intFlag("mib", values.mib, 4)!;
-if (mib % 4 !== 0) {
-  flags.fail(`--mib must be a multiple of 4: received ${JSON.stringify(values.mib)}`);
-}
+const mib = flags.multipleFlag("mib", values.mib, 4)!;
 const rounds = flags.intFlag("rounds", values.rounds, 2)!;
 
 using gpu = await requestGpu();

@@ -15,6 +15,8 @@ export interface FlagChecks {
   ): ReturnType<typeof parseArgs<{ args: string[]; options: O; strict: true }>>["values"];
   /** An integer of at least `min`, or undefined when the flag is absent. */
   intFlag(name: string, value: string | undefined, min: number): number | undefined;
+  /** A positive multiple of `step`, or undefined when the flag is absent. */
+  multipleFlag(name: string, value: string | undefined, step: number): number | undefined;
   /** A finite number, or undefined when the flag is absent. */
   numFlag(name: string, value: string | undefined): number | undefined;
   /** A correction threshold in [-1, 1] (a cosine), or undefined when absent. */
@@ -54,6 +56,13 @@ export function flagChecks(script: string): FlagChecks {
       const n = Number(value);
       if (value.trim() === "" || !Number.isInteger(n) || n < min) {
         fail(`--${name} must be an integer of at least ${min}: received ${JSON.stringify(value)}`);
+      }
+      return n;
+    },
+    multipleFlag(name, value, step) {
+      const n = this.intFlag(name, value, step);
+      if (n !== undefined && n % step !== 0) {
+        fail(`--${name} must be a multiple of ${step}: received ${JSON.stringify(value)}`);
       }
       return n;
     },
