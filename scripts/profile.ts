@@ -35,8 +35,10 @@ every compute pass (GPU time per pass label,
 passes and dispatches per token, and the largest GPU gaps between two
 passes, where copies and barriers run), and splits what each policy costs beyond
 full per token into GPU time in passes (less the attention it saves) and the
-rest (JavaScript, WebGPU's host side, copies, waits). Also reports this
-adapter's GPU time of an empty pass and of a tiny dispatch.
+rest (JavaScript, WebGPU's host side, copies, waits). In the plain runs it
+also times, per token, the attention backend's recording calls (recordStep of
+every layer, until each returns: JavaScript and WebGPU calls, no waits).
+Also reports this adapter's GPU time of an empty pass and of a tiny dispatch.
 Progress goes to stderr.
 
 Options:
@@ -116,9 +118,24 @@ function modelFor(policy: string) {
       policy: policy as PolicyName,
       answerLag: tokensPerWait,
     });
+  // Host time of the layers' recording: until each recordStep returns (a
+  // layer that waits returns at its first wait).
+  let recordMs = 0;
+  const recordStep = backend.recordStep?.bind(backend);
+  if (recordStep) {
+    backend.recordStep = (...args) => {
+      const t0 = performance.now();
+      try {
+        return recordStep(...args);
+      } finally {
+        recordMs += performance.now() - t0;
+      }
+    };
+  }
   const model = createGpuModel(device, weights, { attention: backend, maxSeqLen });
   return {
     model,
+    recordMs: () => recordMs,
     [Symbol.dispose]() {
       model[Symbol.dispose]();
       backend[Symbol.dispose]();
@@ -141,7 +158,9 @@ async function decode(policy: string): Promise<GenerationResult> {
  * (the order alternating), through `generate` as users run it; each result's
  * times are its own decode steps only.
  */
-async function decodeTakingTurns(names: string[]): Promise<GenerationResult[]> {
+async function decodeTakingTurns(
+  names: string[],
+): Promise<{ result: GenerationResult; recordMs: number }[]> {
   const models = names.map(modelFor);
   try {
     const runs = models.map((m) => ({
@@ -156,7 +175,7 @@ async function decodeTakingTurns(names: string[]): Promise<GenerationResult[]> {
         }
       }
     }
-    return runs.map((r) => r.result!);
+    return runs.map((r, i) => ({ result: r.result!, recordMs: models[i].recordMs() }));
   } finally {
     for (const m of models) m[Symbol.dispose]();
   }
@@ -167,6 +186,8 @@ interface PolicyProfile {
   tokens: number;
   tokensPerSecond: number;
   msPerToken: number;
+  /** Host time of the layers' recording calls per token, in the plain run. */
+  recordMsPerToken: number;
   gpuMsPerToken: number;
   /** GPU wall of the decode command buffers, first pass to last, per token. */
   gpuSpanMsPerToken: number;
@@ -181,7 +202,7 @@ progress(`${policies.join(", ")}: decoding ${maxTokens} tokens each, taking turn
 const plainRuns = await decodeTakingTurns(policies);
 const profiles: PolicyProfile[] = [];
 for (const [index, policy] of policies.entries()) {
-  const plain = plainRuns[index];
+  const { result: plain, recordMs } = plainRuns[index];
   progress(`${policy}: decoding again with every pass timed`);
   const timer = installPassTimer(device);
   let totals: Map<string, PassTotals>;
@@ -206,6 +227,7 @@ for (const [index, policy] of policies.entries()) {
     tokens: plain.stats.decodeSteps,
     tokensPerSecond: plain.stats.decodeTokensPerSecond,
     msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
+    recordMsPerToken: recordMs / plain.stats.decodeSteps,
     gpuMsPerToken: sum((t) => t.ns) / 1e6 / steps,
     gpuSpanMsPerToken: [...spans].filter(([label]) => !label.startsWith("prefill"))
       .reduce((a, [, t]) => a + t.ns, 0) / 1e6 / steps,
@@ -244,6 +266,7 @@ const versusFull = profiles.slice(1).map((p) => ({
   extraGpuMsPerToken: p.gpuMsPerToken - full.gpuMsPerToken,
   attentionSavedMsPerToken: attentionMs(full) - attentionMs(p),
   extraHostMsPerToken: (p.msPerToken - p.gpuMsPerToken) - (full.msPerToken - full.gpuMsPerToken),
+  extraRecordMsPerToken: p.recordMsPerToken - full.recordMsPerToken,
   addedPasses: p.passes.filter((x) => !full.passes.some((y) => y.label === x.label)),
   // At full's speed times 0.9 a policy may spend this much more per token.
   budgetAt09MsPerToken: full.msPerToken / 0.9 - full.msPerToken,
@@ -270,8 +293,8 @@ if (values.json) {
   );
   for (const p of profiles) {
     console.log(
-      `\n${p.policy}: ${f(p.tokensPerSecond, 1)} tokens/s (${
-        f(p.msPerToken)
+      `\n${p.policy}: ${f(p.tokensPerSecond, 1)} tokens/s (${f(p.msPerToken)} ms/token; recording ${
+        f(p.recordMsPerToken)
       } ms/token); GPU in passes ${f(p.gpuMsPerToken)} ms/token, first pass to last ${
         f(p.gpuSpanMsPerToken)
       } ms/token; ${f(p.passesPerToken, 1)} passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`,
@@ -300,9 +323,9 @@ if (values.json) {
         f(v.attentionSavedMsPerToken)
       }; added passes ${
         v.addedPasses.map((x) => `${x.label} ${f(x.msPerToken)}`).join(", ")
-      }) + host and the rest ${f(v.extraHostMsPerToken)}; 0.9x full allows +${
-        f(v.budgetAt09MsPerToken)
-      }`,
+      }) + host and the rest ${f(v.extraHostMsPerToken)} (recording ${
+        f(v.extraRecordMsPerToken)
+      }); 0.9x full allows +${f(v.budgetAt09MsPerToken)}`,
     );
   }
 }

@@ -92,6 +92,8 @@ Deno.test({
     assert.deepEqual(report.policies.map((p: { policy: string }) => p.policy), ["full", "quest"]);
     for (const p of report.policies) {
       assert.ok(p.tokens > 30 && p.tokensPerSecond > 0 && p.gpuMsPerToken > 0, p.policy);
+      // Recording a token's layers takes host time, less than the token.
+      assert.ok(p.recordMsPerToken > 0 && p.recordMsPerToken < p.msPerToken, p.policy);
       // The span from a step's first pass to its last holds every pass.
       assert.ok(p.gpuSpanMsPerToken >= p.gpuMsPerToken, p.policy);
       // One attention pass per layer and token (5 layers).
@@ -107,6 +109,12 @@ Deno.test({
     }
     const [quest] = report.versusFull;
     assert.equal(quest.policy, "quest");
+    assert.ok(
+      Math.abs(
+        quest.extraRecordMsPerToken -
+          (report.policies[1].recordMsPerToken - report.policies[0].recordMsPerToken),
+      ) < 1e-9,
+    );
     assert.ok(
       quest.addedPasses.some((x: { label: string }) => x.label === "freekv page selection"),
     );
