@@ -8,7 +8,7 @@
  */
 
 import { bytesPerElement } from "../gpu/dtype.ts";
-import { type BufferSlice, createBuffer, readBuffer } from "../gpu/buffers.ts";
+import { type BufferSlice, createBuffer, readBuffer, writeIfChanged } from "../gpu/buffers.ts";
 import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan, AttentionTables, PagedAttention } from "../kernels/attention.ts";
@@ -148,6 +148,7 @@ export class LayerState implements Disposable {
   #device: GPUDevice;
   #o: ResolvedEngineOptions;
   #scratch = new Map<string, GPUBuffer>();
+  #slotCopyGroup?: { buffers: GPUBuffer[]; group: GPUBindGroup };
   #append: KvAppend;
   /**
    * The layer's kernel plans by use, each made on first use and re-planned
@@ -327,9 +328,9 @@ export class LayerState implements Disposable {
     device.queue.writeBuffer(jobBuffer, 0, data);
     const params = this.scratch("slot copy params", 32);
     const strides = slotStrides(this.#o.slotLayout, P, hkv);
-    device.queue.writeBuffer(
+    writeIfChanged(
+      device.queue,
       params,
-      0,
       new Uint32Array([
         P,
         hkv,
@@ -340,17 +341,22 @@ export class LayerState implements Disposable {
       ]),
     );
     const pipeline = this.#slotCopyPipeline();
-    const bind = device.createBindGroup({
-      label: "freekv slot copy",
-      layout: pipeline.getBindGroupLayout(0),
-      entries: [params, jobBuffer, this.kCache, this.vCache].map((buffer, binding) => ({
-        binding,
-        resource: { buffer },
-      })),
-    });
+    // The same buffers step after step (scratch buffers change only as they grow).
+    const bound = [params, jobBuffer, this.kCache, this.vCache];
+    let bind = this.#slotCopyGroup;
+    if (!bind || bind.buffers.some((b, i) => b !== bound[i])) {
+      bind = this.#slotCopyGroup = {
+        buffers: bound,
+        group: device.createBindGroup({
+          label: "freekv slot copy",
+          layout: pipeline.getBindGroupLayout(0),
+          entries: bound.map((buffer, binding) => ({ binding, resource: { buffer } })),
+        }),
+      };
+    }
     const pass = encoder.beginComputePass({ label: "freekv slot copy" });
     pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bind);
+    pass.setBindGroup(0, bind.group);
     pass.dispatchWorkgroups(Math.ceil((P * headWords) / 64), jobs.length);
     pass.end();
   }
@@ -396,18 +402,25 @@ export class LayerState implements Disposable {
     return built.entries;
   }
 
-  /** Writes the residency rows changed since the last flush to the GPU. */
+  /**
+   * Writes the residency rows changed since the last flush to the GPU, one
+   * write per run of adjacent rows (each call costs more than its bytes).
+   */
   flushResidency(): void {
     if (!this.residency || this.dirtyRows.size === 0) return;
     const maxPages = maxPagesOf(this.#o);
-    for (const row of this.dirtyRows) {
+    const rows = [...this.dirtyRows].sort((a, b) => a - b);
+    for (let i = 0; i < rows.length;) {
+      let end = i + 1;
+      while (end < rows.length && rows[end] === rows[end - 1] + 1) end++;
       this.#device.queue.writeBuffer(
         this.residency,
-        row * maxPages * 4,
+        rows[i] * maxPages * 4,
         this.residencyHost!,
-        row * maxPages,
-        maxPages,
+        rows[i] * maxPages,
+        (end - i) * maxPages,
       );
+      i = end;
     }
     this.dirtyRows.clear();
   }
