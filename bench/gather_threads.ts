@@ -12,6 +12,7 @@
  */
 import { requestGpu } from "../lib/gpu/device.ts";
 import { flagChecks } from "../scripts/_flags.ts";
+import { gatherPieces } from "./gather_pieces.ts";
 
 const USAGE =
   `Usage: deno run -A bench/gather_threads.ts [--mib N] [--piece-kib N] [--rounds N] [--json]
@@ -119,15 +120,14 @@ const finish = () => {
   device.queue.submit([]);
 };
 let job = 0;
-/** The one-thread gather into `gathered`, chunk by chunk, with no GPU work (ms). */
+/** Gathers chunk `c`'s pieces into `gathered` (the engine's way). */
+function gatherChunk(c: number): void {
+  gatherPieces(gathered, ownPool, jobs, c * perChunk, perChunk, pieceBytes);
+}
+/** The one-thread gather of every chunk, with no GPU work (ms). */
 function gatherOnly(): number {
   const t0 = performance.now();
-  for (let c = 0; c < chunks; c++) {
-    for (let i = 0; i < perChunk; i++) {
-      const from = jobs[c * perChunk + i];
-      gathered.set(ownPool.subarray(from, from + pieceBytes), i * pieceBytes);
-    }
-  }
+  for (let c = 0; c < chunks; c++) gatherChunk(c);
   return performance.now() - t0;
 }
 /** The contiguous bytes copied into `gathered` in 4 MiB pieces, no GPU work (ms). */
@@ -148,10 +148,7 @@ function run(method: Method): number {
     }
   } else if (method === "one-thread") {
     for (let c = 0; c < chunks; c++) {
-      for (let i = 0; i < perChunk; i++) {
-        const from = jobs[c * perChunk + i];
-        gathered.set(ownPool.subarray(from, from + pieceBytes), i * pieceBytes);
-      }
+      gatherChunk(c);
       device.queue.writeBuffer(target, c * chunkBytes, gathered);
     }
   } else if (method === "write-per-piece") {
@@ -181,10 +178,6 @@ const times = Object.fromEntries(METHODS.map((m) => [m, [] as number[]])) as Rec
   number[]
 >;
 const waits: Record<string, number[]> = { "worker-shared-pool": [], "worker-own-pool": [] };
-const shares = Object.fromEntries(METHODS.map((m) => [m, [] as number[]])) as Record<
-  Method,
-  number[]
->;
 const hostGather: number[] = [], hostCopy: number[] = [];
 try {
   for (let round = 0; round < rounds; round++) {
@@ -202,10 +195,7 @@ try {
     if (round === 0) continue;
     hostGather.push(gatherMs);
     hostCopy.push(copyMs);
-    for (const m of METHODS) {
-      times[m].push(ms[m]);
-      shares[m].push(ms.contiguous / ms[m]);
-    }
+    for (const m of METHODS) times[m].push(ms[m]);
   }
 } finally {
   Atomics.store(control, 0, -1);
@@ -219,7 +209,8 @@ const round2 = (x: number) => Math.round(x * 100) / 100;
 const rows = METHODS.map((method) => ({
   method,
   median_ms: round2(median(times[method])),
-  share_of_contiguous: round2(median(shares[method])),
+  // Paired round by round: the contiguous write and the method of one round.
+  share_of_contiguous: round2(median(times[method].map((t, i) => times.contiguous[i] / t))),
   main_wait_ms: method in waits ? round2(median(waits[method])) : null,
 }));
 const host = {

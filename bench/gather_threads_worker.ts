@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { gatherPieces } from "./gather_pieces.ts";
 
 /** What the main thread posts once. */
 interface Setup {
@@ -35,11 +36,7 @@ self.onmessage = (event: MessageEvent<Setup>) => {
     for (let c = 0; c < chunks; c++) {
       const slot = c % ring.length;
       while (Atomics.load(control, 8 + slot) !== 0) Atomics.wait(control, 8 + slot, 1);
-      const chunk = ring[slot];
-      for (let i = 0; i < perChunk; i++) {
-        const from = jobs[c * perChunk + i];
-        chunk.set(pool.subarray(from, from + pieceBytes), i * pieceBytes);
-      }
+      gatherPieces(ring[slot], pool, jobs, c * perChunk, perChunk, pieceBytes);
       Atomics.store(control, 8 + slot, 1);
       Atomics.notify(control, 8 + slot);
     }

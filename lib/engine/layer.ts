@@ -8,7 +8,13 @@
  */
 
 import { bytesPerElement } from "../gpu/dtype.ts";
-import { type BufferSlice, createBuffer, readBuffer, writeIfChanged } from "../gpu/buffers.ts";
+import {
+  BindGroupCache,
+  type BufferSlice,
+  createBuffer,
+  readBuffer,
+  writeIfChanged,
+} from "../gpu/buffers.ts";
 import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan, AttentionTables, PagedAttention } from "../kernels/attention.ts";
@@ -148,7 +154,7 @@ export class LayerState implements Disposable {
   #device: GPUDevice;
   #o: ResolvedEngineOptions;
   #scratch = new Map<string, GPUBuffer>();
-  #slotCopyGroup?: { buffers: GPUBuffer[]; group: GPUBindGroup };
+  #slotCopyBindings = new BindGroupCache(1);
   #append: KvAppend;
   /**
    * The layer's kernel plans by use, each made on first use and re-planned
@@ -343,20 +349,15 @@ export class LayerState implements Disposable {
     const pipeline = this.#slotCopyPipeline();
     // The same buffers step after step (scratch buffers change only as they grow).
     const bound = [params, jobBuffer, this.kCache, this.vCache];
-    let bind = this.#slotCopyGroup;
-    if (!bind || bind.buffers.some((b, i) => b !== bound[i])) {
-      bind = this.#slotCopyGroup = {
-        buffers: bound,
-        group: device.createBindGroup({
-          label: "freekv slot copy",
-          layout: pipeline.getBindGroupLayout(0),
-          entries: bound.map((buffer, binding) => ({ binding, resource: { buffer } })),
-        }),
-      };
-    }
+    const bind = this.#slotCopyBindings.get(bound, () =>
+      device.createBindGroup({
+        label: "freekv slot copy",
+        layout: pipeline.getBindGroupLayout(0),
+        entries: bound.map((buffer, binding) => ({ binding, resource: { buffer } })),
+      }));
     const pass = encoder.beginComputePass({ label: "freekv slot copy" });
     pass.setPipeline(pipeline);
-    pass.setBindGroup(0, bind.group);
+    pass.setBindGroup(0, bind);
     pass.dispatchWorkgroups(Math.ceil((P * headWords) / 64), jobs.length);
     pass.end();
   }
