@@ -17,6 +17,7 @@ import {
   type PassTotals,
   type SpanTotals,
 } from "./_pass_timer.ts";
+import { type CallTotals, installCallCounter } from "./_call_counter.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
@@ -37,7 +38,10 @@ passes, where copies and barriers run), and splits what each policy costs beyond
 full per token into GPU time in passes (less the attention it saves) and the
 rest (JavaScript, WebGPU's host side, copies, waits). In the plain runs it
 also times, per token, the attention backend's recording calls (recordStep of
-every layer, until each returns: JavaScript and WebGPU calls, no waits).
+every layer, until each returns: JavaScript and WebGPU calls, no waits), and
+counts per token the buffer copies, queue writes, submits and bind groups
+created, with the host time of GPUCommandEncoder.finish (where wgpu turns
+the recorded passes and copies into commands).
 Also reports this adapter's GPU time of an empty pass and of a tiny dispatch.
 Progress goes to stderr.
 
@@ -160,22 +164,31 @@ async function decode(policy: string): Promise<GenerationResult> {
  */
 async function decodeTakingTurns(
   names: string[],
-): Promise<{ result: GenerationResult; recordMs: number }[]> {
+): Promise<{ result: GenerationResult; recordMs: number; calls: CallTotals }[]> {
   const models = names.map(modelFor);
+  using counter = installCallCounter();
   try {
-    const runs = models.map((m) => ({
+    const runs = models.map((m, index) => ({
+      name: names[index],
       it: generate(m.model, [config.bosId], { maxTokens, tokensPerWait }),
       result: undefined as GenerationResult | undefined,
     }));
     for (let turn = 0; runs.some((r) => !r.result); turn++) {
       for (const run of turn % 2 ? [...runs].reverse() : runs) {
+        counter.current = run.name;
         for (let i = 0; i < tokensPerWait && !run.result; i++) {
           const r = await run.it.next();
           if (r.done) run.result = r.value;
         }
+        counter.current = null;
       }
     }
-    return runs.map((r, i) => ({ result: r.result!, recordMs: models[i].recordMs() }));
+    const calls = counter.totals();
+    return runs.map((r, i) => ({
+      result: r.result!,
+      recordMs: models[i].recordMs(),
+      calls: calls.get(r.name) ?? { copies: 0, writes: 0, submits: 0, bindGroups: 0, finishMs: 0 },
+    }));
   } finally {
     for (const m of models) m[Symbol.dispose]();
   }
@@ -188,6 +201,12 @@ interface PolicyProfile {
   msPerToken: number;
   /** Host time of the layers' recording calls per token, in the plain run. */
   recordMsPerToken: number;
+  /**
+   * WebGPU calls per token in the plain run (its BOS prefill included):
+   * buffer copies, queue writes, submits, bind groups created, and the host
+   * milliseconds of `GPUCommandEncoder.finish`.
+   */
+  callsPerToken: CallTotals;
   gpuMsPerToken: number;
   /** GPU wall of the decode command buffers, first pass to last, per token. */
   gpuSpanMsPerToken: number;
@@ -202,7 +221,7 @@ progress(`${policies.join(", ")}: decoding ${maxTokens} tokens each, taking turn
 const plainRuns = await decodeTakingTurns(policies);
 const profiles: PolicyProfile[] = [];
 for (const [index, policy] of policies.entries()) {
-  const { result: plain, recordMs } = plainRuns[index];
+  const { result: plain, recordMs, calls } = plainRuns[index];
   progress(`${policy}: decoding again with every pass timed`);
   const timer = installPassTimer(device);
   let totals: Map<string, PassTotals>;
@@ -228,6 +247,13 @@ for (const [index, policy] of policies.entries()) {
     tokensPerSecond: plain.stats.decodeTokensPerSecond,
     msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
     recordMsPerToken: recordMs / plain.stats.decodeSteps,
+    callsPerToken: {
+      copies: calls.copies / plain.stats.decodeSteps,
+      writes: calls.writes / plain.stats.decodeSteps,
+      submits: calls.submits / plain.stats.decodeSteps,
+      bindGroups: calls.bindGroups / plain.stats.decodeSteps,
+      finishMs: calls.finishMs / plain.stats.decodeSteps,
+    },
     gpuMsPerToken: sum((t) => t.ns) / 1e6 / steps,
     gpuSpanMsPerToken: [...spans].filter(([label]) => !label.startsWith("prefill"))
       .reduce((a, [, t]) => a + t.ns, 0) / 1e6 / steps,
@@ -267,6 +293,7 @@ const versusFull = profiles.slice(1).map((p) => ({
   attentionSavedMsPerToken: attentionMs(full) - attentionMs(p),
   extraHostMsPerToken: (p.msPerToken - p.gpuMsPerToken) - (full.msPerToken - full.gpuMsPerToken),
   extraRecordMsPerToken: p.recordMsPerToken - full.recordMsPerToken,
+  extraFinishMsPerToken: p.callsPerToken.finishMs - full.callsPerToken.finishMs,
   addedPasses: p.passes.filter((x) => !full.passes.some((y) => y.label === x.label)),
   // At full's speed times 0.9 a policy may spend this much more per token.
   budgetAt09MsPerToken: full.msPerToken / 0.9 - full.msPerToken,
@@ -299,6 +326,12 @@ if (values.json) {
         f(p.gpuSpanMsPerToken)
       } ms/token; ${f(p.passesPerToken, 1)} passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`,
     );
+    const c = p.callsPerToken;
+    console.log(
+      `  per token: ${f(c.copies, 1)} copies, ${f(c.writes, 1)} writes, ${
+        f(c.submits, 2)
+      } submits, ${f(c.bindGroups, 2)} bind groups created; finish ${f(c.finishMs, 3)} ms`,
+    );
     for (const x of p.passes) {
       console.log(
         `  ${x.label.padEnd(34)} ${f(x.msPerToken, 3).padStart(7)} ms/token  ${
@@ -325,7 +358,7 @@ if (values.json) {
         v.addedPasses.map((x) => `${x.label} ${f(x.msPerToken)}`).join(", ")
       }) + host and the rest ${f(v.extraHostMsPerToken)} (recording ${
         f(v.extraRecordMsPerToken)
-      }); 0.9x full allows +${f(v.budgetAt09MsPerToken)}`,
+      }, finish ${f(v.extraFinishMsPerToken)}); 0.9x full allows +${f(v.budgetAt09MsPerToken)}`,
     );
   }
 }

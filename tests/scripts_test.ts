@@ -106,13 +106,38 @@ Deno.test({
       const gapMs = p.gaps.reduce((a: number, g: { msPerToken: number }) => a + g.msPerToken, 0);
       assert.ok(gapMs <= p.gpuSpanMsPerToken - p.gpuMsPerToken + 1e-6, `${p.policy} ${gapMs}`);
       for (const g of p.gaps) assert.match(g.between, /^.+ -> .+$/);
+      // WebGPU calls of the plain run: a decode submit per token at least,
+      // and finish's host time is part of the token's.
+      const calls = p.callsPerToken;
+      assert.deepEqual(Object.keys(calls), [
+        "copies",
+        "writes",
+        "submits",
+        "bindGroups",
+        "finishMs",
+      ]);
+      assert.ok(calls.submits >= 1 && calls.writes > 0, `${p.policy} ${JSON.stringify(calls)}`);
+      assert.ok(calls.finishMs > 0 && calls.finishMs < p.msPerToken, p.policy);
     }
+    // full copies little more than its sampled tokens back (once per 8
+    // tokens); quest also writes its selection's inputs every step.
+    const [fullCalls, questCalls] = report.policies.map(
+      (p: { callsPerToken: Record<string, number> }) => p.callsPerToken,
+    );
+    assert.ok(fullCalls.copies > 0 && fullCalls.copies < 0.5, String(fullCalls.copies));
+    assert.ok(questCalls.writes > fullCalls.writes, `${questCalls.writes} ${fullCalls.writes}`);
     const [quest] = report.versusFull;
     assert.equal(quest.policy, "quest");
     assert.ok(
       Math.abs(
         quest.extraRecordMsPerToken -
           (report.policies[1].recordMsPerToken - report.policies[0].recordMsPerToken),
+      ) < 1e-9,
+    );
+    assert.ok(
+      Math.abs(
+        quest.extraFinishMsPerToken -
+          (report.policies[1].callsPerToken.finishMs - report.policies[0].callsPerToken.finishMs),
       ) < 1e-9,
     );
     assert.ok(
