@@ -15,6 +15,11 @@ export interface CallTotals {
   finishMs: number;
 }
 
+/** Totals of a key that made no call. */
+export function noCalls(): CallTotals {
+  return { copies: 0, writes: 0, submits: 0, bindGroups: 0, finishMs: 0 };
+}
+
 /** Counts WebGPU calls by key until disposed. */
 export interface CallCounter extends Disposable {
   /** The key calls count for now; null counts nothing. */
@@ -49,7 +54,7 @@ export function installCallCounter(): CallCounter {
     if (key === null) return null;
     let t = totals.get(key);
     if (!t) {
-      t = { copies: 0, writes: 0, submits: 0, bindGroups: 0, finishMs: 0 };
+      t = noCalls();
       totals.set(key, t);
     }
     return t;

@@ -17,7 +17,7 @@ import {
   type PassTotals,
   type SpanTotals,
 } from "./_pass_timer.ts";
-import { type CallTotals, installCallCounter } from "./_call_counter.ts";
+import { type CallTotals, installCallCounter, noCalls } from "./_call_counter.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
@@ -187,7 +187,7 @@ async function decodeTakingTurns(
     return runs.map((r, i) => ({
       result: r.result!,
       recordMs: models[i].recordMs(),
-      calls: calls.get(r.name) ?? { copies: 0, writes: 0, submits: 0, bindGroups: 0, finishMs: 0 },
+      calls: calls.get(r.name) ?? noCalls(),
     }));
   } finally {
     for (const m of models) m[Symbol.dispose]();
