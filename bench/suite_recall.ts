@@ -44,6 +44,14 @@ export interface RecallRow {
 /** The engine's recall path's share of the big write, from rotating blocks of runs. */
 export interface PairedShare {
   dtype: KvDtype;
+  /**
+   * The engine's default path, or `one-buffer-slots-direct`: what the same
+   * runs would cost with GPU slots laid out `[slot][head][K|V]` in one buffer
+   * per layer, where a host run is contiguous and goes straight in with one
+   * `writeBuffer` (ranges adjacent on both sides in one). No kernel binds
+   * that layout (they take K and V as two buffers); it is timed to show what
+   * it would buy.
+   */
   method: string;
   /**
    * `adjacent`: the suite's jobs, every slot of a layer refilled (runs for
@@ -164,8 +172,31 @@ async function verify(
   }
 }
 
+/** Checks a few runs written to a one-buffer layout (byte `at(job)`) against the pool. */
+async function verifyOneBuffer(
+  device: GPUDevice,
+  pool: HostPagePool,
+  buffer: GPUBuffer,
+  at: (job: RecallJob) => number,
+  jobs: RecallJob[],
+): Promise<void> {
+  const all = new Uint8Array(await readBuffer(device, buffer));
+  for (const job of [jobs[0], jobs[jobs.length >> 1], jobs[jobs.length - 1]]) {
+    const run = pool.readRun(job);
+    const want = new Uint8Array(run.buffer, run.byteOffset, run.byteLength);
+    const got = all.subarray(at(job), at(job) + want.length);
+    if (got.some((b, i) => b !== want[i])) {
+      throw new Error(
+        `recall benchmark: wrong one-buffer data in layer ${job.layer} slot ${job.slot}`,
+      );
+    }
+  }
+}
+
 /** The row of the engine's default recall (`slotLayout` hnd, `hndPath` staged). */
 const DEFAULT_PATH = "hnd-slots-staged";
+/** The paired method timing GPU slots `[slot][head][K|V]` in one buffer (not built). */
+const ONE_BUFFER = "one-buffer-slots-direct";
 /** What the engine adds to that row's recaller options (lib/engine/offload_memory.ts). */
 const ENGINE_RECALL = { chunk: "bytes", deferSubmit: true } as const;
 
@@ -309,7 +340,9 @@ export async function runSuite(
     // before it, as the engine's one answer per step does. Each block's
     // first run, which follows another method's work, is dropped: every
     // method is timed in its own steady state. The same bytes in
-    // writes of 1 MiB and 4 MiB are timed too (see `best_write_median_ms`).
+    // writes of 1 MiB and 4 MiB are timed too (see `best_write_median_ms`),
+    // and the same runs written into a one-buffer layout that no kernel
+    // binds (see `PairedShare.method`).
     log(`${dtype}: the engine's recall rotating with big-write`);
     {
       const untilIdle = () => {
@@ -321,6 +354,33 @@ export async function runSuite(
       // so that only the last head of a slot meets the first of the next.
       const spread = cachesOf(2 * pagesPerHead);
       const scattered = jobs.map((j) => ({ ...j, slot: 2 * j.slot + (j.head % 2) }));
+      // The one-buffer layout: a layer's slots, each `[head][K|V]`.
+      const oneBufferOf = (slots: number) =>
+        createBuffer(device, "bench one-buffer slots", usage, L * slots * H * runBytes);
+      const oneBuffer = {
+        adjacent: oneBufferOf(pagesPerHead),
+        scattered: oneBufferOf(2 * pagesPerHead),
+      };
+      const oneBufferAt = (slots: number, j: RecallJob) =>
+        ((j.layer * slots + j.slot) * H + j.head) * runBytes;
+      const writeRuns = (target: GPUBuffer, slots: number, list: RecallJob[]) => () => {
+        for (let i = 0; i < list.length;) {
+          const from = hnd.location(list[i]);
+          const at = oneBufferAt(slots, list[i]);
+          let n = 1;
+          while (i + n < list.length) {
+            const next = hnd.location(list[i + n]);
+            const adjacent = next.bytes === from.bytes &&
+              next.byteOffset === from.byteOffset + n * runBytes &&
+              oneBufferAt(slots, list[i + n]) === at + n * runBytes;
+            if (!adjacent) break;
+            n++;
+          }
+          device.queue.writeBuffer(target, at, from.bytes, from.byteOffset, n * runBytes);
+          i += n;
+        }
+        untilIdle();
+      };
       using adjacentRecaller = createRecaller(device, hnd, { caches, ...options });
       using scatteredRecaller = createRecaller(device, hnd, { caches: spread, ...options });
       const recallOf = (recaller: typeof adjacentRecaller, recallJobs: RecallJob[]) => async () => {
@@ -344,6 +404,8 @@ export async function runSuite(
         writes4: () => writeInPieces(4 << 20),
         adjacent: recallOf(adjacentRecaller, jobs),
         scattered: recallOf(scatteredRecaller, scattered),
+        oneBufferAdjacent: writeRuns(oneBuffer.adjacent, pagesPerHead, jobs),
+        oneBufferScattered: writeRuns(oneBuffer.scattered, 2 * pagesPerHead, scattered),
       };
       const names = Object.keys(runs) as Array<keyof typeof runs>;
       // Per round, each method's median over its block.
@@ -353,6 +415,8 @@ export async function runSuite(
         writes4: [],
         adjacent: [],
         scattered: [],
+        oneBufferAdjacent: [],
+        oneBufferScattered: [],
       };
       for (let round = 0; round < rounds; round++) {
         for (let k = 0; k < names.length; k++) {
@@ -369,29 +433,62 @@ export async function runSuite(
       }
       await verify(device, hnd, caches, jobs, options.slotLayout);
       await verify(device, hnd, spread, scattered, options.slotLayout);
+      await verifyOneBuffer(
+        device,
+        hnd,
+        oneBuffer.adjacent,
+        (j) => oneBufferAt(pagesPerHead, j),
+        jobs,
+      );
+      await verifyOneBuffer(
+        device,
+        hnd,
+        oneBuffer.scattered,
+        (j) => oneBufferAt(2 * pagesPerHead, j),
+        scattered,
+      );
       // Per round, the fastest way to write the same contiguous bytes.
       const best = ms.big.map((b, i) => Math.min(b, ms.writes1[i], ms.writes4[i]));
-      for (const placement of ["adjacent", "scattered"] as const) {
-        paired.push({
-          dtype,
+      const methods = [
+        {
           method: DEFAULT_PATH,
-          placement,
           options: JSON.stringify(ENGINE_RECALL),
-          rounds,
-          runs_per_round: BLOCK,
-          big_write_median_ms: round(median(ms.big)),
-          method_median_ms: round(median(ms[placement])),
-          share_of_big_write: round(median(ms.big.map((b, i) => b / ms[placement][i]))),
-          writes_1mib_median_ms: round(median(ms.writes1)),
-          writes_4mib_median_ms: round(median(ms.writes4)),
-          best_write_median_ms: round(median(best)),
-          share_of_best_write: round(median(best.map((b, i) => b / ms[placement][i]))),
-        });
+          adjacent: "adjacent",
+          scattered: "scattered",
+        },
+        {
+          method: ONE_BUFFER,
+          options: "",
+          adjacent: "oneBufferAdjacent",
+          scattered: "oneBufferScattered",
+        },
+      ] as const;
+      for (const m of methods) {
+        for (const placement of ["adjacent", "scattered"] as const) {
+          const name = m[placement];
+          paired.push({
+            dtype,
+            method: m.method,
+            placement,
+            options: m.options,
+            rounds,
+            runs_per_round: BLOCK,
+            big_write_median_ms: round(median(ms.big)),
+            method_median_ms: round(median(ms[name])),
+            share_of_big_write: round(median(ms.big.map((b, i) => b / ms[name][i]))),
+            writes_1mib_median_ms: round(median(ms.writes1)),
+            writes_4mib_median_ms: round(median(ms.writes4)),
+            best_write_median_ms: round(median(best)),
+            share_of_best_write: round(median(best.map((b, i) => b / ms[name][i]))),
+          });
+        }
       }
       for (const c of spread) {
         c.kCache.destroy();
         c.vCache.destroy();
       }
+      oneBuffer.adjacent.destroy();
+      oneBuffer.scattered.destroy();
     }
 
     // (d) Token-fragmented recall from the NHD pool.
@@ -441,8 +538,8 @@ export async function runSuite(
   const summary = dtypes.map((dtype) => {
     const get = (m: string) => rows.find((r) => r.dtype === dtype && r.method === m)!;
     const b = get("hnd-double"), dd = get("nhd-fragmented");
-    const entry = (placement: string) =>
-      paired.find((p) => p.dtype === dtype && p.placement === placement)!;
+    const entry = (placement: string, method = DEFAULT_PATH) =>
+      paired.find((p) => p.dtype === dtype && p.placement === placement && p.method === method)!;
     // The target's figure: the share of the fastest contiguous write.
     const strict = entry("adjacent").share_of_best_write;
     return {
@@ -466,6 +563,10 @@ export async function runSuite(
       default_path_paired_share_scattered: entry("scattered").share_of_big_write,
       default_path_share_of_best_write: strict,
       default_path_share_of_best_write_scattered: entry("scattered").share_of_best_write,
+      // A layout no kernel binds (see `PairedShare.method`), for comparison.
+      one_buffer_slots_share_of_best_write: entry("adjacent", ONE_BUFFER).share_of_best_write,
+      one_buffer_slots_share_of_best_write_scattered:
+        entry("scattered", ONE_BUFFER).share_of_best_write,
       target_85pct_of_big_write: strict >= 0.85,
       target_5x_vs_nhd: dd.median_ms >= 5 * b.median_ms,
     };

@@ -190,6 +190,43 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "recall suite (quick): every method's data checked, the engine's recall and the one-buffer layout paired with the writes",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("bench.ts", ["--suite", "recall", "--quick", "--json"]);
+    // The suite reads recalled runs back and throws on wrong bytes.
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.deepEqual(
+      report.paired.map((p: { method: string; placement: string }) => `${p.method} ${p.placement}`),
+      [
+        "hnd-slots-staged adjacent",
+        "hnd-slots-staged scattered",
+        "one-buffer-slots-direct adjacent",
+        "one-buffer-slots-direct scattered",
+      ],
+    );
+    for (const p of report.paired) {
+      assert.ok(p.method_median_ms > 0 && p.share_of_best_write > 0, p.method);
+      // The fastest write is the fastest of three, one of them the big write.
+      assert.ok(p.best_write_median_ms <= p.big_write_median_ms + 1e-9, p.method);
+    }
+    const [summary] = report.summary;
+    assert.equal(summary.dtype, "f32");
+    assert.equal(summary.default_path_share_of_best_write, report.paired[0].share_of_best_write);
+    assert.equal(
+      summary.one_buffer_slots_share_of_best_write,
+      report.paired[2].share_of_best_write,
+    );
+    assert.equal(
+      summary.target_85pct_of_big_write,
+      summary.default_path_share_of_best_write >= 0.85,
+    );
+  },
+});
+
+Deno.test({
   name: "map_costs: a median per step of filling a buffer through a mapping, and of writeBuffer",
   ignore: testGpu === null,
   fn: async () => {
