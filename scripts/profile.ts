@@ -43,7 +43,8 @@ counts per token the buffer copies, queue writes, submits and bind groups
 created, with the host time of GPUCommandEncoder.finish (where wgpu turns
 the recorded passes and copies into commands).
 Also reports this adapter's GPU time of an empty pass and of a tiny dispatch.
-Progress goes to stderr.
+With --plain, or where the adapter has no timestamp-query, only the plain
+runs: the GPU figures are null. Progress goes to stderr.
 
 Options:
   --model PATH          llama2.c .bin or Hugging Face directory
@@ -54,6 +55,7 @@ Options:
   --budget N            KV tokens attended per step (default 96)
   --page-size N         KV page size in tokens (default 8)
   --tokens-per-wait N   decode steps per host wait (default 8)
+  --plain               the plain runs only (no timestamp queries)
   --json                print one JSON object on stdout
   --help                this text`;
 
@@ -66,6 +68,7 @@ const values = flags.parse(Deno.args, {
   budget: { type: "string", default: "96" },
   "page-size": { type: "string", default: "8" },
   "tokens-per-wait": { type: "string", default: "8" },
+  plain: { type: "boolean", default: false },
   json: { type: "boolean", default: false },
   help: { type: "boolean", short: "h", default: false },
 });
@@ -106,10 +109,16 @@ const maxSeqLen = Math.min(config.maxSeqLen, maxTokens + 1);
 
 using gpu = await requestGpu();
 const device = gpu.device;
-if (!gpu.timestamps) fail(`the adapter (${gpu.description}) has no timestamp-query`);
-
-progress("measuring the floors of a pass and a dispatch");
-const floors = await measureFloors(device);
+// Timestamp queries around every pass, unless asked not to or not offered.
+const timed = !values.plain && gpu.timestamps;
+if (!values.plain && !timed) {
+  progress(`the adapter (${gpu.description}) has no timestamp-query: plain runs only`);
+}
+let floors: { passNs: number; dispatchNs: number } | null = null;
+if (timed) {
+  progress("measuring the floors of a pass and a dispatch");
+  floors = await measureFloors(device);
+}
 
 /** A model of `policy` decoding through the engine (or the dense backend). */
 function modelFor(policy: string) {
@@ -207,11 +216,12 @@ interface PolicyProfile {
    * milliseconds of `GPUCommandEncoder.finish`.
    */
   callsPerToken: CallTotals;
-  gpuMsPerToken: number;
+  /** GPU figures from the timed run; null (and no passes or gaps) without it. */
+  gpuMsPerToken: number | null;
   /** GPU wall of the decode command buffers, first pass to last, per token. */
-  gpuSpanMsPerToken: number;
-  passesPerToken: number;
-  dispatchesPerToken: number;
+  gpuSpanMsPerToken: number | null;
+  passesPerToken: number | null;
+  dispatchesPerToken: number | null;
   passes: { label: string; msPerToken: number; passesPerToken: number; dispatches: number }[];
   /** The largest GPU gaps between consecutive passes (copies and barriers between them). */
   gaps: { between: string; msPerToken: number; perToken: number; usEach: number }[];
@@ -222,6 +232,32 @@ const plainRuns = await decodeTakingTurns(policies);
 const profiles: PolicyProfile[] = [];
 for (const [index, policy] of policies.entries()) {
   const { result: plain, recordMs, calls } = plainRuns[index];
+  const plainProfile = {
+    policy,
+    tokens: plain.stats.decodeSteps,
+    tokensPerSecond: plain.stats.decodeTokensPerSecond,
+    msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
+    recordMsPerToken: recordMs / plain.stats.decodeSteps,
+    callsPerToken: {
+      copies: calls.copies / plain.stats.decodeSteps,
+      writes: calls.writes / plain.stats.decodeSteps,
+      submits: calls.submits / plain.stats.decodeSteps,
+      bindGroups: calls.bindGroups / plain.stats.decodeSteps,
+      finishMs: calls.finishMs / plain.stats.decodeSteps,
+    },
+  };
+  if (!timed) {
+    profiles.push({
+      ...plainProfile,
+      gpuMsPerToken: null,
+      gpuSpanMsPerToken: null,
+      passesPerToken: null,
+      dispatchesPerToken: null,
+      passes: [],
+      gaps: [],
+    });
+    continue;
+  }
   progress(`${policy}: decoding again with every pass timed`);
   const timer = installPassTimer(device);
   let totals: Map<string, PassTotals>;
@@ -242,18 +278,7 @@ for (const [index, policy] of policies.entries()) {
   const rows = [...totals].filter(([label]) => !label.startsWith("prefill"));
   const sum = (f: (t: PassTotals) => number) => rows.reduce((a, [, t]) => a + f(t), 0);
   profiles.push({
-    policy,
-    tokens: plain.stats.decodeSteps,
-    tokensPerSecond: plain.stats.decodeTokensPerSecond,
-    msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
-    recordMsPerToken: recordMs / plain.stats.decodeSteps,
-    callsPerToken: {
-      copies: calls.copies / plain.stats.decodeSteps,
-      writes: calls.writes / plain.stats.decodeSteps,
-      submits: calls.submits / plain.stats.decodeSteps,
-      bindGroups: calls.bindGroups / plain.stats.decodeSteps,
-      finishMs: calls.finishMs / plain.stats.decodeSteps,
-    },
+    ...plainProfile,
     gpuMsPerToken: sum((t) => t.ns) / 1e6 / steps,
     gpuSpanMsPerToken: [...spans].filter(([label]) => !label.startsWith("prefill"))
       .reduce((a, [, t]) => a + t.ns, 0) / 1e6 / steps,
@@ -285,13 +310,18 @@ const attentionMs = (p: PolicyProfile) =>
 // What a policy costs beyond full, per token: GPU time in passes (its own
 // kernels, less the attention it saves) and the rest of the wall time
 // (JavaScript, WebGPU's host side, copies and waits).
+// The difference of two GPU figures, null where they were not timed.
+const gpuDiff = (a: number | null, b: number | null) => a === null || b === null ? null : a - b;
 const versusFull = profiles.slice(1).map((p) => ({
   policy: p.policy,
   ratioToFull: p.tokensPerSecond / full.tokensPerSecond,
   extraMsPerToken: p.msPerToken - full.msPerToken,
-  extraGpuMsPerToken: p.gpuMsPerToken - full.gpuMsPerToken,
-  attentionSavedMsPerToken: attentionMs(full) - attentionMs(p),
-  extraHostMsPerToken: (p.msPerToken - p.gpuMsPerToken) - (full.msPerToken - full.gpuMsPerToken),
+  extraGpuMsPerToken: gpuDiff(p.gpuMsPerToken, full.gpuMsPerToken),
+  attentionSavedMsPerToken: timed ? attentionMs(full) - attentionMs(p) : null,
+  extraHostMsPerToken: gpuDiff(
+    gpuDiff(p.msPerToken, p.gpuMsPerToken),
+    gpuDiff(full.msPerToken, full.gpuMsPerToken),
+  ),
   extraRecordMsPerToken: p.recordMsPerToken - full.recordMsPerToken,
   extraFinishMsPerToken: p.callsPerToken.finishMs - full.callsPerToken.finishMs,
   addedPasses: p.passes.filter((x) => !full.passes.some((y) => y.label === x.label)),
@@ -305,26 +335,31 @@ const report = {
   retrieval,
   maxTokens,
   tokensPerWait,
-  floors: { passUs: floors.passNs / 1e3, dispatchUs: floors.dispatchNs / 1e3 },
+  floors: floors && { passUs: floors.passNs / 1e3, dispatchUs: floors.dispatchNs / 1e3 },
   policies: profiles,
   versusFull,
 };
 if (values.json) {
   console.log(JSON.stringify(report, null, 2));
 } else {
-  const f = (x: number, d = 2) => x.toFixed(d);
+  const f = (x: number | null, d = 2) => x === null ? "-" : x.toFixed(d);
   console.log(
-    `${gpu.description}; floors: a pass ${f(floors.passNs / 1e3, 1)} us, a dispatch ${
-      f(floors.dispatchNs / 1e3, 1)
-    } us`,
+    floors
+      ? `${gpu.description}; floors: a pass ${f(floors.passNs / 1e3, 1)} us, a dispatch ${
+        f(floors.dispatchNs / 1e3, 1)
+      } us`
+      : `${gpu.description}; plain runs only`,
   );
   for (const p of profiles) {
+    const gpuPart = timed
+      ? `; GPU in passes ${f(p.gpuMsPerToken)} ms/token, first pass to last ${
+        f(p.gpuSpanMsPerToken)
+      } ms/token; ${f(p.passesPerToken, 1)} passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`
+      : "";
     console.log(
       `\n${p.policy}: ${f(p.tokensPerSecond, 1)} tokens/s (${f(p.msPerToken)} ms/token; recording ${
         f(p.recordMsPerToken)
-      } ms/token); GPU in passes ${f(p.gpuMsPerToken)} ms/token, first pass to last ${
-        f(p.gpuSpanMsPerToken)
-      } ms/token; ${f(p.passesPerToken, 1)} passes, ${f(p.dispatchesPerToken, 1)} dispatches/token`,
+      } ms/token)${gpuPart}`,
     );
     const c = p.callsPerToken;
     console.log(
@@ -339,7 +374,7 @@ if (values.json) {
         } passes/token  ${f(x.dispatches, 1).padStart(4)} dispatches/pass`,
       );
     }
-    console.log("  largest gaps between passes (copies, barriers):");
+    if (timed) console.log("  largest gaps between passes (copies, barriers):");
     for (const g of p.gaps) {
       console.log(
         `    ${f(g.msPerToken, 3)} ms/token  ${f(g.perToken, 2)}/token  ${
@@ -349,16 +384,19 @@ if (values.json) {
     }
   }
   for (const v of versusFull) {
-    console.log(
-      `\n${v.policy} vs full: ${f(v.ratioToFull)}x the tokens/s; +${
-        f(v.extraMsPerToken)
-      } ms/token = GPU in passes ${f(v.extraGpuMsPerToken)} (attention saves ${
+    const split = timed
+      ? ` = GPU in passes ${f(v.extraGpuMsPerToken)} (attention saves ${
         f(v.attentionSavedMsPerToken)
       }; added passes ${
         v.addedPasses.map((x) => `${x.label} ${f(x.msPerToken)}`).join(", ")
-      }) + host and the rest ${f(v.extraHostMsPerToken)} (recording ${
-        f(v.extraRecordMsPerToken)
-      }, finish ${f(v.extraFinishMsPerToken)}); 0.9x full allows +${f(v.budgetAt09MsPerToken)}`,
+      }) + host and the rest ${f(v.extraHostMsPerToken)}`
+      : "";
+    console.log(
+      `\n${v.policy} vs full: ${f(v.ratioToFull)}x the tokens/s; +${
+        f(v.extraMsPerToken)
+      } ms/token${split} (recording ${f(v.extraRecordMsPerToken)}, finish ${
+        f(v.extraFinishMsPerToken)
+      }); 0.9x full allows +${f(v.budgetAt09MsPerToken)}`,
     );
   }
 }

@@ -190,8 +190,43 @@ Deno.test({
 });
 
 Deno.test({
-  name:
-    "recall suite (quick): every method's data checked, the engine's recall and the one-buffer layout paired with the writes",
+  name: "profile --plain: tokens/s, recording and call counts without timestamp queries",
+  ignore: testGpu === null,
+  fn: async () => {
+    const r = await runScript("profile.ts", [
+      "--policies",
+      "freekv",
+      "--max-tokens",
+      "40",
+      "--budget",
+      "32",
+      "--page-size",
+      "4",
+      "--plain",
+      "--json",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const report = JSON.parse(r.stdout);
+    assert.equal(report.floors, null);
+    assert.deepEqual(report.policies.map((p: { policy: string }) => p.policy), ["full", "freekv"]);
+    for (const p of report.policies) {
+      assert.ok(p.tokens > 30 && p.tokensPerSecond > 0 && p.recordMsPerToken > 0, p.policy);
+      assert.ok(p.callsPerToken.submits >= 1, p.policy);
+      assert.equal(p.gpuMsPerToken, null);
+      assert.equal(p.passesPerToken, null);
+      assert.deepEqual([p.passes, p.gaps], [[], []]);
+    }
+    // freekv copies each layer's selection, flags and hits into the step's answer.
+    assert.ok(report.policies[1].callsPerToken.copies > report.policies[0].callsPerToken.copies);
+    const [freekv] = report.versusFull;
+    assert.equal(freekv.extraGpuMsPerToken, null);
+    assert.equal(freekv.extraHostMsPerToken, null);
+    assert.ok(Number.isFinite(freekv.extraRecordMsPerToken) && freekv.ratioToFull > 0);
+  },
+});
+
+Deno.test({
+  name: "recall suite --quick: bytes checked, two methods paired with the writes",
   ignore: testGpu === null,
   fn: async () => {
     const r = await runScript("bench.ts", ["--suite", "recall", "--quick", "--json"]);
