@@ -72,23 +72,22 @@ Deno.test({
   },
 });
 
+/** profile.ts's JSON for full and `policy` over a short decode (40 tokens, budget 32, page 4). */
+async function runProfile(policy: string, extra: string[] = []) {
+  const r = await runScript("profile.ts", [
+    ...["--policies", policy, "--max-tokens", "40", "--budget", "32", "--page-size", "4"],
+    ...extra,
+    "--json",
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
 Deno.test({
   name: "profile: GPU time per pass label for full and a retrieval policy",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("profile.ts", [
-      "--policies",
-      "quest",
-      "--max-tokens",
-      "40",
-      "--budget",
-      "32",
-      "--page-size",
-      "4",
-      "--json",
-    ]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
+    const report = await runProfile("quest");
     assert.deepEqual(report.policies.map((p: { policy: string }) => p.policy), ["full", "quest"]);
     for (const p of report.policies) {
       assert.ok(p.tokens > 30 && p.tokensPerSecond > 0 && p.gpuMsPerToken > 0, p.policy);
@@ -193,20 +192,7 @@ Deno.test({
   name: "profile --plain: tokens/s, recording and call counts without timestamp queries",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("profile.ts", [
-      "--policies",
-      "freekv",
-      "--max-tokens",
-      "40",
-      "--budget",
-      "32",
-      "--page-size",
-      "4",
-      "--plain",
-      "--json",
-    ]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
+    const report = await runProfile("freekv", ["--plain"]);
     assert.equal(report.floors, null);
     assert.deepEqual(report.policies.map((p: { policy: string }) => p.policy), ["full", "freekv"]);
     for (const p of report.policies) {
