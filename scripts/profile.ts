@@ -4,8 +4,9 @@
  * tokens/s (every policy in one process, taking turns by groups of tokens,
  * so that a drifting machine slows them alike), once with timestamp queries
  * around every compute pass for GPU time per pass label, passes and
- * dispatches per token; then what each policy costs beyond `full` per
- * token, on the GPU and on the host.
+ * dispatches per token (skipped with --plain, or without timestamp
+ * queries); then what each policy costs beyond `full` per token, on the GPU
+ * and on the host.
  *
  * Usage: deno run -A scripts/profile.ts [--policies LIST] [--max-tokens N] ... (see --help)
  */
@@ -41,7 +42,7 @@ also times, per token, the attention backend's recording calls (recordStep of
 every layer, until each returns: JavaScript and WebGPU calls, no waits), and
 counts per token the buffer copies, queue writes, submits and bind groups
 created, with the host time of GPUCommandEncoder.finish (where wgpu turns
-the recorded passes and copies into commands).
+the recorded passes and copies into commands), its BOS prefill included.
 Also reports this adapter's GPU time of an empty pass and of a tiny dispatch.
 With --plain, or where the adapter has no timestamp-query, only the plain
 runs: the GPU figures are null. Progress goes to stderr.
@@ -50,7 +51,8 @@ Options:
   --model PATH          llama2.c .bin or Hugging Face directory
                         (default: models/stories260K/stories260K.bin)
   --policies LIST       comma-separated policies (default full,quest,freekv);
-                        full is always run, first, as the reference
+                        full is always run, first, as the reference; each
+                        policy runs once
   --max-tokens N        tokens to generate per run (default 300)
   --budget N            KV tokens attended per step (default 96)
   --page-size N         KV page size in tokens (default 8)
@@ -92,7 +94,8 @@ for (const p of requested) {
     );
   }
 }
-const policies = ["full", ...requested.filter((p) => p !== "full")];
+// Each policy once: a run's calls are counted under its name.
+const policies = ["full", ...new Set(requested.filter((p) => p !== "full"))];
 const progress = (m: string) => console.error(`profile: ${m}`);
 
 const modelPath = values.model ?? "models/stories260K/stories260K.bin";
@@ -392,9 +395,9 @@ if (values.json) {
       }) + host and the rest ${f(v.extraHostMsPerToken)}`
       : "";
     console.log(
-      `\n${v.policy} vs full: ${f(v.ratioToFull)}x the tokens/s; +${
-        f(v.extraMsPerToken)
-      } ms/token${split} (recording ${f(v.extraRecordMsPerToken)}, finish ${
+      `\n${v.policy} vs full: ${f(v.ratioToFull)}x the tokens/s; ${
+        v.extraMsPerToken < 0 ? "" : "+"
+      }${f(v.extraMsPerToken)} ms/token${split} (recording ${f(v.extraRecordMsPerToken)}, finish ${
         f(v.extraFinishMsPerToken)
       }); 0.9x full allows +${f(v.budgetAt09MsPerToken)}`,
     );

@@ -207,7 +207,21 @@ Deno.test({
     const [freekv] = report.versusFull;
     assert.equal(freekv.extraGpuMsPerToken, null);
     assert.equal(freekv.extraHostMsPerToken, null);
+    assert.equal(freekv.attentionSavedMsPerToken, null);
     assert.ok(Number.isFinite(freekv.extraRecordMsPerToken) && freekv.ratioToFull > 0);
+    // The text report: no GPU figures, the comparison line still there.
+    const text = await runScript("profile.ts", [
+      ...["--policies", "freekv,freekv", "--max-tokens", "16", "--plain"],
+    ]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /plain runs only/);
+    assert.doesNotMatch(text.stdout, /GPU in passes/);
+    // A policy named twice runs once.
+    assert.equal(text.stdout.match(/^freekv: /gm)?.length, 1);
+    assert.match(
+      text.stdout,
+      /^freekv vs full: [\d.]+x the tokens\/s; [+-][\d.]+ ms\/token \(recording /m,
+    );
   },
 });
 
