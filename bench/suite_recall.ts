@@ -48,10 +48,10 @@ export interface PairedShare {
    * The engine's default path, or `one-buffer-slots-direct`: what the same
    * runs would cost with GPU slots laid out `[slot][head][K|V]` in one buffer
    * per layer, where a host run is contiguous and goes straight in with one
-   * `writeBuffer` (ranges adjacent on both sides in one; with this suite's
-   * jobs, which go head by head, none are, so both placements are one write
-   * per run). No kernel binds that layout (they take K and V as two
-   * buffers); it is timed to show what it would buy.
+   * `writeBuffer` (with this suite's jobs, which go head by head, no two runs
+   * are adjacent on both sides, so both placements are one write per run).
+   * No kernel binds that layout (they take K and V as two buffers); it is
+   * timed to show what it would buy.
    */
   method: string;
   /**
@@ -366,32 +366,15 @@ export async function runSuite(
       };
       const oneBufferAt = (slots: number, j: RecallJob) =>
         ((j.layer * slots + j.slot) * H + j.head) * runBytes;
-      // Its pieces are found before the timing, which favours it: the
-      // engine's recall plans inside its timed runs.
+      // One write per run (the suite's jobs go head by head, so no two runs
+      // lie next to each other on both sides), found before the timing,
+      // which favours it: the engine's recall plans inside its timed runs.
       const writeRuns = (target: GPUBuffer, slots: number, list: RecallJob[]) => {
-        const pieces: {
-          at: number;
-          from: Uint8Array<ArrayBuffer>;
-          offset: number;
-          bytes: number;
-        }[] = [];
-        for (let i = 0; i < list.length;) {
-          const from = hnd.location(list[i]);
-          const at = oneBufferAt(slots, list[i]);
-          let n = 1;
-          while (i + n < list.length) {
-            const next = hnd.location(list[i + n]);
-            const adjacent = next.bytes === from.bytes &&
-              next.byteOffset === from.byteOffset + n * runBytes &&
-              oneBufferAt(slots, list[i + n]) === at + n * runBytes;
-            if (!adjacent) break;
-            n++;
-          }
-          pieces.push({ at, from: from.bytes, offset: from.byteOffset, bytes: n * runBytes });
-          i += n;
-        }
+        const pieces = list.map((job) => ({ at: oneBufferAt(slots, job), ...hnd.location(job) }));
         return () => {
-          for (const p of pieces) device.queue.writeBuffer(target, p.at, p.from, p.offset, p.bytes);
+          for (const p of pieces) {
+            device.queue.writeBuffer(target, p.at, p.bytes, p.byteOffset, runBytes);
+          }
           untilIdle();
         };
       };

@@ -5,6 +5,8 @@
 // prototypes of this process while installed (the library never does), and
 // counts only while `current` names a key.
 
+import { PrototypePatches } from "./_patches.ts";
+
 /** Calls made while one key was current. */
 export interface CallTotals {
   copies: number;
@@ -28,26 +30,17 @@ export interface CallCounter extends Disposable {
   totals(): Map<string, CallTotals>;
 }
 
+/** The counted calls of {@linkcode CallTotals}. */
+type CountedCall = Exclude<keyof CallTotals, "finishMs">;
+
 /** Starts counting the WebGPU calls of this process. */
 export function installCallCounter(): CallCounter {
-  const proto = {
-    copy: GPUCommandEncoder.prototype.copyBufferToBuffer,
-    finish: GPUCommandEncoder.prototype.finish,
-    write: GPUQueue.prototype.writeBuffer,
-    submit: GPUQueue.prototype.submit,
-    bindGroup: GPUDevice.prototype.createBindGroup,
-  };
+  const patches = new PrototypePatches();
   const totals = new Map<string, CallTotals>();
   const counter: CallCounter = {
     current: null,
     totals: () => new Map(totals),
-    [Symbol.dispose]() {
-      GPUCommandEncoder.prototype.copyBufferToBuffer = proto.copy;
-      GPUCommandEncoder.prototype.finish = proto.finish;
-      GPUQueue.prototype.writeBuffer = proto.write;
-      GPUQueue.prototype.submit = proto.submit;
-      GPUDevice.prototype.createBindGroup = proto.bindGroup;
-    },
+    [Symbol.dispose]: () => patches[Symbol.dispose](),
   };
   const entry = (): CallTotals | null => {
     const key = counter.current;
@@ -59,38 +52,31 @@ export function installCallCounter(): CallCounter {
     }
     return t;
   };
-  // Arguments pass through untouched: the overloads differ by count.
-  GPUCommandEncoder.prototype.copyBufferToBuffer = function (
-    this: GPUCommandEncoder,
-    ...args: unknown[]
-  ) {
-    const t = entry();
-    if (t) t.copies++;
-    return (proto.copy as (...a: unknown[]) => void).apply(this, args);
-  } as typeof proto.copy;
-  GPUQueue.prototype.writeBuffer = function (this: GPUQueue, ...args: unknown[]) {
-    const t = entry();
-    if (t) t.writes++;
-    return (proto.write as (...a: unknown[]) => void).apply(this, args);
-  } as typeof proto.write;
-  GPUQueue.prototype.submit = function (buffers) {
-    const t = entry();
-    if (t) t.submits++;
-    return proto.submit.call(this, buffers);
-  };
-  GPUDevice.prototype.createBindGroup = function (descriptor) {
-    const t = entry();
-    if (t) t.bindGroups++;
-    return proto.bindGroup.call(this, descriptor);
-  };
-  GPUCommandEncoder.prototype.finish = function (descriptor) {
-    const t = entry();
-    const t0 = performance.now();
-    try {
-      return proto.finish.call(this, descriptor);
-    } finally {
-      if (t) t.finishMs += performance.now() - t0;
-    }
-  };
+  // Arguments pass through untouched: some methods' overloads differ by count.
+  const count = <T extends object, K extends keyof T>(target: T, name: K, call: CountedCall) =>
+    patches.patch(target, name, (original) =>
+      function (this: unknown, ...args: unknown[]) {
+        const t = entry();
+        if (t) t[call]++;
+        return (original as (...a: unknown[]) => unknown).apply(this, args);
+      } as T[K]);
+  count(GPUCommandEncoder.prototype, "copyBufferToBuffer", "copies");
+  count(GPUQueue.prototype, "writeBuffer", "writes");
+  count(GPUQueue.prototype, "submit", "submits");
+  count(GPUDevice.prototype, "createBindGroup", "bindGroups");
+  patches.patch(
+    GPUCommandEncoder.prototype,
+    "finish",
+    (original) =>
+      function (this: GPUCommandEncoder, descriptor?: GPUCommandBufferDescriptor) {
+        const t = entry();
+        const t0 = performance.now();
+        try {
+          return original.call(this, descriptor);
+        } finally {
+          if (t) t.finishMs += performance.now() - t0;
+        }
+      },
+  );
   return counter;
 }

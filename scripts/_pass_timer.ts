@@ -5,6 +5,7 @@
 // a pass that asks for timestamps itself keeps its own and is not timed.
 
 import { median } from "../lib/gpu/timing.ts";
+import { PrototypePatches } from "./_patches.ts";
 
 /** GPU time and counts of the passes of one label. */
 export interface PassTotals {
@@ -65,77 +66,96 @@ export function installPassTimer(device: GPUDevice): PassTimer {
   const totals = new Map<string, PassTotals>();
   const spans = new Map<string, SpanTotals>();
   const gaps = new Map<string, GapTotals>();
-  const proto = {
-    create: GPUDevice.prototype.createCommandEncoder,
-    begin: GPUCommandEncoder.prototype.beginComputePass,
-    finish: GPUCommandEncoder.prototype.finish,
-    dispatch: GPUComputePassEncoder.prototype.dispatchWorkgroups,
-    submit: GPUQueue.prototype.submit,
-  };
+  const patches = new PrototypePatches();
   let submits = 0;
   let collecting: Promise<void> = Promise.resolve();
 
-  GPUDevice.prototype.createCommandEncoder = function (descriptor) {
-    const encoder = proto.create.call(this, descriptor);
-    if (this === device) {
-      encoders.set(encoder, {
-        labels: [],
-        dispatches: [],
-        querySet: device.createQuerySet({ type: "timestamp", count: QUERIES }),
-      });
-    }
-    return encoder;
-  };
-  GPUCommandEncoder.prototype.beginComputePass = function (descriptor) {
-    const rec = encoders.get(this);
-    if (!rec || descriptor?.timestampWrites || rec.labels.length * 2 >= QUERIES) {
-      return proto.begin.call(this, descriptor);
-    }
-    const index = rec.labels.length;
-    rec.labels.push(descriptor?.label || "(unlabelled pass)");
-    rec.dispatches.push(0);
-    const pass = proto.begin.call(this, {
-      ...descriptor,
-      timestampWrites: {
-        querySet: rec.querySet,
-        beginningOfPassWriteIndex: 2 * index,
-        endOfPassWriteIndex: 2 * index + 1,
+  patches.patch(
+    GPUDevice.prototype,
+    "createCommandEncoder",
+    (original) =>
+      function (this: GPUDevice, descriptor?: GPUCommandEncoderDescriptor) {
+        const encoder = original.call(this, descriptor);
+        if (this === device) {
+          encoders.set(encoder, {
+            labels: [],
+            dispatches: [],
+            querySet: device.createQuerySet({ type: "timestamp", count: QUERIES }),
+          });
+        }
+        return encoder;
       },
-    });
-    passes.set(pass, { rec, index });
-    return pass;
-  };
-  GPUComputePassEncoder.prototype.dispatchWorkgroups = function (x, y, z) {
-    const at = passes.get(this);
-    if (at) at.rec.dispatches[at.index]++;
-    return proto.dispatch.call(this, x, y, z);
-  };
-  GPUCommandEncoder.prototype.finish = function (descriptor) {
-    const rec = encoders.get(this);
-    if (rec?.labels.length) {
-      const bytes = rec.labels.length * 16;
-      const resolve = device.createBuffer({
-        label: "pass timer resolve",
-        size: bytes,
-        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
-      });
-      const read = device.createBuffer({
-        label: "pass timer read",
-        size: bytes,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      });
-      this.resolveQuerySet(rec.querySet, 0, rec.labels.length * 2, resolve, 0);
-      this.copyBufferToBuffer(resolve, 0, read, 0, bytes);
-      ready.push({ rec, resolve, read });
-    } else rec?.querySet.destroy();
-    return proto.finish.call(this, descriptor);
-  };
-  GPUQueue.prototype.submit = function (buffers) {
-    proto.submit.call(this, buffers);
-    if (this === device.queue && ++submits % COLLECT_EVERY === 0) {
-      collecting = collecting.then(() => collect(false));
-    }
-  };
+  );
+  patches.patch(
+    GPUCommandEncoder.prototype,
+    "beginComputePass",
+    (original) =>
+      function (this: GPUCommandEncoder, descriptor?: GPUComputePassDescriptor) {
+        const rec = encoders.get(this);
+        if (!rec || descriptor?.timestampWrites || rec.labels.length * 2 >= QUERIES) {
+          return original.call(this, descriptor);
+        }
+        const index = rec.labels.length;
+        rec.labels.push(descriptor?.label || "(unlabelled pass)");
+        rec.dispatches.push(0);
+        const pass = original.call(this, {
+          ...descriptor,
+          timestampWrites: {
+            querySet: rec.querySet,
+            beginningOfPassWriteIndex: 2 * index,
+            endOfPassWriteIndex: 2 * index + 1,
+          },
+        });
+        passes.set(pass, { rec, index });
+        return pass;
+      },
+  );
+  patches.patch(
+    GPUComputePassEncoder.prototype,
+    "dispatchWorkgroups",
+    (original) =>
+      function (this: GPUComputePassEncoder, x: number, y?: number, z?: number) {
+        const at = passes.get(this);
+        if (at) at.rec.dispatches[at.index]++;
+        return original.call(this, x, y, z);
+      },
+  );
+  patches.patch(
+    GPUCommandEncoder.prototype,
+    "finish",
+    (original) =>
+      function (this: GPUCommandEncoder, descriptor?: GPUCommandBufferDescriptor) {
+        const rec = encoders.get(this);
+        if (rec?.labels.length) {
+          const bytes = rec.labels.length * 16;
+          const resolve = device.createBuffer({
+            label: "pass timer resolve",
+            size: bytes,
+            usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+          });
+          const read = device.createBuffer({
+            label: "pass timer read",
+            size: bytes,
+            usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+          });
+          this.resolveQuerySet(rec.querySet, 0, rec.labels.length * 2, resolve, 0);
+          this.copyBufferToBuffer(resolve, 0, read, 0, bytes);
+          ready.push({ rec, resolve, read });
+        } else rec?.querySet.destroy();
+        return original.call(this, descriptor);
+      },
+  );
+  patches.patch(
+    GPUQueue.prototype,
+    "submit",
+    (original) =>
+      function (this: GPUQueue, buffers: GPUCommandBuffer[]) {
+        original.call(this, buffers);
+        if (this === device.queue && ++submits % COLLECT_EVERY === 0) {
+          collecting = collecting.then(() => collect(false));
+        }
+      },
+  );
 
   async function collect(all: boolean): Promise<void> {
     // Encoders finished but not yet submitted stay for the next collection.
@@ -184,13 +204,7 @@ export function installPassTimer(device: GPUDevice): PassTimer {
       spans.clear();
       gaps.clear();
     },
-    [Symbol.dispose]() {
-      GPUDevice.prototype.createCommandEncoder = proto.create;
-      GPUCommandEncoder.prototype.beginComputePass = proto.begin;
-      GPUCommandEncoder.prototype.finish = proto.finish;
-      GPUComputePassEncoder.prototype.dispatchWorkgroups = proto.dispatch;
-      GPUQueue.prototype.submit = proto.submit;
-    },
+    [Symbol.dispose]: () => patches[Symbol.dispose](),
   };
 }
 

@@ -16,6 +16,13 @@ async function runScript(script: string, args: string[]) {
   return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
 }
 
+/** Runs a script (as `runScript`), asserts it exited 0, and parses its stdout as JSON. */
+async function runJson(script: string, args: string[]) {
+  const r = await runScript(script, args);
+  assert.equal(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
 Deno.test("every script answers --help", async () => {
   const scripts = ["generate.ts", "demo.ts", "bench.ts", "accuracy.ts", "test.ts", "profile.ts"];
   for (const script of scripts) {
@@ -43,7 +50,7 @@ Deno.test({
   name: "accuracy harness: full is exact, retrieval beats streaming on attention mass",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("accuracy.ts", [
+    const report = await runJson("accuracy.ts", [
       "--context",
       "512",
       "--steps",
@@ -54,8 +61,6 @@ Deno.test({
       "16",
       "--json",
     ]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
     const row = (v: string) => report.rows.find((x: { variant: string }) => x.variant === v);
     assert.equal(row("full").output_rel_error, 0);
     assert.ok(Math.abs(row("full").attention_mass_recall - 1) < 1e-6);
@@ -74,13 +79,11 @@ Deno.test({
 
 /** profile.ts's JSON for full and `policy` over a short decode (40 tokens, budget 32, page 4). */
 async function runProfile(policy: string, extra: string[] = []) {
-  const r = await runScript("profile.ts", [
+  return await runJson("profile.ts", [
     ...["--policies", policy, "--max-tokens", "40", "--budget", "32", "--page-size", "4"],
     ...extra,
     "--json",
   ]);
-  assert.equal(r.code, 0, r.stderr);
-  return JSON.parse(r.stdout);
 }
 
 Deno.test({
@@ -152,7 +155,7 @@ Deno.test({
   name: "compare_checkouts: this checkout against itself, steps alternating",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("bench/compare_checkouts.ts", [
+    const report = await runJson("bench/compare_checkouts.ts", [
       "--other",
       ".",
       "--context",
@@ -163,8 +166,6 @@ Deno.test({
       "2",
       "--json",
     ]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
     assert.equal(report.policy, "freekv");
     assert.ok(report.other_median_ms > 0 && report.this_median_ms > 0);
     assert.ok(report.paired_ratio_median > 0);
@@ -175,9 +176,7 @@ Deno.test({
   name: "blocking_calls: one timed row per WebGPU call, with the busy time for scale",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("bench/blocking_calls.ts", ["--json"]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
+    const report = await runJson("bench/blocking_calls.ts", ["--json"]);
     assert.ok(report.busyMs > 0);
     // The table's shape, not a speed (speeds belong to the benchmark's reader).
     const calls = report.rows.map((x: { call: string }) => x.call);
@@ -229,10 +228,8 @@ Deno.test({
   name: "recall suite --quick: bytes checked, two methods paired with the writes",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("bench.ts", ["--suite", "recall", "--quick", "--json"]);
     // The suite reads recalled runs back and throws on wrong bytes.
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
+    const report = await runJson("bench.ts", ["--suite", "recall", "--quick", "--json"]);
     assert.deepEqual(
       report.paired.map((p: { method: string; placement: string }) => `${p.method} ${p.placement}`),
       [
@@ -265,9 +262,7 @@ Deno.test({
   name: "map_costs: a median per step of filling a buffer through a mapping, and of writeBuffer",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("bench/map_costs.ts", ["--mib", "4", "--rounds", "2", "--json"]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
+    const report = await runJson("bench/map_costs.ts", ["--mib", "4", "--rounds", "2", "--json"]);
     assert.equal(report.bytes, 4 << 20);
     assert.deepEqual(Object.keys(report.medians), [
       "map_async",
@@ -288,7 +283,7 @@ Deno.test({
   name: "gather_threads: every method moves the bytes, timed against the contiguous write",
   ignore: testGpu === null,
   fn: async () => {
-    const r = await runScript("bench/gather_threads.ts", [
+    const report = await runJson("bench/gather_threads.ts", [
       "--mib",
       "4",
       "--piece-kib",
@@ -297,8 +292,6 @@ Deno.test({
       "2",
       "--json",
     ]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
     assert.equal(report.bytes, 4 << 20);
     assert.equal(report.piece_bytes, 64 << 10);
     assert.deepEqual(report.rows.map((row: { method: string }) => row.method), [
@@ -329,9 +322,7 @@ Deno.test({
   name: "copy_groups: a GPU gap per number of copies between two passes",
   ignore: testGpu === null || !testGpu.device.features.has("timestamp-query"),
   fn: async () => {
-    const r = await runScript("bench/copy_groups.ts", ["--json"]);
-    assert.equal(r.code, 0, r.stderr);
-    const report = JSON.parse(r.stdout);
+    const report = await runJson("bench/copy_groups.ts", ["--json"]);
     assert.deepEqual(Object.keys(report.gaps_us), ["0", "1", "2", "5", "10"]);
     for (const us of Object.values(report.gaps_us)) {
       assert.ok(typeof us === "number" && us >= 0 && Number.isFinite(us), String(us));
