@@ -5,8 +5,10 @@
 // group and the flag !(mean >= tau), i.e. mean < tau, with NaN flagged too
 // (correct when unsure). The includer declares `override HEAD_DIM`,
 // `override GROUP`, `params.tau`, the outputs `cosine`, `group_mean` and
-// `flags`, and `fn q_now_at(g: u32, head: u32, c: u32) -> f32` and
-// `fn q_prev_at(head: u32, c: u32) -> f32` (g: the head's index in the group).
+// `flags`, `fn q_now_at(g: u32, head: u32, c: u32) -> f32`,
+// `fn q_prev_at(head: u32, c: u32) -> f32` (g: the head's index in the group)
+// and `fn keep_q(head: u32, c: u32, x: f32)`, which may store q_now as the
+// next step's q_prev (each element after it was read).
 
 // Writes row `row`'s cosines, group mean and flag; returns the flag.
 fn group_similarity(row: u32) -> u32 {
@@ -18,6 +20,7 @@ fn group_similarity(row: u32) -> u32 {
     for (var c = 0u; c < HEAD_DIM; c++) {
       let x = q_now_at(g, head, c);
       let y = q_prev_at(head, c);
+      keep_q(head, c, x);
       acc += vec3<f32>(x * y, x * x, y * y);
     }
     var cos = 0.0;

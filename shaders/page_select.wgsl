@@ -35,7 +35,7 @@ struct Params {
   k: u32,
   scale: f32, // logit scale inside the softmax
   tau: f32, // correction threshold (page_select_similarity.wgsl)
-  _pad0: u32,
+  store_q: u32, // 1: the check stores q as q_prev (page_select_similarity.wgsl)
   _pad1: u32,
   _pad2: u32,
 }

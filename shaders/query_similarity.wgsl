@@ -10,11 +10,13 @@ override GROUP: u32; // query heads per KV head
 
 struct Params {
   tau: f32,
+  store_q: u32, // 1: q_now becomes q_prev (the next step's check needs no copy)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> q_now: array<f32>; // [b][Hq][d]
-@group(0) @binding(2) var<storage, read> q_prev: array<f32>; // [b][Hq][d]
+// Written only with params.store_q, each element after it was read.
+@group(0) @binding(2) var<storage, read_write> q_prev: array<f32>; // [b][Hq][d]
 @group(0) @binding(3) var<storage, read_write> cosine: array<f32>; // [b][Hq]
 @group(0) @binding(4) var<storage, read_write> group_mean: array<f32>; // [b][Hkv]
 @group(0) @binding(5) var<storage, read_write> flags: array<u32>; // [b][Hkv]
@@ -25,6 +27,12 @@ fn q_now_at(g: u32, head: u32, c: u32) -> f32 {
 
 fn q_prev_at(head: u32, c: u32) -> f32 {
   return q_prev[head * HEAD_DIM + c];
+}
+
+fn keep_q(head: u32, c: u32, x: f32) {
+  if (params.store_q != 0u) {
+    q_prev[head * HEAD_DIM + c] = x;
+  }
 }
 
 @compute @workgroup_size(1)

@@ -663,9 +663,36 @@ gpuTest(
         : new Array(shape.k).fill(sentinel);
       assert.deepEqual(row, wantRow, `row ${bh}`);
     }
+    // Without storeQuery the previous q stays; with it the same check runs
+    // on it, then leaves this step's q there for the next check.
+    assert.deepEqual(new Float32Array(await read(bufs.qPrev)), qPrev);
+    using storing = selector.plan({ ...inputs, tau, storeQuery: true });
+    const enc2 = device.createCommandEncoder();
+    storing.encode(enc2, {
+      q: bufs.q,
+      summaries: bufs.summaries,
+      selected: bufs.selected,
+      similarity: { ...similarity, flags: bufs.flags },
+    });
+    device.queue.submit([enc2.finish()]);
+    assert.deepEqual(new Float32Array(await read(bufs.cosine)), kernel.cosine);
+    assert.deepEqual(new Uint32Array(await read(bufs.flags)), want.flags);
+    assert.deepEqual(new Float32Array(await read(bufs.qPrev)), inputs.q);
     // Refusals, before any GPU work.
     const other = createBuffer(device, "other flags", usage, B * 2 * 4);
     const base = { q: bufs.q, summaries: bufs.summaries, selected: bufs.selected };
+    assert.throws(
+      () =>
+        plan.encode(device.createCommandEncoder(), {
+          ...base,
+          similarity: { ...similarity, qPrev: { buffer: bufs.q, offset: 0, size: bufs.q.size } },
+        }),
+      /'similarity.qPrev' is bound writable and must not share a buffer with 'q'/,
+    );
+    assert.throws(
+      () => selector.plan({ ...inputs, storeQuery: "yes" as unknown as boolean }),
+      /'storeQuery' must be a boolean: received "yes"/,
+    );
     assert.throws(
       () =>
         plan.encode(device.createCommandEncoder(), {

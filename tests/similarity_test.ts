@@ -94,6 +94,54 @@ gpuTest("query similarity: exact cases, tau per call, zero vectors", async (gpu)
   for (const b of [...Object.values(buffers), flags2]) if (b instanceof GPUBuffer) b.destroy();
 });
 
+gpuTest(
+  "query similarity with storeQuery: the check reads the old q_prev, then q_prev holds q_now",
+  async (gpu) => {
+    const { device } = gpu;
+    const options = { numQueryHeads: 4, numKvHeads: 2, headDim: 8 };
+    const batch = 2;
+    const [qNow, qPrev] = randomPair(7, batch * 4 * 8, 8);
+    const [qNext] = randomPair(8, batch * 4 * 8, 8);
+    const storage = GPUBufferUsage.STORAGE;
+    const out = storage | GPUBufferUsage.COPY_SRC;
+    const buffers = {
+      qNow: createBuffer(device, "now", storage, qNow),
+      qPrev: createBuffer(device, "prev", out, qPrev),
+      cosine: createBuffer(device, "cos", out, batch * 4 * 4),
+      groupMean: createBuffer(device, "mean", out, batch * 2 * 4),
+      flags: createBuffer(device, "flags", out, batch * 2 * 4),
+    };
+    const next = createBuffer(device, "next", storage, qNext);
+    using similarity = createQuerySimilarity(device, options);
+    using plan = similarity.plan({ batch, tau: 0.5, storeQuery: true });
+    assert.equal(plan.storeQuery, true);
+    const encoder = device.createCommandEncoder();
+    plan.encode(encoder, buffers);
+    device.queue.submit([encoder.finish()]);
+    const want = querySimilarityReference({ qNow, qPrev, tau: 0.5 }, options);
+    assertClose(
+      new Float32Array(await readBuffer(device, buffers.cosine)),
+      want.cosine,
+      2e-6,
+      "step 1",
+    );
+    assert.deepEqual(new Float32Array(await readBuffer(device, buffers.qPrev)), qNow);
+    // The next step compares with the q it stored.
+    const encoder2 = device.createCommandEncoder();
+    plan.encode(encoder2, { ...buffers, qNow: next });
+    device.queue.submit([encoder2.finish()]);
+    const want2 = querySimilarityReference({ qNow: qNext, qPrev: qNow, tau: 0.5 }, options);
+    assertClose(
+      new Float32Array(await readBuffer(device, buffers.cosine)),
+      want2.cosine,
+      2e-6,
+      "step 2",
+    );
+    assert.deepEqual(new Float32Array(await readBuffer(device, buffers.qPrev)), qNext);
+    for (const b of [...Object.values(buffers), next]) b.destroy();
+  },
+);
+
 gpuTest("query similarity: bad input throws before GPU work", async (gpu) => {
   const { device } = gpu;
   const options = { numQueryHeads: 2, numKvHeads: 1, headDim: 2 };
@@ -140,7 +188,8 @@ gpuTest("query similarity: bad input throws before GPU work", async (gpu) => {
   const q = createBuffer(device, "q", storage, 16);
   const small = createBuffer(device, "small", storage, 4);
   const copy = createBuffer(device, "copy", GPUBufferUsage.COPY_SRC, 16);
-  const buffers = { qNow: q, qPrev: q, cosine: q, groupMean: q, flags: q };
+  const prev = createBuffer(device, "prev", storage, 16);
+  const buffers = { qNow: q, qPrev: prev, cosine: q, groupMean: q, flags: q };
   using plan = similarity.plan({ batch: 1, tau: 0.5 });
   using plan2 = similarity.plan({ batch: 2, tau: 0.5 });
   const encoder = device.createCommandEncoder();
@@ -156,6 +205,15 @@ gpuTest("query similarity: bad input throws before GPU work", async (gpu) => {
     () => plan.encode(encoder, { ...buffers, flags: copy }),
     matches(TypeError, /'flags' must have usage 128/),
   );
+  // qPrev is bound writable: one buffer may not also be read in the dispatch.
+  assert.throws(
+    () => plan.encode(encoder, { ...buffers, qPrev: { buffer: q, offset: 0, size: 16 } }),
+    matches(RangeError, /'qPrev' is bound writable and must not share a buffer with 'qNow'/),
+  );
+  assert.throws(
+    () => similarity.plan({ batch: 1, tau: 0.5, storeQuery: 1 as unknown as boolean }),
+    matches(TypeError, /'storeQuery' must be a boolean: received 1/),
+  );
   assert.throws(
     () => similarity.plan({ batch: 1, tau: Infinity }),
     matches(TypeError, /'tau' must be a finite number: received Infinity/),
@@ -165,5 +223,5 @@ gpuTest("query similarity: bad input throws before GPU work", async (gpu) => {
     matches(RangeError, /'batch' must be between 1 and 65535: received 0/),
   );
   device.queue.submit([encoder.finish()]);
-  for (const b of [q, small, copy]) b.destroy();
+  for (const b of [q, small, copy, prev]) b.destroy();
 });

@@ -615,10 +615,13 @@ export class RetrievalEngine {
     encoder: GPUCommandEncoder,
     state: LayerState,
     q: GPUBuffer,
-    plan: { selects: boolean[]; checked: boolean[]; speculation?: GPUBuffer },
+    plan: { selects: boolean[]; checked: boolean[]; speculation?: GPUBuffer; queryKept: boolean },
   ): void {
     const o = this.options;
-    encoder.copyBufferToBuffer(q, 0, state.qPrev!, 0, o.batch * o.numQueryHeads * o.headDim * 4);
+    // The correction check, when it ran, stored q already.
+    if (!plan.queryKept) {
+      encoder.copyBufferToBuffer(q, 0, state.qPrev!, 0, o.batch * o.numQueryHeads * o.headDim * 4);
+    }
     state.hasPrev.fill(true);
     // Known when recorded: the GPU holds the speculation from here on, even
     // while its answer is still on its way (answerLag > 1).

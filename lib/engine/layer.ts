@@ -259,7 +259,8 @@ export class LayerState implements Disposable {
         numKvHeads: hkv,
         headDim: d,
       });
-      this.similarityPlan = this.similarity.plan({ batch: B, tau: o.tau });
+      // The check keeps this step's q for the next one (no copy).
+      this.similarityPlan = this.similarity.plan({ batch: B, tau: o.tau, storeQuery: true });
     }
   }
 

@@ -39,6 +39,8 @@ export interface SelectionPlan {
   needs: boolean[];
   /** Sequences whose correction check counts this step (freekv). */
   checked: boolean[];
+  /** freekv: the correction check ran and stored this step's q as the next step's previous q. */
+  queryKept: boolean;
   /** The layer must wait for the GPU before attending. */
   sync: boolean;
   /** Page tables pick fresh or speculative selections by the flags. */
@@ -168,6 +170,8 @@ export function selectPhase(
     candidateEnd: Uint32Array.from(rs, (r, b) => on[b] ? r.windowStart : K),
     k: K,
     tau: o.tau,
+    // A fused check keeps this step's q for the next (no copy).
+    storeQuery: freekv,
   });
   const nowPlan = now.some(Boolean) ? state.planSelection(range(regions, now)) : null;
   const check = freekv && checked.some(Boolean);
@@ -233,6 +237,7 @@ export function selectPhase(
     selects,
     needs,
     checked,
+    queryKept: check,
     speculation: boundary ? state.next! : state.fresh!,
     ...decision,
     ...(table ? { table } : {}),

@@ -228,6 +228,24 @@ export function assertBufferSize(
 }
 
 /**
+ * Throws unless `writable` lies in another buffer than `other`: a dispatch
+ * may not bind one buffer both writable and read-only (WebGPU's usage rule).
+ */
+export function assertNotShared(
+  name: string,
+  writable: { buffer: GPUBuffer },
+  otherName: string,
+  other: { buffer: GPUBuffer },
+  action: string,
+): void {
+  if (writable.buffer === other.buffer) {
+    throw new RangeError(
+      `Cannot ${action} as '${name}' is bound writable and must not share a buffer with '${otherName}': received both in buffer '${writable.buffer.label}'`,
+    );
+  }
+}
+
+/**
  * Throws a `RangeError` unless the range `slice` fits one storage binding
  * of `device` (`maxStorageBufferBindingSize`).
  */

@@ -61,6 +61,7 @@ import {
 } from "../gpu/errors.ts";
 import {
   assertBindable,
+  assertNotShared,
   BindGroupCache,
   bufferRange,
   type BufferSlice,
@@ -126,6 +127,11 @@ export interface PageSelectionStep {
    * group mean of its query heads' cosines is not at least `tau`.
    */
   tau?: number;
+  /**
+   * With that check, also store `q` into its `qPrev` (each row after it was
+   * read), so that the next step's check needs no copy (default false).
+   */
+  storeQuery?: boolean;
 }
 
 /** The GPU buffers {@linkcode PageSelectionPlan.encode} works on. */
@@ -161,6 +167,7 @@ export interface PageSelectionBuffers {
    * `groupMean` and the flag (1: mean below the step's `tau`) into `flags`
    * (`[batch][Hkv]` u32), as `createQuerySimilarity` computes them; a
    * `residentOnly.flags` must then be these `flags`, and reads this step's.
+   * `qPrev` is bound writable (the step's `storeQuery`): not in `q`'s buffer.
    */
   similarity?: {
     qPrev: GPUBuffer | BufferSlice;
@@ -287,6 +294,8 @@ export interface CheckedSelectionStep {
   maxCount: number;
   /** Correction threshold of a fused similarity check. */
   tau: number;
+  /** Whether a fused similarity check stores `q` into `qPrev`. */
+  storeQuery: boolean;
   /** Pages the summaries buffer must hold: max of pageOffset + candidateEnd. */
   pagesNeeded: number;
   /** (pageOffset, candidateStart, count, 0) per sequence. */
@@ -376,7 +385,13 @@ export function checkSelectionStep(step: PageSelectionStep): CheckedSelectionSte
   }
   const tau = step.tau ?? 0.9;
   assertFinite("tau", tau, ACTION);
-  return { batch, k, maxCount, pagesNeeded, seqs, tau };
+  const storeQuery = step.storeQuery ?? false;
+  if (typeof storeQuery !== "boolean") {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'storeQuery' must be a boolean: received ${describeValue(storeQuery)}`,
+    );
+  }
+  return { batch, k, maxCount, pagesNeeded, seqs, tau, storeQuery };
 }
 
 // Throws unless `pages` summaries hold every page the step reads.
@@ -643,6 +658,7 @@ class SelectionPlan implements PageSelectionPlan {
     const topk = new Uint32Array([hkv, maxCount, k, 0, 0, 0, 0, 0]);
     new Float32Array(topk.buffer)[3] = scale;
     new Float32Array(topk.buffer)[4] = checked.tau;
+    topk[5] = checked.storeQuery ? 1 : 0;
     writeIfChanged(queue, this.#topkParams, topk);
     this.#step = checked;
   }
@@ -683,6 +699,10 @@ class SelectionPlan implements PageSelectionPlan {
     const similarity = buffers.similarity
       ? this.#similarityBuffers(buffers.similarity, resident, action)
       : null;
+    if (similarity) {
+      assertNotShared("similarity.qPrev", similarity.qPrev, "q", q, action);
+      assertNotShared("similarity.qPrev", similarity.qPrev, "summaries", summaries, action);
+    }
     const table = buffers.pageTable
       ? this.#tableBindings(buffers.pageTable, selected, resident, similarity, action)
       : null;

@@ -29,9 +29,11 @@ import {
 } from "../gpu/errors.ts";
 import {
   assertBufferSize,
+  assertNotShared,
   BindGroupCache,
   type BufferSlice,
   createBuffer,
+  packUniforms,
   readBuffer,
 } from "../gpu/buffers.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
@@ -54,13 +56,21 @@ export interface QuerySimilarityStep {
   batch: number;
   /** Correction threshold (finite). */
   tau: number;
+  /**
+   * Also store `qNow` into `qPrev` in the same dispatch, each row after it
+   * was read, so that the next step's check needs no copy (default false).
+   */
+  storeQuery?: boolean;
 }
 
 /** The GPU buffers {@linkcode QuerySimilarityPlan.encode} works on. */
 export interface QuerySimilarityBuffers {
   /** Current queries `[batch][Hq][d]` f32 (STORAGE). */
   qNow: GPUBuffer | BufferSlice;
-  /** Previous queries `[batch][Hq][d]` f32 (STORAGE). */
+  /**
+   * Previous queries `[batch][Hq][d]` f32 (STORAGE), bound writable (see
+   * {@linkcode QuerySimilarityStep.storeQuery}): not in `qNow`'s buffer.
+   */
   qPrev: GPUBuffer | BufferSlice;
   /** Output cosine per query head `[batch][Hq]` f32 (STORAGE). */
   cosine: GPUBuffer | BufferSlice;
@@ -84,6 +94,8 @@ export interface QuerySimilarityPlan
    * f32). Use one plan per threshold within a submission.
    */
   readonly tau: number;
+  /** Whether an encode stores `qNow` into `qPrev`. */
+  readonly storeQuery: boolean;
 }
 
 /** Inputs of {@linkcode querySimilarity} and `querySimilarityReference`. */
@@ -149,6 +161,13 @@ function checkStep(step: QuerySimilarityStep): void {
   assertObject("step", step, ACTION);
   assertInteger("batch", step.batch, ACTION, 1, MAX_DISPATCH);
   assertFinite("tau", step.tau, ACTION);
+  if (step.storeQuery !== undefined && typeof step.storeQuery !== "boolean") {
+    throw new TypeError(
+      `Cannot ${ACTION} as 'storeQuery' must be a boolean: received ${
+        describeValue(step.storeQuery)
+      }`,
+    );
+  }
 }
 
 class SimilarityPlan implements QuerySimilarityPlan {
@@ -177,10 +196,14 @@ class SimilarityPlan implements QuerySimilarityPlan {
     return this.#step.tau;
   }
 
+  get storeQuery(): boolean {
+    return this.#step.storeQuery ?? false;
+  }
+
   #write(step: QuerySimilarityStep): void {
-    const tau = new Float32Array([Math.fround(step.tau), 0, 0, 0]);
-    this.#similarity.device.queue.writeBuffer(this.#tau, 0, tau);
-    this.#step = { batch: step.batch, tau: step.tau };
+    const params = packUniforms([{ f32: step.tau }, step.storeQuery ? 1 : 0]);
+    this.#similarity.device.queue.writeBuffer(this.#tau, 0, params);
+    this.#step = { batch: step.batch, tau: step.tau, storeQuery: step.storeQuery ?? false };
   }
 
   update(step: QuerySimilarityStep): void {
@@ -200,6 +223,7 @@ class SimilarityPlan implements QuerySimilarityPlan {
     const batch = this.#step.batch;
     const qNow = assertBufferSize("qNow", buffers.qNow, batch * hq * d * 4, ACTION);
     const qPrev = assertBufferSize("qPrev", buffers.qPrev, batch * hq * d * 4, ACTION);
+    assertNotShared("qPrev", qPrev, "qNow", qNow, ACTION);
     const cosine = assertBufferSize("cosine", buffers.cosine, batch * hq * 4, ACTION);
     const groupMean = assertBufferSize("groupMean", buffers.groupMean, batch * hkv * 4, ACTION);
     const flags = assertBufferSize("flags", buffers.flags, batch * hkv * 4, ACTION);
