@@ -690,6 +690,20 @@ gpuTest(
       /'similarity.qPrev' is bound writable and must not share a buffer with 'q'/,
     );
     assert.throws(
+      () =>
+        plan.encode(device.createCommandEncoder(), {
+          ...base,
+          residentOnly: {
+            mask: bufs.qPrev,
+            maskStride: stride,
+            selected: bufs.best,
+            flags: bufs.flags,
+          },
+          similarity,
+        }),
+      /'similarity.qPrev' is bound writable and must not share a buffer with 'residentOnly.mask'/,
+    );
+    assert.throws(
       () => selector.plan({ ...inputs, storeQuery: "yes" as unknown as boolean }),
       /'storeQuery' must be a boolean: received "yes"/,
     );

@@ -699,13 +699,22 @@ class SelectionPlan implements PageSelectionPlan {
     const similarity = buffers.similarity
       ? this.#similarityBuffers(buffers.similarity, resident, action)
       : null;
-    if (similarity) {
-      assertNotShared("similarity.qPrev", similarity.qPrev, "q", q, action);
-      assertNotShared("similarity.qPrev", similarity.qPrev, "summaries", summaries, action);
-    }
     const table = buffers.pageTable
       ? this.#tableBindings(buffers.pageTable, selected, resident, similarity, action)
       : null;
+    if (similarity) {
+      // qPrev is bound writable: no buffer the dispatch reads may hold it.
+      const readOnly: [string, { buffer: GPUBuffer } | undefined][] = [
+        ["q", q],
+        ["summaries", summaries],
+        ["residentOnly.mask", resident?.mask],
+        ["pageTable.buffers.spec", table?.spec],
+        ["pageTable.buffers.residency", table?.residency],
+      ];
+      for (const [name, other] of readOnly) {
+        if (other) assertNotShared("similarity.qPrev", similarity.qPrev, name, other, action);
+      }
+    }
     const ts = options.timestampWrites;
     if (this.fused) {
       this.#encodeFused(encoder, q, summaries, selected, resident, similarity, table, ts);
