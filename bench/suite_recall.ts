@@ -357,26 +357,33 @@ export async function runSuite(
       // so that only the last head of a slot meets the first of the next.
       const spread = cachesOf(2 * pagesPerHead);
       const scattered = jobs.map((j) => ({ ...j, slot: 2 * j.slot + (j.head % 2) }));
-      // The one-buffer layout: a layer's slots, each `[head][K|V]`.
-      const oneBufferOf = (slots: number) =>
-        createBuffer(device, "bench one-buffer slots", usage, L * slots * H * runBytes);
-      const oneBuffer = {
-        adjacent: oneBufferOf(pagesPerHead),
-        scattered: oneBufferOf(2 * pagesPerHead),
-      };
-      const oneBufferAt = (slots: number, j: RecallJob) =>
-        ((j.layer * slots + j.slot) * H + j.head) * runBytes;
-      // One write per run (the suite's jobs go head by head, so no two runs
-      // lie next to each other on both sides), found before the timing,
-      // which favours it: the engine's recall plans inside its timed runs.
-      const writeRuns = (target: GPUBuffer, slots: number, list: RecallJob[]) => {
-        const pieces = list.map((job) => ({ at: oneBufferAt(slots, job), ...hnd.location(job) }));
-        return () => {
-          for (const p of pieces) {
-            device.queue.writeBuffer(target, p.at, p.bytes, p.byteOffset, runBytes);
-          }
-          untilIdle();
+      // The one-buffer layout: a layer's slots, each `[head][K|V]`. One
+      // write per run (the suite's jobs go head by head, so no two runs lie
+      // next to each other on both sides), found before the timing, which
+      // favours it: the engine's recall plans inside its timed runs.
+      const oneBufferOf = (slots: number, list: RecallJob[]) => {
+        const buffer = createBuffer(
+          device,
+          "bench one-buffer slots",
+          usage,
+          L * slots * H * runBytes,
+        );
+        const at = (j: RecallJob) => ((j.layer * slots + j.slot) * H + j.head) * runBytes;
+        const pieces = list.map((job) => ({ at: at(job), ...hnd.location(job) }));
+        return {
+          buffer,
+          write: () => {
+            for (const p of pieces) {
+              device.queue.writeBuffer(buffer, p.at, p.bytes, p.byteOffset, runBytes);
+            }
+            untilIdle();
+          },
+          verify: () => verifyOneBuffer(device, hnd, buffer, at, list),
         };
+      };
+      const oneBuffer = {
+        adjacent: oneBufferOf(pagesPerHead, jobs),
+        scattered: oneBufferOf(2 * pagesPerHead, scattered),
       };
       using adjacentRecaller = createRecaller(device, hnd, { caches, ...options });
       using scatteredRecaller = createRecaller(device, hnd, { caches: spread, ...options });
@@ -401,8 +408,8 @@ export async function runSuite(
         writes4: () => writeInPieces(4 << 20),
         adjacent: recallOf(adjacentRecaller, jobs),
         scattered: recallOf(scatteredRecaller, scattered),
-        oneBufferAdjacent: writeRuns(oneBuffer.adjacent, pagesPerHead, jobs),
-        oneBufferScattered: writeRuns(oneBuffer.scattered, 2 * pagesPerHead, scattered),
+        oneBufferAdjacent: oneBuffer.adjacent.write,
+        oneBufferScattered: oneBuffer.scattered.write,
       };
       const names = Object.keys(runs) as Array<keyof typeof runs>;
       // Per round, each method's median over its block.
@@ -430,20 +437,8 @@ export async function runSuite(
       }
       await verify(device, hnd, caches, jobs, options.slotLayout);
       await verify(device, hnd, spread, scattered, options.slotLayout);
-      await verifyOneBuffer(
-        device,
-        hnd,
-        oneBuffer.adjacent,
-        (j) => oneBufferAt(pagesPerHead, j),
-        jobs,
-      );
-      await verifyOneBuffer(
-        device,
-        hnd,
-        oneBuffer.scattered,
-        (j) => oneBufferAt(2 * pagesPerHead, j),
-        scattered,
-      );
+      await oneBuffer.adjacent.verify();
+      await oneBuffer.scattered.verify();
       // Per round, the fastest way to write the same contiguous bytes.
       const best = ms.big.map((b, i) => Math.min(b, ms.writes1[i], ms.writes4[i]));
       const methods = [
@@ -484,8 +479,8 @@ export async function runSuite(
         c.kCache.destroy();
         c.vCache.destroy();
       }
-      oneBuffer.adjacent.destroy();
-      oneBuffer.scattered.destroy();
+      oneBuffer.adjacent.buffer.destroy();
+      oneBuffer.scattered.buffer.destroy();
     }
 
     // (d) Token-fragmented recall from the NHD pool.

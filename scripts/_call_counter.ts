@@ -22,6 +22,13 @@ export function noCalls(): CallTotals {
   return { copies: 0, writes: 0, submits: 0, bindGroups: 0, finishMs: 0 };
 }
 
+/** `t` with every figure divided by `n` (per token, say). */
+export function callsPer(t: CallTotals, n: number): CallTotals {
+  const out = noCalls();
+  for (const k of Object.keys(out) as (keyof CallTotals)[]) out[k] = t[k] / n;
+  return out;
+}
+
 /** Counts WebGPU calls by key until disposed. */
 export interface CallCounter extends Disposable {
   /** The key calls count for now; null counts nothing. */

@@ -18,7 +18,7 @@ import {
   type PassTotals,
   type SpanTotals,
 } from "./_pass_timer.ts";
-import { type CallTotals, installCallCounter, noCalls } from "./_call_counter.ts";
+import { callsPer, type CallTotals, installCallCounter, noCalls } from "./_call_counter.ts";
 import { requestGpu } from "../lib/gpu/device.ts";
 import { loadModel } from "../lib/model/load.ts";
 import { createGpuModel } from "../lib/model/gpu_model.ts";
@@ -241,13 +241,7 @@ for (const [index, policy] of policies.entries()) {
     tokensPerSecond: plain.stats.decodeTokensPerSecond,
     msPerToken: plain.stats.decodeMs / plain.stats.decodeSteps,
     recordMsPerToken: recordMs / plain.stats.decodeSteps,
-    callsPerToken: {
-      copies: calls.copies / plain.stats.decodeSteps,
-      writes: calls.writes / plain.stats.decodeSteps,
-      submits: calls.submits / plain.stats.decodeSteps,
-      bindGroups: calls.bindGroups / plain.stats.decodeSteps,
-      finishMs: calls.finishMs / plain.stats.decodeSteps,
-    },
+    callsPerToken: callsPer(calls, plain.stats.decodeSteps),
   };
   if (!timed) {
     profiles.push({
@@ -313,17 +307,17 @@ const attentionMs = (p: PolicyProfile) =>
 // What a policy costs beyond full, per token: GPU time in passes (its own
 // kernels, less the attention it saves) and the rest of the wall time
 // (JavaScript, WebGPU's host side, copies and waits).
-// The difference of two GPU figures, null where they were not timed.
-const gpuDiff = (a: number | null, b: number | null) => a === null || b === null ? null : a - b;
+// a - b, null where either is (a GPU figure of untimed runs).
+const diff = (a: number | null, b: number | null) => a === null || b === null ? null : a - b;
 const versusFull = profiles.slice(1).map((p) => ({
   policy: p.policy,
   ratioToFull: p.tokensPerSecond / full.tokensPerSecond,
   extraMsPerToken: p.msPerToken - full.msPerToken,
-  extraGpuMsPerToken: gpuDiff(p.gpuMsPerToken, full.gpuMsPerToken),
+  extraGpuMsPerToken: diff(p.gpuMsPerToken, full.gpuMsPerToken),
   attentionSavedMsPerToken: timed ? attentionMs(full) - attentionMs(p) : null,
-  extraHostMsPerToken: gpuDiff(
-    gpuDiff(p.msPerToken, p.gpuMsPerToken),
-    gpuDiff(full.msPerToken, full.gpuMsPerToken),
+  extraHostMsPerToken: diff(
+    diff(p.msPerToken, p.gpuMsPerToken),
+    diff(full.msPerToken, full.gpuMsPerToken),
   ),
   extraRecordMsPerToken: p.recordMsPerToken - full.recordMsPerToken,
   extraFinishMsPerToken: p.callsPerToken.finishMs - full.callsPerToken.finishMs,

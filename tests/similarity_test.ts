@@ -115,29 +115,23 @@ gpuTest(
     using similarity = createQuerySimilarity(device, options);
     using plan = similarity.plan({ batch, tau: 0.5, storeQuery: true });
     assert.equal(plan.storeQuery, true);
-    const encoder = device.createCommandEncoder();
-    plan.encode(encoder, buffers);
-    device.queue.submit([encoder.finish()]);
-    const want = querySimilarityReference({ qNow, qPrev, tau: 0.5 }, options);
-    assertClose(
-      new Float32Array(await readBuffer(device, buffers.cosine)),
-      want.cosine,
-      2e-6,
-      "step 1",
-    );
-    assert.deepEqual(new Float32Array(await readBuffer(device, buffers.qPrev)), qNow);
-    // The next step compares with the q it stored.
-    const encoder2 = device.createCommandEncoder();
-    plan.encode(encoder2, { ...buffers, qNow: next });
-    device.queue.submit([encoder2.finish()]);
-    const want2 = querySimilarityReference({ qNow: qNext, qPrev: qNow, tau: 0.5 }, options);
-    assertClose(
-      new Float32Array(await readBuffer(device, buffers.cosine)),
-      want2.cosine,
-      2e-6,
-      "step 2",
-    );
-    assert.deepEqual(new Float32Array(await readBuffer(device, buffers.qPrev)), qNext);
+    // Step 2 compares with the q that step 1 stored.
+    const steps = [
+      { qNow: buffers.qNow, now: qNow, prev: qPrev },
+      { qNow: next, now: qNext, prev: qNow },
+    ];
+    for (const [i, step] of steps.entries()) {
+      const encoder = device.createCommandEncoder();
+      plan.encode(encoder, { ...buffers, qNow: step.qNow });
+      device.queue.submit([encoder.finish()]);
+      const want = querySimilarityReference(
+        { qNow: step.now, qPrev: step.prev, tau: 0.5 },
+        options,
+      );
+      const cosine = new Float32Array(await readBuffer(device, buffers.cosine));
+      assertClose(cosine, want.cosine, 2e-6, `step ${i + 1}`);
+      assert.deepEqual(new Float32Array(await readBuffer(device, buffers.qPrev)), step.now);
+    }
     for (const b of [...Object.values(buffers), next]) b.destroy();
   },
 );

@@ -173,7 +173,7 @@ function checkStep(step: QuerySimilarityStep): void {
 class SimilarityPlan implements QuerySimilarityPlan {
   #similarity: Similarity;
   #tau: GPUBuffer;
-  #step!: QuerySimilarityStep;
+  #step!: Required<QuerySimilarityStep>;
   #bindings = new BindGroupCache();
   #disposed = false;
 
@@ -197,7 +197,7 @@ class SimilarityPlan implements QuerySimilarityPlan {
   }
 
   get storeQuery(): boolean {
-    return this.#step.storeQuery ?? false;
+    return this.#step.storeQuery;
   }
 
   #write(step: QuerySimilarityStep): void {
