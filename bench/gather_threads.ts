@@ -6,7 +6,7 @@
  * a worker gathered chunk i + 1 while the main thread wrote chunk i, the
  * recall could approach the contiguous write.
  *
- * Usage: deno run -A bench/gather_threads.ts [--mib N] [--piece-kib N] [--rounds N] [--json]
+ * Usage: deno run -A bench/gather_threads.ts [--mib N] [--piece-kib N] [--rounds N] [--submit-each] [--json]
  *
  * @module
  */
@@ -15,7 +15,7 @@ import { flagChecks } from "../scripts/_flags.ts";
 import { gatherPieces } from "./gather_pieces.ts";
 
 const USAGE =
-  `Usage: deno run -A bench/gather_threads.ts [--mib N] [--piece-kib N] [--rounds N] [--json]
+  `Usage: deno run -A bench/gather_threads.ts [--mib N] [--piece-kib N] [--rounds N] [--submit-each] [--json]
 
 Moves --mib MiB of pieces, picked at random from a host pool twice that size,
 into one GPU buffer, and times each method until the GPU finished (two empty
@@ -33,13 +33,17 @@ untimed. Reports each method's median ms, its share of the contiguous write
 (median of the per-round ratios), and for the worker methods the main
 thread's median wait for the worker; and, with no GPU work, the one-thread
 gather alone (ms, us per piece) against copying the contiguous bytes in
-4 MiB pieces. Progress goes to stderr.
+4 MiB pieces, and the JavaScript time of recording one copyBufferToBuffer per
+piece (the placement of runs with no neighbour; recorded, never submitted).
+Progress goes to stderr.
 
 Options:
   --mib N        bytes moved, in MiB, a multiple of 4 (default 32)
   --piece-kib N  piece size in KiB, dividing 4096 (default 16: one K or V part
                  of a 32-token page of a 128-wide f32 head)
   --rounds N     rounds, the first untimed (default 9)
+  --submit-each  submit after each 4 MiB write (and each piece's write in
+                 chunks of 4 MiB), which lets wgpu reuse its staging memory
   --json         print one JSON object on stdout
   --help         this text`;
 
@@ -48,6 +52,7 @@ const values = flags.parse(Deno.args, {
   mib: { type: "string", default: "32" },
   "piece-kib": { type: "string", default: "16" },
   rounds: { type: "string", default: "9" },
+  "submit-each": { type: "boolean", default: false },
   json: { type: "boolean", default: false },
   help: { type: "boolean", default: false },
 });
@@ -61,6 +66,7 @@ if (4096 % pieceKib !== 0) {
   flags.fail(`--piece-kib must divide 4096: received ${JSON.stringify(values["piece-kib"])}`);
 }
 const rounds = flags.intFlag("rounds", values.rounds, 2)!;
+const submitEach = values["submit-each"];
 
 const METHODS = [
   "contiguous",
@@ -96,6 +102,12 @@ const target = device.createBuffer({
   label: "gather threads target",
   size: total,
   usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.STORAGE,
+});
+// The source of the placement copies that `placementEncodeOnly` records.
+const staging = device.createBuffer({
+  label: "gather threads staging",
+  size: total,
+  usage: GPUBufferUsage.COPY_SRC,
 });
 const gathered = new Uint8Array(chunkBytes);
 const ring = Array.from({ length: RING_SLOTS }, () => new SharedArrayBuffer(chunkBytes));
@@ -139,21 +151,43 @@ function copyOnly(): number {
   return performance.now() - t0;
 }
 
+/** After each chunk's writes, with `--submit-each`: wgpu may reuse their staging memory. */
+function chunkWritten(): void {
+  if (submitEach) device.queue.submit([]);
+}
+/**
+ * The JavaScript time of recording one copy per piece from a staging buffer
+ * into the target, as the recall places runs with no neighbour (ms; the
+ * command buffer is finished, never submitted).
+ */
+function placementEncodeOnly(): number {
+  const t0 = performance.now();
+  const encoder = device.createCommandEncoder({ label: "gather threads placement" });
+  for (let i = 0; i < pieces; i++) {
+    encoder.copyBufferToBuffer(staging, i * pieceBytes, target, jobs[i] % total, pieceBytes);
+  }
+  encoder.finish();
+  return performance.now() - t0;
+}
+
 /** Runs `method` once; returns the main thread's wait for the worker (ms). */
 function run(method: Method): number {
   let waited = 0;
   if (method === "contiguous") {
     for (let c = 0; c < chunks; c++) {
       device.queue.writeBuffer(target, c * chunkBytes, contiguous, c * chunkBytes, chunkBytes);
+      chunkWritten();
     }
   } else if (method === "one-thread") {
     for (let c = 0; c < chunks; c++) {
       gatherChunk(c);
       device.queue.writeBuffer(target, c * chunkBytes, gathered);
+      chunkWritten();
     }
   } else if (method === "write-per-piece") {
     for (let i = 0; i < pieces; i++) {
       device.queue.writeBuffer(target, i * pieceBytes, ownPool, jobs[i], pieceBytes);
+      if ((i + 1) % perChunk === 0) chunkWritten();
     }
   } else {
     control.set([chunks, perChunk, pieceBytes, method === "worker-own-pool" ? 1 : 0], 1);
@@ -165,6 +199,7 @@ function run(method: Method): number {
       while (Atomics.load(control, 8 + slot) !== 1) Atomics.wait(control, 8 + slot, 0);
       waited += performance.now() - t0;
       device.queue.writeBuffer(target, c * chunkBytes, ringViews[slot]);
+      chunkWritten();
       Atomics.store(control, 8 + slot, 0);
       Atomics.notify(control, 8 + slot);
     }
@@ -178,7 +213,7 @@ const times = Object.fromEntries(METHODS.map((m) => [m, [] as number[]])) as Rec
   number[]
 >;
 const waits: Record<string, number[]> = { "worker-shared-pool": [], "worker-own-pool": [] };
-const hostGather: number[] = [], hostCopy: number[] = [];
+const hostGather: number[] = [], hostCopy: number[] = [], placementEncode: number[] = [];
 try {
   for (let round = 0; round < rounds; round++) {
     console.error(`gather_threads: round ${round + 1} of ${rounds}`);
@@ -191,10 +226,11 @@ try {
       ms[method] = performance.now() - t0;
       if (round > 0 && method in waits) waits[method].push(waited);
     }
-    const gatherMs = gatherOnly(), copyMs = copyOnly();
+    const gatherMs = gatherOnly(), copyMs = copyOnly(), encodeMs = placementEncodeOnly();
     if (round === 0) continue;
     hostGather.push(gatherMs);
     hostCopy.push(copyMs);
+    placementEncode.push(encodeMs);
     for (const m of METHODS) times[m].push(ms[m]);
   }
 } finally {
@@ -202,6 +238,7 @@ try {
   Atomics.notify(control, 0);
   worker.terminate();
   target.destroy();
+  staging.destroy();
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
@@ -217,16 +254,27 @@ const host = {
   gather_ms: round2(median(hostGather)),
   gather_us_per_piece: round2(median(hostGather) * 1000 / pieces),
   contiguous_copy_ms: round2(median(hostCopy)),
+  placement_encode_ms: round2(median(placementEncode)),
+  placement_encode_us_per_copy: round2(median(placementEncode) * 1000 / pieces),
 };
 if (values.json) {
   console.log(JSON.stringify(
-    { adapter: gpu.description, bytes: total, piece_bytes: pieceBytes, rounds, rows, host },
+    {
+      adapter: gpu.description,
+      bytes: total,
+      piece_bytes: pieceBytes,
+      rounds,
+      submit_each: submitEach,
+      rows,
+      host,
+    },
     null,
     2,
   ));
 } else {
   console.log(
-    `${gpu.description}: ${mib} MiB in ${pieceKib} KiB pieces, median of ${rounds - 1} rounds`,
+    `${gpu.description}: ${mib} MiB in ${pieceKib} KiB pieces, median of ${rounds - 1} rounds` +
+      (submitEach ? ", a submit after each 4 MiB" : ""),
   );
   for (const r of rows) {
     const wait = r.main_wait_ms === null ? "" : `, main thread waited ${r.main_wait_ms} ms`;
@@ -238,5 +286,9 @@ if (values.json) {
   console.log(
     `  host only: gather ${host.gather_ms} ms (${host.gather_us_per_piece} us a piece), ` +
       `the contiguous bytes in 4 MiB copies ${host.contiguous_copy_ms} ms`,
+  );
+  console.log(
+    `  recording one copy per piece: ${host.placement_encode_ms} ms ` +
+      `(${host.placement_encode_us_per_copy} us a copy)`,
   );
 }

@@ -290,10 +290,12 @@ Deno.test({
       "64",
       "--rounds",
       "2",
+      "--submit-each",
       "--json",
     ]);
     assert.equal(report.bytes, 4 << 20);
     assert.equal(report.piece_bytes, 64 << 10);
+    assert.equal(report.submit_each, true);
     assert.deepEqual(report.rows.map((row: { method: string }) => row.method), [
       "contiguous",
       "one-thread",
@@ -311,6 +313,8 @@ Deno.test({
       "gather_ms",
       "gather_us_per_piece",
       "contiguous_copy_ms",
+      "placement_encode_ms",
+      "placement_encode_us_per_copy",
     ]);
     for (const ms of Object.values(report.host)) {
       assert.ok(typeof ms === "number" && ms >= 0 && Number.isFinite(ms), String(ms));
