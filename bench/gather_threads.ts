@@ -103,12 +103,18 @@ const target = device.createBuffer({
   size: total,
   usage: GPUBufferUsage.COPY_DST | GPUBufferUsage.STORAGE,
 });
-// The source of the placement copies that `placementEncodeOnly` records.
+// The source of the placement copies that `placementEncodeOnly` records,
+// cleared once so that wgpu has no lazy zeroing to add to those copies.
 const staging = device.createBuffer({
   label: "gather threads staging",
   size: total,
-  usage: GPUBufferUsage.COPY_SRC,
+  usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
 });
+{
+  const encoder = device.createCommandEncoder({ label: "gather threads staging clear" });
+  encoder.clearBuffer(staging);
+  device.queue.submit([encoder.finish()]);
+}
 const gathered = new Uint8Array(chunkBytes);
 const ring = Array.from({ length: RING_SLOTS }, () => new SharedArrayBuffer(chunkBytes));
 // writeBuffer's type wants an ArrayBuffer; Deno takes shared memory at run time.
