@@ -3,12 +3,22 @@
 // the group the cosine of q_now and q_prev (0 when either vector is zero,
 // clamped to [-1, 1]), summed in index order; per KV head the mean over the
 // group and the flag !(mean >= tau), i.e. mean < tau, with NaN flagged too
-// (correct when unsure). The includer declares `override HEAD_DIM`,
-// `override GROUP`, `params.tau`, the outputs `cosine`, `group_mean` and
-// `flags`, `fn q_now_at(g: u32, head: u32, c: u32) -> f32`,
-// `fn q_prev_at(head: u32, c: u32) -> f32` (g: the head's index in the group)
-// and `fn keep_q(head: u32, c: u32, x: f32)`, which may store q_now as the
-// next step's q_prev (each element after it was read).
+// (correct when unsure). With params.store_q, q_now is stored as the next
+// step's q_prev, each element after it was read. The includer declares
+// `override HEAD_DIM`, `override GROUP`, `params.tau`, `params.store_q`,
+// `q_prev` (`[b][Hq][d]` f32, read_write), the outputs `cosine`,
+// `group_mean` and `flags`, and `fn q_now_at(g: u32, head: u32, c: u32) ->
+// f32` (g: the head's index in the group).
+
+fn q_prev_at(head: u32, c: u32) -> f32 {
+  return q_prev[head * HEAD_DIM + c];
+}
+
+fn keep_q(head: u32, c: u32, x: f32) {
+  if (params.store_q != 0u) {
+    q_prev[head * HEAD_DIM + c] = x;
+  }
+}
 
 // Writes row `row`'s cosines, group mean and flag; returns the flag.
 fn group_similarity(row: u32) -> u32 {

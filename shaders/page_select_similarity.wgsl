@@ -15,16 +15,6 @@ fn q_now_at(g: u32, head: u32, c: u32) -> f32 {
   return q_sh[g * (HEAD_DIM / 4u) + c / 4u][c % 4u];
 }
 
-fn q_prev_at(head: u32, c: u32) -> f32 {
-  return q_prev[head * HEAD_DIM + c];
-}
-
-fn keep_q(head: u32, c: u32, x: f32) {
-  if (params.store_q != 0u) {
-    q_prev[head * HEAD_DIM + c] = x;
-  }
-}
-
 fn check_similarity(t: u32, b: u32, kvh: u32, row: u32) {
   if (t == 0u) {
     similarity_flag = group_similarity(row);

@@ -25,16 +25,6 @@ fn q_now_at(g: u32, head: u32, c: u32) -> f32 {
   return q_now[head * HEAD_DIM + c];
 }
 
-fn q_prev_at(head: u32, c: u32) -> f32 {
-  return q_prev[head * HEAD_DIM + c];
-}
-
-fn keep_q(head: u32, c: u32, x: f32) {
-  if (params.store_q != 0u) {
-    q_prev[head * HEAD_DIM + c] = x;
-  }
-}
-
 @compute @workgroup_size(1)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   group_similarity(wg.y * nwg.x + wg.x);

@@ -14,6 +14,7 @@
  */
 
 import {
+  assertBoolean,
   assertDevice,
   assertInteger,
   describeValue,
@@ -657,13 +658,7 @@ export class RetrievalEngine {
       );
     }
     const waitFollows = options.waitFollows ?? this.options.answerLag === 1;
-    if (typeof waitFollows !== "boolean") {
-      throw new TypeError(
-        `Cannot ${action} as 'waitFollows' must be a boolean: received ${
-          describeValue(waitFollows)
-        }`,
-      );
-    }
+    assertBoolean("waitFollows", waitFollows, action);
     if (!this.#inStep || this.#nextLayer !== this.options.numLayers) {
       throw new RangeError(
         `Cannot ${action} as every layer must be recorded first: received endStep ${

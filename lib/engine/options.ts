@@ -7,6 +7,7 @@
 
 import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import {
+  assertBoolean,
   assertFinite,
   assertHeadsDivide,
   assertInteger,
@@ -269,13 +270,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
   assertOneOf("recallBuffering", o.recallBuffering, ["double", "single"] as const, a);
   assertOneOf("recallStaging", o.recallStaging, ["write-buffer", "mapped"] as const, a);
   assertInteger("answerLag", o.answerLag, a, 1);
-  for (const name of ["fullFirstLayer", "profile"] as const) {
-    if (typeof o[name] !== "boolean") {
-      throw new TypeError(
-        `Cannot ${a} as '${name}' must be a boolean: received ${describeValue(o[name])}`,
-      );
-    }
-  }
+  for (const name of ["fullFirstLayer", "profile"] as const) assertBoolean(name, o[name], a);
   assertHeadsDivide(o.numQueryHeads, o.numKvHeads, a);
   for (const name of ["budget", "sink", "window"] as const) {
     if (o[name] % o.pageSize !== 0) {

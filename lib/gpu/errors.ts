@@ -114,6 +114,27 @@ export function assertFinite(
 }
 
 /**
+ * Throws a `TypeError` unless `value` is a boolean.
+ *
+ * @example
+ * ```ts
+ * import { assertBoolean } from "./errors.ts";
+ * assertBoolean("storeQuery", true, "plan page selection");
+ * ```
+ */
+export function assertBoolean(
+  name: string,
+  value: unknown,
+  action: string,
+): asserts value is boolean {
+  if (typeof value !== "boolean") {
+    throw new TypeError(
+      `Cannot ${action} as '${name}' must be a boolean: received ${describeValue(value)}`,
+    );
+  }
+}
+
+/**
  * Throws a `RangeError` unless `array.length === expected`.
  *
  * @example

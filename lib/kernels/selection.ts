@@ -49,6 +49,7 @@ import groupSimilarity from "../../shaders/group_similarity.wgsl" with { type: "
 import type { PageTableBindings, PageTableBuffers, PageTablePlan } from "./page_table.ts";
 import {
   assertAllFinite,
+  assertBoolean,
   assertDevice,
   assertFinite,
   assertHeadsDivide,
@@ -386,11 +387,7 @@ export function checkSelectionStep(step: PageSelectionStep): CheckedSelectionSte
   const tau = step.tau ?? 0.9;
   assertFinite("tau", tau, ACTION);
   const storeQuery = step.storeQuery ?? false;
-  if (typeof storeQuery !== "boolean") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'storeQuery' must be a boolean: received ${describeValue(storeQuery)}`,
-    );
-  }
+  assertBoolean("storeQuery", storeQuery, ACTION);
   return { batch, k, maxCount, pagesNeeded, seqs, tau, storeQuery };
 }
 
@@ -514,10 +511,7 @@ class Selector implements PageSelector {
       );
     }
     const assertFlag = (name: string, value: unknown, optional: boolean) => {
-      if (typeof value === "boolean" || (optional && value === undefined)) return;
-      throw new TypeError(
-        `Cannot ${action} as '${name}' must be a boolean: received ${describeValue(value)}`,
-      );
+      if (!optional || value !== undefined) assertBoolean(name, value, action);
     };
     variants.forEach((v, i) => {
       assertObject(`variants[${i}]`, v, action);

@@ -19,6 +19,7 @@ import groupSimilaritySource from "../../shaders/group_similarity.wgsl" with { t
 const querySimilaritySource = querySimilarityMain + groupSimilaritySource;
 import {
   assertAllFinite,
+  assertBoolean,
   assertDevice,
   assertFinite,
   assertHeadsDivide,
@@ -161,13 +162,7 @@ function checkStep(step: QuerySimilarityStep): void {
   assertObject("step", step, ACTION);
   assertInteger("batch", step.batch, ACTION, 1, MAX_DISPATCH);
   assertFinite("tau", step.tau, ACTION);
-  if (step.storeQuery !== undefined && typeof step.storeQuery !== "boolean") {
-    throw new TypeError(
-      `Cannot ${ACTION} as 'storeQuery' must be a boolean: received ${
-        describeValue(step.storeQuery)
-      }`,
-    );
-  }
+  if (step.storeQuery !== undefined) assertBoolean("storeQuery", step.storeQuery, ACTION);
 }
 
 class SimilarityPlan implements QuerySimilarityPlan {

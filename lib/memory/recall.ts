@@ -29,6 +29,7 @@ import { type KvLayoutSizes, kvLayoutSizes, type NhdCacheBuffers } from "../kern
 import { type Chunk, type RecallState, StagingRing } from "./recall_staging.ts";
 import { SLOT_LAYOUTS, type SlotLayout } from "../kernels/slot_layout.ts";
 import {
+  assertBoolean,
   assertDevice,
   assertInteger,
   assertObject,
@@ -246,13 +247,7 @@ export class Recaller {
     const hndPath = options.hndPath ?? "staged";
     assertOneOf("hndPath", hndPath, ["direct", "staged"], action);
     const deferSubmit = options.deferSubmit ?? false;
-    if (typeof deferSubmit !== "boolean") {
-      throw new TypeError(
-        `Cannot ${action} as 'deferSubmit' must be a boolean: received ${
-          describeValue(deferSubmit)
-        }`,
-      );
-    }
+    assertBoolean("deferSubmit", deferSubmit, action);
     if (deferSubmit && (staging !== "write-buffer" || buffering !== "double")) {
       throw new RangeError(
         `Cannot ${action} as 'deferSubmit' needs staging "write-buffer" and buffering "double": received staging "${staging}", buffering "${buffering}"`,
