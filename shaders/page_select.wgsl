@@ -14,7 +14,9 @@
 // and writes the flag, the group mean and the cosines), and one of
 // page_select_no_table.wgsl or page_select_table.wgsl (lane 0 then builds
 // the row's attention page table as page_table.wgsl does, from this
-// dispatch's selections).
+// dispatch's selections), and one of page_select_no_append.wgsl or
+// page_select_append.wgsl (the workgroup first stores its KV head's part of
+// the step's new K and V rows).
 
 override HEAD_DIM: u32; // d, a multiple of 4
 override GROUP: u32; // query heads per KV head
@@ -80,6 +82,8 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
   let count = seq.z;
   let k = params.k;
   let row = b * params.num_kv_heads + kvh;
+  // The step's K and V rows, when the module appended page_select_append.wgsl.
+  append_row(t, b, kvh);
   let v4 = HEAD_DIM / 4u;
   for (var i = t; i < GROUP * v4; i += WG) {
     q_sh[i] = q[row * GROUP * v4 + i];

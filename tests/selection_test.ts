@@ -15,6 +15,12 @@ import { querySimilarity } from "../lib/kernels/similarity.ts";
 import { createPageTableBuilder, EMPTY_PAGE } from "../lib/kernels/page_table.ts";
 import { pageRegions } from "../lib/memory/page_plan.ts";
 import { querySimilarityReference } from "../lib/kernels/similarity_reference.ts";
+import { createKvAppend } from "../lib/kernels/kv_append.ts";
+import { kvAppendReference } from "../lib/kernels/kv_append_reference.ts";
+import { slotOffset } from "../lib/kernels/slot_layout.ts";
+import { requestGpu } from "../lib/gpu/device.ts";
+import { assertArraysEqual } from "./_assert.ts";
+import type { KvDtype } from "../lib/gpu/dtype.ts";
 
 interface Shape {
   numKvHeads: number;
@@ -850,5 +856,107 @@ gpuTest(
       );
       for (const x of Object.values(b).flat()) x.destroy();
     }
+  },
+);
+
+gpuTest(
+  "one-dispatch selection appends the step's K and V rows (f32 NHD, f16 HND)",
+  async (gpu) => {
+    const { device } = gpu;
+    const shape = { numKvHeads: 2, group: 2, headDim: 8, counts: [30, 12], k: 4 };
+    const options = { numQueryHeads: 4, numKvHeads: 2, headDim: 8, pooling: "mean" as const };
+    const { inputs, want } = separatedInputs(21, shape, options);
+    const row = shape.numKvHeads * shape.headDim;
+    const storage = GPUBufferUsage.STORAGE;
+    const out = storage | GPUBufferUsage.COPY_SRC;
+    using selector = createPageSelector(device, options);
+    using plan = selector.plan(inputs);
+    // A device binding fewer storage buffers than the append needs fuses nothing.
+    if (device.limits.maxStorageBuffersPerShaderStage < 21) return;
+    assert.equal(plan.fusesAppend, true);
+    const cases: { dtype: KvDtype; P: number }[] = [{ dtype: "f32", P: 0 }];
+    if (device.features.has("shader-f16")) cases.push({ dtype: "f16", P: 4 });
+    for (const { dtype, P } of cases) {
+      const rng = createRandom(5);
+      // Values exact in f16, so that the GPU and JS conversions agree.
+      const values = (n: number) => randomNormalArray(rng, n).map((x) => Math.round(x * 64) / 64);
+      const k = values(2 * row), v = values(2 * row);
+      const slots = 12;
+      const dstOffsets = new Uint32Array(
+        P > 0
+          ? [slotOffset("hnd", { pageSize: P, kvHeads: 2, headDim: 8 }, 2, 1, 0), 5 * P * row / P]
+          : [7 * row, 2 * row],
+      );
+      const appendOptions = { numKvHeads: 2, headDim: 8, dtype, headStride: P > 0 ? P * 8 : 8 };
+      const Kind = dtype === "f16" ? Float16Array : Float32Array;
+      const kCache = new Kind(values(slots * row)), vCache = new Kind(values(slots * row));
+      const expected = kvAppendReference({ k, v, kCache, vCache, dstOffsets }, appendOptions);
+      const append = createKvAppend(device, appendOptions);
+      using rows = append.plan({ dstOffsets });
+      const b = {
+        q: createBuffer(device, "q", storage, inputs.q),
+        summaries: createBuffer(device, "s", storage, inputs.summaries),
+        selected: createBuffer(device, "sel", out, 2 * 2 * 4 * 4),
+        k: createBuffer(device, "k", storage, k),
+        v: createBuffer(device, "v", storage, v),
+        kCache: createBuffer(device, "kCache", out, kCache),
+        vCache: createBuffer(device, "vCache", out, vCache),
+      };
+      const appendBuffers = { k: b.k, v: b.v, kCache: b.kCache, vCache: b.vCache };
+      await noGpuErrors(device, async () => {
+        const encoder = device.createCommandEncoder();
+        plan.encode(encoder, {
+          q: b.q,
+          summaries: b.summaries,
+          selected: b.selected,
+          append: { plan: rows, buffers: appendBuffers },
+        });
+        device.queue.submit([encoder.finish()]);
+        assert.deepEqual(new Uint32Array(await readBuffer(device, b.selected)), want, dtype);
+        assertArraysEqual(new Kind(await readBuffer(device, b.kCache)), expected.kCache, "kCache");
+        assertArraysEqual(new Kind(await readBuffer(device, b.vCache)), expected.vCache, "vCache");
+      });
+      // Bad input: refused before anything is recorded, caches as they were.
+      const base = { q: b.q, summaries: b.summaries, selected: b.selected };
+      const refused = (buffers: object, pattern: RegExp) => {
+        const encoder = device.createCommandEncoder();
+        assert.throws(
+          () => plan.encode(encoder, { ...base, ...buffers }),
+          (e: Error) => e instanceof RangeError && pattern.test(e.message),
+        );
+        encoder.finish();
+      };
+      using oneRow = append.plan({ dstOffsets: dstOffsets.subarray(0, 1) });
+      refused(
+        { append: { plan: oneRow, buffers: appendBuffers } },
+        /'append' must store one row of numKvHeads \* headDim elements per sequence: received a plan of 1 rows for a selection of 2 sequences/,
+      );
+      refused(
+        { append: { plan: rows, buffers: { ...appendBuffers, kCache: b.summaries } } },
+        /'append.buffers.kCache' is bound writable and must not share a buffer with 'summaries'/,
+      );
+      using wide = createKvAppend(device, { numKvHeads: 1, headDim: 12, dtype }).plan({
+        dstOffsets: new Uint32Array([0, 16]),
+      });
+      refused(
+        { append: { plan: wide, buffers: appendBuffers } },
+        /received rows of 12 elements for 2 KV heads of 8/,
+      );
+      assertArraysEqual(new Kind(await readBuffer(device, b.kCache)), expected.kCache, "kept");
+      for (const x of Object.values(b)) x.destroy();
+    }
+    // A step too long for one dispatch cannot take the append.
+    const { inputs: long } = separatedInputs(23, { ...shape, counts: [300, 12] }, options);
+    using longPlan = selector.plan(long);
+    assert.equal(longPlan.fusesAppend, false);
+    using plain = await requestGpu({ f16: false });
+    const packed = createKvAppend(plain.device, { numKvHeads: 2, headDim: 8, dtype: "f16" });
+    using packedRows = packed.plan({ dstOffsets: new Uint32Array([0, 16]) });
+    const scratch = createBuffer(plain.device, "scratch", storage, 4096);
+    assert.throws(
+      () => packedRows.bindings({ k: scratch, v: scratch, kCache: scratch, vCache: scratch }),
+      (e: Error) => e instanceof RangeError && /not packed|packed words/.test(e.message),
+    );
+    scratch.destroy();
   },
 );

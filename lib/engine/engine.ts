@@ -36,6 +36,7 @@ import {
   type PhaseContext,
   selectionVariants,
   selectPhase,
+  storePhase,
   tableBuffers,
 } from "./phases.ts";
 import { type PageBudget, type PageRegions, pageRegions } from "../memory/page_plan.ts";
@@ -477,16 +478,17 @@ export class RetrievalEngine {
     const k = state.input("k", inputs.k, B * hkv * d * 4);
     const v = state.input("v", inputs.v, B * hkv * d * 4);
     const out = inputs.out ?? state.scratch("out", B * hq * d * 4);
-    appendPhase(this.#context(), encoder, state, k, v);
+    const rows = appendPhase(this.#context(), encoder, state, k, v);
     const regions = Array.from(
       { length: B },
       (_, b) => pageRegions(state.length[b], state.budget, state.slidingWindow),
     );
     if (state.mode === "full" || state.mode === "streaming") {
+      storePhase(this.#context(), encoder, state, rows, false);
       this.#attendPhase(encoder, state, q, out, regions, false);
       return encoder;
     }
-    const plan = selectPhase(this.#context(), encoder, state, q, regions);
+    const plan = selectPhase(this.#context(), encoder, state, q, regions, rows);
     if (plan.sync) {
       encoder = await this.#correctPhase(encoder, state, plan);
       this.#checkAlive(action);

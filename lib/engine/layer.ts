@@ -18,7 +18,7 @@ import {
 import { disposedError } from "../gpu/errors.ts";
 import { cachedPipeline } from "../gpu/pipelines.ts";
 import type { AttentionPlan, AttentionTables, PagedAttention } from "../kernels/attention.ts";
-import { createKvAppend, type KvAppend } from "../kernels/kv_append.ts";
+import { createKvAppend, type KvAppend, type KvAppendPlan } from "../kernels/kv_append.ts";
 import {
   createPageSummarizer,
   type PageSummarizer,
@@ -295,6 +295,16 @@ export class LayerState implements Disposable {
     return b;
   }
 
+  /** True when another kernel may append this layer's rows (the cache type is written directly). */
+  get rowsFusable(): boolean {
+    return !this.#append.packed;
+  }
+
+  /** This layer's append plan `tag` for rows at element offsets `dstOffsets` (prefill and decode keep separate plans). */
+  planRows(dstOffsets: Uint32Array, tag: string): KvAppendPlan {
+    return this.#reuse(`append ${tag}`, { dstOffsets }, (x) => this.#append.plan(x));
+  }
+
   /**
    * Records the f32 -> cache-dtype copy of token rows of `k`, `v` into
    * `kCache`/`vCache` at element offsets `dstOffsets`, through this layer's
@@ -309,8 +319,7 @@ export class LayerState implements Disposable {
     dstOffsets: Uint32Array,
     tag: string,
   ): void {
-    const plan = this.#reuse(`append ${tag}`, { dstOffsets }, (x) => this.#append.plan(x));
-    plan.encode(encoder, { k, v, kCache, vCache });
+    this.planRows(dstOffsets, tag).encode(encoder, { k, v, kCache, vCache });
   }
 
   /** Compiles the pipelines of this layer's decode steps, `variants` of the selection among them. */

@@ -9,6 +9,7 @@ import { type PageRegions, pageRegions } from "../memory/page_plan.ts";
 import type { RecallJob } from "../memory/recall.ts";
 import type { PageTableBuffers, PageTablePlan } from "../kernels/page_table.ts";
 import type { PageSelectionVariant } from "../kernels/selection.ts";
+import type { KvAppendBuffers, KvAppendPlan } from "../kernels/kv_append.ts";
 import { homeSlot, poolSlot } from "./geometry.ts";
 import { slotOffset } from "../kernels/slot_layout.ts";
 import type { LayerState } from "./layer.ts";
@@ -71,10 +72,19 @@ export function tableBuffers(
   };
 }
 
+/** The step's K/V rows of a layer, planned by the append phase and stored by the store phase. */
+export interface PendingRows {
+  plan: KvAppendPlan;
+  buffers: KvAppendBuffers;
+  /** Pages that the rows fill: (sequence, logical page). */
+  fills: { b: number; p: number }[];
+}
+
 /**
- * Append phase: the token's K/V rows into the window page; a page leaving
- * the window keeps a pool slot when one is free of pinned pages; a page
- * that filled is summarized and backed up to the host.
+ * Append phase: plans the token's K/V rows into the window page; a page
+ * leaving the window keeps a pool slot when one is free of pinned pages.
+ * The rows go in with the selection's dispatch when it can take them, else
+ * in the store phase.
  */
 export function appendPhase(
   ctx: PhaseContext,
@@ -82,7 +92,7 @@ export function appendPhase(
   state: LayerState,
   k: GPUBuffer,
   v: GPUBuffer,
-): void {
+): PendingRows {
   const o = ctx.options;
   const P = o.pageSize;
   const kvShape = { pageSize: P, kvHeads: o.numKvHeads, headDim: o.headDim };
@@ -110,7 +120,31 @@ export function appendPhase(
   }
   // Before the append: the leaving page's home slot is the new page's.
   state.encodeSlotCopies(encoder, copies);
-  state.encodeRows(encoder, k, v, state.kCache, state.vCache, dst, "append");
+  return {
+    plan: state.planRows(dst, "append"),
+    buffers: { k, v, kCache: state.kCache, vCache: state.vCache },
+    fills,
+  };
+}
+
+/**
+ * Store phase: the rows, unless the selection's dispatch `appended` them;
+ * then a page that filled is summarized and backed up to the host. This
+ * step's selection never reads such a page's summary: the page is in the
+ * window (at least one page). The next step's speculation may, so it
+ * follows this phase.
+ */
+export function storePhase(
+  ctx: PhaseContext,
+  encoder: GPUCommandEncoder,
+  state: LayerState,
+  rows: PendingRows,
+  appended: boolean,
+): void {
+  if (!appended) rows.plan.encode(encoder, rows.buffers);
+  const o = ctx.options;
+  const P = o.pageSize;
+  const { fills } = rows;
   if (fills.length && (state.mode === "quest" || state.mode === "offload")) {
     const jobs = fills.map(({ b, p }) => ({
       srcSlot: b * state.slotsPerSeq + homeSlot(o, state.mode, p),
@@ -132,7 +166,8 @@ export function appendPhase(
 /**
  * Select phase: top-k with this step's query for every sequence whose
  * selection matters now or next step, and (freekv) the correction flags.
- * Decides whether the layer must wait for the GPU.
+ * Records the store phase of `rows` too, inside this step's selection
+ * dispatch where it can. Decides whether the layer must wait for the GPU.
  */
 export function selectPhase(
   ctx: PhaseContext,
@@ -140,6 +175,7 @@ export function selectPhase(
   state: LayerState,
   q: GPUBuffer,
   regions: PageRegions[],
+  rows: PendingRows,
 ): SelectionPlan {
   const o = ctx.options;
   const B = o.batch;
@@ -207,6 +243,9 @@ export function selectPhase(
       useBest: decision.useBest,
     });
   }
+  // The rows ride the same dispatch where it can take them: one dispatch
+  // less, whose fixed cost dominates a small model's step.
+  const appended = nowPlan !== null && nowPlan.fusesAppend && state.rowsFusable;
   if (nowPlan) {
     nowPlan.encode(encoder, {
       q,
@@ -222,9 +261,13 @@ export function selectPhase(
           },
         }
         : {}),
+      ...(appended ? { append: { plan: rows.plan, buffers: rows.buffers } } : {}),
     });
     ctx.stats.current!.pagesSelected += now.filter(Boolean).length * o.numKvHeads * K;
   }
+  // Before the next step's speculation: it reads the summary of a page
+  // that this step's row fills.
+  storePhase(ctx, encoder, state, rows, appended);
   if (boundary && selects.some(Boolean)) {
     state.planSelection(range(next, selects), "next").encode(encoder, {
       q,
@@ -253,23 +296,26 @@ export function selectionVariants(
   state: LayerState,
   maxPages: number,
 ): PageSelectionVariant[] {
+  // This step's selection stores the step's rows too (the next step's
+  // speculation at a window boundary never does).
+  const append = state.rowsFusable ? o.dtype : undefined;
   // quest never waits: its tables always ride the selection.
-  if (state.mode === "quest") return [{ table: true }];
+  if (state.mode === "quest") return [{ table: true, append }];
   if (state.mode !== "offload") return [];
   // sync-offload waits before building its tables.
-  if (state.qPrev === undefined) return [{}];
-  // The next step's speculation at a window boundary (or a first step that
-  // waits), and steps whose candidates still fit K pages (no check yet).
-  const always: PageSelectionVariant[] = [{}, { table: true }];
+  if (state.qPrev === undefined) return [{ append }];
+  // The next step's speculation at a window boundary, a first step that
+  // waits, and steps whose candidates still fit K pages (no check yet).
+  const always: PageSelectionVariant[] = [{}, { append }, { table: true, append }];
   // The check waits under "sync".
-  if (o.correction === "sync") return [...always, { similarity: true }];
+  if (o.correction === "sync") return [...always, { similarity: true, append }];
   const best = { maskStride: maxPages, flagged: true };
   return [
     ...always,
-    { residentOnly: best, similarity: true, table: true },
+    { residentOnly: best, similarity: true, table: true, append },
     // A sequence prefilled past the budget (no speculation yet) beside
     // checked ones: the step waits for its selection.
-    { residentOnly: best },
+    { residentOnly: best, append },
   ];
 }
 

@@ -72,6 +72,28 @@ export interface KvAppendBuffers {
   vCache: GPUBuffer;
 }
 
+/** What an append binds, from {@linkcode KvAppendPlan.bindings}. */
+export interface KvAppendBindings {
+  /** Uniform `(row_len, batch, row_base, head_len, head_stride)` as in `kv_append.wgsl`. */
+  params: GPUBufferBinding;
+  /** Element offset of each row in the caches. */
+  offsets: GPUBufferBinding;
+  /** New keys `[rows][Hkv][d]` f32. */
+  k: Required<BufferSlice>;
+  /** New values `[rows][Hkv][d]` f32. */
+  v: Required<BufferSlice>;
+  /** Key cache (whole buffer, bound writable). */
+  kCache: GPUBufferBinding;
+  /** Value cache (whole buffer, bound writable). */
+  vCache: GPUBufferBinding;
+  /** Rows appended. */
+  numRows: number;
+  /** Elements per row (`Hkv * d`). */
+  rowLength: number;
+  /** Element type of the caches. */
+  dtype: KvDtype;
+}
+
 /** The KV append kernel for one row geometry, from {@linkcode createKvAppend}. */
 export interface KvAppend {
   /** The options with defaults filled in. */
@@ -95,6 +117,13 @@ export interface KvAppendPlan {
    * under the old offsets first.
    */
   update(rows: KvAppendRows): void;
+  /**
+   * Checks `buffers` as `encode` does and returns what the append binds, for
+   * a kernel that appends the rows in its own dispatch (the one-dispatch page
+   * selection). Throws a `RangeError` for a packed f16 cache or more rows
+   * than one dispatch holds.
+   */
+  bindings(buffers: KvAppendBuffers): KvAppendBindings;
   /**
    * Records the append (one compute pass per `maxComputeWorkgroupsPerDimension`
    * rows). Throws before recording when a buffer is too small for the rows
@@ -243,21 +272,53 @@ class AppendPlan implements KvAppendPlan {
     this.#maxOffset = max;
   }
 
-  encode(
-    encoder: GPUCommandEncoder,
-    buffers: KvAppendBuffers,
-    options: KernelEncodeOptions = {},
-  ): void {
+  #checkBuffers(buffers: KvAppendBuffers) {
     if (this.#disposed) throw disposedError(ACTION, "plan");
-    const a = this.#append;
-    const { numKvHeads: hkv, headDim: d, dtype, headStride } = a.options;
-    const n = this.#numRows;
-    const rowBytes = n * hkv * d * 4;
+    const { numKvHeads: hkv, headDim: d, dtype, headStride } = this.#append.options;
+    const rowBytes = this.#numRows * hkv * d * 4;
     const k = assertBufferSize("k", buffers?.k, rowBytes, ACTION);
     const v = assertBufferSize("v", buffers?.v, rowBytes, ACTION);
     const cacheBytes = (this.#maxOffset + (hkv - 1) * headStride + d) * bytesPerElement(dtype);
     const kCache = assertBufferSize("kCache", buffers.kCache, cacheBytes, ACTION).buffer;
     const vCache = assertBufferSize("vCache", buffers.vCache, cacheBytes, ACTION).buffer;
+    return { k, v, kCache, vCache };
+  }
+
+  bindings(buffers: KvAppendBuffers): KvAppendBindings {
+    const { k, v, kCache, vCache } = this.#checkBuffers(buffers);
+    const a = this.#append;
+    const n = this.#numRows;
+    if (a.packed) {
+      throw new RangeError(
+        `Cannot ${ACTION} as rows appended by another kernel need a cache type the device writes directly: received f16 without shader-f16 (packed words)`,
+      );
+    }
+    if (n < 1 || n > a.device.limits.maxComputeWorkgroupsPerDimension) {
+      throw new RangeError(
+        `Cannot ${ACTION} as rows appended by another kernel must fit one dispatch (1 to ${a.device.limits.maxComputeWorkgroupsPerDimension}): received ${n} rows`,
+      );
+    }
+    return {
+      params: { buffer: this.#params[0] },
+      offsets: { buffer: this.#offsets.buffer },
+      k,
+      v,
+      kCache: { buffer: kCache },
+      vCache: { buffer: vCache },
+      numRows: n,
+      rowLength: a.options.numKvHeads * a.options.headDim,
+      dtype: a.options.dtype,
+    };
+  }
+
+  encode(
+    encoder: GPUCommandEncoder,
+    buffers: KvAppendBuffers,
+    options: KernelEncodeOptions = {},
+  ): void {
+    const { k, v, kCache, vCache } = this.#checkBuffers(buffers);
+    const a = this.#append;
+    const n = this.#numRows;
     if (n === 0) return;
     const maxY = a.device.limits.maxComputeWorkgroupsPerDimension;
     const chunks = Math.ceil(n / maxY);

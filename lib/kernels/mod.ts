@@ -42,6 +42,7 @@ export { pagedAttentionReference } from "./attention_reference.ts";
 export {
   createKvAppend,
   type KvAppend,
+  type KvAppendBindings,
   type KvAppendBuffers,
   type KvAppendOptions,
   type KvAppendPlan,

@@ -45,6 +45,10 @@ import pageSelectSimilarity from "../../shaders/page_select_similarity.wgsl" wit
 import pageSelectTable from "../../shaders/page_select_table.wgsl" with { type: "text" };
 import pageSelectNoTable from "../../shaders/page_select_no_table.wgsl" with { type: "text" };
 import pageTableRow from "../../shaders/page_table_row.wgsl" with { type: "text" };
+import pageSelectAppend from "../../shaders/page_select_append.wgsl" with { type: "text" };
+import pageSelectNoAppend from "../../shaders/page_select_no_append.wgsl" with { type: "text" };
+import { KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
+import type { KvAppendBindings, KvAppendBuffers, KvAppendPlan } from "./kv_append.ts";
 import groupSimilarity from "../../shaders/group_similarity.wgsl" with { type: "text" };
 import type { PageTableBindings, PageTableBuffers, PageTablePlan } from "./page_table.ts";
 import {
@@ -184,6 +188,15 @@ export interface PageSelectionBuffers {
    * `residentOnly` when they are given.
    */
   pageTable?: { plan: PageTablePlan; buffers: PageTableBuffers };
+  /**
+   * Optional append of the step's new K and V rows in the same dispatch
+   * (only where the plan `fusesAppend`), as `plan.encode(encoder, buffers)`
+   * would record it: one row per sequence of the selection, of `Hkv * d`
+   * elements, in a cache type the device writes directly (not packed f16).
+   * Saves the append's own dispatch; the caches are bound writable, so no
+   * other buffer of the selection may lie in them.
+   */
+  append?: { plan: KvAppendPlan; buffers: KvAppendBuffers };
 }
 
 /**
@@ -213,6 +226,8 @@ export interface PageSelectionVariant {
   similarity?: boolean;
   /** The page tables in the same dispatch. */
   table?: boolean;
+  /** The append of the step's K and V rows in the same dispatch, into caches of this type. */
+  append?: KvDtype;
 }
 
 /**
@@ -241,6 +256,11 @@ export interface PageSelectionPlan extends GpuKernelPlan<PageSelectionStep, Page
    * binds the 16 storage buffers that needs (`maxStorageBuffersPerShaderStage`).
    */
   readonly fusesTable: boolean;
+  /**
+   * True when encode takes `append`: the step is `fused` and the device binds
+   * the 21 storage buffers that the largest variant needs with it.
+   */
+  readonly fusesAppend: boolean;
 }
 
 /** Inputs of {@linkcode selectPages} and `selectPagesReference`. */
@@ -270,14 +290,23 @@ const MAX_DISPATCH = 65535;
 // check, and with the page tables.
 const SIMILARITY_STORAGE_BUFFERS = 10;
 const TABLE_STORAGE_BUFFERS = 16;
+const APPEND_STORAGE_BUFFERS = TABLE_STORAGE_BUFFERS + 5;
 const pageTopkSource = pageTopkMain + pagePoolSource;
 /** page_select.wgsl with its snippets: given or computed flags, no table or a table. */
-function pageSelectSource(similarity: boolean, table: boolean): [string, string] {
+function pageSelectSource(
+  similarity: boolean,
+  table: boolean,
+  append: KvDtype | undefined,
+): [string, string] {
+  const cacheType = append === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n";
   return [
-    `page_select${similarity ? "_similarity" : ""}${table ? "_table" : ""}`,
-    pageSelectMain + pagePoolSource +
+    `page_select${similarity ? "_similarity" : ""}${table ? "_table" : ""}${
+      append ? `_append_${append}` : ""
+    }`,
+    (append ? cacheType : "") + pageSelectMain + pagePoolSource +
     (similarity ? pageSelectSimilarity + groupSimilarity : pageSelectFlags) +
-    (table ? pageSelectTable + pageTableRow : pageSelectNoTable),
+    (table ? pageSelectTable + pageTableRow : pageSelectNoTable) +
+    (append ? pageSelectAppend : pageSelectNoAppend),
   ];
 }
 // Counting top-k: default and largest candidate count (its keys live in
@@ -433,6 +462,8 @@ class Selector implements PageSelector {
   readonly bindsSimilarity: boolean;
   /** The device binds enough storage buffers for the page tables in the one dispatch. */
   readonly bindsTable: boolean;
+  /** The device binds enough storage buffers for the append in the one dispatch (any variant). */
+  readonly bindsAppend: boolean;
   #disposed = false;
 
   constructor(device: GPUDevice, options: Required<PageSelectorOptions>) {
@@ -451,6 +482,7 @@ class Selector implements PageSelector {
     const storage = device.limits.maxStorageBuffersPerShaderStage;
     this.bindsSimilarity = storage >= SIMILARITY_STORAGE_BUFFERS;
     this.bindsTable = storage >= TABLE_STORAGE_BUFFERS;
+    this.bindsAppend = storage >= APPEND_STORAGE_BUFFERS;
     this.scorePipeline = cachedPipeline(device, "page_score", pageScoreSource, {
       HEAD_DIM: options.headDim,
       GROUP: group,
@@ -469,9 +501,10 @@ class Selector implements PageSelector {
     residentOnly?: { maskStride: number; flagged: boolean },
     similarity = false,
     table = false,
+    append?: KvDtype,
   ): GPUComputePipeline {
     const o = this.options;
-    const [name, source] = pageSelectSource(similarity, table);
+    const [name, source] = pageSelectSource(similarity, table, append);
     return cachedPipeline(this.device, name, source, {
       HEAD_DIM: o.headDim,
       GROUP: o.numQueryHeads / o.numKvHeads,
@@ -517,6 +550,7 @@ class Selector implements PageSelector {
       assertObject(`variants[${i}]`, v, action);
       assertFlag(`variants[${i}].similarity`, v.similarity, true);
       assertFlag(`variants[${i}].table`, v.table, true);
+      if (v.append !== undefined) assertOneOf(`variants[${i}].append`, v.append, KV_DTYPES, action);
       if (v.residentOnly !== undefined) {
         assertObject(`variants[${i}].residentOnly`, v.residentOnly, action);
         assertInteger(
@@ -528,10 +562,13 @@ class Selector implements PageSelector {
         assertFlag(`variants[${i}].residentOnly.flagged`, v.residentOnly.flagged, false);
       }
     });
-    for (const { residentOnly: resident, similarity, table } of variants) {
+    for (const { residentOnly: resident, similarity, table, append } of variants) {
       const fusesSimilarity = similarity === true && this.bindsSimilarity;
       const fusesTable = table === true && this.bindsTable;
-      if (this.fusedMaxCount > 0) this.selectPipeline(resident, fusesSimilarity, fusesTable);
+      const fusesAppend = this.bindsAppend ? append : undefined;
+      if (this.fusedMaxCount > 0) {
+        this.selectPipeline(resident, fusesSimilarity, fusesTable, fusesAppend);
+      }
       if (resident) this.maskedTopkPipeline(resident);
     }
   }
@@ -615,6 +652,10 @@ class SelectionPlan implements PageSelectionPlan {
 
   get fusesTable(): boolean {
     return this.fused && this.#selector.bindsTable;
+  }
+
+  get fusesAppend(): boolean {
+    return this.fused && this.#selector.bindsAppend;
   }
 
   #check(selector: Selector, step: PageSelectionStep): CheckedSelectionStep {
@@ -709,9 +750,32 @@ class SelectionPlan implements PageSelectionPlan {
         if (other) assertNotShared("similarity.qPrev", similarity.qPrev, name, other, action);
       }
     }
+    const append = buffers.append ? this.#appendBindings(buffers.append, action) : null;
+    if (append) {
+      // The caches are bound writable: no other binding may lie in them.
+      const others: [string, { buffer: GPUBuffer } | undefined][] = [
+        ["q", q],
+        ["summaries", summaries],
+        ["selected", selected],
+        ["append.buffers.k", append.k],
+        ["append.buffers.v", append.v],
+        ["residentOnly.mask", resident?.mask],
+        ["residentOnly.selected", resident?.out],
+        ["similarity.qPrev", similarity?.qPrev],
+        ["similarity.flags", similarity?.flags],
+        ["pageTable.buffers.spec", table?.spec],
+        ["pageTable.buffers.residency", table?.residency],
+        ["pageTable.buffers.table", table?.table],
+      ];
+      for (const [name, other] of others) {
+        if (!other) continue;
+        assertNotShared("append.buffers.kCache", append.kCache, name, other, action);
+        assertNotShared("append.buffers.vCache", append.vCache, name, other, action);
+      }
+    }
     const ts = options.timestampWrites;
     if (this.fused) {
-      this.#encodeFused(encoder, q, summaries, selected, resident, similarity, table, ts);
+      this.#encodeFused(encoder, q, summaries, selected, resident, similarity, table, append, ts);
       return;
     }
     const key = [q, summaries, selected].flatMap((x) => [x.buffer, x.offset, x.size]);
@@ -889,6 +953,33 @@ class SelectionPlan implements PageSelectionPlan {
     return b;
   }
 
+  /** Validates `append` against this selection; returns what it binds. */
+  #appendBindings(
+    a: NonNullable<PageSelectionBuffers["append"]>,
+    action: string,
+  ): KvAppendBindings {
+    assertObject("append", a, action);
+    const { options, device, fusedMaxCount } = this.#selector;
+    if (!this.fusesAppend) {
+      throw new RangeError(
+        `Cannot ${action} as 'append' needs the one-dispatch selection on a device that binds ${APPEND_STORAGE_BUFFERS} storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${fusedMaxCount}), maxStorageBuffersPerShaderStage ${device.limits.maxStorageBuffersPerShaderStage}`,
+      );
+    }
+    const b = a.plan.bindings(a.buffers);
+    const rowLength = options.numKvHeads * options.headDim;
+    const problem = b.numRows !== this.#step.batch
+      ? `a plan of ${b.numRows} rows for a selection of ${this.#step.batch} sequences`
+      : b.rowLength !== rowLength
+      ? `rows of ${b.rowLength} elements for ${options.numKvHeads} KV heads of ${options.headDim}`
+      : null;
+    if (problem) {
+      throw new RangeError(
+        `Cannot ${action} as 'append' must store one row of numKvHeads * headDim elements per sequence: received ${problem}`,
+      );
+    }
+    return b;
+  }
+
   /** Scores, pools and ranks in one dispatch (page_select.wgsl), resident-only top-k included. */
   #encodeFused(
     encoder: GPUCommandEncoder,
@@ -898,6 +989,7 @@ class SelectionPlan implements PageSelectionPlan {
     resident: ResidentBuffers | null,
     similarity: SimilarityBuffers | null,
     table: PageTableBindings | null,
+    append: KvAppendBindings | null,
     ts: KernelEncodeOptions["timestampWrites"],
   ): void {
     const { device, options } = this.#selector;
@@ -905,6 +997,7 @@ class SelectionPlan implements PageSelectionPlan {
       resident ?? undefined,
       similarity !== null,
       table !== null,
+      append?.dtype,
     );
     const noMask = { buffer: this.#noMask, offset: 0, size: this.#noMask.size };
     const noBest = { buffer: this.#noBest, offset: 0, size: this.#noBest.size };
@@ -916,13 +1009,17 @@ class SelectionPlan implements PageSelectionPlan {
     const tables = table
       ? [table.params, table.seq, table.spec, table.residency, table.table, table.pages, table.hits]
       : [];
+    const appends = append
+      ? [append.params, append.k, append.v, append.offsets, append.kCache, append.vCache]
+      : [];
     const key = [
       "fused",
       resident ? resident.maskStride : 0,
       resident?.flagged ?? false,
       similarity !== null,
       table !== null,
-      ...[...bound, resident?.out ?? noBest, ...checks, ...tables].flatMap((x) => [
+      append?.dtype ?? "",
+      ...[...bound, resident?.out ?? noBest, ...checks, ...tables, ...appends].flatMap((x) => [
         x.buffer,
         x.offset,
         x.size,
@@ -939,6 +1036,7 @@ class SelectionPlan implements PageSelectionPlan {
           { binding: 7, resource: resident?.out ?? noBest },
           ...checks.map((resource, i) => ({ binding: i + 8, resource })),
           ...tables.map((resource, i) => ({ binding: i + 11, resource })),
+          ...appends.map((resource, i) => ({ binding: i + 18, resource })),
         ],
       });
       return [g, g];
