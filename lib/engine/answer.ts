@@ -1,14 +1,15 @@
 /**
  * The answer of a decode step: every freekv layer's fresh selection, flags
  * and resident hits, copied into one buffer while the step records and read
- * back with one map after its submit, so the CPU follows one step behind at
- * the cost of at most one host wait per step. Internal to the engine.
+ * back with one map after its submit (shared by up to `answerLag / 2`
+ * steps), so the CPU follows one step behind at the cost of at most one
+ * host wait per step. Internal to the engine.
  *
  * @module
  */
 
 import { createBuffer } from "../gpu/buffers.ts";
-import type { ReadbackRing } from "../gpu/readback.ts";
+import type { PendingRead, ReadbackRing } from "../gpu/readback.ts";
 import type { LayerState } from "./layer.ts";
 import type { ResolvedEngineOptions } from "./options.ts";
 
@@ -46,24 +47,62 @@ export interface PendingAnswer {
   readonly settled: boolean;
 }
 
-/** Collects the parts of a step's answer; one per engine. */
+/** Parts of one step: which layers contributed, for which sequences. */
+interface StepParts {
+  layer: number;
+  selects: boolean[];
+  checked: boolean[];
+}
+
+/** Steps whose answers are read back together, once the last of them ended. */
+interface AnswerBatch {
+  /** The parts of each step, by slot. */
+  steps: StepParts[][];
+  /** The read-back, once recorded. */
+  recorded: PendingRead | null;
+  /** The read-back, once the encoder holding it was submitted: only then may its map start. */
+  read: PendingRead | null;
+  bytes: Promise<ArrayBuffer> | null;
+  settled: boolean;
+}
+
+/**
+ * Collects the parts of each step's answer; one per engine. Up to `group`
+ * steps share one read-back (their own slots of one buffer): each map costs
+ * a stall of the queue in Deno 2.9 (see PendingAnswer), so with an
+ * `answerLag` of 2 or more, half of it in steps share a map, and the last
+ * of them still ends at least `answerLag / 2` steps before its first is
+ * taken.
+ */
 export class StepAnswers implements Disposable {
   readonly #buffer: GPUBuffer;
   readonly #layerBytes: number;
+  readonly #stepBytes: number;
   readonly #rows: number;
   readonly #k: number;
-  #recording: { layer: number; selects: boolean[]; checked: boolean[] }[] = [];
+  readonly #group: number;
+  #recording: StepParts[] = [];
+  /** The batch that the next ended step joins (not yet read back). */
+  #open: AnswerBatch = StepAnswers.#batch();
+  /** Batches whose read-back is recorded into an encoder not yet submitted. */
+  #recorded: AnswerBatch[] = [];
 
   constructor(device: GPUDevice, o: ResolvedEngineOptions, selectPages: number) {
     this.#rows = o.batch * o.numKvHeads;
     this.#k = selectPages;
     this.#layerBytes = this.#rows * (selectPages + 2) * 4;
+    this.#stepBytes = o.numLayers * this.#layerBytes;
+    this.#group = Math.max(1, Math.floor(o.answerLag / 2));
     this.#buffer = createBuffer(
       device,
       "freekv step answer",
       GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
-      o.numLayers * this.#layerBytes,
+      this.#group * this.#stepBytes,
     );
+  }
+
+  static #batch(): AnswerBatch {
+    return { steps: [], recorded: null, read: null, bytes: null, settled: false };
   }
 
   /** Records the copy of the speculation and `state`'s flags and hits into the answer. */
@@ -75,7 +114,7 @@ export class StepAnswers implements Disposable {
     checked: boolean[],
   ): void {
     const rows = this.#rows, K = this.#k;
-    const at = state.index * this.#layerBytes;
+    const at = this.#open.steps.length * this.#stepBytes + state.index * this.#layerBytes;
     encoder.copyBufferToBuffer(speculation, 0, this.#buffer, at, rows * K * 4);
     encoder.copyBufferToBuffer(state.flags!, 0, this.#buffer, at + rows * K * 4, rows * 4);
     encoder.copyBufferToBuffer(state.hits!, 0, this.#buffer, at + (rows * K + rows) * 4, rows * 4);
@@ -88,43 +127,87 @@ export class StepAnswers implements Disposable {
   }
 
   /**
-   * Records the read-back of the step's parts into `encoder`; start the
-   * result only after submitting it. Null when no layer contributed.
+   * Ends the step's answer: its parts join the open batch, whose read-back
+   * is recorded into `encoder` once it holds `group` steps (or when the step
+   * has no parts). Call `submitted` once `encoder` is submitted: a result
+   * starts only after that (earlier `start` calls do nothing). Null when no
+   * layer contributed.
    */
   end(encoder: GPUCommandEncoder, ring: ReadbackRing): PendingAnswer | null {
     const parts = this.#recording;
     this.#recording = [];
-    if (!parts.length) return null;
-    const read = ring.record(encoder, this.#buffer, 0, this.#buffer.size);
+    if (!parts.length) {
+      this.flush(encoder, ring);
+      return null;
+    }
+    const batch = this.#open;
+    const slot = batch.steps.length;
+    batch.steps.push(parts);
+    if (batch.steps.length === this.#group) this.flush(encoder, ring);
+    return this.#pending(batch, slot);
+  }
+
+  /** True when ended steps wait for their read-back (`flush`). */
+  get unread(): boolean {
+    return this.#open.steps.length > 0;
+  }
+
+  /** Records the read-back of the open batch into `encoder` (nothing when it is empty). */
+  flush(encoder: GPUCommandEncoder, ring: ReadbackRing): void {
+    const batch = this.#open;
+    if (!batch.steps.length) return;
+    batch.recorded = ring.record(encoder, this.#buffer, 0, batch.steps.length * this.#stepBytes);
+    this.#recorded.push(batch);
+    this.#open = StepAnswers.#batch();
+  }
+
+  /** The encoder of the latest `end` or `flush` was submitted: its read-backs may start. */
+  submitted(): void {
+    for (const batch of this.#recorded) batch.read = batch.recorded;
+    this.#recorded = [];
+  }
+
+  #pending(batch: AnswerBatch, slot: number): PendingAnswer {
     const rows = this.#rows, K = this.#k, layerBytes = this.#layerBytes;
-    let layers: Promise<AnswerLayer[]> | null = null;
-    let settled = false;
-    const start = (): Promise<AnswerLayer[]> => {
-      if (layers) return layers;
-      layers = read.start().then((bytes) =>
-        parts.map((p) => {
-          const words = new Uint32Array(bytes, p.layer * layerBytes, rows * (K + 2));
-          return {
-            ...p,
-            fresh: words.subarray(0, rows * K),
-            flags: words.subarray(rows * K, rows * K + rows),
-            hits: words.subarray(rows * K + rows),
-          };
-        })
-      );
-      layers.then(() => settled = true, () => settled = true);
-      return layers;
+    const base = slot * this.#stepBytes;
+    const start = (): Promise<ArrayBuffer> | null => {
+      if (!batch.bytes && batch.read) {
+        batch.bytes = batch.read.start();
+        batch.bytes.then(() => batch.settled = true, () => batch.settled = true);
+      }
+      return batch.bytes;
     };
+    let layers: Promise<AnswerLayer[]> | null = null;
     return {
       start: () => void start(),
       get started() {
-        return layers !== null;
+        return batch.bytes !== null;
       },
       get layers() {
-        return start();
+        if (layers) return layers;
+        const bytes = start();
+        if (!bytes) {
+          return Promise.reject(
+            new Error(
+              "freekv internal error: an answer was taken before its read-back was recorded",
+            ),
+          );
+        }
+        layers = bytes.then((all) =>
+          batch.steps[slot].map((p) => {
+            const words = new Uint32Array(all, base + p.layer * layerBytes, rows * (K + 2));
+            return {
+              ...p,
+              fresh: words.subarray(0, rows * K),
+              flags: words.subarray(rows * K, rows * K + rows),
+              hits: words.subarray(rows * K + rows),
+            };
+          })
+        );
+        return layers;
       },
       get settled() {
-        return settled;
+        return batch.settled;
       },
     };
   }

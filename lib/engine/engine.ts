@@ -686,6 +686,7 @@ export class RetrievalEngine {
     const commands = encoder.finish();
     this.#startMaps();
     this.#submitCommands(commands);
+    this.#answers?.submitted();
     if (answer) this.#pending.push(answer);
     if (waitFollows) this.#startMaps();
     this.#inStep = false;
@@ -761,7 +762,15 @@ export class RetrievalEngine {
     this.#checkAlive("drain the engine");
     // The answer serves the next step: admit its pages with that step's tick,
     // as beginStep would, so that draining leaves the LRU order unchanged.
-    if (!this.#inStep) { while (this.#pending.length) await this.#takeAnswer(this.#tick + 1); }
+    if (!this.#inStep) {
+      if (this.#answers?.unread) {
+        const encoder = this.device.createCommandEncoder({ label: "freekv answer read-back" });
+        this.#answers.flush(encoder, this.#ring);
+        this.#submit(encoder);
+        this.#answers.submitted();
+      }
+      while (this.#pending.length) await this.#takeAnswer(this.#tick + 1);
+    }
     await this.#memory?.drain();
     await this.device.queue.onSubmittedWorkDone();
   }
