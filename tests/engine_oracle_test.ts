@@ -194,6 +194,10 @@ const CONFIGS: Config[] = [
   { policy: "freekv", correction: "resident", tau: -1, answerLag: 3, cachePages: 3 },
   { policy: "freekv", correction: "resident", tau: 0.9, answerLag: 3 },
   { policy: "freekv", correction: "sync", tau: 0.9, answerLag: 3, slidingWindow: 22 },
+  // Eight steps behind: two steps share one answer read-back (the last one
+  // left open for the final drain to read when the steps are odd).
+  { policy: "freekv", correction: "resident", tau: -1, answerLag: 8, cachePages: 3 },
+  { policy: "freekv", correction: "resident", tau: 0.9, answerLag: 8, slotLayout: "hnd" },
 ];
 for (const config of CONFIGS) {
   gpuTest(
@@ -340,3 +344,31 @@ gpuTest("the recording API refuses misuse without changing state", async ({ devi
     /the engine must not be disposed/,
   );
 });
+
+gpuTest(
+  "answers read back in pairs (answerLag 8): drain reads the open pair, every answer is taken once",
+  async ({ device }) => {
+    const totals = [];
+    for (const lag of [1, 8]) {
+      const { engine, src } = await prefilledEngine(
+        device,
+        { policy: "freekv", answerLag: lag },
+        5,
+      );
+      using _engine = engine;
+      // Five steps: at lag 8 two pairs are read back and the fifth step's answer waits alone.
+      for (let s = 0; s < 5; s++) await recordStep(device, engine, src);
+      const before = engine.totals().checksPerHead.reduce((a, b) => a + b, 0);
+      await engine.drain();
+      const after = engine.totals().checksPerHead.reduce((a, b) => a + b, 0);
+      // At lag 8 no answer was taken before the drain.
+      if (lag === 8) assert.ok(before < after, `checks ${before} then ${after}`);
+      totals.push(engine.totals());
+    }
+    const [one, eight] = totals;
+    assert.ok(one.checksPerHead.some((n) => n > 0), "the steps were checked");
+    assert.deepEqual(eight.checksPerHead, one.checksPerHead);
+    assert.deepEqual(eight.correctionsPerHead, one.correctionsPerHead);
+    assert.ok(eight.pagesRecalled > 0);
+  },
+);

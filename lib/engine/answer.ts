@@ -1,7 +1,7 @@
 /**
  * The answer of a decode step: every freekv layer's fresh selection, flags
  * and resident hits, copied into one buffer while the step records and read
- * back with one map after its submit (shared by up to `answerLag / 2`
+ * back with one map after its submit (shared by up to `answerLag / 4`
  * steps), so the CPU follows one step behind at the cost of at most one
  * host wait per step. Internal to the engine.
  *
@@ -70,9 +70,10 @@ interface AnswerBatch {
  * Collects the parts of each step's answer; one per engine. Up to `group`
  * steps share one read-back (their own slots of one buffer): each map costs
  * a stall of the queue in Deno 2.9 (see PendingAnswer), so with an
- * `answerLag` of 2 or more, half of it in steps share a map, and the last
- * of them still ends at least `answerLag / 2` steps before its first is
- * taken.
+ * `answerLag` of 8 or more, a quarter of it in steps share a map. The last
+ * of them ends at least `3 * answerLag / 4` steps before the first is
+ * taken, which left every map time to resolve on stories260K (with half of
+ * `answerLag`, 6-8 of 399 steps waited for theirs).
  */
 export class StepAnswers implements Disposable {
   readonly #buffer: GPUBuffer;
@@ -92,7 +93,7 @@ export class StepAnswers implements Disposable {
     this.#k = selectPages;
     this.#layerBytes = this.#rows * (selectPages + 2) * 4;
     this.#stepBytes = o.numLayers * this.#layerBytes;
-    this.#group = Math.max(1, Math.floor(o.answerLag / 2));
+    this.#group = Math.max(1, Math.floor(o.answerLag / 4));
     this.#buffer = createBuffer(
       device,
       "freekv step answer",
