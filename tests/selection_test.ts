@@ -945,6 +945,12 @@ gpuTest(
       assertArraysEqual(new Kind(await readBuffer(device, b.kCache)), expected.kCache, "kept");
       for (const x of Object.values(b)) x.destroy();
     }
+    assert.throws(
+      () => selector.compile([{ append: "f64" as KvDtype }]),
+      (e: Error) =>
+        e instanceof TypeError &&
+        /'variants\[0\]\.append' must be one of "f32", "f16": received "f64"/.test(e.message),
+    );
     // A step too long for one dispatch cannot take the append.
     const { inputs: long } = separatedInputs(23, { ...shape, counts: [300, 12] }, options);
     using longPlan = selector.plan(long);
