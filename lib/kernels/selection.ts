@@ -292,7 +292,10 @@ const SIMILARITY_STORAGE_BUFFERS = 10;
 const TABLE_STORAGE_BUFFERS = 16;
 const APPEND_STORAGE_BUFFERS = TABLE_STORAGE_BUFFERS + 5;
 const pageTopkSource = pageTopkMain + pagePoolSource;
-/** page_select.wgsl with its snippets: given or computed flags, no table or a table. */
+/**
+ * page_select.wgsl with its snippets: given or computed flags, no table or a
+ * table, and no append or the append into caches of one type.
+ */
 function pageSelectSource(
   similarity: boolean,
   table: boolean,
@@ -761,11 +764,18 @@ class SelectionPlan implements PageSelectionPlan {
         ["append.buffers.v", append.v],
         ["residentOnly.mask", resident?.mask],
         ["residentOnly.selected", resident?.out],
+        ["residentOnly.flags", resident?.flags],
         ["similarity.qPrev", similarity?.qPrev],
+        ["similarity.cosine", similarity?.cosine],
+        ["similarity.groupMean", similarity?.groupMean],
         ["similarity.flags", similarity?.flags],
         ["pageTable.buffers.spec", table?.spec],
+        ["pageTable.buffers.flags", table?.flags],
+        ["pageTable.buffers.best", table?.best],
         ["pageTable.buffers.residency", table?.residency],
         ["pageTable.buffers.table", table?.table],
+        ["pageTable.buffers.pages", table?.pages],
+        ["pageTable.buffers.hits", table?.hits],
       ];
       for (const [name, other] of others) {
         if (!other) continue;
