@@ -1,15 +1,7 @@
-// Appended to page_select.wgsl to store the step's new K and V rows in the
-// same dispatch (kv_append.wgsl's rule, one KV head per workgroup): saves
-// the append's own dispatch, whose fixed cost dominates small models. The
-// selection module prepends the `kv_t` alias of the cache type.
-
-struct AppendParams {
-  row_len: u32, // Hkv * d elements per token row
-  batch: u32,
-  row_base: u32, // unused here (one dispatch holds every row)
-  head_len: u32, // elements per head of a row (the whole row when its heads are contiguous)
-  head_stride: u32, // elements between heads in the cache (unused when head_len is the row)
-}
+// Appended to page_select.wgsl (with kv_append_row.wgsl) to store the
+// step's new K and V rows in the same dispatch, one KV head per workgroup:
+// saves the append's own dispatch, whose fixed cost dominates small models.
+// The selection module prepends the `kv_t` alias of the cache type.
 
 @group(0) @binding(18) var<uniform> append_params: AppendParams;
 @group(0) @binding(19) var<storage, read> k_new: array<f32>;
@@ -20,12 +12,7 @@ struct AppendParams {
 
 fn append_row(t: u32, b: u32, kvh: u32) {
   let head = append_params.row_len / params.num_kv_heads;
-  let end = (kvh + 1u) * head;
-  for (var i = kvh * head + t; i < end; i += WG) {
-    let dst = dst_offsets[b] + (i / append_params.head_len) * append_params.head_stride +
-      i % append_params.head_len;
-    let src = b * append_params.row_len + i;
-    k_cache[dst] = kv_t(k_new[src]);
-    v_cache[dst] = kv_t(v_new[src]);
+  for (var i = kvh * head + t; i < (kvh + 1u) * head; i += WG) {
+    append_element(append_params, b, i);
   }
 }

@@ -59,9 +59,9 @@ interface AnswerBatch {
   /** The parts of each step, by slot. */
   steps: StepParts[][];
   /** The read-back, once recorded. */
-  recorded: PendingRead | null;
-  /** The read-back, once the encoder holding it was submitted: only then may its map start. */
   read: PendingRead | null;
+  /** The encoder holding the read-back was submitted: only then may its map start. */
+  submitted: boolean;
   bytes: Promise<ArrayBuffer> | null;
   settled: boolean;
 }
@@ -103,7 +103,7 @@ export class StepAnswers implements Disposable {
   }
 
   static #batch(): AnswerBatch {
-    return { steps: [], recorded: null, read: null, bytes: null, settled: false };
+    return { steps: [], read: null, submitted: false, bytes: null, settled: false };
   }
 
   /** Records the copy of the speculation and `state`'s flags and hits into the answer. */
@@ -157,14 +157,14 @@ export class StepAnswers implements Disposable {
   flush(encoder: GPUCommandEncoder, ring: ReadbackRing): void {
     const batch = this.#open;
     if (!batch.steps.length) return;
-    batch.recorded = ring.record(encoder, this.#buffer, 0, batch.steps.length * this.#stepBytes);
+    batch.read = ring.record(encoder, this.#buffer, 0, batch.steps.length * this.#stepBytes);
     this.#recorded.push(batch);
     this.#open = StepAnswers.#batch();
   }
 
   /** The encoder of the latest `end` or `flush` was submitted: its read-backs may start. */
   submitted(): void {
-    for (const batch of this.#recorded) batch.read = batch.recorded;
+    for (const batch of this.#recorded) batch.submitted = true;
     this.#recorded = [];
   }
 
@@ -172,7 +172,7 @@ export class StepAnswers implements Disposable {
     const rows = this.#rows, K = this.#k, layerBytes = this.#layerBytes;
     const base = slot * this.#stepBytes;
     const start = (): Promise<ArrayBuffer> | null => {
-      if (!batch.bytes && batch.read) {
+      if (!batch.bytes && batch.read && batch.submitted) {
         batch.bytes = batch.read.start();
         batch.bytes.then(() => batch.settled = true, () => batch.settled = true);
       }
@@ -190,7 +190,7 @@ export class StepAnswers implements Disposable {
         if (!bytes) {
           return Promise.reject(
             new Error(
-              "freekv internal error: an answer was taken before its read-back was recorded",
+              "freekv internal error: an answer was taken before its read-back was submitted",
             ),
           );
         }

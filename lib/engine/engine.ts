@@ -421,6 +421,8 @@ export class RetrievalEngine {
   #submitCommands(commands: GPUCommandBuffer): void {
     if (this.#memory) this.#memory.submit(commands);
     else this.device.queue.submit([commands]);
+    // Answer read-backs recorded into `commands` may start now.
+    this.#answers?.submitted();
   }
 
   #context(): PhaseContext {
@@ -686,7 +688,6 @@ export class RetrievalEngine {
     const commands = encoder.finish();
     this.#startMaps();
     this.#submitCommands(commands);
-    this.#answers?.submitted();
     if (answer) this.#pending.push(answer);
     if (waitFollows) this.#startMaps();
     this.#inStep = false;
@@ -767,7 +768,6 @@ export class RetrievalEngine {
         const encoder = this.device.createCommandEncoder({ label: "freekv answer read-back" });
         this.#answers.flush(encoder, this.#ring);
         this.#submit(encoder);
-        this.#answers.submitted();
       }
       while (this.#pending.length) await this.#takeAnswer(this.#tick + 1);
     }

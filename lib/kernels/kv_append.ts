@@ -14,6 +14,7 @@
 
 import appendSource from "../../shaders/kv_append.wgsl" with { type: "text" };
 import appendPackedSource from "../../shaders/kv_append_packed.wgsl" with { type: "text" };
+import appendRowSource from "../../shaders/kv_append_row.wgsl" with { type: "text" };
 import { bytesPerElement, KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import {
   assertDevice,
@@ -74,7 +75,7 @@ export interface KvAppendBuffers {
 
 /** What an append binds, from {@linkcode KvAppendPlan.bindings}. */
 export interface KvAppendBindings {
-  /** Uniform `(row_len, batch, row_base, head_len, head_stride)` as in `kv_append.wgsl`. */
+  /** Uniform `AppendParams` of `kv_append_row.wgsl`. */
   params: GPUBufferBinding;
   /** Element offset of each row in the caches. */
   offsets: GPUBufferBinding;
@@ -202,7 +203,7 @@ class Append implements KvAppend {
     const code = this.packed
       ? appendPackedSource
       : (dtype === "f16" ? "enable f16;\nalias kv_t = f16;\n" : "alias kv_t = f32;\n") +
-        appendSource;
+        appendSource + appendRowSource;
     this.pipeline = cachedPipeline(device, `kv_append_${this.packed ? "packed" : dtype}`, code);
     this.rowWords = this.packed ? (hkv * d) / 2 : hkv * d;
     // A contiguous row is one "head" of the whole row (same addresses).

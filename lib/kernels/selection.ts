@@ -47,6 +47,7 @@ import pageSelectNoTable from "../../shaders/page_select_no_table.wgsl" with { t
 import pageTableRow from "../../shaders/page_table_row.wgsl" with { type: "text" };
 import pageSelectAppend from "../../shaders/page_select_append.wgsl" with { type: "text" };
 import pageSelectNoAppend from "../../shaders/page_select_no_append.wgsl" with { type: "text" };
+import appendRowSource from "../../shaders/kv_append_row.wgsl" with { type: "text" };
 import { KV_DTYPES, type KvDtype } from "../gpu/dtype.ts";
 import type { KvAppendBindings, KvAppendBuffers, KvAppendPlan } from "./kv_append.ts";
 import groupSimilarity from "../../shaders/group_similarity.wgsl" with { type: "text" };
@@ -309,7 +310,7 @@ function pageSelectSource(
     (append ? cacheType : "") + pageSelectMain + pagePoolSource +
     (similarity ? pageSelectSimilarity + groupSimilarity : pageSelectFlags) +
     (table ? pageSelectTable + pageTableRow : pageSelectNoTable) +
-    (append ? pageSelectAppend : pageSelectNoAppend),
+    (append ? pageSelectAppend + appendRowSource : pageSelectNoAppend),
   ];
 }
 // Counting top-k: default and largest candidate count (its keys live in
