@@ -275,6 +275,18 @@ const CASES: Case[] = [
     /'pooling' must be one of .*: received "min"/,
   ),
   engineOption(
+    "countingTopkMax above its limit",
+    { countingTopkMax: 2048 },
+    RangeError,
+    /'countingTopkMax' must be between 0 and 1024: received 2048/,
+  ),
+  engineOption(
+    "countingTopkMax fractional",
+    { countingTopkMax: 1.5 },
+    TypeError,
+    /'countingTopkMax' must be an integer: received 1.5/,
+  ),
+  engineOption(
     "summary unknown",
     { summary: "avg" },
     TypeError,

@@ -209,15 +209,15 @@ for (const config of CONFIGS) {
 }
 
 // Candidates growing from 126 to 134 pages: selection changes from the
-// one-dispatch kernel (up to 128 candidates) to the score and radix top-k
-// dispatches mid-decode.
+// one-dispatch kernel (up to `countingTopkMax` candidates, here 128) to the
+// score and radix top-k dispatches mid-decode.
 const LONG: RunLength = { prompt: 516, steps: 32, maxContext: 640 };
 for (
   const config of [
-    { policy: "quest" },
-    { policy: "freekv", correction: "sync", tau: 1 },
-    { policy: "freekv", correction: "resident", tau: -1 },
-    { policy: "freekv", correction: "resident", tau: 0.9 },
+    { policy: "quest", countingTopkMax: 128 },
+    { policy: "freekv", correction: "sync", tau: 1, countingTopkMax: 128 },
+    { policy: "freekv", correction: "resident", tau: -1, countingTopkMax: 128 },
+    { policy: "freekv", correction: "resident", tau: 0.9, countingTopkMax: 128 },
   ] satisfies Config[]
 ) {
   gpuTest(

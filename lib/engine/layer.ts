@@ -207,6 +207,7 @@ export class LayerState implements Disposable {
         numKvHeads: hkv,
         headDim: d,
         pooling: o.pooling,
+        countingTopkMax: o.countingTopkMax,
       });
       this.fresh = this.#own(`layer ${index} selection`, B * hkv * K * 4);
       // The page ids follow the slots in one buffer (at the next 256-byte

@@ -15,7 +15,12 @@ import {
   assertOneOf,
   describeValue,
 } from "../gpu/errors.ts";
-import { POOLING_MODES, type PoolingMode } from "../kernels/selection.ts";
+import {
+  COUNTING_TOPK_LIMIT,
+  COUNTING_TOPK_MAX,
+  POOLING_MODES,
+  type PoolingMode,
+} from "../kernels/selection.ts";
 import { SUMMARY_KINDS, type SummaryKind } from "../kernels/summaries.ts";
 import { HOST_POOL_LAYOUTS, type HostPoolLayout } from "../memory/host_pool.ts";
 import { SLOT_LAYOUTS, type SlotLayout } from "../kernels/slot_layout.ts";
@@ -86,6 +91,15 @@ export interface EngineOptions {
   cachePages?: number;
   /** GQA pooling of page scores (default `softmax-mean`). */
   pooling?: PoolingMode;
+  /**
+   * Tuning: up to this many candidate pages per (sequence, KV head), a
+   * layer's selection runs in one dispatch that also takes the correction
+   * check, the page tables and the step's K/V rows; above it, a scoring
+   * dispatch and a radix-select top-k do, and those run as passes of their
+   * own. 0 to 1024, default 256 (the page selector's `countingTopkMax`);
+   * results do not depend on it.
+   */
+  countingTopkMax?: number;
   /** Page summary kind (default `minmax`). */
   summary?: SummaryKind;
   /** Host layout for the offload policies (default `hnd`; `nhd` is the fragmented baseline). */
@@ -226,6 +240,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
     correction: "resident",
     cachePages: -1,
     pooling: "softmax-mean",
+    countingTopkMax: COUNTING_TOPK_MAX,
     summary: "minmax",
     hostLayout: "hnd",
     slotLayout: "hnd",
@@ -257,6 +272,7 @@ export function resolveEngineOptions(options: EngineOptions): ResolvedEngineOpti
   assertOneOf("dtype", o.dtype, KV_DTYPES, a);
   assertOneOf("correction", o.correction, CORRECTION_MODES, a);
   assertOneOf("pooling", o.pooling, POOLING_MODES, a);
+  assertInteger("countingTopkMax", o.countingTopkMax, a, 0, COUNTING_TOPK_LIMIT);
   assertOneOf("summary", o.summary, SUMMARY_KINDS, a);
   assertOneOf("hostLayout", o.hostLayout, HOST_POOL_LAYOUTS, a);
   assertOneOf("slotLayout", o.slotLayout, SLOT_LAYOUTS, a);

@@ -20,7 +20,7 @@
  * decides. NaN pooled scores (from non-finite queries or summaries) rank
  * below every number; the typed-array functions reject non-finite input.
  *
- * Up to `countingTopkMax` candidates (default 128), when the group's query,
+ * Up to `countingTopkMax` candidates (default 256), when the group's query,
  * scores and keys fit workgroup memory, one dispatch scores, pools and ranks
  * each candidate by counting the keys that beat it (page_select.wgsl), the
  * resident-only top-k included (and, with encode's `similarity`, freekv's
@@ -109,8 +109,12 @@ export interface PageSelectorOptions {
   /**
    * Tuning: up to this many candidates per (sequence, KV head), top-k ranks
    * each candidate by counting the keys that beat it; above it, a radix
-   * select. 0 to 1024, default 128; 0 always takes the radix select. Results
-   * do not depend on it.
+   * select. 0 to 1024, default 256; 0 always takes the radix select. Results
+   * do not depend on it. The default is where one dispatch stops paying at
+   * Llama-3.1-8B's heads on lavapipe: there it ranks 224 candidates as fast
+   * as the radix select alone, and it also takes the correction check, the
+   * page tables and the append that the radix path runs as passes of their
+   * own (see the README).
    */
   countingTopkMax?: number;
 }
@@ -313,10 +317,14 @@ function pageSelectSource(
     (append ? pageSelectAppend + appendRowSource : pageSelectNoAppend),
   ];
 }
-// Counting top-k: default and largest candidate count (its keys live in
-// workgroup memory, 4 bytes each).
-const COUNTING_TOPK_MAX = 128;
-const COUNTING_TOPK_LIMIT = 1024;
+/**
+ * Default `countingTopkMax`: up to this many candidates per (sequence, KV
+ * head) a selection ranks by counting, in one dispatch where the device
+ * allows (see {@linkcode PageSelectorOptions.countingTopkMax}).
+ */
+export const COUNTING_TOPK_MAX = 256;
+/** Largest `countingTopkMax` (its keys live in workgroup memory, 4 bytes each). */
+export const COUNTING_TOPK_LIMIT = 1024;
 
 /** A validated {@linkcode PageSelectionStep}. */
 export interface CheckedSelectionStep {
@@ -459,7 +467,8 @@ class Selector implements PageSelector {
   readonly topkPipeline: GPUComputePipeline;
   /**
    * Most candidates that one dispatch scores and ranks (page_select.wgsl):
-   * `countingTopkMax` when its workgroup memory fits the device, else 0.
+   * `countingTopkMax`, or fewer where the device's workgroup memory holds
+   * fewer (large heads on a device with the minimum 16 KiB).
    */
   readonly fusedMaxCount: number;
   /** The device binds enough storage buffers for the correction check in the one dispatch. */
@@ -475,14 +484,14 @@ class Selector implements PageSelector {
     this.device = device;
     const group = options.numQueryHeads / options.numKvHeads;
     const max = options.countingTopkMax;
-    // q, raw scores and keys, the reductions' scratch, the softmax statistics.
+    // Workgroup memory: q, the reductions' scratch and the softmax statistics,
+    // then raw scores and keys per candidate.
     const lanes = fusedLanes(group, options.headDim);
-    const fusedBytes = 4 * group * options.headDim + 4 * group * max + 4 * max +
-      8 * (lanes.WG + lanes.SIDE) +
-      8 * group + 4;
-    this.fusedMaxCount = max > 0 && fusedBytes <= device.limits.maxComputeWorkgroupStorageSize
-      ? max
-      : 0;
+    const fixedBytes = 4 * group * options.headDim + 8 * (lanes.WG + lanes.SIDE) + 8 * group + 4;
+    const fits = Math.floor(
+      (device.limits.maxComputeWorkgroupStorageSize - fixedBytes) / (4 * group + 4),
+    );
+    this.fusedMaxCount = Math.max(0, Math.min(max, fits));
     const storage = device.limits.maxStorageBuffersPerShaderStage;
     this.bindsSimilarity = storage >= SIMILARITY_STORAGE_BUFFERS;
     this.bindsTable = storage >= TABLE_STORAGE_BUFFERS;
