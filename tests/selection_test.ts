@@ -197,15 +197,38 @@ gpuTest("ties: duplicated pages and all-equal pages select the lower page index"
 gpuTest(
   "top-k by counting and by radix select agree with the oracle around the switch",
   async (gpu) => {
-    // 32 query heads of d 128 per KV head do not fit one workgroup's memory:
-    // scoring and the counting top-k then run as two dispatches.
-    const wide = { numKvHeads: 1, group: 32, headDim: 128, counts: [100], k: 8 };
+    // 32 query heads of d 128 per KV head: one workgroup's memory holds q
+    // (16 KiB) and the scores of fewer than 256 candidates, so one dispatch
+    // takes up to as many as fit (none with 16 KiB) and scoring and the
+    // counting top-k run as two dispatches above that.
     const wideOptions = { numQueryHeads: 32, numKvHeads: 1, headDim: 128 };
-    const split = separatedInputs(2900, wide, wideOptions);
-    assert.deepEqual(
-      await noGpuErrors(gpu.device, () => selectPages(gpu.device, split.inputs, wideOptions)),
-      split.want,
-    );
+    {
+      using wideSelector = createPageSelector(gpu.device, wideOptions);
+      const fit = wideSelector.oneDispatchMax;
+      const memory = gpu.device.limits.maxComputeWorkgroupStorageSize;
+      assert.ok(fit < 256 && 4 * 32 * 128 + fit * (4 * 32 + 4) <= memory, `fit ${fit}`);
+      for (const count of [Math.max(fit, 1), fit + 1]) {
+        const wide = { numKvHeads: 1, group: 32, headDim: 128, counts: [count], k: 8 };
+        const split = separatedInputs(2900 + count, wide, wideOptions);
+        using plan = wideSelector.plan(split.inputs);
+        assert.equal(plan.fused, count <= fit, `count ${count}, fit ${fit}`);
+        assert.deepEqual(
+          await noGpuErrors(gpu.device, () => selectPages(gpu.device, split.inputs, wideOptions)),
+          split.want,
+          `count ${count}`,
+        );
+      }
+    }
+    // Small heads: countingTopkMax itself is the limit.
+    for (const countingTopkMax of [undefined, 100]) {
+      using small = createPageSelector(gpu.device, {
+        numQueryHeads: 4,
+        numKvHeads: 2,
+        headDim: 8,
+        ...(countingTopkMax === undefined ? {} : { countingTopkMax }),
+      });
+      assert.equal(small.oneDispatchMax, countingTopkMax ?? 256);
+    }
     // countingTopkMax 0 always takes the radix select; 1024 counts up to 1024 candidates.
     for (const countingTopkMax of [0, 128, 1024]) {
       for (const [i, count] of [1, 7, 64, 127, 128, 129, 300].entries()) {

@@ -211,6 +211,12 @@ export interface PageSelectionBuffers {
 export interface PageSelector
   extends GpuKernel<Required<PageSelectorOptions>, PageSelectionStep, PageSelectionPlan> {
   /**
+   * Most candidates per (sequence, KV head) that one dispatch scores and
+   * ranks on this device: `countingTopkMax`, or fewer where the device's
+   * workgroup memory holds fewer of the group's scores (0: never).
+   */
+  readonly oneDispatchMax: number;
+  /**
    * Compiles now the pipelines that encodes with these kinds of buffers
    * would otherwise compile at their first use (on lavapipe 15-50 ms each):
    * the one-dispatch selection of each variant where the device can fuse
@@ -465,12 +471,7 @@ class Selector implements PageSelector {
   readonly device: GPUDevice;
   readonly scorePipeline: GPUComputePipeline;
   readonly topkPipeline: GPUComputePipeline;
-  /**
-   * Most candidates that one dispatch scores and ranks (page_select.wgsl):
-   * `countingTopkMax`, or fewer where the device's workgroup memory holds
-   * fewer (large heads on a device with the minimum 16 KiB).
-   */
-  readonly fusedMaxCount: number;
+  readonly oneDispatchMax: number;
   /** The device binds enough storage buffers for the correction check in the one dispatch. */
   readonly bindsSimilarity: boolean;
   /** The device binds enough storage buffers for the page tables in the one dispatch. */
@@ -491,7 +492,7 @@ class Selector implements PageSelector {
     const fits = Math.floor(
       (device.limits.maxComputeWorkgroupStorageSize - fixedBytes) / (4 * group + 4),
     );
-    this.fusedMaxCount = Math.max(0, Math.min(max, fits));
+    this.oneDispatchMax = Math.max(0, Math.min(max, fits));
     const storage = device.limits.maxStorageBuffersPerShaderStage;
     this.bindsSimilarity = storage >= SIMILARITY_STORAGE_BUFFERS;
     this.bindsTable = storage >= TABLE_STORAGE_BUFFERS;
@@ -522,7 +523,7 @@ class Selector implements PageSelector {
       HEAD_DIM: o.headDim,
       GROUP: o.numQueryHeads / o.numKvHeads,
       POOLING: POOLING_MODES.indexOf(o.pooling),
-      MAX_COUNT: this.fusedMaxCount,
+      MAX_COUNT: this.oneDispatchMax,
       ...fusedLanes(o.numQueryHeads / o.numKvHeads, o.headDim),
       ...(residentOnly
         ? { MASKED: 1, MASK_STRIDE: residentOnly.maskStride, FLAGGED: residentOnly.flagged ? 1 : 0 }
@@ -579,7 +580,7 @@ class Selector implements PageSelector {
       const fusesSimilarity = similarity === true && this.bindsSimilarity;
       const fusesTable = table === true && this.bindsTable;
       const fusesAppend = this.bindsAppend ? append : undefined;
-      if (this.fusedMaxCount > 0) {
+      if (this.oneDispatchMax > 0) {
         this.selectPipeline(resident, fusesSimilarity, fusesTable, fusesAppend);
       }
       if (resident) this.maskedTopkPipeline(resident);
@@ -656,7 +657,7 @@ class SelectionPlan implements PageSelectionPlan {
   }
 
   get fused(): boolean {
-    return this.#step.maxCount <= this.#selector.fusedMaxCount;
+    return this.#step.maxCount <= this.#selector.oneDispatchMax;
   }
 
   get fusesSimilarity(): boolean {
@@ -900,7 +901,7 @@ class SelectionPlan implements PageSelectionPlan {
     const B = this.#step.batch;
     if (!this.fused) {
       throw new RangeError(
-        `Cannot ${action} as 'similarity' needs the one-dispatch selection (at most ${this.#selector.fusedMaxCount} candidates): received ${this.#step.maxCount} candidates`,
+        `Cannot ${action} as 'similarity' needs the one-dispatch selection (at most ${this.#selector.oneDispatchMax} candidates): received ${this.#step.maxCount} candidates`,
       );
     }
     if (!this.#selector.bindsSimilarity) {
@@ -948,7 +949,7 @@ class SelectionPlan implements PageSelectionPlan {
     assertObject("pageTable", t, action);
     if (!this.fusesTable) {
       throw new RangeError(
-        `Cannot ${action} as 'pageTable' needs the one-dispatch selection on a device that binds ${TABLE_STORAGE_BUFFERS} storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${this.#selector.fusedMaxCount}), maxStorageBuffersPerShaderStage ${this.#selector.device.limits.maxStorageBuffersPerShaderStage}`,
+        `Cannot ${action} as 'pageTable' needs the one-dispatch selection on a device that binds ${TABLE_STORAGE_BUFFERS} storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${this.#selector.oneDispatchMax}), maxStorageBuffersPerShaderStage ${this.#selector.device.limits.maxStorageBuffersPerShaderStage}`,
       );
     }
     const b = t.plan.bindings(t.buffers);
@@ -979,10 +980,10 @@ class SelectionPlan implements PageSelectionPlan {
     action: string,
   ): KvAppendBindings {
     assertObject("append", a, action);
-    const { options, device, fusedMaxCount } = this.#selector;
+    const { options, device, oneDispatchMax } = this.#selector;
     if (!this.fusesAppend) {
       throw new RangeError(
-        `Cannot ${action} as 'append' needs the one-dispatch selection on a device that binds ${APPEND_STORAGE_BUFFERS} storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${fusedMaxCount}), maxStorageBuffersPerShaderStage ${device.limits.maxStorageBuffersPerShaderStage}`,
+        `Cannot ${action} as 'append' needs the one-dispatch selection on a device that binds ${APPEND_STORAGE_BUFFERS} storage buffers per stage: received ${this.#step.maxCount} candidates (at most ${oneDispatchMax}), maxStorageBuffersPerShaderStage ${device.limits.maxStorageBuffersPerShaderStage}`,
       );
     }
     const b = a.plan.bindings(a.buffers);
