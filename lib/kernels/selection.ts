@@ -20,9 +20,10 @@
  * decides. NaN pooled scores (from non-finite queries or summaries) rank
  * below every number; the typed-array functions reject non-finite input.
  *
- * Up to `countingTopkMax` candidates (default 256), when the group's query,
- * scores and keys fit workgroup memory, one dispatch scores, pools and ranks
- * each candidate by counting the keys that beat it (page_select.wgsl), the
+ * Up to `countingTopkMax` candidates (default 256), or as many as workgroup
+ * memory holds beside the group's query (`oneDispatchMax`), one dispatch
+ * scores, pools and ranks each candidate by counting the keys that beat it
+ * (page_select.wgsl), the
  * resident-only top-k included (and, with encode's `similarity`, freekv's
  * correction check, whose flags pick the heads of a flagged resident-only
  * top-k); above it, a scoring dispatch and a radix-select top-k do. Both
