@@ -5,7 +5,8 @@
 // (page_pool.wgsl, appended), and each candidate's rank by counting the keys
 // that beat it (larger, or equal at a lower index). With MASKED, also the
 // resident-only top-k of the same keys into `best` (non-resident pages get
-// the lowest key), for every KV head or, with FLAGGED, the flagged ones.
+// the lowest key; resident ones rank among themselves), for every KV head
+// or, with FLAGGED, the flagged ones.
 // Replaces page_score + page_topk (+ the resident-only page_topk).
 // The selection module appends page_pool.wgsl and one of
 // page_select_flags.wgsl (FLAGGED reads the given `flags`) or
@@ -55,6 +56,10 @@ var<workgroup> q_sh: array<vec4<f32>, GROUP * HEAD_DIM / 4u>;
 var<workgroup> raw: array<f32, GROUP * MAX_COUNT>; // [g][candidate]
 var<workgroup> ranked_keys: array<u32, MAX_COUNT>;
 var<workgroup> skip_head: u32;
+// MASKED: the candidates that are resident and have a key above the lowest
+// (workgroup memory starts zeroed, so the count needs no reset).
+var<workgroup> resident_list: array<u32, MAX_COUNT>;
+var<workgroup> resident_count: atomic<u32>;
 
 fn raw_score(g: u32, n: u32) -> f32 {
   return raw[g * MAX_COUNT + n];
@@ -69,6 +74,40 @@ fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: 
         best[out_base + rank] = first + n;
       } else {
         selected[out_base + rank] = first + n;
+      }
+    }
+  }
+}
+
+// The resident-only top-k into `best`, once every other candidate has the
+// lowest key: only the `listed` candidates can beat a listed one, so they
+// rank among themselves (R x R comparisons, not count x count); the
+// lowest-key candidates rank after them in index order, and matter only
+// when fewer than k are listed.
+fn write_resident_top_k(t: u32, listed: u32, count: u32, k: u32, first: u32, out_base: u32) {
+  for (var i = t; i < listed; i += WG) {
+    let n = resident_list[i];
+    let kn = ranked_keys[n];
+    var rank = 0u;
+    for (var j = 0u; j < listed; j++) {
+      let m = resident_list[j];
+      let km = ranked_keys[m];
+      rank += select(0u, 1u, km > kn || (km == kn && m < n));
+    }
+    if (rank < k) {
+      best[out_base + rank] = first + n;
+    }
+  }
+  if (listed < k) {
+    for (var n = t; n < count; n += WG) {
+      if (ranked_keys[n] == 0u) {
+        var rank = listed;
+        for (var m = 0u; m < n; m++) {
+          rank += select(0u, 1u, ranked_keys[m] == 0u);
+        }
+        if (rank < k) {
+          best[out_base + rank] = first + n;
+        }
       }
     }
   }
@@ -129,10 +168,12 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
       for (var n = t; n < count; n += WG) {
         if (mask[row * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
           ranked_keys[n] = 0u;
+        } else if (ranked_keys[n] != 0u) {
+          resident_list[atomicAdd(&resident_count, 1u)] = n;
         }
       }
-      workgroupBarrier();
-      write_top_k(t, count, k, seq.y, row * k, true);
+      let listed = workgroupUniformLoad(&resident_count);
+      write_resident_top_k(t, listed, count, k, seq.y, row * k);
     }
   }
   // 4. The page table, when the module appended page_select_table.wgsl.

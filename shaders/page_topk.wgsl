@@ -20,6 +20,11 @@ override POOLING: u32; // 0: softmax-mean, 1: mean, 2: max
 // Resident-only top-k: candidates whose `mask` entry is 0xffffffff (not
 // resident) get the lowest key, so they are picked only when fewer than k
 // candidates are resident. Rows of `mask` are MASK_STRIDE logical pages.
+// It runs after the unmasked pass of the same plan and takes the pooled
+// keys that pass left in `keys`. Where at most COUNTING_MAX candidates are
+// resident (the usual case: a head's resident pages are its slots), they
+// rank among themselves by counting; otherwise the masked keys go through
+// the radix select.
 override MASKED: bool = false;
 override MASK_STRIDE: u32 = 0u;
 // With MASKED: only KV heads whose `flags` entry is 1 (corrected) run; the
@@ -57,6 +62,10 @@ var<workgroup> skip_head: u32;
 // instead (0: always radix select).
 override COUNTING_MAX: u32 = 128u;
 var<workgroup> ranked_keys: array<u32, max(COUNTING_MAX, 1u)>;
+// MASKED: the resident candidates with a key above the lowest (their keys
+// in `ranked_keys`), and how many there are.
+var<workgroup> resident_list: array<u32, max(COUNTING_MAX, 1u)>;
+var<workgroup> resident_count: atomic<u32>;
 
 // The scores' row of the workgroup's first query head (raw_score).
 var<private> head0: u32;
@@ -109,6 +118,58 @@ fn pick_digit(round: u32, rem_in: u32) -> vec2<u32> {
   return vec2<u32>(d, rem);
 }
 
+// MASKED, from the unmasked pass's keys: lists the resident candidates
+// with a key above the lowest and, when at most COUNTING_MAX are listed,
+// writes the top-k (listed ones by counting among themselves, then the
+// lowest-key candidates in index order) and returns true. Otherwise it
+// leaves the masked keys in `keys` for the radix select.
+fn resident_top_k(t: u32, count: u32, k: u32, kbase: u32, obase: u32, first: u32, mbase: u32) -> bool {
+  for (var n = t; n < count; n += WG) {
+    let key = keys[kbase + n];
+    if (key != 0u && mask[mbase + first + n] != 0xffffffffu) {
+      let i = atomicAdd(&resident_count, 1u);
+      if (i < COUNTING_MAX) {
+        resident_list[i] = n;
+        ranked_keys[i] = key;
+      }
+    }
+  }
+  let listed = workgroupUniformLoad(&resident_count);
+  if (listed > COUNTING_MAX) {
+    // Each thread masks the keys it reads in the radix rounds.
+    for (var n = t; n < count; n += WG) {
+      if (mask[mbase + first + n] == 0xffffffffu) {
+        keys[kbase + n] = 0u;
+      }
+    }
+    return false;
+  }
+  for (var i = t; i < listed; i += WG) {
+    let n = resident_list[i];
+    let kn = ranked_keys[i];
+    var rank = 0u;
+    for (var j = 0u; j < listed; j++) {
+      let m = resident_list[j];
+      let km = ranked_keys[j];
+      rank += select(0u, 1u, km > kn || (km == kn && m < n));
+    }
+    if (rank < k) {
+      selected[obase + rank] = first + n;
+    }
+  }
+  // Fewer listed than k (rare): one thread fills the rest in index order.
+  if (t == 0u) {
+    var rank = listed;
+    for (var n = 0u; n < count && rank < k; n++) {
+      if (keys[kbase + n] == 0u || mask[mbase + first + n] == 0xffffffffu) {
+        selected[obase + rank] = first + n;
+        rank++;
+      }
+    }
+  }
+  return true;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3u) {
   let kvh = wg.x;
@@ -136,16 +197,19 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     atomicStore(&winner_count, 0u);
   }
 
-  // 1. Softmax statistics per query head, then the pooled keys.
-  pool_stats(t, count);
-  for (var n = t; n < count; n += WG) {
-    var key = pooled_key(n);
-    if (MASKED && mask[(b * params.num_kv_heads + kvh) * MASK_STRIDE + seq.y + n] == 0xffffffffu) {
-      key = 0u;
+  if (MASKED) {
+    if (resident_top_k(t, count, k, kbase, obase, seq.y, (b * params.num_kv_heads + kvh) * MASK_STRIDE)) {
+      return;
     }
-    keys[kbase + n] = key;
-    if (count <= COUNTING_MAX) {
-      ranked_keys[n] = key;
+  } else {
+    // 1. Softmax statistics per query head, then the pooled keys.
+    pool_stats(t, count);
+    for (var n = t; n < count; n += WG) {
+      let key = pooled_key(n);
+      keys[kbase + n] = key;
+      if (count <= COUNTING_MAX) {
+        ranked_keys[n] = key;
+      }
     }
   }
 

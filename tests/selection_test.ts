@@ -206,7 +206,7 @@ gpuTest(
       using wideSelector = createPageSelector(gpu.device, wideOptions);
       const fit = wideSelector.oneDispatchMax;
       const memory = gpu.device.limits.maxComputeWorkgroupStorageSize;
-      assert.ok(fit < 256 && 4 * 32 * 128 + fit * (4 * 32 + 4) <= memory, `fit ${fit}`);
+      assert.ok(fit < 256 && 4 * 32 * 128 + fit * (4 * 32 + 8) <= memory, `fit ${fit}`);
       for (const count of [Math.max(fit, 1), fit + 1]) {
         const wide = { numKvHeads: 1, group: 32, headDim: 128, counts: [count], k: 8 };
         const split = separatedInputs(2900 + count, wide, wideOptions);
@@ -527,8 +527,11 @@ gpuTest("selection: bad input throws before GPU work", async (gpu) => {
 });
 
 // countingTopkMax 0: score, radix top-k and resident-only top-k as three
-// dispatches; the default: one dispatch (page_select.wgsl) for these counts.
-for (const countingTopkMax of [0, undefined]) {
+// dispatches (the resident-only pass always by radix select); 4: the same
+// three, the resident-only pass by counting where at most 4 candidates are
+// resident and by radix select elsewhere; the default: one dispatch
+// (page_select.wgsl) for these counts.
+for (const countingTopkMax of [0, 4, undefined]) {
   gpuTest(
     `resident-only top-k: the best k among resident pages, the rest by index; flagged heads only (countingTopkMax ${
       countingTopkMax ?? "default"
@@ -552,6 +555,20 @@ async function residentOnlyCase(device: GPUDevice, countingTopkMax?: number): Pr
   const B = shape.counts.length;
   const mask = new Uint32Array(B * 2 * stride).fill(0xffffffff);
   for (let i = 0; i < mask.length; i++) if (rng.next() < 0.4) mask[i] = 0;
+  // Fewer resident candidates than k: the rest of the top-k by index. One
+  // resident page in row (1, 0), none in row (1, 1).
+  const start1 = inputs.candidateStart[1];
+  mask.fill(0xffffffff, 2 * stride, 4 * stride);
+  mask[2 * stride + start1 + 5] = 0;
+  if (countingTopkMax === 4) {
+    // Both ways of the resident-only pass occur.
+    const residents = Array.from({ length: B * 2 }, (_, bh) => {
+      const b = bh >> 1, start = inputs.candidateStart[b];
+      return Array.from({ length: shape.counts[b] }, (_, n) => mask[bh * stride + start + n])
+        .filter((m) => m !== 0xffffffff).length;
+    });
+    assert.ok(residents.some((r) => r > 4) && residents.some((r) => r <= 4), `${residents}`);
+  }
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   const bufs = {
     q: createBuffer(device, "q", usage, inputs.q),

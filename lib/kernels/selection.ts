@@ -330,7 +330,10 @@ function pageSelectSource(
  * allows (see {@linkcode PageSelectorOptions.countingTopkMax}).
  */
 export const COUNTING_TOPK_MAX = 256;
-/** Largest `countingTopkMax` (its keys live in workgroup memory, 4 bytes each). */
+/**
+ * Largest `countingTopkMax` (the top-k pass keeps a key and a resident-list
+ * entry per candidate in workgroup memory: 8 KiB at this limit).
+ */
 export const COUNTING_TOPK_LIMIT = 1024;
 
 /** A validated {@linkcode PageSelectionStep}. */
@@ -486,12 +489,13 @@ class Selector implements PageSelector {
     this.device = device;
     const group = options.numQueryHeads / options.numKvHeads;
     const max = options.countingTopkMax;
-    // Workgroup memory: q, the reductions' scratch and the softmax statistics,
-    // then raw scores and keys per candidate.
+    // Workgroup memory: q, the reductions' scratch, the softmax statistics
+    // and three words (skip, resident count, correction flag), then raw
+    // scores, a key and a resident-list entry per candidate.
     const lanes = fusedLanes(group, options.headDim);
-    const fixedBytes = 4 * group * options.headDim + 8 * (lanes.WG + lanes.SIDE) + 8 * group + 4;
+    const fixedBytes = 4 * group * options.headDim + 8 * (lanes.WG + lanes.SIDE) + 8 * group + 12;
     const fits = Math.floor(
-      (device.limits.maxComputeWorkgroupStorageSize - fixedBytes) / (4 * group + 4),
+      (device.limits.maxComputeWorkgroupStorageSize - fixedBytes) / (4 * group + 8),
     );
     this.oneDispatchMax = Math.max(0, Math.min(max, fits));
     const storage = device.limits.maxStorageBuffersPerShaderStage;
