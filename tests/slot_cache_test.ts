@@ -44,3 +44,83 @@ Deno.test("slot cache: clear forgets every page and its residency", () => {
   assert.deepEqual(cache.pages(), []);
   assert.deepEqual(cache.admit([3], 2), [{ page: 3, slot: 0 }]);
 });
+
+Deno.test("slot cache: duplicates load once; pinned lists the latest selection; unpin frees it for promotions", () => {
+  const cache = new SlotCache(3, row());
+  assert.deepEqual(cache.admit([3, 3, 4], 1), [{ page: 3, slot: 0 }, { page: 4, slot: 1 }]);
+  assert.deepEqual([...cache.pinned].sort(), [3, 4]);
+  assert.equal(cache.promote(5, 2), 2);
+  assert.equal(cache.promote(6, 3), 2); // 3 and 4 are pinned: page 5 leaves
+  cache.unpin();
+  assert.deepEqual([...cache.pinned], []);
+  assert.equal(cache.promote(7, 4), 0); // page 3 (tick 1) is the oldest now
+  assert.deepEqual(cache.pages(), [7, 4, 6]);
+});
+
+// A plain model of the rules (sets and maps) as the oracle of random runs.
+class SlotCacheModel {
+  slotPage: number[];
+  lastUse: number[];
+  pinned = new Set<number>();
+  constructor(slots: number) {
+    this.slotPage = new Array(slots).fill(-1);
+    this.lastUse = new Array(slots).fill(-Infinity);
+  }
+  victim(): number {
+    let best = -1;
+    this.slotPage.forEach((page, s) => {
+      if (page >= 0 && this.pinned.has(page)) return;
+      if (best < 0 || this.lastUse[s] < this.lastUse[best]) best = s;
+    });
+    return best;
+  }
+  admit(pages: number[], tick: number): { page: number; slot: number }[] {
+    const wanted = [...new Set(pages)];
+    for (const page of wanted) {
+      const s = this.slotPage.indexOf(page);
+      if (s >= 0) this.lastUse[s] = tick;
+    }
+    this.pinned = new Set(wanted);
+    const loads = [];
+    for (const page of wanted) {
+      if (this.slotPage.includes(page)) continue;
+      const slot = this.victim();
+      this.slotPage[slot] = page;
+      this.lastUse[slot] = tick;
+      loads.push({ page, slot });
+    }
+    return loads;
+  }
+  promote(page: number, tick: number): number {
+    if (this.slotPage.includes(page)) return -1;
+    const slot = this.victim();
+    if (slot < 0) return -1;
+    this.slotPage[slot] = page;
+    this.lastUse[slot] = tick;
+    return slot;
+  }
+}
+
+Deno.test("slot cache: random admits and promotions follow the model of its rules", () => {
+  let seed = 7;
+  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) >>> 0) % n;
+  for (const slots of [1, 4, 9]) {
+    const r = row(40);
+    const cache = new SlotCache(slots, r);
+    const model = new SlotCacheModel(slots);
+    for (let tick = 1; tick <= 300; tick++) {
+      if (rand(3) === 0) {
+        const page = rand(40);
+        assert.equal(cache.promote(page, tick), model.promote(page, tick), `tick ${tick}`);
+      } else {
+        const pages = Array.from({ length: 1 + rand(slots) }, () => rand(40));
+        assert.deepEqual(cache.admit(pages, tick), model.admit(pages, tick), `tick ${tick}`);
+      }
+      assert.deepEqual([...cache.slotPage], model.slotPage, `tick ${tick}`);
+      for (let p = 0; p < 40; p++) {
+        const s = model.slotPage.indexOf(p);
+        assert.equal(r[p], s < 0 ? NOT_RESIDENT : s, `row of page ${p}, tick ${tick}`);
+      }
+    }
+  }
+});

@@ -106,7 +106,7 @@ export function recordPrefill(
       for (let h = 0; h < o.numKvHeads; h++) {
         const bh = seq * o.numKvHeads + h;
         state.caches![bh].admit(resident, ctx.tick);
-        state.caches![bh].pinned = new Set();
+        state.caches![bh].unpin();
         state.dirtyRows.add(bh);
       }
       state.flushResidency();

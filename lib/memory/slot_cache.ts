@@ -31,14 +31,29 @@ export class SlotCache {
   readonly lastUse: Float64Array;
   /** The residency row: page id -> local slot or {@linkcode NOT_RESIDENT}; shared with the GPU mirror. */
   readonly row: Uint32Array;
-  /** Pages of the latest admitted selection: never evicted by a promotion. */
-  pinned: ReadonlySet<number> = new Set();
+  /** 1 where a slot holds a page of the latest admitted selection (never evicted by a promotion). */
+  #pinnedSlot: Uint8Array;
 
   /** A cache of `slots` pool slots writing residency into `row`. */
   constructor(slots: number, row: Uint32Array) {
     this.slotPage = new Int32Array(slots).fill(-1);
     this.lastUse = new Float64Array(slots).fill(-Infinity);
     this.row = row;
+    this.#pinnedSlot = new Uint8Array(slots);
+  }
+
+  /** Pages of the latest admitted selection: never evicted by a promotion. */
+  get pinned(): ReadonlySet<number> {
+    const pages = new Set<number>();
+    this.#pinnedSlot.forEach((pinned, s) => {
+      if (pinned) pages.add(this.slotPage[s]);
+    });
+    return pages;
+  }
+
+  /** Lets promotions evict every page (as after a prefill: no selection yet). */
+  unpin(): void {
+    this.#pinnedSlot.fill(0);
   }
 
   /** True when `page` sits in a slot. */
@@ -56,21 +71,28 @@ export class SlotCache {
    * slots that hold none of them; returns the pages to copy in. Pins `pages`.
    */
   admit(pages: ArrayLike<number>, tick: number): SlotLoad[] {
-    const wanted = new Set<number>();
-    for (let i = 0; i < pages.length; i++) wanted.add(pages[i]);
-    const loads: SlotLoad[] = [];
-    for (const page of wanted) {
-      const slot = this.row[page];
-      if (slot !== NOT_RESIDENT) this.lastUse[slot] = tick;
+    // Called for every (layer, sequence, KV head) each step: typed arrays
+    // and one small list, no sets.
+    const pinned = this.#pinnedSlot;
+    pinned.fill(0);
+    const missing: number[] = [];
+    for (let i = 0; i < pages.length; i++) {
+      const slot = this.row[pages[i]];
+      if (slot === NOT_RESIDENT) missing.push(pages[i]);
+      else {
+        this.lastUse[slot] = tick;
+        pinned[slot] = 1;
+      }
     }
-    for (const page of wanted) {
-      if (this.row[page] !== NOT_RESIDENT) continue;
-      const slot = this.#victim(wanted);
+    const loads: SlotLoad[] = [];
+    for (const page of missing) {
+      if (this.row[page] !== NOT_RESIDENT) continue; // listed twice
+      const slot = this.#victim();
       if (slot < 0) break; // more pages than slots: cannot happen with k <= slots
       this.#place(page, slot, tick);
+      pinned[slot] = 1;
       loads.push({ page, slot });
     }
-    this.pinned = wanted;
     return loads;
   }
 
@@ -80,7 +102,7 @@ export class SlotCache {
    */
   promote(page: number, tick: number): number {
     if (this.row[page] !== NOT_RESIDENT) return -1;
-    const slot = this.#victim(this.pinned);
+    const slot = this.#victim();
     if (slot < 0) return -1;
     this.#place(page, slot, tick);
     return slot;
@@ -91,7 +113,7 @@ export class SlotCache {
     for (const page of this.slotPage) if (page >= 0) this.row[page] = NOT_RESIDENT;
     this.slotPage.fill(-1);
     this.lastUse.fill(-Infinity);
-    this.pinned = new Set();
+    this.#pinnedSlot.fill(0);
   }
 
   #place(page: number, slot: number, tick: number): void {
@@ -102,12 +124,11 @@ export class SlotCache {
     this.lastUse[slot] = tick;
   }
 
-  /** Free slot first, else the least recently used slot whose page is not kept. */
-  #victim(keep: ReadonlySet<number>): number {
+  /** Free slot first, else the least recently used slot whose page is not pinned. */
+  #victim(): number {
     let best = -1;
     for (let s = 0; s < this.slotPage.length; s++) {
-      const page = this.slotPage[s];
-      if (page >= 0 && keep.has(page)) continue;
+      if (this.#pinnedSlot[s]) continue;
       if (best < 0 || this.lastUse[s] < this.lastUse[best]) best = s;
     }
     return best;
