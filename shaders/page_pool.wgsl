@@ -5,7 +5,9 @@
 // `const SIDE` (WG = SIDE * SIDE, for the two-level reductions),
 // `params.scale` (the logit scale inside the softmax), `fn raw_score(g, n)
 // -> f32` (the raw score of candidate n for query head g of the group) and
-// `var<workgroup> ranked_keys` (an array of at least `count` u32 keys).
+// `var<workgroup> ranked_keys` (an array of at least `count` u32 keys) and
+// `fn listed(j) -> vec2<u32>` (the key and candidate of entry j of its
+// resident list).
 
 const NEG_INF: f32 = -3.4028234663852886e38; // lowest finite f32: no inf literal in WGSL
 
@@ -110,6 +112,17 @@ fn key_rank(n: u32, count: u32) -> u32 {
   for (var j = 0u; j < count; j++) {
     let kj = ranked_keys[j];
     rank += select(0u, 1u, kj > kn || (kj == kn && j < n));
+  }
+  return rank;
+}
+
+// The rank of the listed candidate n (key kn) among the `count` entries of
+// the resident list: how many beat it (larger, or equal at a lower index).
+fn listed_rank(kn: u32, n: u32, count: u32) -> u32 {
+  var rank = 0u;
+  for (var j = 0u; j < count; j++) {
+    let e = listed(j);
+    rank += select(0u, 1u, e.x > kn || (e.x == kn && e.y < n));
   }
   return rank;
 }

@@ -65,6 +65,11 @@ fn raw_score(g: u32, n: u32) -> f32 {
   return raw[g * MAX_COUNT + n];
 }
 
+fn listed(j: u32) -> vec2<u32> {
+  let n = resident_list[j];
+  return vec2<u32>(ranked_keys[n], n);
+}
+
 // Writes first + n for each of the `count` candidates n that ranks below k.
 fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: bool) {
   for (var n = t; n < count; n += WG) {
@@ -87,13 +92,7 @@ fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: 
 fn write_resident_top_k(t: u32, listed: u32, count: u32, k: u32, first: u32, out_base: u32) {
   for (var i = t; i < listed; i += WG) {
     let n = resident_list[i];
-    let kn = ranked_keys[n];
-    var rank = 0u;
-    for (var j = 0u; j < listed; j++) {
-      let m = resident_list[j];
-      let km = ranked_keys[m];
-      rank += select(0u, 1u, km > kn || (km == kn && m < n));
-    }
+    let rank = listed_rank(ranked_keys[n], n, listed);
     if (rank < k) {
       best[out_base + rank] = first + n;
     }

@@ -74,6 +74,10 @@ fn raw_score(g: u32, n: u32) -> f32 {
   return scores[(head0 + g) * params.max_count + n];
 }
 
+fn listed(j: u32) -> vec2<u32> {
+  return vec2<u32>(ranked_keys[j], resident_list[j]);
+}
+
 // After a round's histogram: sums of its 16-bin groups, and the clearing of
 // the other histogram for the next round.
 fn finish_histogram(t: u32, round: u32) {
@@ -146,13 +150,7 @@ fn resident_top_k(t: u32, count: u32, k: u32, kbase: u32, obase: u32, first: u32
   }
   for (var i = t; i < listed; i += WG) {
     let n = resident_list[i];
-    let kn = ranked_keys[i];
-    var rank = 0u;
-    for (var j = 0u; j < listed; j++) {
-      let m = resident_list[j];
-      let km = ranked_keys[j];
-      rank += select(0u, 1u, km > kn || (km == kn && m < n));
-    }
+    let rank = listed_rank(ranked_keys[i], n, listed);
     if (rank < k) {
       selected[obase + rank] = first + n;
     }
