@@ -2,6 +2,7 @@
 // pages, promotions, and the residency row it keeps for the GPU.
 import assert from "node:assert/strict";
 import { NOT_RESIDENT, SlotCache } from "../lib/memory/slot_cache.ts";
+import { createRandom } from "../lib/workloads/random.ts";
 
 const row = (n = 32) => new Uint32Array(n).fill(NOT_RESIDENT);
 
@@ -102,8 +103,8 @@ class SlotCacheModel {
 }
 
 Deno.test("slot cache: random admits and promotions follow the model of its rules", () => {
-  let seed = 7;
-  const rand = (n: number) => (seed = (seed * 1103515245 + 12345) >>> 0) % n;
+  const rng = createRandom(7);
+  const rand = (n: number) => rng.int(n);
   for (const slots of [1, 4, 9]) {
     const r = row(40);
     const cache = new SlotCache(slots, r);
