@@ -71,15 +71,11 @@ fn listed(j: u32) -> vec2<u32> {
 }
 
 // Writes first + n for each of the `count` candidates n that ranks below k.
-fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: bool) {
+fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32) {
   for (var n = t; n < count; n += WG) {
     let rank = key_rank(n, count);
     if (rank < k) {
-      if (resident) {
-        best[out_base + rank] = first + n;
-      } else {
-        selected[out_base + rank] = first + n;
-      }
+      selected[out_base + rank] = first + n;
     }
   }
 }
@@ -88,7 +84,8 @@ fn write_top_k(t: u32, count: u32, k: u32, first: u32, out_base: u32, resident: 
 // lowest key: only the `listed` candidates can beat a listed one, so they
 // rank among themselves (R x R comparisons, not count x count); the
 // lowest-key candidates rank after them in index order, and matter only
-// when fewer than k are listed.
+// when fewer than k are listed (rare: one thread fills them in, as
+// page_topk.wgsl does).
 fn write_resident_top_k(t: u32, listed: u32, count: u32, k: u32, first: u32, out_base: u32) {
   for (var i = t; i < listed; i += WG) {
     let n = resident_list[i];
@@ -97,16 +94,12 @@ fn write_resident_top_k(t: u32, listed: u32, count: u32, k: u32, first: u32, out
       best[out_base + rank] = first + n;
     }
   }
-  if (listed < k) {
-    for (var n = t; n < count; n += WG) {
+  if (t == 0u) {
+    var rank = listed;
+    for (var n = 0u; n < count && rank < k; n++) {
       if (ranked_keys[n] == 0u) {
-        var rank = listed;
-        for (var m = 0u; m < n; m++) {
-          rank += select(0u, 1u, ranked_keys[m] == 0u);
-        }
-        if (rank < k) {
-          best[out_base + rank] = first + n;
-        }
+        best[out_base + rank] = first + n;
+        rank++;
       }
     }
   }
@@ -150,7 +143,7 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wg: vec3
     ranked_keys[n] = pooled_key(n);
   }
   workgroupBarrier();
-  write_top_k(t, count, k, seq.y, row * k, false);
+  write_top_k(t, count, k, seq.y, row * k);
   // 3. Resident-only top-k: once every thread has ranked, non-resident
   // pages drop to the lowest key.
   if (MASKED) {
