@@ -62,6 +62,11 @@ const CASES: [script: string, args: string[], says: RegExp][] = [
     ["--piece-kib", "3"],
     /--piece-kib must divide 4096: received "3"/,
   ],
+  [
+    "bench/staging_writes.ts",
+    ["--runs", "2000"],
+    /--runs must be at most 1024: received "2000"/,
+  ],
   ["soak.ts", ["--steps", "0"], /--steps must be an integer of at least 1: received "0"/],
   ["soak.ts", ["--policy", "best"], /--policy must be one of .*: received "best"/],
 ];

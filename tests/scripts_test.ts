@@ -38,6 +38,7 @@ Deno.test("every script answers --help", async () => {
       "bench/copy_groups.ts",
       "bench/map_costs.ts",
       "bench/gather_threads.ts",
+      "bench/staging_writes.ts",
     ]
   ) {
     const r = await runScript(bench, ["--help"]);
@@ -275,6 +276,29 @@ Deno.test({
     ]);
     for (const ms of Object.values(report.medians)) {
       assert.ok(typeof ms === "number" && ms >= 0 && Number.isFinite(ms), String(ms));
+    }
+  },
+});
+
+Deno.test({
+  name: "staging_writes: a median for each way of moving a recall's runs",
+  ignore: testGpu === null,
+  fn: async () => {
+    const report = await runJson("bench/staging_writes.ts", [
+      "--runs",
+      "8",
+      "--rounds",
+      "3",
+      "--json",
+    ]);
+    assert.equal(report.runs, 8);
+    assert.deepEqual(report.rows.map((row: { method: string }) => row.method), [
+      "write per run",
+      "gathered write",
+      "two writes per run into the caches",
+    ]);
+    for (const row of report.rows) {
+      assert.ok(Number.isFinite(row.median_ms) && row.median_ms > 0, String(row.median_ms));
     }
   },
 });

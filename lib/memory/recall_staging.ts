@@ -34,6 +34,9 @@ import { type SlotLayout, slotStrides } from "../kernels/slot_layout.ts";
  * `writeBuffer` call costs more than a copy command (measured on lavapipe
  * with `scripts/bench.ts --suite recall`, 16 KiB parts: one write per range
  * was slower than staged copies when ranges were one or two runs long).
+ * Runs with no neighbour among the destinations that lie adjacent in the
+ * pool over at least this many bytes likewise reach the staging buffer in
+ * a write of their own instead of being gathered.
  */
 export const DIRECT_RANGE_BYTES = 128 << 10;
 
@@ -391,12 +394,14 @@ export class StagingRing {
    * places (a whole slot, or neighbouring slots) form one range, which
    * leaves with one copy per cache: its K parts and its V parts are gathered
    * apart by JavaScript and reach the staging buffer in one write for the
-   * chunk. A range of one run needs no gathering: it reaches the staging
-   * buffer as it lies in the pool (one `writeBuffer` straight from the pool,
-   * cheaper than copying it in JavaScript first). A long range is written
-   * straight into the caches. Each `writeBuffer` or copy costs a fixed few
-   * microseconds, so both are kept to a few per chunk where the
-   * destinations allow.
+   * chunk. A range of one run keeps its K|V order: it is gathered into the
+   * same write, unless it belongs to a long piece of runs adjacent in the
+   * pool, which is written from the pool as it lies. A long range is
+   * written straight into the caches. Each `writeBuffer` costs wgpu a
+   * staging allocation and a copy on the queue, more than gathering its
+   * bytes costs (`deno run -A bench/staging_writes.ts`: 71 runs of 32 KiB,
+   * one write each 2.2-2.3 ms to idle, gathered into one write 1.4-2.0
+   * ms), so writes are kept to a few per chunk.
    */
   #gatherForHndSlots(chunk: Chunk, slot: Slot): GPUCommandEncoder {
     const { runBytes, slotBytes } = this.#sizes;
@@ -474,31 +479,42 @@ export class StagingRing {
       copies += 2;
     }
     // The runs that stand alone, in pool order, so that runs adjacent in the
-    // pool (consecutive pages of a head) reach the staging in one write.
+    // pool (consecutive pages of a head) form one piece. A long piece reaches
+    // the staging in one write straight from the pool; short ones are
+    // gathered, as each write costs wgpu a staging allocation and a copy.
     alone.sort((a, b) => a.pool - b.pool || a.location.byteOffset - b.location.byteOffset);
-    let write: { bytes: Uint8Array<ArrayBuffer>; from: number; at: number; length: number } | null =
+    let piece: { bytes: Uint8Array<ArrayBuffer>; from: number; at: number; length: number } | null =
       null;
+    // Start of the gathered bytes not yet written to the staging buffer.
+    let spanStart = 0;
     const flush = () => {
-      if (write) queue.writeBuffer(slot.gpu!, write.at, write.bytes, write.from, write.length);
-      write = null;
+      if (!piece) return;
+      const { bytes, from, at, length } = piece;
+      if (length >= DIRECT_RANGE_BYTES) {
+        if (at > spanStart) {
+          queue.writeBuffer(slot.gpu!, spanStart, host, spanStart, at - spanStart);
+        }
+        queue.writeBuffer(slot.gpu!, at, bytes, from, length);
+        spanStart = at + length;
+      } else host.set(bytes.subarray(from, from + length), at);
+      piece = null;
     };
     alone.forEach(({ range, location: { bytes, byteOffset } }, i) => {
       const k = i * runBytes;
       if (mapped) host.set(bytes.subarray(byteOffset, byteOffset + runBytes), k);
-      else if (write && write.bytes === bytes && write.from + write.length === byteOffset) {
-        write.length += runBytes;
+      else if (piece && piece.bytes === bytes && piece.from + piece.length === byteOffset) {
+        piece.length += runBytes;
       } else {
         flush();
-        write = { bytes, from: byteOffset, at: k, length: runBytes };
+        piece = { bytes, from: byteOffset, at: k, length: runBytes };
       }
       encoder.copyBufferToBuffer(source, k, range.seg.caches.kCache, range.at, half);
       encoder.copyBufferToBuffer(source, k + half, range.seg.caches.vCache, range.at, half);
     });
     flush();
     if (mapped) slot.map!.unmap();
-    else if (gathered > 0) {
-      const at = singles * runBytes;
-      queue.writeBuffer(slot.gpu!, at, host, at, gathered * runBytes);
+    else if (stagedBytes > spanStart) {
+      queue.writeBuffer(slot.gpu!, spanStart, host, spanStart, stagedBytes - spanStart);
     }
     chunk.state.stats.copies += copies;
     return encoder;
