@@ -12,6 +12,7 @@
  * @module
  */
 import { requestGpu } from "../lib/gpu/device.ts";
+import { median } from "../lib/gpu/timing.ts";
 import { createRandom } from "../lib/workloads/random.ts";
 import { flagChecks } from "../scripts/_flags.ts";
 
@@ -116,7 +117,6 @@ for (let round = 0; round < rounds; round++) {
   }
   console.error(`staging_writes: round ${round + 1}/${rounds}`);
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const rows = names.map((method) => ({ method, median_ms: median(times[method]) }));
 for (const b of [kCache, vCache, staging, idle]) b.destroy();
 if (values.json) {
