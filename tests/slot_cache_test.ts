@@ -104,17 +104,16 @@ class SlotCacheModel {
 
 Deno.test("slot cache: random admits and promotions follow the model of its rules", () => {
   const rng = createRandom(7);
-  const rand = (n: number) => rng.int(n);
   for (const slots of [1, 4, 9]) {
     const r = row(40);
     const cache = new SlotCache(slots, r);
     const model = new SlotCacheModel(slots);
     for (let tick = 1; tick <= 300; tick++) {
-      if (rand(3) === 0) {
-        const page = rand(40);
+      if (rng.int(3) === 0) {
+        const page = rng.int(40);
         assert.equal(cache.promote(page, tick), model.promote(page, tick), `tick ${tick}`);
       } else {
-        const pages = Array.from({ length: 1 + rand(slots) }, () => rand(40));
+        const pages = Array.from({ length: 1 + rng.int(slots) }, () => rng.int(40));
         assert.deepEqual(cache.admit(pages, tick), model.admit(pages, tick), `tick ${tick}`);
       }
       assert.deepEqual([...cache.slotPage], model.slotPage, `tick ${tick}`);
